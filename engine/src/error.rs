@@ -1,0 +1,30 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+/// Everything the engine can fail with, each with the context a user needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("{0}")]
+    Wal(String),
+    #[error("corrupt WAL entry {seq}: {reason}")]
+    WalEntry { seq: u64, reason: String },
+    #[error("catalog {path}: {reason}")]
+    Catalog { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    ObjectStore(#[from] object_store::Error),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,278 @@
+//! Decoding log records — NDJSON or a JSON array — into Arrow, once.
+//!
+//! A record that cannot become a row is never dropped: it becomes a dead letter with its
+//! raw bytes, its origin and a reason, and decoding goes on with the next record.
+
+mod level;
+mod timestamp;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayBuilder, ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use serde_json::{Map, Value};
+
+use crate::model::{UTC, dead_letters_schema, logs_schema};
+
+pub use level::normalize_level;
+pub use timestamp::parse_timestamp;
+
+/// Limits and defaults applied while decoding.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// Records larger than this become dead letters.
+    pub max_record_bytes: usize,
+    /// `topic` of records that name none.
+    pub default_topic: String,
+    /// Where the records came from, recorded on dead letters (e.g. `http 127.0.0.1:5555`).
+    pub origin: String,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { max_record_bytes: 1024 * 1024, default_topic: "logs".into(), origin: "http".into() }
+    }
+}
+
+/// How many bytes of an oversized record are kept in its dead letter.
+const DEAD_LETTER_RAW_KEEP: usize = 4096;
+
+/// The result of decoding one request body.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The accepted records, in `logs` schema (may have zero rows).
+    pub logs: RecordBatch,
+    /// The rejected records, in `dead_letters` schema (may have zero rows).
+    pub dead_letters: RecordBatch,
+}
+
+impl Decoded {
+    /// Number of accepted records.
+    pub fn accepted(&self) -> usize {
+        self.logs.num_rows()
+    }
+    /// Number of rejected records.
+    pub fn rejected(&self) -> usize {
+        self.dead_letters.num_rows()
+    }
+}
+
+/// Decodes a body of NDJSON (one object per line) or a JSON array of objects.
+/// `ingest_time_us` stamps every row and is the timestamp of records that carry none.
+pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> Decoded {
+    let mut b = Builders::new(ingest_time_us, opts);
+    let first = body.iter().position(|c| !c.is_ascii_whitespace());
+    match first.map(|i| body[i]) {
+        Some(b'[') => decode_array(body, &mut b),
+        Some(_) => {
+            for (lineno, line) in body.split(|c| *c == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(|c| c.is_ascii_whitespace()) {
+                    continue;
+                }
+                b.record(line, &format!("line {}", lineno + 1));
+            }
+        }
+        None => {}
+    }
+    b.finish()
+}
+
+fn decode_array(body: &[u8], b: &mut Builders<'_>) {
+    if body.len() > b.opts.max_record_bytes.saturating_mul(1024) {
+        // A JSON array is parsed whole; refuse absurd ones rather than allocate for them.
+        b.dead(body, "JSON array body", "JSON array body too large; send NDJSON".into());
+        return;
+    }
+    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(e) => {
+            let reason = match std::str::from_utf8(body) {
+                Err(u) => format!("body is not valid UTF-8 (at byte {})", u.valid_up_to()),
+                Ok(_) => format!("body is not a valid JSON array: {e}"),
+            };
+            b.dead(body, "JSON array body", reason);
+            return;
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        b.record(item.get().as_bytes(), &format!("array element {i}"));
+    }
+}
+
+struct Builders<'a> {
+    opts: &'a DecodeOptions,
+    ingest_time_us: i64,
+    ts: TimestampMicrosecondBuilder,
+    level: StringBuilder,
+    message: StringBuilder,
+    source: StringBuilder,
+    topic: StringBuilder,
+    attributes: StringBuilder,
+    dl_origin: StringBuilder,
+    dl_reason: StringBuilder,
+    dl_raw: BinaryBuilder,
+    dl_raw_text: StringBuilder,
+}
+
+impl<'a> Builders<'a> {
+    fn new(ingest_time_us: i64, opts: &'a DecodeOptions) -> Self {
+        Self {
+            opts,
+            ingest_time_us,
+            ts: TimestampMicrosecondBuilder::new(),
+            level: StringBuilder::new(),
+            message: StringBuilder::new(),
+            source: StringBuilder::new(),
+            topic: StringBuilder::new(),
+            attributes: StringBuilder::new(),
+            dl_origin: StringBuilder::new(),
+            dl_reason: StringBuilder::new(),
+            dl_raw: BinaryBuilder::new(),
+            dl_raw_text: StringBuilder::new(),
+        }
+    }
+
+    fn record(&mut self, raw: &[u8], position: &str) {
+        if raw.len() > self.opts.max_record_bytes {
+            let reason = format!(
+                "record is {} bytes, over the limit of {} (http.max_record_bytes); \
+                 raw keeps the first {} bytes",
+                raw.len(),
+                self.opts.max_record_bytes,
+                DEAD_LETTER_RAW_KEEP
+            );
+            self.dead(&raw[..DEAD_LETTER_RAW_KEEP.min(raw.len())], position, reason);
+            return;
+        }
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!("record is not valid UTF-8 (at byte {})", e.valid_up_to());
+                self.dead(raw, position, reason);
+                return;
+            }
+        };
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.dead(raw, position, format!("record is not valid JSON: {e}"));
+                return;
+            }
+        };
+        let Value::Object(obj) = value else {
+            let kind = json_kind(&value);
+            self.dead(raw, position, format!("record is a JSON {kind}, not an object"));
+            return;
+        };
+        if let Err(reason) = self.row(obj) {
+            self.dead(raw, position, reason);
+        }
+    }
+
+    fn row(&mut self, mut obj: Map<String, Value>) -> Result<(), String> {
+        let ts = match take_first(&mut obj, &["timestamp", "ts", "@timestamp", "time"]) {
+            None | Some((_, Value::Null)) => self.ingest_time_us,
+            Some((key, v)) => parse_timestamp(&v).map_err(|e| format!("field {key:?}: {e}"))?,
+        };
+        let (level, raw_level) = match take_first(&mut obj, &["level", "log_level", "severity"]) {
+            None | Some((_, Value::Null)) => ("INFO", None),
+            Some((_, v)) => {
+                let (norm, exact) = normalize_level(&v);
+                (norm, if exact { None } else { Some(v) })
+            }
+        };
+        let message = take_text(&mut obj, &["message", "msg"]);
+        let source = take_text(&mut obj, &["source", "host", "hostname"]);
+        let topic = take_first(&mut obj, &["topic"])
+            .map(|(_, v)| value_text(v))
+            .unwrap_or_else(|| self.opts.default_topic.clone());
+        if let Some(raw) = raw_level {
+            obj.insert("raw_level".into(), raw);
+        }
+        let attributes = serde_json::to_string(&obj).map_err(|e| format!("attributes: {e}"))?;
+        self.ts.append_value(ts);
+        self.level.append_value(level);
+        self.message.append_value(message);
+        self.source.append_value(source);
+        self.topic.append_value(topic);
+        self.attributes.append_value(attributes);
+        Ok(())
+    }
+
+    fn dead(&mut self, raw: &[u8], position: &str, reason: String) {
+        self.dl_origin.append_value(format!("{} {position}", self.opts.origin));
+        self.dl_reason.append_value(reason);
+        self.dl_raw.append_value(raw);
+        self.dl_raw_text.append_value(String::from_utf8_lossy(raw));
+    }
+
+    fn finish(mut self) -> Decoded {
+        let n = self.ts.len();
+        let ingest = timestamps(vec![self.ingest_time_us; n]);
+        let ts: ArrayRef = Arc::new(self.ts.finish().with_timezone(UTC));
+        let logs = RecordBatch::try_new(
+            logs_schema(),
+            vec![
+                ts,
+                Arc::new(self.level.finish()),
+                Arc::new(self.message.finish()),
+                Arc::new(self.source.finish()),
+                Arc::new(self.topic.finish()),
+                Arc::new(self.attributes.finish()),
+                ingest,
+            ],
+        );
+        let d = self.dl_origin.len();
+        let dead = RecordBatch::try_new(
+            dead_letters_schema(),
+            vec![
+                timestamps(vec![self.ingest_time_us; d]),
+                Arc::new(self.dl_origin.finish()),
+                Arc::new(self.dl_reason.finish()),
+                Arc::new(self.dl_raw.finish()),
+                Arc::new(self.dl_raw_text.finish()),
+            ],
+        );
+        // Every column above is built to the schema's types and lengths, so try_new cannot
+        // fail; fall back to empty batches rather than panic if that ever changes.
+        Decoded {
+            logs: logs.unwrap_or_else(|_| RecordBatch::new_empty(logs_schema())),
+            dead_letters: dead.unwrap_or_else(|_| RecordBatch::new_empty(dead_letters_schema())),
+        }
+    }
+}
+
+fn timestamps(values: Vec<i64>) -> ArrayRef {
+    Arc::new(arrow::array::TimestampMicrosecondArray::from(values).with_timezone(UTC))
+}
+
+/// Removes and returns the first of `keys` present in `obj`; the others stay as attributes.
+fn take_first(obj: &mut Map<String, Value>, keys: &[&'static str]) -> Option<(&'static str, Value)> {
+    keys.iter().find_map(|k| obj.remove(*k).map(|v| (*k, v)))
+}
+
+fn take_text(obj: &mut Map<String, Value>, keys: &[&'static str]) -> String {
+    take_first(obj, keys).map(|(_, v)| value_text(v)).unwrap_or_default()
+}
+
+fn value_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use serde_json::json;
+
+use super::*;
+
+fn opts() -> DecodeOptions {
+    DecodeOptions { max_record_bytes: 1000, ..Default::default() }
+}
+
+fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::StringArray {
+    b.column_by_name(name).expect("column").as_string::<i32>()
+}
+
+#[test]
+fn ndjson_with_aliases() {
+    let body = br#"{"ts":"2026-11-24T13:00:00Z","severity":"warning","msg":"disk","host":"web-1","extra":1}
+{"@timestamp":1700000000123,"level":"ERROR","message":"boom","source":"api","topic":"logs.error"}
+
+"#;
+    let d = decode_body(body, 42, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (2, 0));
+    let ts = d.logs.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 1_795_525_200_000_000);
+    assert_eq!(ts.value(1), 1_700_000_000_123_000);
+    assert_eq!(col(&d.logs, "log_level").value(0), "WARN");
+    assert_eq!(col(&d.logs, "log_level").value(1), "ERROR");
+    assert_eq!(col(&d.logs, "source").value(0), "web-1");
+    assert_eq!(col(&d.logs, "topic").value(0), "logs");
+    assert_eq!(col(&d.logs, "topic").value(1), "logs.error");
+    let attrs: serde_json::Value = serde_json::from_str(col(&d.logs, "attributes").value(0)).unwrap();
+    assert_eq!(attrs, json!({"extra": 1, "raw_level": "warning"}));
+}
+
+#[test]
+fn json_array_and_missing_timestamp() {
+    let d = decode_body(br#"[{"message":"a"}, {"message":"b","level":"fatal"}, 3]"#, 77, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (2, 1));
+    let ts = d.logs.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 77);
+    assert_eq!(col(&d.logs, "log_level").value(1), "CRITICAL");
+    assert!(col(&d.dead_letters, "reason").value(0).contains("number, not an object"));
+    assert!(col(&d.dead_letters, "origin").value(0).contains("array element 2"));
+}
+
+#[test]
+fn malformed_records_become_dead_letters() {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"not json\n");
+    body.extend_from_slice(b"{\"ts\":\"yesterday\"}\n");
+    body.extend_from_slice(b"{\"message\":\"\xff\xfe\"}\n");
+    body.extend_from_slice(&vec![b'x'; 2000]);
+    body.extend_from_slice(b"\n{\"message\":\"fine\"}\n");
+    let d = decode_body(&body, 1, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (1, 4));
+    let reasons = col(&d.dead_letters, "reason");
+    assert!(reasons.value(0).contains("not valid JSON"), "{}", reasons.value(0));
+    assert!(reasons.value(1).contains("\"yesterday\" does not parse"), "{}", reasons.value(1));
+    assert!(reasons.value(2).contains("UTF-8"), "{}", reasons.value(2));
+    assert!(reasons.value(3).contains("2000 bytes"), "{}", reasons.value(3));
+    let raw = d.dead_letters.column_by_name("raw").unwrap().as_binary::<i32>();
+    assert_eq!(raw.value(0), b"not json");
+    assert_eq!(raw.value(2), b"{\"message\":\"\xff\xfe\"}");
+    assert_eq!(raw.value(3).len(), 2000.min(DEAD_LETTER_RAW_KEEP));
+    assert!(col(&d.dead_letters, "origin").value(1).ends_with("line 2"));
+}
+
+#[test]
+fn empty_body_has_no_records() {
+    let d = decode_body(b"  \n ", 1, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (0, 0));
+    assert_eq!(d.logs.column(0).len(), 0);
+}
+
+#[test]
+fn timestamps_in_every_unit() {
+    let us = |v: serde_json::Value| parse_timestamp(&v).unwrap();
+    assert_eq!(us(json!(1_700_000_000)), 1_700_000_000_000_000);
+    assert_eq!(us(json!(1_700_000_000.5)), 1_700_000_000_500_000);
+    assert_eq!(us(json!(1_700_000_000_000u64)), 1_700_000_000_000_000);
+    assert_eq!(us(json!(1_700_000_000_000_000u64)), 1_700_000_000_000_000);
+    assert_eq!(us(json!(1_700_000_000_000_000_000u64)), 1_700_000_000_000_000);
+    assert_eq!(us(json!("1700000000")), 1_700_000_000_000_000);
+    assert_eq!(us(json!("2023-11-14T22:13:20+00:00")), 1_700_000_000_000_000);
+    assert_eq!(us(json!("2023-11-14 23:13:20+01:00")), 1_700_000_000_000_000);
+    assert_eq!(us(json!("2023-11-14 22:13:20")), 1_700_000_000_000_000);
+    assert_eq!(us(json!("2023-11-14T22:13:20.25")), 1_700_000_000_250_000);
+    assert!(parse_timestamp(&json!(true)).is_err());
+}
+
+#[test]
+fn levels() {
+    for (raw, want) in [
+        (json!("warn"), "WARN"),
+        (json!("Warning"), "WARN"),
+        (json!("err"), "ERROR"),
+        (json!("FATAL"), "CRITICAL"),
+        (json!("notice"), "INFO"),
+        (json!(3), "ERROR"),
+        (json!(50), "ERROR"),
+        (json!(60), "CRITICAL"),
+        (json!("whatever"), "INFO"),
+    ] {
+        assert_eq!(normalize_level(&raw).0, want, "{raw}");
+    }
+    assert!(normalize_level(&json!("ERROR")).1);
+    assert!(!normalize_level(&json!("error")).1);
+}

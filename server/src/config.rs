@@ -1,0 +1,143 @@
+//! Configuration: one serde tree, read from `--config FILE`, overridden by `LOGSPHERE_*`
+//! environment variables and then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole configuration of `logsphere serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the WAL, the cold tier and the catalog.
+    pub data_dir: PathBuf,
+    /// The PostgreSQL protocol endpoint.
+    pub pg: PgConfig,
+    /// The HTTP ingest endpoint.
+    pub http: HttpConfig,
+    /// Hot buffer and tiering knobs.
+    pub storage: StorageConfig,
+}
+
+/// `[pg]`: the PostgreSQL wire protocol listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Users allowed in with SCRAM-SHA-256. Empty: anyone, on a loopback address only.
+    pub users: Vec<PgUser>,
+}
+
+/// One `[[pg.users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgUser {
+    /// Login name.
+    pub name: String,
+    /// Password (stored hashed in memory, checked with SCRAM-SHA-256).
+    pub password: String,
+}
+
+/// `[http]`: the ingest and metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest accepted single record (one NDJSON line or array element), in bytes.
+    pub max_record_bytes: usize,
+}
+
+/// `[storage]`: when the hot buffer is flushed to Parquet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Flush the hot buffer once its oldest record is this many seconds old.
+    pub flush_interval_secs: u64,
+    /// Flush the hot buffer once it holds this many rows.
+    pub flush_max_rows: usize,
+    /// Roll over to a new WAL segment past this size.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./logsphere-data"),
+            pg: PgConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 5433)), users: Vec::new() }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { flush_interval_secs: 300, flush_max_rows: 1_000_000, wal_segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; an unknown key or a bad value names the key and the line.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks what serde cannot: values that parse but cannot work together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.pg.users.is_empty() && !self.pg.listen.ip().is_loopback() {
+            bail!(
+                "pg.listen = {} is not a loopback address, but no pg.users are configured: \
+                 anyone could connect without a password. Add [[pg.users]] entries \
+                 (name, password) or listen on 127.0.0.1",
+                self.pg.listen
+            );
+        }
+        for (i, u) in self.pg.users.iter().enumerate() {
+            if u.name.is_empty() || u.password.is_empty() {
+                bail!("pg.users[{i}]: name and password must both be non-empty");
+            }
+        }
+        if self.storage.flush_max_rows == 0 {
+            bail!("storage.flush_max_rows must be at least 1");
+        }
+        if self.storage.wal_segment_bytes < 4096 {
+            bail!("storage.wal_segment_bytes must be at least 4096");
+        }
+        if self.http.max_record_bytes == 0 || self.http.max_body_bytes == 0 {
+            bail!("http.max_record_bytes and http.max_body_bytes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
