@@ -1,56 +1,344 @@
-//! The embedded engine (stub: the real implementation replaces this module).
+//! The embedded engine: ingest → WAL → hot buffer → Parquet, and SQL over both tiers.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use tokio::sync::{Notify, watch};
 
 use crate::EngineError;
-use crate::model::{dead_letters_schema, logs_schema};
+use crate::catalog::LocalCatalog;
+use crate::cold::ColdStore;
+use crate::hot::{HotEntry, Tiers};
+use crate::ingest::{DecodeOptions, decode_body};
+use crate::query::tables::{TableKind, TierScope, TierTable};
+use crate::tiering;
+use crate::wal::{IDEMPOTENCY_RETENTION, IngestEntry, Wal, WalMetrics};
 
 /// How the embedded engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Directory holding the WAL, the cold tier and the catalog.
     pub data_dir: PathBuf,
+    /// Flush the hot buffer once its oldest record is this old.
+    pub flush_interval: Duration,
+    /// Flush the hot buffer once it holds this many rows.
+    pub flush_max_rows: usize,
+    /// Ingest waits (back-pressure) while the hot buffer holds this many rows.
+    pub max_hot_rows: usize,
+    /// WAL segment size before rollover.
+    pub wal_segment_bytes: u64,
+    /// Fault injection for crash tests: pause between writing Parquet and committing it.
+    pub fault_flush_pause: Option<Duration>,
 }
 
 impl EngineConfig {
     /// A configuration with defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into() }
+        Self {
+            data_dir: data_dir.into(),
+            flush_interval: Duration::from_secs(300),
+            flush_max_rows: 1_000_000,
+            max_hot_rows: 4_000_000,
+            wal_segment_bytes: 64 * 1024 * 1024,
+            fault_flush_pause: None,
+        }
+    }
+}
+
+/// What an ingest request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Records stored in `logs`.
+    pub accepted: usize,
+    /// Records stored in `dead_letters`.
+    pub rejected: usize,
+    /// True when this answer repeats an earlier request with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    /// Ingest requests answered.
+    pub requests: AtomicU64,
+    /// Records accepted into `logs`.
+    pub records_accepted: AtomicU64,
+    /// Records rejected into `dead_letters`.
+    pub records_rejected: AtomicU64,
+    /// Requests answered from the idempotency table.
+    pub requests_replayed: AtomicU64,
+    /// Completed flushes to Parquet.
+    pub flushes: AtomicU64,
+    /// Rows written to Parquet.
+    pub flushed_rows: AtomicU64,
+    /// Failed flush attempts.
+    pub flush_failures: AtomicU64,
+    /// SQL queries run.
+    pub queries: AtomicU64,
+}
+
+type Shared = watch::Receiver<Option<Result<IngestOutcome, String>>>;
+
+#[derive(Default)]
+struct Idempotency {
+    done: HashMap<String, (IngestOutcome, Instant)>,
+    inflight: HashMap<String, Shared>,
+    inserts: u64,
+}
+
+impl Idempotency {
+    fn record(&mut self, key: String, outcome: IngestOutcome) {
+        self.done.insert(key, (outcome, Instant::now()));
+        self.inserts += 1;
+        if self.inserts.is_multiple_of(4096) {
+            self.done.retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_RETENTION);
+        }
     }
 }
 
 /// The running engine, shared by every connection.
 pub struct Engine {
-    _config: EngineConfig,
+    config: EngineConfig,
+    pub(crate) tiers: Arc<Tiers>,
+    pub(crate) wal: Wal,
+    pub(crate) cold: ColdStore,
+    pub(crate) catalog: LocalCatalog,
+    idempotency: Mutex<Idempotency>,
+    metrics: EngineMetrics,
+    runtime: Arc<RuntimeEnv>,
+    tables: Vec<(&'static str, Arc<TierTable>)>,
+    pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    flush_wanted: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("data_dir", &self.config.data_dir).finish()
+    }
 }
 
 impl Engine {
-    /// Opens (or creates) the data directory and replays the WAL.
+    /// Opens (or creates) the data directory, removes debris of interrupted flushes,
+    /// replays the WAL into the hot buffer and starts the background flusher.
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
-        Ok(Arc::new(Self { _config: config }))
+        let dir = &config.data_dir;
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| EngineError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(EngineError::Catalog {
+                path: lock_path,
+                reason: "another logsphere process is using this data directory".into(),
+            });
+        }
+        let catalog = LocalCatalog::new(dir);
+        let manifest = catalog.load()?;
+        let cold = ColdStore::local(&dir.join("cold"))?;
+        let orphans = cold.remove_orphans(&manifest).await?;
+        let tiers = Arc::new(Tiers::new(manifest.clone()));
+        let mut idempotency = Idempotency::default();
+        let started = Instant::now();
+        let (wal, report) = Wal::open(&dir.join("wal"), config.wal_segment_bytes, manifest.flushed_seq + 1, |e| {
+            let entry = IngestEntry::decode(e.seq, &e.payload)?;
+            if let Some(key) = entry.key {
+                let outcome = IngestOutcome {
+                    accepted: entry.logs.num_rows(),
+                    rejected: entry.dead_letters.num_rows(),
+                    replayed: true,
+                };
+                idempotency.record(key, outcome);
+            }
+            tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
+            Ok(())
+        })?;
+        let (hot_rows, _) = tiers.hot_stats();
+        tracing::info!(
+            segments = report.segments, entries = report.entries, cut_bytes = report.cut_bytes,
+            hot_rows, cold_files = manifest.logs.len(), orphans_removed = orphans,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "WAL replayed"
+        );
+        let tables = vec![
+            ("logs", TierScope::Both, TableKind::Logs),
+            ("logs_hot", TierScope::Hot, TableKind::Logs),
+            ("logs_cold", TierScope::Cold, TableKind::Logs),
+            ("dead_letters", TierScope::Both, TableKind::DeadLetters),
+        ]
+        .into_iter()
+        .map(|(name, scope, kind)| (name, Arc::new(TierTable::new(kind, scope, Arc::clone(&tiers), cold.clone()))))
+        .collect();
+        let (stop, _) = watch::channel(false);
+        let engine = Arc::new(Self {
+            config,
+            tiers,
+            wal,
+            cold,
+            catalog,
+            idempotency: Mutex::new(idempotency),
+            metrics: EngineMetrics::default(),
+            runtime: Arc::new(RuntimeEnv::default()),
+            tables,
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_wanted: Arc::new(Notify::new()),
+            stop,
+            _lock: lock,
+        });
+        tokio::spawn(tiering::run_flusher(
+            Arc::downgrade(&engine),
+            Arc::clone(&engine.flush_wanted),
+            engine.stop.subscribe(),
+        ));
+        Ok(engine)
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Decodes a request body and makes its records durable. Answers only after the WAL
+    /// entry is fsynced; a repeated `key` gets the first request's answer and stores nothing.
+    pub async fn ingest(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {
+        let Some(key) = key else { return self.ingest_new(body, None, opts).await };
+        loop {
+            let mut rx = {
+                let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
+                if let Some((outcome, _)) = idem.done.get(&key) {
+                    self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(IngestOutcome { replayed: true, ..*outcome });
+                }
+                match idem.inflight.get(&key) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        idem.inflight.insert(key.clone(), rx);
+                        drop(idem);
+                        let result = self.ingest_new(body, Some(key.clone()), opts).await;
+                        let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
+                        idem.inflight.remove(&key);
+                        if let Ok(outcome) = &result {
+                            idem.record(key, *outcome);
+                        }
+                        let _ = tx.send(Some(result.as_ref().map(|o| *o).map_err(|e| e.to_string())));
+                        return result;
+                    }
+                }
+            };
+            // Another request with the same key is being written: answer as it does.
+            let shared = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+            if let Ok(Some(Ok(outcome))) = shared {
+                self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
+                return Ok(IngestOutcome { replayed: true, ..outcome });
+            }
+            // It failed: try again as the owner.
+        }
+    }
+
+    async fn ingest_new(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {
+        self.wait_for_room().await;
+        let ingest_time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let decoded = if body.len() > 256 * 1024 {
+            tokio::task::spawn_blocking(move || decode_body(&body, ingest_time, &opts))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?
+        } else {
+            decode_body(&body, ingest_time, &opts)
+        };
+        let outcome = IngestOutcome { accepted: decoded.accepted(), rejected: decoded.rejected(), replayed: false };
+        let entry = IngestEntry { key, logs: decoded.logs, dead_letters: decoded.dead_letters };
+        let payload = entry.encode()?;
+        let tiers = Arc::clone(&self.tiers);
+        let (logs, dead) = (entry.logs, entry.dead_letters);
+        self.wal.append(payload, Box::new(move |seq| tiers.insert(HotEntry::new(seq, logs, dead)))).await?;
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.records_accepted.fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.metrics.records_rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
+        if self.tiers.hot_stats().0 >= self.config.flush_max_rows {
+            self.flush_wanted.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// Back-pressure: while the hot buffer is over its bound (flushes are failing or slow),
+    /// ingest waits instead of growing memory without limit.
+    async fn wait_for_room(&self) {
+        while self.tiers.hot_stats().0 >= self.config.max_hot_rows && !*self.stop.borrow() {
+            self.flush_wanted.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Flushes the whole hot buffer to Parquet now; returns the rows moved.
+    pub async fn flush(&self) -> Result<u64, EngineError> {
+        tiering::flush(self).await
     }
 
     /// A fresh DataFusion session (one per client connection) with `logs`, `logs_hot`,
-    /// `logs_cold` and `dead_letters` registered and `information_schema` on.
+    /// `logs_cold` and `dead_letters` registered, the log functions, and
+    /// `information_schema` on.
     pub fn session_context(&self) -> SessionContext {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("logsphere", "public");
-        let ctx = SessionContext::new_with_config(config);
-        for (name, schema) in [
-            ("logs", logs_schema()),
-            ("logs_hot", logs_schema()),
-            ("logs_cold", logs_schema()),
-            ("dead_letters", dead_letters_schema()),
-        ] {
-            if let Ok(t) = MemTable::try_new(schema, vec![vec![]]) {
-                let _ = ctx.register_table(name, Arc::new(t));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&self.runtime))
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for (name, table) in &self.tables {
+            let table: Arc<dyn datafusion::catalog::TableProvider> = table.clone();
+            if let Err(e) = ctx.register_table(*name, table) {
+                tracing::error!(table = name, error = %e, "cannot register table");
             }
         }
+        logsphere_udfs::register_all(&ctx);
         ctx
+    }
+
+    /// Counts one SQL query (for `/metrics`).
+    pub fn note_query(&self) {
+        self.metrics.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// The WAL's counters.
+    pub fn wal_metrics(&self) -> &WalMetrics {
+        self.wal.metrics()
+    }
+
+    /// Rows in the hot buffer, and cold files committed.
+    pub fn tier_stats(&self) -> (usize, usize) {
+        (self.tiers.hot_stats().0, self.tiers.manifest().logs.len())
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Stops the flusher and closes the WAL after every acknowledged append is synced.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let _guard = self.flush_lock.lock().await;
+        self.wal.close();
     }
 }

@@ -1,24 +1,34 @@
 //! # logsphere-engine
 //!
-//! The storage and query engine behind LogSphere: decoding log records into Arrow, the
-//! write-ahead log, the hot buffer, the Parquet cold tier, tiering, the local catalog and
-//! the DataFusion session that answers SQL over both tiers.
+//! The storage and query engine behind LogSphere: decoding log records into Arrow once,
+//! the write-ahead log, the hot buffer, the Parquet cold tier, tiering, the local catalog
+//! and the DataFusion session that answers SQL over both tiers.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), logsphere_engine::EngineError> {
-//! use logsphere_engine::{Engine, EngineConfig};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use logsphere_engine::{Engine, EngineConfig, ingest::DecodeOptions};
 //! let engine = Engine::open(EngineConfig::new("./logsphere-data")).await?;
-//! let ctx = engine.session_context();
-//! let df = ctx.sql("SELECT count(*) FROM logs").await?;
+//! let body = bytes::Bytes::from_static(br#"{"level":"error","message":"disk full","host":"web-1"}"#);
+//! let outcome = engine.ingest(body, None, DecodeOptions::default()).await?;
+//! assert_eq!(outcome.accepted, 1);
+//! let batches = engine.session_context().sql("SELECT count(*) FROM logs").await?.collect().await?;
 //! # Ok(()) }
 //! ```
 
+pub mod catalog;
+pub mod cold;
+pub mod hot;
+pub mod ingest;
 pub mod model;
+pub mod query;
+pub mod wal;
 
 mod engine;
-pub mod ingest;
-pub mod wal;
 mod error;
+mod tiering;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, EngineMetrics, IngestOutcome};
 pub use error::EngineError;
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //!
 //! See `wal.md` beside this file for the format, the commit path and what survives a crash.
 
+mod payload;
 mod segment;
 
 use std::fs::{File, OpenOptions};
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::EngineError;
+pub use payload::IngestEntry;
 pub use segment::{ReadEntry, encode_entry, parse_segment_name, scan_segment, segment_path};
 
 /// Called on the WAL thread once an entry is durable, before its writer is answered, with

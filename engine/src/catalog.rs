@@ -1,0 +1,86 @@
+//! The local catalog: one small JSON manifest, replaced atomically.
+//!
+//! The manifest names every committed cold file and the sequence horizon: the WAL entries
+//! with `seq <= flushed_seq` are in those files, the ones above it are in the hot buffer.
+//! It is written to a temporary file, fsynced, renamed over the old one and the directory
+//! fsynced, so a crash leaves either the old manifest or the new one, never a mix.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// One committed Parquet file of the cold tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdFile {
+    /// Path below the cold root, e.g. `logs/date=2026-11-24/hour=13/<uuid>.parquet`.
+    pub path: String,
+    /// Smallest and largest value of the table's time column in the file (µs since epoch).
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// Rows and bytes in the file.
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The catalog's content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Bumped by every commit.
+    pub version: u64,
+    /// Every WAL entry up to and including this sequence number is in the cold files.
+    pub flushed_seq: u64,
+    /// Cold files of `logs`.
+    pub logs: Vec<ColdFile>,
+    /// Cold files of `dead_letters`.
+    pub dead_letters: Vec<ColdFile>,
+}
+
+/// Where the manifest lives and how it is replaced.
+#[derive(Debug)]
+pub struct LocalCatalog {
+    path: PathBuf,
+}
+
+impl LocalCatalog {
+    /// The catalog in `dir` (`dir/catalog.json`).
+    pub fn new(dir: &Path) -> Self {
+        Self { path: dir.join("catalog.json") }
+    }
+
+    /// Reads the manifest; a missing file is an empty catalog.
+    pub fn load(&self) -> Result<Manifest, EngineError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EngineError::Catalog {
+                path: self.path.clone(),
+                reason: format!("not a valid manifest: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(source) => Err(EngineError::Io { path: self.path.clone(), source }),
+        }
+    }
+
+    /// Replaces the manifest atomically and durably.
+    pub fn commit(&self, manifest: &Manifest) -> Result<(), EngineError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| EngineError::Io { path, source }
+        };
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| EngineError::Catalog {
+            path: self.path.clone(),
+            reason: format!("cannot encode manifest: {e}"),
+        })?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! SQL over both tiers: the table providers DataFusion plans against.
+
+pub mod tables;

@@ -1,0 +1,254 @@
+//! `logs`, `logs_hot`, `logs_cold` and `dead_letters` as DataFusion tables over both tiers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::catalog::ColdFile;
+use crate::cold::ColdStore;
+use crate::hot::{HotEntry, Tiers};
+
+/// Which stored table a provider reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// `logs`: the log records.
+    Logs,
+    /// `dead_letters`: the records that could not become rows.
+    DeadLetters,
+}
+
+/// Which tiers a provider reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierScope {
+    /// Both: the hot entries above the horizon and the committed cold files.
+    Both,
+    /// Only the hot buffer.
+    Hot,
+    /// Only the committed Parquet files.
+    Cold,
+}
+
+/// A table over the tiers; each scan takes one consistent snapshot of them.
+pub struct TierTable {
+    kind: TableKind,
+    scope: TierScope,
+    schema: SchemaRef,
+    tiers: Arc<Tiers>,
+    cold: ColdStore,
+}
+
+impl fmt::Debug for TierTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierTable").field("kind", &self.kind).field("scope", &self.scope).finish()
+    }
+}
+
+impl TierTable {
+    /// A provider for `kind` over `scope`.
+    pub fn new(kind: TableKind, scope: TierScope, tiers: Arc<Tiers>, cold: ColdStore) -> Self {
+        let schema = match kind {
+            TableKind::Logs => crate::model::logs_schema(),
+            TableKind::DeadLetters => crate::model::dead_letters_schema(),
+        };
+        Self { kind, scope, schema, tiers, cold }
+    }
+
+    /// The column time filters prune on.
+    fn time_column(&self) -> &'static str {
+        match self.kind {
+            TableKind::Logs => "timestamp",
+            TableKind::DeadLetters => "ingest_time",
+        }
+    }
+
+    async fn cold_plan(
+        &self,
+        state: &dyn Session,
+        files: &[&ColdFile],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let urls = files.iter().map(|f| self.cold.file_url(&f.path)).collect::<Result<Vec<_>, _>>()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(Arc::clone(&self.schema));
+        ListingTable::try_new(config)?.scan(state, projection, filters, limit).await
+    }
+}
+
+#[async_trait]
+impl TableProvider for TierTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters prune hot entries, cold files and row groups; DataFusion still applies them.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.tiers.snapshot();
+        let range = TimeRange::from_filters(filters, self.time_column());
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if self.scope != TierScope::Cold {
+            let batches: Vec<_> = snapshot
+                .hot
+                .iter()
+                .filter(|e| range.overlaps(self.entry_range(e)))
+                .map(|e| match self.kind {
+                    TableKind::Logs => e.logs.clone(),
+                    TableKind::DeadLetters => e.dead_letters.clone(),
+                })
+                .filter(|b| b.num_rows() > 0)
+                .collect();
+            if !batches.is_empty() {
+                let partitions = split_partitions(batches, state.config().target_partitions());
+                let mem = MemorySourceConfig::try_new_exec(&partitions, Arc::clone(&self.schema), projection.cloned())?;
+                inputs.push(mem);
+            }
+        }
+        if self.scope != TierScope::Hot {
+            let files = match self.kind {
+                TableKind::Logs => &snapshot.manifest.logs,
+                TableKind::DeadLetters => &snapshot.manifest.dead_letters,
+            };
+            let files: Vec<&ColdFile> = files.iter().filter(|f| range.overlaps(Some((f.min_ts, f.max_ts)))).collect();
+            if !files.is_empty() {
+                inputs.push(self.cold_plan(state, &files, projection, filters, limit).await?);
+            }
+        }
+        if inputs.is_empty() {
+            let schema = datafusion::common::project_schema(&self.schema, projection)?;
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+impl TierTable {
+    fn entry_range(&self, e: &HotEntry) -> Option<(i64, i64)> {
+        match self.kind {
+            TableKind::Logs => e.ts_range,
+            TableKind::DeadLetters => e.dl_range,
+        }
+    }
+}
+
+/// Spreads batches over at most `n` partitions so hot scans use every core.
+fn split_partitions(batches: Vec<arrow::array::RecordBatch>, n: usize) -> Vec<Vec<arrow::array::RecordBatch>> {
+    let n = n.clamp(1, batches.len().max(1));
+    let mut parts = vec![Vec::new(); n];
+    for (i, b) in batches.into_iter().enumerate() {
+        parts[i % n].push(b);
+    }
+    parts
+}
+
+/// The closed interval `[lo, hi]` (µs) that filters on the time column allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl TimeRange {
+    const ALL: TimeRange = TimeRange { lo: i64::MIN, hi: i64::MAX };
+
+    /// Intersects what every conjunct of every filter says about `column`.
+    pub fn from_filters(filters: &[Expr], column: &str) -> Self {
+        let mut r = Self::ALL;
+        for f in filters {
+            r.narrow(f, column);
+        }
+        r
+    }
+
+    fn overlaps(&self, range: Option<(i64, i64)>) -> bool {
+        match range {
+            Some((min, max)) => min <= self.hi && max >= self.lo,
+            None => true,
+        }
+    }
+
+    fn narrow(&mut self, e: &Expr, column: &str) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+                self.narrow(left, column);
+                self.narrow(right, column);
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, v) = match (is_column(left, column), micros(right), is_column(right, column), micros(left)) {
+                    (true, Some(v), _, _) => (*op, v),
+                    (_, _, true, Some(v)) => match op.swap() {
+                        Some(op) => (op, v),
+                        None => return,
+                    },
+                    _ => return,
+                };
+                match op {
+                    Operator::Eq => {
+                        self.lo = self.lo.max(v);
+                        self.hi = self.hi.min(v);
+                    }
+                    // Strict bounds are kept inclusive: literals in other units were
+                    // rounded to µs, and pruning must only ever keep too much.
+                    Operator::Gt | Operator::GtEq => self.lo = self.lo.max(v),
+                    Operator::Lt | Operator::LtEq => self.hi = self.hi.min(v),
+                    _ => {}
+                }
+            }
+            Expr::Between(Between { expr, negated: false, low, high }) if is_column(expr, column) => {
+                if let Some(v) = micros(low) {
+                    self.lo = self.lo.max(v);
+                }
+                if let Some(v) = micros(high) {
+                    self.hi = self.hi.min(v);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_column(e: &Expr, column: &str) -> bool {
+    matches!(e, Expr::Column(c) if c.name == column)
+}
+
+/// A timestamp literal in microseconds.
+fn micros(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1000)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000),
+        _ => None,
+    }
+}
