@@ -85,6 +85,13 @@ pub struct EngineMetrics {
 
 type Shared = watch::Receiver<Option<Result<IngestOutcome, String>>>;
 
+/// What an idempotency-key lookup tells a request to do.
+enum Claim {
+    Done(IngestOutcome),
+    Wait(Shared),
+    Owner(watch::Sender<Option<Result<IngestOutcome, String>>>),
+}
+
 #[derive(Default)]
 struct Idempotency {
     done: HashMap<String, (IngestOutcome, Instant)>,
@@ -213,37 +220,47 @@ impl Engine {
     pub async fn ingest(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {
         let Some(key) = key else { return self.ingest_new(body, None, opts).await };
         loop {
-            let mut rx = {
-                let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
-                if let Some((outcome, _)) = idem.done.get(&key) {
+            match self.claim(&key)? {
+                Claim::Done(outcome) => {
                     self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(IngestOutcome { replayed: true, ..*outcome });
+                    return Ok(IngestOutcome { replayed: true, ..outcome });
                 }
-                match idem.inflight.get(&key) {
-                    Some(rx) => rx.clone(),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        idem.inflight.insert(key.clone(), rx);
-                        drop(idem);
-                        let result = self.ingest_new(body, Some(key.clone()), opts).await;
-                        let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
+                Claim::Owner(tx) => {
+                    let result = self.ingest_new(body, Some(key.clone()), opts).await;
+                    if let Ok(mut idem) = self.idempotency.lock() {
                         idem.inflight.remove(&key);
                         if let Ok(outcome) = &result {
                             idem.record(key, *outcome);
                         }
-                        let _ = tx.send(Some(result.as_ref().map(|o| *o).map_err(|e| e.to_string())));
-                        return result;
                     }
+                    let _ = tx.send(Some(result.as_ref().map(|o| *o).map_err(|e| e.to_string())));
+                    return result;
                 }
-            };
-            // Another request with the same key is being written: answer as it does.
-            let shared = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
-            if let Ok(Some(Ok(outcome))) = shared {
-                self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
-                return Ok(IngestOutcome { replayed: true, ..outcome });
+                Claim::Wait(mut rx) => {
+                    // Another request with the same key is being written: answer as it does.
+                    let shared = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+                    if let Ok(Some(Ok(outcome))) = shared {
+                        self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(IngestOutcome { replayed: true, ..outcome });
+                    }
+                    // It failed: try again, as the owner if nobody else got there first.
+                }
             }
-            // It failed: try again as the owner.
         }
+    }
+
+    /// Decides, under the lock, whether this request writes, waits or answers at once.
+    fn claim(&self, key: &str) -> Result<Claim, EngineError> {
+        let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
+        if let Some((outcome, _)) = idem.done.get(key) {
+            return Ok(Claim::Done(*outcome));
+        }
+        if let Some(rx) = idem.inflight.get(key) {
+            return Ok(Claim::Wait(rx.clone()));
+        }
+        let (tx, rx) = watch::channel(None);
+        idem.inflight.insert(key.to_string(), rx);
+        Ok(Claim::Owner(tx))
     }
 
     async fn ingest_new(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {

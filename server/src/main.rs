@@ -1,10 +1,13 @@
 //! `logsphere`: the LogSphere server and its command-line tools.
 
 mod config;
+mod http;
 mod pgwire;
+mod ship;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -25,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the server. With no configuration it runs embedded: a local WAL and local Parquet.
     Serve(ServeArgs),
+    /// Send a log file (or stdin) to a LogSphere server over HTTP, with progress and retries.
+    Ship(ship::ShipArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +50,9 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Ship(args) = cli.command {
+        return ship::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGSPHERE_LOG")
@@ -58,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Ship(_) => Ok(()),
     }
 }
 
@@ -81,25 +90,54 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args)?;
-    let engine = Engine::open(EngineConfig::new(&cfg.data_dir))
-        .await
-        .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
+    let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
+    engine_cfg.flush_interval = Duration::from_secs(cfg.storage.flush_interval_secs);
+    engine_cfg.flush_max_rows = cfg.storage.flush_max_rows;
+    engine_cfg.max_hot_rows = cfg.storage.flush_max_rows.saturating_mul(4);
+    engine_cfg.wal_segment_bytes = cfg.storage.wal_segment_bytes;
+    engine_cfg.fault_flush_pause = fault_flush_pause()?;
     let pg_listener = tokio::net::TcpListener::bind(cfg.pg.listen)
         .await
         .with_context(|| format!("cannot listen on pg.listen = {}", cfg.pg.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
+    let engine = Engine::open(engine_cfg)
+        .await
+        .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tracing::info!(pg = %cfg.pg.listen, data_dir = %cfg.data_dir.display(), "logsphere serving");
     let pg = tokio::spawn(pgwire::serve(
         pg_listener,
         Arc::clone(&engine),
         cfg.pg.users.clone(),
         shutdown_rx.clone(),
     ));
+    let http = tokio::spawn(http::serve(http_listener, Arc::clone(&engine), cfg.http.clone(), shutdown_rx));
+    tracing::info!(
+        pg = %cfg.pg.listen, http = %cfg.http.listen, data_dir = %cfg.data_dir.display(),
+        "logsphere ready"
+    );
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: answering requests in flight");
     let _ = shutdown_tx.send(true);
-    pg.await.context("pg listener task")??;
+    let (pg, http) = tokio::join!(pg, http);
+    engine.shutdown().await;
+    pg.context("pg listener task")??;
+    http.context("http listener task")??;
+    tracing::info!("stopped; the WAL is synced");
     Ok(())
+}
+
+/// `LOGSPHERE_FAULT_FLUSH_PAUSE_MS`: crash tests widen the window between writing Parquet
+/// and committing it, so a kill lands inside a flush.
+fn fault_flush_pause() -> anyhow::Result<Option<Duration>> {
+    match std::env::var("LOGSPHERE_FAULT_FLUSH_PAUSE_MS") {
+        Err(_) => Ok(None),
+        Ok(v) => {
+            let ms: u64 = v.parse().with_context(|| format!("LOGSPHERE_FAULT_FLUSH_PAUSE_MS = {v:?} is not a number"))?;
+            Ok(Some(Duration::from_millis(ms)))
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ pub fn normalize_level(v: &Value) -> (&'static str, bool) {
     match v {
         Value::String(s) => {
             let norm = by_name(s.trim()).unwrap_or("INFO");
-            (norm, norm == s)
+            (norm, norm.eq_ignore_ascii_case(s.trim()))
         }
         Value::Number(n) => (n.as_i64().map(by_number).unwrap_or("INFO"), false),
         _ => ("INFO", false),

@@ -30,6 +30,8 @@ fn ndjson_with_aliases() {
     assert_eq!(col(&d.logs, "topic").value(1), "logs.error");
     let attrs: serde_json::Value = serde_json::from_str(col(&d.logs, "attributes").value(0)).unwrap();
     assert_eq!(attrs, json!({"extra": 1, "raw_level": "warning"}));
+    let attrs1: serde_json::Value = serde_json::from_str(col(&d.logs, "attributes").value(1)).unwrap();
+    assert_eq!(attrs1, json!({}), "ERROR is already normalised");
 }
 
 #[test]
@@ -104,5 +106,6 @@ fn levels() {
         assert_eq!(normalize_level(&raw).0, want, "{raw}");
     }
     assert!(normalize_level(&json!("ERROR")).1);
-    assert!(!normalize_level(&json!("error")).1);
+    assert!(normalize_level(&json!("error")).1, "case alone is not worth keeping");
+    assert!(!normalize_level(&json!("err")).1);
 }

@@ -1,0 +1,102 @@
+//! HTTP: `POST /v1/logs` ingest, `POST /v1/flush`, `GET /healthz`, `GET /metrics`.
+
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use logsphere_engine::ingest::DecodeOptions;
+use logsphere_engine::{Engine, EngineError};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::HttpConfig;
+
+/// What every handler sees.
+struct HttpState {
+    engine: Arc<Engine>,
+    max_record_bytes: usize,
+}
+
+/// Serves HTTP until `shutdown` turns true; requests in flight are answered first.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    cfg: HttpConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(HttpState { engine, max_record_bytes: cfg.max_record_bytes });
+    let app = Router::new()
+        .route("/v1/logs", post(ingest))
+        .route("/v1/flush", post(flush))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(state);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn ingest(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if body.iter().all(|c| c.is_ascii_whitespace()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send NDJSON (one JSON object per line) or a JSON array of objects",
+        );
+    }
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
+        Some(_) => {
+            return error(StatusCode::BAD_REQUEST, "Idempotency-Key must be 1 to 256 visible ASCII characters");
+        }
+    };
+    let opts = DecodeOptions {
+        max_record_bytes: state.max_record_bytes,
+        default_topic: params.get("topic").cloned().unwrap_or_else(|| "logs".into()),
+        origin: format!("http {peer}"),
+    };
+    match state.engine.ingest(body, key, opts).await {
+        Ok(o) => {
+            let mut resp = axum::Json(json!({ "accepted": o.accepted, "rejected": o.rejected })).into_response();
+            if o.replayed {
+                resp.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+            }
+            resp
+        }
+        Err(EngineError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+        Err(e) => {
+            tracing::error!(peer = %peer, error = %e, "ingest failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored, retry: {e}"))
+        }
+    }
+}
+
+async fn flush(State(state): State<Arc<HttpState>>) -> Response {
+    match state.engine.flush().await {
+        Ok(rows) => axum::Json(json!({ "flushed_rows": rows })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("flush failed: {e}")),
+    }
+}

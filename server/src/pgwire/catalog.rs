@@ -1,0 +1,286 @@
+//! `pg_catalog` and the PostgreSQL functions clients call on connect, installed into each
+//! connection's session.
+//!
+//! datafusion-pg-catalog's `setup_pg_catalog` decodes its ~60 static tables (Arrow dumps of
+//! a real PostgreSQL) on every call. [`PgCatalog::load`] decodes them once per server and
+//! [`PgCatalog::install`] shares them with every connection; the dynamic tables (`pg_class`,
+//! `pg_attribute`, …) are still built from the connection's own catalog.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
+use datafusion_pg_catalog::pg_catalog::{
+    self as pgc, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type,
+    generate_series_arg_coercion, has_privilege_udf, oid_type_planner, pg_get_expr_udf, quote_ident_udf,
+};
+
+use super::session::{SharedVars, lock};
+
+/// The shared, decoded part of `pg_catalog`.
+pub(crate) struct PgCatalog {
+    static_tables: Arc<PgCatalogStaticTables>,
+    roles: ConfiguredRoles,
+}
+
+impl PgCatalog {
+    /// Decodes the static catalog tables; `role_names` become the rows of `pg_roles`.
+    pub(crate) fn load(role_names: Vec<String>) -> Result<Self> {
+        let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        Ok(Self { static_tables, roles: ConfiguredRoles { names: Arc::new(role_names) } })
+    }
+
+    /// Registers `pg_catalog` in `catalog_name` of `ctx`, plus the PostgreSQL functions
+    /// (datafusion-pg-catalog's, then LogSphere's `current_setting` and `version`).
+    ///
+    /// Mirrors `datafusion_pg_catalog::setup_pg_catalog` 0.19, with the static tables shared.
+    pub(crate) fn install(&self, ctx: &SessionContext, catalog_name: &str, vars: SharedVars) -> Result<()> {
+        let schema = PgCatalogSchemaProvider::try_new(
+            ctx.state().catalog_list().clone(),
+            Arc::clone(&self.static_tables),
+            // By value: datafusion-pg-catalog's blanket impl for `Arc<T>` recurses forever.
+            self.roles.clone(),
+        )?;
+        ctx.catalog(catalog_name)
+            .ok_or_else(|| DataFusionError::Configuration(format!("catalog {catalog_name} is not registered")))?
+            .register_schema("pg_catalog", Arc::new(schema))?;
+
+        for udf in [
+            pgc::create_current_database_udf(catalog_name),
+            pgc::create_current_schema_udf(),
+            pgc::create_current_schemas_udf(),
+            pgc::create_pg_get_userbyid_udf(),
+            has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+            has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+            has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+            has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+            pgc::create_pg_table_is_visible(),
+            format_type::create_format_type_udf(),
+            pg_get_expr_udf::create_pg_get_expr_udf(),
+            pgc::create_pg_get_partkeydef_udf(),
+            pgc::create_pg_relation_is_publishable_udf(),
+            pgc::create_pg_get_statisticsobjdef_columns_udf(),
+            pgc::create_pg_encoding_to_char_udf(),
+            pgc::create_pg_backend_pid_udf(),
+            pgc::create_pg_relation_size_udf(),
+            pgc::create_pg_total_relation_size_udf(),
+            pgc::create_pg_stat_get_numscans(),
+            pgc::create_pg_get_constraintdef(),
+            pgc::create_pg_get_partition_ancestors_udf(),
+            quote_ident_udf::create_quote_ident_udf(),
+            quote_ident_udf::create_parse_ident_udf(),
+            array_bounds_udf::create_array_upper_udf(),
+            array_bounds_udf::create_array_lower_udf(),
+        ] {
+            ctx.register_udf(udf);
+        }
+        ctx.register_udtf("pg_get_keywords", self.static_tables.pg_get_keywords.clone());
+
+        {
+            let state = ctx.state_ref();
+            let existing = state.read().clone();
+            let new_state = SessionStateBuilder::new_from_existing(existing)
+                .with_type_planner(Arc::new(oid_type_planner::PgOidTypePlanner))
+                .build();
+            *state.write() = new_state;
+        }
+        generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
+
+        ctx.register_udf(session_user_udf(Arc::clone(&vars)));
+        ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new(vars)));
+        ctx.register_udf(version_udf());
+        for name in ["col_description", "obj_description", "shobj_description", "pg_get_indexdef"] {
+            ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
+        }
+        Ok(())
+    }
+}
+
+/// `pg_roles` rows: the configured users (or the login name when there are none).
+#[derive(Debug, Clone)]
+struct ConfiguredRoles {
+    names: Arc<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl PgCatalogContextProvider for ConfiguredRoles {
+    async fn roles(&self) -> Vec<String> {
+        self.names.as_ref().clone()
+    }
+
+    async fn role(&self, name: &str) -> Option<Role> {
+        self.names.iter().find(|n| n.as_str() == name).map(|n| Role {
+            name: n.clone(),
+            is_superuser: false,
+            can_login: true,
+            can_create_db: false,
+            can_create_role: false,
+            can_create_user: false,
+            can_replication: false,
+            grants: Vec::new(),
+            inherited_roles: Vec::new(),
+        })
+    }
+}
+
+/// `session_user` (and `current_user`, which the SQL rewrites turn into it): the login user.
+fn session_user_udf(vars: SharedVars) -> ScalarUDF {
+    datafusion::logical_expr::create_udf(
+        "session_user",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            let user = lock(&vars).get("session_authorization").unwrap_or_default().to_owned();
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(user))))
+        }),
+    )
+}
+
+/// `version()`: a PostgreSQL-shaped version string (pgAdmin, DataGrip and Grafana parse it).
+fn version_udf() -> ScalarUDF {
+    let version =
+        format!("PostgreSQL {} on {}, compiled by rustc", super::session::SERVER_VERSION, std::env::consts::ARCH);
+    datafusion::logical_expr::create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+    )
+}
+
+/// `current_setting(name [, missing_ok])`: the connection's run-time parameters, as SHOW
+/// reports them (Grafana reads `server_version_num` and `search_path` this way).
+#[derive(Debug)]
+struct CurrentSetting {
+    vars: SharedVars,
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    fn new(vars: SharedVars) -> Self {
+        let signature = Signature::one_of(
+            vec![
+                TypeSignature::Exact(vec![DataType::Utf8]),
+                TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+            ],
+            Volatility::Stable,
+        );
+        Self { vars, signature }
+    }
+}
+
+impl PartialEq for CurrentSetting {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.vars, &other.vars)
+    }
+}
+
+impl Eq for CurrentSetting {}
+
+impl Hash for CurrentSetting {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.vars) as usize).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = arrays
+            .first()
+            .ok_or_else(|| DataFusionError::Plan("current_setting() needs a parameter name".to_owned()))?;
+        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let missing_ok = match arrays.get(1) {
+            Some(a) => Some(datafusion::arrow::compute::cast(a, &DataType::Boolean)?),
+            None => None,
+        };
+        let vars = lock(&self.vars);
+        let mut out = StringBuilder::with_capacity(names.len(), names.len() * 8);
+        for row in 0..names.len() {
+            if names.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let name = names.value(row);
+            match vars.get(name) {
+                Some(v) => out.append_value(v),
+                None => {
+                    let ok = missing_ok
+                        .as_ref()
+                        .map(|a| {
+                            let a = a.as_boolean();
+                            !a.is_null(row) && a.value(row)
+                        })
+                        .unwrap_or(false);
+                    if !ok {
+                        return Err(DataFusionError::Execution(format!(
+                            "unrecognized configuration parameter \"{name}\""
+                        )));
+                    }
+                    out.append_null();
+                }
+            }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        if array.len() == 1 && args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
+/// A catalog function LogSphere has nothing to answer with (comments, index definitions):
+/// returns NULL text for any arguments, as PostgreSQL does for objects without one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullText {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl NullText {
+    fn new(name: &'static str) -> Self {
+        Self { name, signature: Signature::variadic_any(Volatility::Stable) }
+    }
+}
+
+impl ScalarUDFImpl for NullText {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}

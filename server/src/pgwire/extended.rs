@@ -1,0 +1,149 @@
+//! The extended query protocol: Parse plans (and checks) the statement, Describe reports
+//! its parameter and result types, Bind/Execute decode the parameters and run it. Portal
+//! suspension (`Execute` with a row limit, as JDBC `setFetchSize` sends) is pgwire's.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::Sink;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::ExtendedQueryHandler;
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::TransactionStatus;
+
+use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
+use super::errors::{sqlstate, user_error};
+use super::query::{self, PlannedQuery, Prepared};
+use super::session::Session;
+use super::statements;
+
+/// Turns a Parse message's SQL into a [`Prepared`] statement for the portal store.
+pub(crate) struct StatementParser {
+    pub(crate) session: Arc<Session>,
+    pub(crate) parser: Arc<PostgresCompatibilityParser>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        tracing::debug!(peer = %client.socket_addr(), sql, "parse");
+        if let Some(statement) = statements::recognise(sql) {
+            return Ok(Some(Prepared::LogSphere(statement?)));
+        }
+        let mut parsed = query::parse(&self.parser, sql)?;
+        match parsed.len() {
+            0 => Ok(None),
+            1 => {
+                let statement = parsed.remove(0);
+                query::prepare(&self.session, statement).await.map(Some)
+            }
+            _ => Err(user_error(sqlstate::SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")),
+        }
+    }
+
+    fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(match statement {
+            Prepared::Plan(planned) => planned.param_wire_types(),
+            Prepared::Local(_) | Prepared::LogSphere(_) => Vec::new(),
+        })
+    }
+
+    fn get_result_schema(&self, statement: &Prepared, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        statement.result_fields(column_format.unwrap_or(&Format::UnifiedText))
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        Arc::clone(&self.statement_parser)
+    }
+
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let _busy = self.activity.begin()?;
+        self._on_execute(client, message).await
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let failed = matches!(client.transaction_status(), TransactionStatus::Error);
+        match &portal.statement.statement {
+            Prepared::Local(local) => {
+                if failed && !local.ends_transaction() {
+                    return Err(in_failed_transaction());
+                }
+                let outcome = local.execute(&self.session, failed)?;
+                report_parameters(client, outcome.reports).await?;
+                Ok(outcome.response)
+            }
+            Prepared::LogSphere(statement) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                statement.execute(&self.session).await
+            }
+            Prepared::Plan(planned) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                let params = bound_parameters(portal, planned)?;
+                planned.execute(&self.session, params, &portal.result_column_format).await
+            }
+        }
+    }
+}
+
+/// Decodes the portal's parameters (text or binary) into the types the plan expects.
+fn bound_parameters(
+    portal: &Portal<Prepared>,
+    planned: &PlannedQuery,
+) -> PgWireResult<Option<datafusion::common::ParamValues>> {
+    let expected = planned.param_types().len();
+    let supplied = portal.parameter_len();
+    if supplied != expected {
+        return Err(user_error(
+            "08P01",
+            format!("bind message supplies {supplied} parameters, but prepared statement requires {expected}"),
+        ));
+    }
+    if expected == 0 {
+        return Ok(None);
+    }
+    let inferred: Vec<Option<&DataType>> = planned.param_types().iter().map(Option::as_ref).collect();
+    let wire_types = planned.param_wire_types();
+    let wire_refs: Vec<Option<&Type>> = wire_types.iter().map(Some).collect();
+    let params = deserialize_parameters_with_server_types(portal, &inferred, &wire_refs).map_err(|e| match e {
+        PgWireError::UserError(_) => e,
+        other => user_error(sqlstate::INVALID_PARAMETER_VALUE, format!("invalid parameter: {other}")),
+    })?;
+    Ok(Some(params))
+}

@@ -1,0 +1,191 @@
+//! The PostgreSQL wire protocol front end: pgwire for the protocol, arrow-pg for encoding
+//! Arrow results, datafusion-pg-catalog for `pg_catalog` and PostgreSQL-dialect rewrites.
+//!
+//! Every connection gets its own DataFusion session from [`Engine::session_context`] and its
+//! own run-time parameters; the server's data is read-only over SQL (writes come in over
+//! HTTP and Kafka). Module map:
+//!
+//! - `connection`: the per-connection handlers and session set-up;
+//! - `auth`: startup, SCRAM-SHA-256, the ParameterStatus sent after login;
+//! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
+//! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
+//! - `session`: run-time parameters and per-session DataFusion options;
+//! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
+//! - `statements`: the entry point for LogSphere's own statements;
+//! - `errors`: SQLSTATE mapping.
+
+mod auth;
+mod catalog;
+mod connection;
+mod errors;
+mod extended;
+mod query;
+mod session;
+mod simple;
+mod statements;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use logsphere_engine::Engine;
+use pgwire::api::{ConnectionManager, RandomPidSecretKeyGenerator};
+use pgwire::error::PgWireResult;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use self::auth::{Credentials, StartupContext};
+use self::catalog::PgCatalog;
+use self::connection::ConnectionHandlers;
+use crate::config::PgUser;
+
+/// How long shutdown waits for running queries before closing their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What all connections share.
+pub(crate) struct ServerState {
+    engine: Arc<Engine>,
+    catalog: PgCatalog,
+    parser: Arc<PostgresCompatibilityParser>,
+    startup: StartupContext,
+    activity: Arc<Activity>,
+}
+
+/// Accepts PostgreSQL connections until `shutdown` turns true, then lets running queries
+/// finish (up to [`DRAIN_TIMEOUT`]) and closes every connection.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    users: Vec<PgUser>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let role_names =
+        if users.is_empty() { vec!["logsphere".to_owned()] } else { users.iter().map(|u| u.name.clone()).collect() };
+    let catalog = PgCatalog::load(role_names).context("cannot load the pg_catalog tables")?;
+    let credentials = if users.is_empty() {
+        None
+    } else {
+        // PBKDF2 per user: CPU-bound, keep it off the async workers.
+        let credentials =
+            tokio::task::spawn_blocking(move || Credentials::new(&users)).await.context("deriving SCRAM secrets")?;
+        Some(Arc::new(credentials))
+    };
+    let state = Arc::new(ServerState {
+        engine,
+        catalog,
+        parser: Arc::new(PostgresCompatibilityParser::new()),
+        startup: StartupContext {
+            credentials,
+            connections: Arc::new(ConnectionManager::new()),
+            pids: Arc::new(RandomPidSecretKeyGenerator::default()),
+        },
+        activity: Arc::new(Activity::new()),
+    });
+    let local = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?local,
+        auth = if state.startup.credentials.is_some() { "scram-sha-256" } else { "trust" },
+        setup_ms = started.elapsed().as_millis() as u64,
+        "pg listener ready"
+    );
+
+    let mut connections = JoinSet::new();
+    while !*shutdown.borrow() {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let state = Arc::clone(&state);
+                    let span = tracing::info_span!("pg", %peer);
+                    connections.spawn(
+                        async move {
+                            let handlers = match ConnectionHandlers::new(&state, peer) {
+                                Ok(h) => h,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot set up a session");
+                                    return;
+                                }
+                            };
+                            tracing::debug!("pg connection opened");
+                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                tracing::debug!(error = %e, "pg connection ended with an I/O error");
+                            }
+                            tracing::debug!("pg connection closed");
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "cannot accept a pg connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = finished
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a pg connection task panicked");
+                }
+            }
+        }
+    }
+
+    drop(listener);
+    state.activity.draining.store(true, Ordering::SeqCst);
+    let mut busy = state.activity.busy.subscribe();
+    let in_flight = *busy.borrow();
+    tracing::info!(connections = connections.len(), in_flight, "pg listener closed; draining");
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, busy.wait_for(|n| *n == 0)).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            in_flight = *state.activity.busy.borrow(),
+            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            "queries still running at the drain deadline; closing their connections"
+        );
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    tracing::info!("pg listener stopped");
+    Ok(())
+}
+
+/// Counts running queries, so shutdown can wait for them, and refuses new ones once
+/// shutdown has begun.
+pub(crate) struct Activity {
+    busy: watch::Sender<usize>,
+    draining: AtomicBool,
+}
+
+/// One running query; dropping it marks the query finished.
+pub(crate) struct Busy<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Self { busy: watch::Sender::new(0), draining: AtomicBool::new(false) }
+    }
+
+    /// Marks a query as running, unless the server is shutting down.
+    pub(crate) fn begin(&self) -> PgWireResult<Busy<'_>> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(connection::shutting_down());
+        }
+        self.busy.send_modify(|n| *n += 1);
+        Ok(Busy(self))
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}

@@ -1,0 +1,100 @@
+//! The simple query protocol: one `Query` message, any number of `;`-separated statements.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::Sink;
+use pgwire::api::portal::Format;
+use pgwire::api::query::SimpleQueryHandler;
+use pgwire::api::results::Response;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::simplequery::Query;
+
+use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
+use super::errors;
+use super::query::{self, Prepared};
+use super::statements;
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Held until the last row is sent: results stream while pgwire writes them.
+        let _busy = self.activity.begin()?;
+        self._on_query(client, query).await
+    }
+
+    async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        tracing::debug!(peer = %client.socket_addr(), sql, "simple query");
+        if let Some(statement) = statements::recognise(sql) {
+            return Ok(vec![statement?.execute(&self.session).await?]);
+        }
+        let statements = query::parse(&self.parser, sql)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        // Like PostgreSQL: statements run in order and the first error ends the batch.
+        let mut status = client.transaction_status();
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            match self.run(client, statement, status).await {
+                Ok(response) => {
+                    status = match &response {
+                        Response::TransactionStart(_) => status.to_in_transaction_state(),
+                        Response::TransactionEnd(_) => status.to_idle_state(),
+                        _ => status,
+                    };
+                    responses.push(response);
+                }
+                Err(mut e) => {
+                    errors::normalise(&mut e);
+                    let info = ErrorInfo::from(e);
+                    tracing::debug!(peer = %client.socket_addr(), code = %info.code, message = %info.message, "query failed");
+                    responses.push(Response::Error(Box::new(info)));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+impl QueryHandler {
+    /// Runs one statement of a simple query, given the transaction status before it.
+    async fn run<C>(&self, client: &mut C, statement: Statement, status: TransactionStatus) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let failed = matches!(status, TransactionStatus::Error);
+        if failed && !matches!(statement, Statement::Commit { .. } | Statement::Rollback { .. }) {
+            return Err(in_failed_transaction());
+        }
+        match query::prepare(&self.session, statement).await? {
+            Prepared::Local(local) => {
+                let outcome = local.execute(&self.session, failed)?;
+                report_parameters(client, outcome.reports).await?;
+                Ok(outcome.response)
+            }
+            Prepared::LogSphere(statement) => statement.execute(&self.session).await,
+            Prepared::Plan(planned) => planned.execute(&self.session, None, &Format::UnifiedText).await,
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `logsphere ship`: send a file or stdin to a LogSphere HTTP endpoint, with retries that
+//! never store a batch twice (each batch carries a stable `Idempotency-Key`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How lines are turned into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Each line is a JSON object, sent as is.
+    Json,
+    /// Each line is a message; `--source`, `--level` and `--topic` fill in the rest.
+    Text,
+}
+
+/// Arguments of `logsphere ship`.
+#[derive(Debug, clap::Args)]
+pub struct ShipArgs {
+    /// File to send; `-` or nothing reads standard input.
+    pub file: Option<PathBuf>,
+    /// Base URL of the LogSphere HTTP endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "LOGSPHERE_SHIP_TO")]
+    pub to: String,
+    /// Line format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// `source` of text lines [default: the file name, or "stdin"].
+    #[arg(long)]
+    pub source: Option<String>,
+    /// `log_level` of text lines.
+    #[arg(long, default_value = "INFO")]
+    pub level: String,
+    /// `topic` of records that name none.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Keep reading as the file grows, and across rotation (like `tail -F`).
+    #[arg(long)]
+    pub follow: bool,
+    /// Most lines per request.
+    #[arg(long, default_value_t = 5000)]
+    pub batch_lines: usize,
+    /// Most bytes per request.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub batch_bytes: usize,
+    /// Give up on a batch after this many failed attempts (0: never give up).
+    #[arg(long, default_value_t = 30)]
+    pub max_retries: u32,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+struct Input {
+    reader: Box<dyn BufRead>,
+    /// `(device, inode)` of a file, for stable keys and rotation checks.
+    identity: Option<(u64, u64)>,
+    path: Option<PathBuf>,
+    offset: u64,
+    total: Option<u64>,
+}
+
+impl Input {
+    fn open(path: Option<&PathBuf>) -> anyhow::Result<Self> {
+        match path {
+            Some(p) if p.as_os_str() != "-" => {
+                let f = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+                let meta = f.metadata().with_context(|| format!("cannot stat {}", p.display()))?;
+                Ok(Self {
+                    reader: Box::new(BufReader::with_capacity(1 << 20, f)),
+                    identity: Some((meta.dev(), meta.ino())),
+                    path: Some(p.clone()),
+                    offset: 0,
+                    total: Some(meta.len()),
+                })
+            }
+            _ => Ok(Self {
+                reader: Box::new(BufReader::new(std::io::stdin())),
+                identity: None,
+                path: None,
+                offset: 0,
+                total: None,
+            }),
+        }
+    }
+
+    /// True when the path now names another file (rotated) or the file shrank (truncated).
+    fn replaced(&self) -> bool {
+        let (Some(path), Some(id)) = (&self.path, self.identity) else { return false };
+        match std::fs::metadata(path) {
+            Ok(m) => (m.dev(), m.ino()) != id || m.len() < self.offset,
+            Err(_) => false,
+        }
+    }
+}
+
+struct Shipper {
+    agent: ureq::Agent,
+    url: String,
+    max_retries: u32,
+    run_id: String,
+    batches: u64,
+    lines: u64,
+    bytes: u64,
+    accepted: u64,
+    rejected: u64,
+}
+
+impl Shipper {
+    fn send(&mut self, body: &[u8], key: String, lines: u64) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = self
+                .agent
+                .post(&self.url)
+                .header("Content-Type", "application/x-ndjson")
+                .header("Idempotency-Key", &key)
+                .send(body);
+            let retry_reason = match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    if status == 200 {
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        self.accepted += v["accepted"].as_u64().unwrap_or(0);
+                        self.rejected += v["rejected"].as_u64().unwrap_or(0);
+                        self.batches += 1;
+                        self.lines += lines;
+                        self.bytes += body.len() as u64;
+                        return Ok(());
+                    }
+                    if status == 429 || status >= 500 {
+                        format!("HTTP {status}: {text}")
+                    } else {
+                        bail!("{} refused the batch: HTTP {status}: {text}", self.url);
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if self.max_retries != 0 && attempt > self.max_retries {
+                bail!("giving up on a batch after {attempt} attempts: {retry_reason}");
+            }
+            eprintln!("\nlogsphere ship: attempt {attempt} failed ({retry_reason}); retrying in {delay:?}");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+struct Progress {
+    started: Instant,
+    last: Instant,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    fn show(&mut self, s: &Shipper, input: &Input, done: bool) {
+        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        if self.quiet || (!done && self.last.elapsed() < every) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let pct = match input.total {
+            Some(t) if t > 0 => format!(" ({:.0}%)", (input.offset as f64 / t as f64 * 100.0).min(100.0)),
+            _ => String::new(),
+        };
+        let line = format!(
+            "shipped {} lines, {:.1} MiB{pct}, {:.0} lines/s; accepted {}, rejected {}",
+            s.lines,
+            s.bytes as f64 / (1 << 20) as f64,
+            s.lines as f64 / secs,
+            s.accepted,
+            s.rejected
+        );
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if done {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+/// Runs `logsphere ship`.
+pub fn run(args: ShipArgs) -> anyhow::Result<()> {
+    let mut url = format!("{}/v1/logs", args.to.trim_end_matches('/'));
+    if let Some(t) = &args.topic {
+        url.push_str("?topic=");
+        url.push_str(&urlencode(t));
+    }
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build();
+    let mut shipper = Shipper {
+        agent: ureq::Agent::new_with_config(config),
+        url,
+        max_retries: args.max_retries,
+        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        batches: 0,
+        lines: 0,
+        bytes: 0,
+        accepted: 0,
+        rejected: 0,
+    };
+    let source = args.source.clone().unwrap_or_else(|| match &args.file {
+        Some(p) if p.as_os_str() != "-" => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        _ => "stdin".into(),
+    });
+    let mut input = Input::open(args.file.as_ref())?;
+    let mut progress =
+        Progress { started: Instant::now(), last: Instant::now(), tty: std::io::stderr().is_terminal(), quiet: args.quiet };
+    let mut body = Vec::with_capacity(args.batch_bytes + 4096);
+    let mut body_lines = 0u64;
+    let mut batch_start = 0u64;
+    let mut line = Vec::new();
+    let mut pending_partial = Vec::new();
+    loop {
+        line.clear();
+        let n = input.reader.read_until(b'\n', &mut line).context("cannot read input")?;
+        if n > 0 && line.last() != Some(&b'\n') && args.follow {
+            // A line still being written: keep it until its newline arrives.
+            pending_partial.extend_from_slice(&line);
+            input.offset += n as u64;
+            continue;
+        }
+        if n > 0 {
+            input.offset += n as u64;
+            let mut full = std::mem::take(&mut pending_partial);
+            full.extend_from_slice(&line);
+            let text = trim_newline(&full);
+            if !text.iter().all(|c| c.is_ascii_whitespace()) {
+                append_record(&mut body, text, args.format, &source, &args.level);
+                body_lines += 1;
+            }
+        }
+        let eof = n == 0;
+        let full_batch = body_lines as usize >= args.batch_lines || body.len() >= args.batch_bytes;
+        if body_lines > 0 && (full_batch || eof) {
+            let key = match input.identity {
+                Some((dev, ino)) => format!("ship-{dev}-{ino}-{batch_start}-{}", input.offset),
+                None => format!("ship-{}-{}", shipper.run_id, shipper.batches),
+            };
+            shipper.send(&body, key, body_lines)?;
+            body.clear();
+            body_lines = 0;
+            batch_start = input.offset;
+        }
+        progress.show(&shipper, &input, false);
+        if eof {
+            if !args.follow {
+                break;
+            }
+            if input.replaced() {
+                let path = input.path.clone();
+                input = Input::open(path.as_ref())?;
+                batch_start = 0;
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    progress.show(&shipper, &input, true);
+    if shipper.rejected > 0 && !args.quiet {
+        eprintln!("{} records were rejected; see SELECT reason, raw_text FROM dead_letters", shipper.rejected);
+    }
+    Ok(())
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
+fn append_record(body: &mut Vec<u8>, line: &[u8], format: Format, source: &str, level: &str) {
+    match format {
+        Format::Json => body.extend_from_slice(line),
+        Format::Text => {
+            let message = String::from_utf8_lossy(line);
+            let rec = serde_json::json!({ "message": message, "source": source, "level": level });
+            body.extend_from_slice(rec.to_string().as_bytes());
+        }
+    }
+    body.push(b'\n');
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,2 @@
+mod services;
+mod pgwire;

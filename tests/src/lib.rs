@@ -1,0 +1,227 @@
+//! Test harness shared by the integration tests: the real `logsphere` binary on free
+//! ports with its own data directory, and the endpoints of the local services.
+
+pub mod services;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Path of the `logsphere` binary: `LOGSPHERE_BIN`, or beside this test executable's
+/// `deps/` directory (`cargo build -p logsphere-server`, which `scripts/test` runs).
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("LOGSPHERE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("logsphere");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p logsphere-server` (scripts/test does) \
+         or point LOGSPHERE_BIN at it",
+        bin.display()
+    );
+    bin
+}
+
+/// How to start a server.
+#[derive(Debug, Default, Clone)]
+pub struct ServerOptions {
+    /// A TOML config file's text; ports and data dir still come from flags.
+    pub config: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `logsphere serve`, stopped (SIGKILL) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pg_port: u16,
+    http_port: u16,
+    options: ServerOptions,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts an embedded server with defaults.
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server with a config file holding `toml`.
+    pub fn start_with_config(toml: &str) -> Self {
+        Self::start_with(ServerOptions { config: Some(toml.to_string()), ..Default::default() })
+    }
+
+    /// Starts a server with `options`.
+    pub fn start_with(options: ServerOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("logsphere-test-").tempdir().expect("temp dir");
+        let mut s = Self { child: None, dir, pg_port: free_port(), http_port: free_port(), options, starts: 0 };
+        s.spawn();
+        s
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("server-{}.log", self.starts))
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve");
+        if let Some(cfg) = &self.options.config {
+            let path = self.dir.path().join("logsphere.toml");
+            std::fs::write(&path, cfg).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--pg-listen")
+            .arg(format!("127.0.0.1:{}", self.pg_port))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .env("LOGSPHERE_LOG", "info")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn logsphere"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut r) = ureq::get(&format!("{}/healthz", self.http_url())).call() {
+                if r.status() == 200 && r.body_mut().read_to_string().is_ok() {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("logsphere exited with {status} before it was ready:\n{}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "logsphere not ready after 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// This run's server log.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The PostgreSQL port.
+    pub fn pg_port(&self) -> u16 {
+        self.pg_port
+    }
+
+    /// The HTTP base URL.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// A connected tokio-postgres client (user `logsphere`, no password).
+    pub async fn pg_client(&self) -> tokio_postgres::Client {
+        self.pg_client_as("logsphere", None).await.expect("connect over the PostgreSQL protocol")
+    }
+
+    /// A client for `user` with an optional password.
+    pub async fn pg_client_as(&self, user: &str, password: Option<&str>) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1").port(self.pg_port).user(user).dbname("logsphere").connect_timeout(Duration::from_secs(10));
+        if let Some(p) = password {
+            cfg.password(p);
+        }
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// POSTs `body` to `/v1/logs`; returns the status and the body.
+    pub fn post(&self, body: &[u8], key: Option<&str>) -> Result<(u16, String), String> {
+        post_logs(&self.http_url(), body, key)
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Starts the server again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// One `i64` from a query (e.g. `SELECT count(*) FROM logs`), over the pg protocol.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        let client = self.pg_client().await;
+        let row = client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        row.get(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// POSTs NDJSON to `<base>/v1/logs` with an optional `Idempotency-Key`.
+pub fn post_logs(base: &str, body: &[u8], key: Option<&str>) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.post(&format!("{base}/v1/logs")).header("Content-Type", "application/x-ndjson");
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let mut resp = req.send(body).map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
