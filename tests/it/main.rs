@@ -1,2 +1,5 @@
 mod services;
 mod pgwire;
+mod slt;
+mod crash;
+mod ingest;

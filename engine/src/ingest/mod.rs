@@ -62,19 +62,28 @@ pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> De
     let mut b = Builders::new(ingest_time_us, opts);
     let first = body.iter().position(|c| !c.is_ascii_whitespace());
     match first.map(|i| body[i]) {
-        Some(b'[') => decode_array(body, &mut b),
-        Some(_) => {
-            for (lineno, line) in body.split(|c| *c == b'\n').enumerate() {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.iter().all(|c| c.is_ascii_whitespace()) {
-                    continue;
-                }
-                b.record(line, &format!("line {}", lineno + 1));
-            }
-        }
+        Some(b'[') if !first_line_is_json(body) => decode_array(body, &mut b),
+        Some(_) => decode_lines(body, &mut b),
         None => {}
     }
     b.finish()
+}
+
+/// NDJSON whose first line happens to be an array (`[1,2]\n{...}`) is still NDJSON.
+fn first_line_is_json(body: &[u8]) -> bool {
+    let Some(end) = body.iter().position(|c| *c == b'\n') else { return false };
+    let rest_has_content = body[end..].iter().any(|c| !c.is_ascii_whitespace());
+    rest_has_content && serde_json::from_slice::<&serde_json::value::RawValue>(&body[..end]).is_ok()
+}
+
+fn decode_lines(body: &[u8], b: &mut Builders<'_>) {
+    for (lineno, line) in body.split(|c| *c == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(|c| c.is_ascii_whitespace()) {
+            continue;
+        }
+        b.record(line, &format!("line {}", lineno + 1));
+    }
 }
 
 fn decode_array(body: &[u8], b: &mut Builders<'_>) {

@@ -109,3 +109,11 @@ fn levels() {
     assert!(normalize_level(&json!("error")).1, "case alone is not worth keeping");
     assert!(!normalize_level(&json!("err")).1);
 }
+
+#[test]
+fn ndjson_starting_with_an_array_line_is_still_ndjson() {
+    let d = decode_body(b"[1,2]\n{\"message\":\"ok\"}\n", 1, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (1, 1));
+    let d = decode_body(b"[{\"message\":\"a\"},\n {\"message\":\"b\"}]\n", 1, &opts());
+    assert_eq!((d.accepted(), d.rejected()), (2, 0), "a pretty-printed array stays an array");
+}

@@ -1,0 +1,164 @@
+//! Crash tests: SIGKILL at random moments, during ingest and during flushes. Every
+//! acknowledged record must be present exactly once afterwards.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logsphere_tests::{Server, ServerOptions, post_logs};
+use rand::Rng;
+
+const SENDERS: usize = 4;
+const BATCHES: usize = 40;
+const PER_BATCH: usize = 25;
+
+fn batch_body(sender: usize, batch: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..PER_BATCH {
+        s.push_str(&format!("{{\"message\":\"crash\",\"source\":\"s{sender}\",\"rid\":\"{sender}-{batch}-{i}\"}}\n"));
+    }
+    s.into_bytes()
+}
+
+/// Posts every batch, retrying each (same key) until the server acknowledges it.
+fn sender(url: Arc<Mutex<String>>, sender: usize, acked: Arc<Mutex<HashSet<String>>>, done: Arc<AtomicBool>) {
+    for batch in 0..BATCHES {
+        let key = format!("crash-{sender}-{batch}");
+        let body = batch_body(sender, batch);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts < 2000, "batch {key} never acknowledged");
+            let base = url.lock().unwrap().clone();
+            match post_logs(&base, &body, Some(&key)) {
+                Ok((200, text)) => {
+                    assert_eq!(text, format!("{{\"accepted\":{PER_BATCH},\"rejected\":0}}"));
+                    acked.lock().unwrap().insert(key.clone());
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+async fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
+    let client = server.pg_client().await;
+    let total: i64 = client.query_one("SELECT count(*) FROM logs", &[]).await.unwrap().get(0);
+    assert_eq!(total as usize, acked.len() * PER_BATCH, "count(*) equals the acknowledged records");
+    let dups = client
+        .query("SELECT attr(attributes, 'rid') AS rid, count(*) FROM logs GROUP BY 1 HAVING count(*) > 1", &[])
+        .await
+        .unwrap();
+    assert!(dups.is_empty(), "{} records stored twice", dups.len());
+    let rids: HashSet<String> = client
+        .query("SELECT attr(attributes, 'rid') FROM logs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for key in acked {
+        let (sender, batch) = key.trim_start_matches("crash-").split_once('-').unwrap();
+        for i in 0..PER_BATCH {
+            assert!(rids.contains(&format!("{sender}-{batch}-{i}")), "acknowledged record {sender}-{batch}-{i} is missing");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_concurrent_ingest_loses_and_doubles_nothing() {
+    // Small flush thresholds so kills also land around flushes and WAL segment deletion.
+    let config = "[storage]\nflush_interval_secs = 1\nflush_max_rows = 400\nwal_segment_bytes = 65536\n";
+    let mut server = Server::start_with(ServerOptions { config: Some(config.into()), ..Default::default() });
+    let url = Arc::new(Mutex::new(server.http_url()));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (url, acked, done) = (Arc::clone(&url), Arc::clone(&acked), Arc::clone(&done));
+            std::thread::spawn(move || sender(url, s, acked, done))
+        })
+        .collect();
+    let mut rng = rand::rng();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
+        server.kill();
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..100)));
+        server.restart();
+    }
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), SENDERS * BATCHES);
+    check_exactly_once(&server, &acked).await;
+    // And once more after a final crash, with everything flushed or not.
+    server.restart();
+    check_exactly_once(&server, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_inside_a_flush_loses_and_doubles_nothing() {
+    let options = ServerOptions {
+        config: Some("[storage]\nflush_interval_secs = 3600\n".into()),
+        env: vec![("LOGSPHERE_FAULT_FLUSH_PAUSE_MS".into(), "1500".into())],
+    };
+    let mut server = Server::start_with(options);
+    let mut acked = HashSet::new();
+    for batch in 0..8 {
+        let key = format!("crash-0-{batch}");
+        assert_eq!(server.post(&batch_body(0, batch), Some(&key)).unwrap().0, 200);
+        acked.insert(key);
+    }
+    // Start a flush; it writes its Parquet files, then pauses before the commit.
+    let flush_url = format!("{}/v1/flush", server.http_url());
+    let flusher = std::thread::spawn(move || ureq::post(&flush_url).send_empty().map(|_| ()));
+    let data = server.data_dir().join("cold").join("logs");
+    let mut waited = 0;
+    while count_parquet(&data) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+        assert!(waited < 1000, "the flush wrote no file:\n{}", server.log());
+    }
+    server.kill();
+    let _ = flusher.join();
+    server.restart();
+    assert!(server.log().contains("removing a cold file no commit names"), "{}", server.log());
+    assert_eq!(count_parquet(&data), 0, "uncommitted files are removed at start");
+    check_exactly_once(&server, &acked).await;
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs_hot").await as usize, acked.len() * PER_BATCH);
+
+    // The next flush completes; the rows move to the cold tier, still exactly once.
+    let resp = ureq::post(&format!("{}/v1/flush", server.http_url())).send_empty();
+    assert!(resp.is_ok(), "{resp:?}");
+    assert!(count_parquet(&data) > 0);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs_cold").await as usize, acked.len() * PER_BATCH);
+    check_exactly_once(&server, &acked).await;
+    // Killed after the commit: the WAL still holds the entries, the horizon skips them.
+    server.restart();
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs_hot").await, 0);
+    check_exactly_once(&server, &acked).await;
+}
+
+fn count_parquet(dir: &std::path::Path) -> usize {
+    fn walk(dir: &std::path::Path, n: &mut usize) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, n);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(dir, &mut n);
+    n
+}

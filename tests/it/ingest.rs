@@ -1,0 +1,172 @@
+//! HTTP ingest end to end: ship, idempotency, malformed input, restart — checked over the
+//! PostgreSQL protocol with real clients.
+
+use std::process::Command;
+
+use logsphere_tests::{Server, ServerOptions, binary};
+
+#[tokio::test]
+async fn shipped_file_is_queryable_with_bound_parameters() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let lines: String = (0..2500)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"level\":\"{}\",\"msg\":\"op {i}\",\"host\":\"h{}\"}}\n",
+                1_764_590_400_000i64 + i * 1000,
+                if i % 10 == 0 { "ERROR" } else { "INFO" },
+                i % 5
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = Command::new(binary())
+        .args(["ship", "--to", &server.http_url(), "--batch-lines", "1000"])
+        .arg(&file)
+        .output()
+        .expect("run logsphere ship");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ship failed: {stderr}");
+    assert!(stderr.contains("shipped 2500 lines") && stderr.contains("accepted 2500, rejected 0"), "{stderr}");
+
+    let client = server.pg_client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM logs WHERE log_level = $1 AND source = $2 AND timestamp >= $3",
+            &[&"ERROR", &"h0", &std::time::SystemTime::UNIX_EPOCH],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 250);
+    let rows = client.query("SELECT message FROM logs WHERE message = $1", &[&"op 1234"]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // Text lines, with a source and level given on the command line, through psql too.
+    let text = dir.path().join("plain.txt");
+    std::fs::write(&text, "first line\nsecond line\n\nthird line").unwrap();
+    let out = Command::new(binary())
+        .args(["ship", "--format", "text", "--source", "batch-7", "--level", "warn", "-q", "--to", &server.http_url()])
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let psql = Command::new("/usr/bin/psql")
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &server.pg_port().to_string(), "-U", "logsphere"])
+        .args(["-c", "SELECT log_level || ' ' || message FROM logs WHERE source = 'batch-7' ORDER BY message"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&psql.stdout), "WARN first line\nWARN second line\nWARN third line\n");
+}
+
+#[tokio::test]
+async fn retries_with_an_idempotency_key_store_nothing_twice() {
+    let mut server = Server::start();
+    let body = b"{\"message\":\"a\"}\n{\"message\":\"b\"}\nnot json\n";
+    let first = server.post(body, Some("req-1")).unwrap();
+    assert_eq!(first, (200, r#"{"accepted":2,"rejected":1}"#.to_string()));
+    assert_eq!(server.post(body, Some("req-1")).unwrap(), first, "a retry is answered like the first");
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
+    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, 1);
+    // ...also after a crash, when only the WAL remembers the key.
+    server.restart();
+    assert_eq!(server.post(body, Some("req-1")).unwrap(), first);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
+    assert_eq!(server.post(body, Some("req-2")).unwrap().0, 200);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 4);
+}
+
+#[tokio::test]
+async fn malformed_input_gets_clear_answers_and_dead_letters() {
+    let server = Server::start();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not JSON", b"this is not json\n".to_vec(), "not valid JSON"),
+        ("not an object", b"[1, 2, 3]\n\"just a string\"\n".to_vec(), "not an object"),
+        ("bad timestamp", b"{\"timestamp\":\"next tuesday\",\"message\":\"x\"}\n".to_vec(), "does not parse"),
+        ("invalid UTF-8", b"{\"message\":\"caf\xc3\x28\"}\n".to_vec(), "not valid UTF-8"),
+        ("10 MB line", {
+            let mut v = b"{\"message\":\"".to_vec();
+            v.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+            v.extend_from_slice(b"\"}\n");
+            v
+        }, "over the limit"),
+    ];
+    let mut expected_dead = 0;
+    for (what, body, reason) in &cases {
+        let (status, text) = server.post(body, None).unwrap();
+        assert_eq!(status, 200, "{what}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["accepted"], 0, "{what}: {text}");
+        let rejected = v["rejected"].as_i64().unwrap();
+        assert!(rejected >= 1, "{what}: {text}");
+        expected_dead += rejected;
+        let n = server
+            .query_i64(&format!("SELECT count(*) FROM dead_letters WHERE reason LIKE '%{reason}%'"))
+            .await;
+        assert!(n >= 1, "{what}: no dead letter with reason containing {reason:?}");
+    }
+    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, expected_dead);
+    let client = server.pg_client().await;
+    let row = client
+        .query_one("SELECT octet_length(raw_text), reason FROM dead_letters WHERE reason LIKE '%over the limit%'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 4096, "an oversized record keeps its first 4 KiB");
+    assert!(row.get::<_, String>(1).contains("10485774 bytes"), "{}", row.get::<_, String>(1));
+
+    // An empty body is a client error; no record was involved, so no dead letter.
+    let (status, text) = server.post(b"", None).unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("empty body"), "{text}");
+    let (status, _) = server.post(b"   \n\n", None).unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, expected_dead);
+
+    // A mixed body keeps the good records; the server keeps serving.
+    let (status, text) = server.post(b"{\"message\":\"ok\"}\n{broken\n{\"message\":\"ok too\"}\n", None).unwrap();
+    assert_eq!((status, text.as_str()), (200, r#"{"accepted":2,"rejected":1}"#));
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_refused_and_nothing_is_stored() {
+    let server = Server::start_with(ServerOptions {
+        config: Some("[http]\nmax_body_bytes = 1000\n".into()),
+        ..Default::default()
+    });
+    let body = "{\"message\":\"x\"}\n".repeat(100);
+    let (status, _) = server.post(body.as_bytes(), None).unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 0);
+}
+
+#[tokio::test]
+async fn graceful_stop_and_restart_keep_everything() {
+    let mut server = Server::start();
+    for i in 0..20 {
+        let body = format!("{{\"message\":\"m{i}\",\"level\":\"warning\"}}\n");
+        assert_eq!(server.post(body.as_bytes(), None).unwrap().0, 200);
+    }
+    assert!(server.stop(), "SIGTERM exits 0:\n{}", server.log());
+    server.restart();
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs WHERE log_level = 'WARN'").await, 20);
+}
+
+#[test]
+fn bad_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[storage]\nflush_max_rowz = 5\n").unwrap();
+    let out = Command::new(binary()).arg("serve").arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flush_max_rowz"), "{err}");
+    let out = Command::new(binary())
+        .args(["serve", "--pg-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pg.users"), "{err}");
+}
