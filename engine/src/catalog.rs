@@ -48,7 +48,9 @@ pub struct LocalCatalog {
 impl LocalCatalog {
     /// The catalog in `dir` (`dir/catalog.json`).
     pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join("catalog.json") }
+        Self {
+            path: dir.join("catalog.json"),
+        }
     }
 
     /// Reads the manifest; a missing file is an empty catalog.
@@ -59,7 +61,10 @@ impl LocalCatalog {
                 reason: format!("not a valid manifest: {e}"),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
-            Err(source) => Err(EngineError::Io { path: self.path.clone(), source }),
+            Err(source) => Err(EngineError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -80,7 +85,9 @@ impl LocalCatalog {
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
         Ok(())
     }
 }

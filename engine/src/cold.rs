@@ -9,9 +9,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::datasource::listing::ListingTableUrl;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -35,11 +35,21 @@ pub struct ColdStore {
 impl ColdStore {
     /// A cold store on the local disk under `root`.
     pub fn local(root: &Path) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(root).map_err(|source| EngineError::Io { path: root.into(), source })?;
-        let root = std::fs::canonicalize(root).map_err(|source| EngineError::Io { path: root.into(), source })?;
+        std::fs::create_dir_all(root).map_err(|source| EngineError::Io {
+            path: root.into(),
+            source,
+        })?;
+        let root = std::fs::canonicalize(root).map_err(|source| EngineError::Io {
+            path: root.into(),
+            source,
+        })?;
         let store = LocalFileSystem::new_with_prefix(&root)?;
         let root_url = format!("file://{}/", root.display());
-        Ok(Self { store: Arc::new(store), root_url, local_root: root })
+        Ok(Self {
+            store: Arc::new(store),
+            root_url,
+            local_root: root,
+        })
     }
 
     /// The table URL DataFusion reads one file through.
@@ -49,7 +59,12 @@ impl ColdStore {
 
     /// Writes `batch` as one Parquet file at `path` (zstd, page statistics) and makes it
     /// durable. `time_col` is the column whose range the catalog records.
-    pub async fn write(&self, path: &str, batch: &RecordBatch, time_col: usize) -> Result<ColdFile, EngineError> {
+    pub async fn write(
+        &self,
+        path: &str,
+        batch: &RecordBatch,
+        time_col: usize,
+    ) -> Result<ColdFile, EngineError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -65,23 +80,43 @@ impl ColdStore {
         // file and its directory so the catalog never names a file a power cut could lose.
         let local = self.local_root.join(path);
         let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
-        sync(&local).map_err(|source| EngineError::Io { path: local.clone(), source })?;
+        sync(&local).map_err(|source| EngineError::Io {
+            path: local.clone(),
+            source,
+        })?;
         if let Some(dir) = local.parent() {
-            sync(dir).map_err(|source| EngineError::Io { path: dir.into(), source })?;
+            sync(dir).map_err(|source| EngineError::Io {
+                path: dir.into(),
+                source,
+            })?;
         }
         let (min_ts, max_ts) = crate::hot::timestamps(batch, time_col)
             .and_then(|t| Some((*t.iter().min()?, *t.iter().max()?)))
             .unwrap_or((0, 0));
-        Ok(ColdFile { path: path.to_string(), min_ts, max_ts, rows: batch.num_rows() as u64, bytes })
+        Ok(ColdFile {
+            path: path.to_string(),
+            min_ts,
+            max_ts,
+            rows: batch.num_rows() as u64,
+            bytes,
+        })
     }
 
     /// Deletes files under the table prefixes that `manifest` does not name.
     pub async fn remove_orphans(&self, manifest: &Manifest) -> Result<usize, EngineError> {
-        let named: std::collections::HashSet<&str> =
-            manifest.logs.iter().chain(&manifest.dead_letters).map(|f| f.path.as_str()).collect();
+        let named: std::collections::HashSet<&str> = manifest
+            .logs
+            .iter()
+            .chain(&manifest.dead_letters)
+            .map(|f| f.path.as_str())
+            .collect();
         let mut removed = 0;
         for prefix in ["logs", "dead_letters"] {
-            let listed: Vec<_> = self.store.list(Some(&ObjectPath::from(prefix))).try_collect().await?;
+            let listed: Vec<_> = self
+                .store
+                .list(Some(&ObjectPath::from(prefix)))
+                .try_collect()
+                .await?;
             for meta in listed {
                 if !named.contains(meta.location.as_ref()) {
                     tracing::info!(file = %meta.location, "removing a cold file no commit names (an interrupted flush)");

@@ -104,7 +104,8 @@ impl Idempotency {
         self.done.insert(key, (outcome, Instant::now()));
         self.inserts += 1;
         if self.inserts.is_multiple_of(4096) {
-            self.done.retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_RETENTION);
+            self.done
+                .retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_RETENTION);
         }
     }
 }
@@ -128,7 +129,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("data_dir", &self.config.data_dir).finish()
+        f.debug_struct("Engine")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
     }
 }
 
@@ -143,7 +146,12 @@ impl Engine {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join("LOCK");
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
         if lock.try_lock().is_err() {
             return Err(EngineError::Catalog {
                 path: lock_path,
@@ -157,23 +165,32 @@ impl Engine {
         let tiers = Arc::new(Tiers::new(manifest.clone()));
         let mut idempotency = Idempotency::default();
         let started = Instant::now();
-        let (wal, report) = Wal::open(&dir.join("wal"), config.wal_segment_bytes, manifest.flushed_seq + 1, |e| {
-            let entry = IngestEntry::decode(e.seq, &e.payload)?;
-            if let Some(key) = entry.key {
-                let outcome = IngestOutcome {
-                    accepted: entry.logs.num_rows(),
-                    rejected: entry.dead_letters.num_rows(),
-                    replayed: true,
-                };
-                idempotency.record(key, outcome);
-            }
-            tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
-            Ok(())
-        })?;
+        let (wal, report) = Wal::open(
+            &dir.join("wal"),
+            config.wal_segment_bytes,
+            manifest.flushed_seq + 1,
+            |e| {
+                let entry = IngestEntry::decode(e.seq, &e.payload)?;
+                if let Some(key) = entry.key {
+                    let outcome = IngestOutcome {
+                        accepted: entry.logs.num_rows(),
+                        rejected: entry.dead_letters.num_rows(),
+                        replayed: true,
+                    };
+                    idempotency.record(key, outcome);
+                }
+                tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
+                Ok(())
+            },
+        )?;
         let (hot_rows, _) = tiers.hot_stats();
         tracing::info!(
-            segments = report.segments, entries = report.entries, cut_bytes = report.cut_bytes,
-            hot_rows, cold_files = manifest.logs.len(), orphans_removed = orphans,
+            segments = report.segments,
+            entries = report.entries,
+            cut_bytes = report.cut_bytes,
+            hot_rows,
+            cold_files = manifest.logs.len(),
+            orphans_removed = orphans,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "WAL replayed"
         );
@@ -184,7 +201,17 @@ impl Engine {
             ("dead_letters", TierScope::Both, TableKind::DeadLetters),
         ]
         .into_iter()
-        .map(|(name, scope, kind)| (name, Arc::new(TierTable::new(kind, scope, Arc::clone(&tiers), cold.clone()))))
+        .map(|(name, scope, kind)| {
+            (
+                name,
+                Arc::new(TierTable::new(
+                    kind,
+                    scope,
+                    Arc::clone(&tiers),
+                    cold.clone(),
+                )),
+            )
+        })
         .collect();
         let (stop, _) = watch::channel(false);
         let engine = Arc::new(Self {
@@ -217,13 +244,25 @@ impl Engine {
 
     /// Decodes a request body and makes its records durable. Answers only after the WAL
     /// entry is fsynced; a repeated `key` gets the first request's answer and stores nothing.
-    pub async fn ingest(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {
-        let Some(key) = key else { return self.ingest_new(body, None, opts).await };
+    pub async fn ingest(
+        &self,
+        body: bytes::Bytes,
+        key: Option<String>,
+        opts: DecodeOptions,
+    ) -> Result<IngestOutcome, EngineError> {
+        let Some(key) = key else {
+            return self.ingest_new(body, None, opts).await;
+        };
         loop {
             match self.claim(&key)? {
                 Claim::Done(outcome) => {
-                    self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(IngestOutcome { replayed: true, ..outcome });
+                    self.metrics
+                        .requests_replayed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(IngestOutcome {
+                        replayed: true,
+                        ..outcome
+                    });
                 }
                 Claim::Owner(tx) => {
                     let result = self.ingest_new(body, Some(key.clone()), opts).await;
@@ -240,8 +279,13 @@ impl Engine {
                     // Another request with the same key is being written: answer as it does.
                     let shared = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
                     if let Ok(Some(Ok(outcome))) = shared {
-                        self.metrics.requests_replayed.fetch_add(1, Ordering::Relaxed);
-                        return Ok(IngestOutcome { replayed: true, ..outcome });
+                        self.metrics
+                            .requests_replayed
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(IngestOutcome {
+                            replayed: true,
+                            ..outcome
+                        });
                     }
                     // It failed: try again, as the owner if nobody else got there first.
                 }
@@ -251,7 +295,10 @@ impl Engine {
 
     /// Decides, under the lock, whether this request writes, waits or answers at once.
     fn claim(&self, key: &str) -> Result<Claim, EngineError> {
-        let mut idem = self.idempotency.lock().map_err(|_| EngineError::ShuttingDown)?;
+        let mut idem = self
+            .idempotency
+            .lock()
+            .map_err(|_| EngineError::ShuttingDown)?;
         if let Some((outcome, _)) = idem.done.get(key) {
             return Ok(Claim::Done(*outcome));
         }
@@ -263,7 +310,12 @@ impl Engine {
         Ok(Claim::Owner(tx))
     }
 
-    async fn ingest_new(&self, body: bytes::Bytes, key: Option<String>, opts: DecodeOptions) -> Result<IngestOutcome, EngineError> {
+    async fn ingest_new(
+        &self,
+        body: bytes::Bytes,
+        key: Option<String>,
+        opts: DecodeOptions,
+    ) -> Result<IngestOutcome, EngineError> {
         self.wait_for_room().await;
         let ingest_time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -276,15 +328,32 @@ impl Engine {
         } else {
             decode_body(&body, ingest_time, &opts)
         };
-        let outcome = IngestOutcome { accepted: decoded.accepted(), rejected: decoded.rejected(), replayed: false };
-        let entry = IngestEntry { key, logs: decoded.logs, dead_letters: decoded.dead_letters };
+        let outcome = IngestOutcome {
+            accepted: decoded.accepted(),
+            rejected: decoded.rejected(),
+            replayed: false,
+        };
+        let entry = IngestEntry {
+            key,
+            logs: decoded.logs,
+            dead_letters: decoded.dead_letters,
+        };
         let payload = entry.encode()?;
         let tiers = Arc::clone(&self.tiers);
         let (logs, dead) = (entry.logs, entry.dead_letters);
-        self.wal.append(payload, Box::new(move |seq| tiers.insert(HotEntry::new(seq, logs, dead)))).await?;
+        self.wal
+            .append(
+                payload,
+                Box::new(move |seq| tiers.insert(HotEntry::new(seq, logs, dead))),
+            )
+            .await?;
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.records_accepted.fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-        self.metrics.records_rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
+        self.metrics
+            .records_accepted
+            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.metrics
+            .records_rejected
+            .fetch_add(outcome.rejected as u64, Ordering::Relaxed);
         if self.tiers.hot_stats().0 >= self.config.flush_max_rows {
             self.flush_wanted.notify_one();
         }

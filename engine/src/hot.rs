@@ -33,7 +33,13 @@ impl HotEntry {
     pub fn new(seq: u64, logs: RecordBatch, dead_letters: RecordBatch) -> Self {
         let ts_range = time_range(&logs, 0);
         let dl_range = time_range(&dead_letters, 0);
-        Self { seq, logs, dead_letters, ts_range, dl_range }
+        Self {
+            seq,
+            logs,
+            dead_letters,
+            ts_range,
+            dl_range,
+        }
     }
 }
 
@@ -41,7 +47,9 @@ fn time_range(batch: &RecordBatch, col: usize) -> Option<(i64, i64)> {
     if batch.num_rows() == 0 {
         return None;
     }
-    let a = batch.column(col).as_primitive_opt::<TimestampMicrosecondType>()?;
+    let a = batch
+        .column(col)
+        .as_primitive_opt::<TimestampMicrosecondType>()?;
     Some((min(a)?, max(a)?))
 }
 
@@ -71,7 +79,12 @@ pub struct Tiers {
 impl Tiers {
     /// Starts from a committed manifest and an empty hot buffer.
     pub fn new(manifest: Manifest) -> Self {
-        Self { state: RwLock::new(State { manifest: Arc::new(manifest), ..Default::default() }) }
+        Self {
+            state: RwLock::new(State {
+                manifest: Arc::new(manifest),
+                ..Default::default()
+            }),
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
@@ -96,7 +109,10 @@ impl Tiers {
     /// A consistent snapshot of both tiers.
     pub fn snapshot(&self) -> Snapshot {
         let s = self.read();
-        Snapshot { manifest: Arc::clone(&s.manifest), hot: s.hot.values().cloned().collect() }
+        Snapshot {
+            manifest: Arc::clone(&s.manifest),
+            hot: s.hot.values().cloned().collect(),
+        }
     }
 
     /// Rows in the hot buffer and when its oldest entry arrived.
@@ -117,7 +133,11 @@ impl Tiers {
         s.manifest = Arc::new(manifest);
         let keep = s.hot.split_off(&(horizon + 1));
         s.hot = keep;
-        s.hot_rows = s.hot.values().map(|e| e.logs.num_rows() + e.dead_letters.num_rows()).sum();
+        s.hot_rows = s
+            .hot
+            .values()
+            .map(|e| e.logs.num_rows() + e.dead_letters.num_rows())
+            .sum();
         if s.hot.is_empty() {
             s.oldest = None;
         } else {
@@ -128,5 +148,10 @@ impl Tiers {
 
 /// The event-time column of `logs` as a slice, for callers that need raw values.
 pub fn timestamps(batch: &RecordBatch, col: usize) -> Option<&[i64]> {
-    Some(batch.column(col).as_primitive_opt::<TimestampMicrosecondType>()?.values())
+    Some(
+        batch
+            .column(col)
+            .as_primitive_opt::<TimestampMicrosecondType>()?
+            .values(),
+    )
 }

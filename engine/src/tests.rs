@@ -8,7 +8,14 @@ use crate::ingest::DecodeOptions;
 use crate::{Engine, EngineConfig};
 
 async fn count(engine: &Engine, sql: &str) -> i64 {
-    let batches: Vec<RecordBatch> = engine.session_context().sql(sql).await.unwrap().collect().await.unwrap();
+    let batches: Vec<RecordBatch> = engine
+        .session_context()
+        .sql(sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
@@ -30,11 +37,23 @@ async fn ingest_restart_flush_and_prune() {
     let cfg = EngineConfig::new(dir.path());
     {
         let e = Engine::open(cfg.clone()).await.unwrap();
-        let o = e.ingest(body(10, 100), Some("k1".into()), DecodeOptions::default()).await.unwrap();
+        let o = e
+            .ingest(body(10, 100), Some("k1".into()), DecodeOptions::default())
+            .await
+            .unwrap();
         assert_eq!((o.accepted, o.rejected, o.replayed), (100, 0, false));
-        let again = e.ingest(body(10, 100), Some("k1".into()), DecodeOptions::default()).await.unwrap();
+        let again = e
+            .ingest(body(10, 100), Some("k1".into()), DecodeOptions::default())
+            .await
+            .unwrap();
         assert!(again.replayed);
-        e.ingest(Bytes::from_static(b"garbage\n"), None, DecodeOptions::default()).await.unwrap();
+        e.ingest(
+            Bytes::from_static(b"garbage\n"),
+            None,
+            DecodeOptions::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 100);
         assert_eq!(count(&e, "SELECT count(*) FROM dead_letters").await, 1);
         e.shutdown().await;
@@ -42,25 +61,47 @@ async fn ingest_restart_flush_and_prune() {
     // Restart: the WAL brings everything back, including the idempotency key.
     let e = Engine::open(cfg.clone()).await.unwrap();
     assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 100);
-    let again = e.ingest(body(10, 100), Some("k1".into()), DecodeOptions::default()).await.unwrap();
+    let again = e
+        .ingest(body(10, 100), Some("k1".into()), DecodeOptions::default())
+        .await
+        .unwrap();
     assert!(again.replayed, "idempotency keys survive a restart");
-    e.ingest(body(11, 50), None, DecodeOptions::default()).await.unwrap();
+    e.ingest(body(11, 50), None, DecodeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(e.flush().await.unwrap(), 151);
     assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 150);
     assert_eq!(count(&e, "SELECT count(*) FROM logs_hot").await, 0);
     assert_eq!(count(&e, "SELECT count(*) FROM logs_cold").await, 150);
     assert_eq!(count(&e, "SELECT count(*) FROM dead_letters").await, 1);
-    e.ingest(body(12, 10), None, DecodeOptions::default()).await.unwrap();
+    e.ingest(body(12, 10), None, DecodeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 160);
     let q = "SELECT count(*) FROM logs WHERE timestamp >= '2026-11-24T11:00:00Z' AND timestamp < '2026-11-24T12:00:00Z'";
     assert_eq!(count(&e, q).await, 50);
-    let plan: Vec<RecordBatch> = e.session_context().sql(&format!("EXPLAIN {q}")).await.unwrap().collect().await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+    let plan: Vec<RecordBatch> = e
+        .session_context()
+        .sql(&format!("EXPLAIN {q}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
     assert!(text.contains("hour=11"), "{text}");
-    assert!(!text.contains("hour=10"), "the 10:00 file is pruned: {text}");
+    assert!(
+        !text.contains("hour=10"),
+        "the 10:00 file is pruned: {text}"
+    );
     e.shutdown().await;
     drop(e);
     let e = Engine::open(cfg).await.unwrap();
     assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 160);
-    assert_eq!(count(&e, "SELECT count(DISTINCT source) FROM logs").await, 3);
+    assert_eq!(
+        count(&e, "SELECT count(DISTINCT source) FROM logs").await,
+        3
+    );
 }

@@ -30,11 +30,22 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let _guard = engine.flush_lock.lock().await;
     let started = Instant::now();
     let snapshot = engine.tiers.snapshot();
-    let Some(last) = snapshot.hot.last() else { return Ok(0) };
+    let Some(last) = snapshot.hot.last() else {
+        return Ok(0);
+    };
     let horizon = last.seq;
-    let logs: Vec<&RecordBatch> = snapshot.hot.iter().map(|e| &e.logs).filter(|b| b.num_rows() > 0).collect();
-    let dead: Vec<&RecordBatch> =
-        snapshot.hot.iter().map(|e| &e.dead_letters).filter(|b| b.num_rows() > 0).collect();
+    let logs: Vec<&RecordBatch> = snapshot
+        .hot
+        .iter()
+        .map(|e| &e.logs)
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    let dead: Vec<&RecordBatch> = snapshot
+        .hot
+        .iter()
+        .map(|e| &e.dead_letters)
+        .filter(|b| b.num_rows() > 0)
+        .collect();
     let logs = concat_batches(&logs_schema(), logs)?;
     let dead = concat_batches(&dead_letters_schema(), dead)?;
     let rows = (logs.num_rows() + dead.num_rows()) as u64;
@@ -44,7 +55,11 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let parts = hours.len();
     for (i, (hour, batch)) in hours.into_iter().enumerate() {
         let batch = sort_by(&batch, &[3, 0])?;
-        let path = format!("logs/{}/{}.parquet", partition_dir(hour * HOUR_US, true), uuid::Uuid::new_v4());
+        let path = format!(
+            "logs/{}/{}.parquet",
+            partition_dir(hour * HOUR_US, true),
+            uuid::Uuid::new_v4()
+        );
         let file = engine.cold.write(&path, &batch, 0).await?;
         tracing::debug!(file = %file.path, rows = file.rows, part = i + 1, parts, "flush: wrote cold file");
         new_logs.push(file);
@@ -53,11 +68,18 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     if dead.num_rows() > 0 {
         let batch = sort_by(&dead, &[0])?;
         let first = first_ts(&batch);
-        let path = format!("dead_letters/{}/{}.parquet", partition_dir(first, false), uuid::Uuid::new_v4());
+        let path = format!(
+            "dead_letters/{}/{}.parquet",
+            partition_dir(first, false),
+            uuid::Uuid::new_v4()
+        );
         new_dead.push(engine.cold.write(&path, &batch, 0).await?);
     }
     if let Some(pause) = engine.config().fault_flush_pause {
-        tracing::warn!(pause_ms = pause.as_millis() as u64, "fault injection: pausing before the flush commit");
+        tracing::warn!(
+            pause_ms = pause.as_millis() as u64,
+            "fault injection: pausing before the flush commit"
+        );
         tokio::time::sleep(pause).await;
     }
 
@@ -71,13 +93,20 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let files = next.logs.len();
     engine.tiers.publish(next);
 
-    let expired = SystemTime::now().checked_sub(IDEMPOTENCY_RETENTION).unwrap_or(SystemTime::UNIX_EPOCH);
+    let expired = SystemTime::now()
+        .checked_sub(IDEMPOTENCY_RETENTION)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let deleted = engine.wal.delete_segments(horizon, expired)?;
     let m = engine.metrics();
     m.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    m.flushed_rows.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+    m.flushed_rows
+        .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        rows, horizon, hour_partitions = parts, cold_files = files, wal_segments_deleted = deleted,
+        rows,
+        horizon,
+        hour_partitions = parts,
+        cold_files = files,
+        wal_segments_deleted = deleted,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "flushed hot buffer to Parquet"
     );
@@ -86,7 +115,11 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
 
 /// Runs until `stop`: flushes when the hot buffer is old or large enough.
 /// Holds the engine only weakly between checks, so dropping the engine ends it.
-pub async fn run_flusher(engine: Weak<Engine>, wanted: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+pub async fn run_flusher(
+    engine: Weak<Engine>,
+    wanted: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         tokio::select! {
@@ -107,7 +140,9 @@ pub async fn run_flusher(engine: Weak<Engine>, wanted: Arc<Notify>, mut stop: wa
         match flush(&e).await {
             Ok(_) => backoff = Duration::from_secs(1),
             Err(err) => {
-                e.metrics().flush_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.metrics()
+                    .flush_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %err, retry_in_s = backoff.as_secs(), "flush failed; the WAL keeps every record, retrying");
                 drop(e);
                 tokio::time::sleep(backoff).await;
@@ -118,7 +153,13 @@ pub async fn run_flusher(engine: Weak<Engine>, wanted: Arc<Notify>, mut stop: wa
 }
 
 fn first_ts(batch: &RecordBatch) -> i64 {
-    batch.column(0).as_primitive::<TimestampMicrosecondType>().values().first().copied().unwrap_or(0)
+    batch
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .first()
+        .copied()
+        .unwrap_or(0)
 }
 
 /// `date=YYYY-MM-DD/hour=HH` (or only the date) for a time in µs.
@@ -132,10 +173,16 @@ fn partition_dir(ts_us: i64, with_hour: bool) -> String {
 }
 
 fn split_by_hour(batch: &RecordBatch) -> Result<BTreeMap<i64, RecordBatch>, EngineError> {
-    let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>().values();
+    let ts = batch
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values();
     let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     for (i, t) in ts.iter().enumerate() {
-        groups.entry(t.div_euclid(HOUR_US)).or_default().push(i as u32);
+        groups
+            .entry(t.div_euclid(HOUR_US))
+            .or_default()
+            .push(i as u32);
     }
     let mut out = BTreeMap::new();
     if groups.len() == 1 {
@@ -151,8 +198,13 @@ fn split_by_hour(batch: &RecordBatch) -> Result<BTreeMap<i64, RecordBatch>, Engi
 }
 
 fn sort_by(batch: &RecordBatch, cols: &[usize]) -> Result<RecordBatch, EngineError> {
-    let keys: Vec<SortColumn> =
-        cols.iter().map(|c| SortColumn { values: Arc::clone(batch.column(*c)), options: None }).collect();
+    let keys: Vec<SortColumn> = cols
+        .iter()
+        .map(|c| SortColumn {
+            values: Arc::clone(batch.column(*c)),
+            options: None,
+        })
+        .collect();
     let idx = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(batch, &idx)?)
 }

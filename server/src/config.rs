@@ -78,7 +78,10 @@ impl Default for Config {
 
 impl Default for PgConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 5433)), users: Vec::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            users: Vec::new(),
+        }
     }
 }
 
@@ -94,7 +97,11 @@ impl Default for HttpConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { flush_interval_secs: 300, flush_max_rows: 1_000_000, wal_segment_bytes: 64 * 1024 * 1024 }
+        Self {
+            flush_interval_secs: 300,
+            flush_max_rows: 1_000_000,
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 

@@ -113,7 +113,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.pg.users.clone(),
         shutdown_rx.clone(),
     ));
-    let http = tokio::spawn(http::serve(http_listener, Arc::clone(&engine), cfg.http.clone(), shutdown_rx));
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(&engine),
+        cfg.http.clone(),
+        shutdown_rx,
+    ));
     tracing::info!(
         pg = %cfg.pg.listen, http = %cfg.http.listen, data_dir = %cfg.data_dir.display(),
         "logsphere ready"
@@ -135,7 +140,9 @@ fn fault_flush_pause() -> anyhow::Result<Option<Duration>> {
     match std::env::var("LOGSPHERE_FAULT_FLUSH_PAUSE_MS") {
         Err(_) => Ok(None),
         Ok(v) => {
-            let ms: u64 = v.parse().with_context(|| format!("LOGSPHERE_FAULT_FLUSH_PAUSE_MS = {v:?} is not a number"))?;
+            let ms: u64 = v.parse().with_context(|| {
+                format!("LOGSPHERE_FAULT_FLUSH_PAUSE_MS = {v:?} is not a number")
+            })?;
             Ok(Some(Duration::from_millis(ms)))
         }
     }

@@ -24,7 +24,11 @@ pub struct ShipArgs {
     /// File to send; `-` or nothing reads standard input.
     pub file: Option<PathBuf>,
     /// Base URL of the LogSphere HTTP endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "LOGSPHERE_SHIP_TO")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "LOGSPHERE_SHIP_TO"
+    )]
     pub to: String,
     /// Line format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -69,7 +73,9 @@ impl Input {
         match path {
             Some(p) if p.as_os_str() != "-" => {
                 let f = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-                let meta = f.metadata().with_context(|| format!("cannot stat {}", p.display()))?;
+                let meta = f
+                    .metadata()
+                    .with_context(|| format!("cannot stat {}", p.display()))?;
                 Ok(Self {
                     reader: Box::new(BufReader::with_capacity(1 << 20, f)),
                     identity: Some((meta.dev(), meta.ino())),
@@ -90,7 +96,9 @@ impl Input {
 
     /// True when the path now names another file (rotated) or the file shrank (truncated).
     fn replaced(&self) -> bool {
-        let (Some(path), Some(id)) = (&self.path, self.identity) else { return false };
+        let (Some(path), Some(id)) = (&self.path, self.identity) else {
+            return false;
+        };
         match std::fs::metadata(path) {
             Ok(m) => (m.dev(), m.ino()) != id || m.len() < self.offset,
             Err(_) => false,
@@ -146,7 +154,9 @@ impl Shipper {
             if self.max_retries != 0 && attempt > self.max_retries {
                 bail!("giving up on a batch after {attempt} attempts: {retry_reason}");
             }
-            eprintln!("\nlogsphere ship: attempt {attempt} failed ({retry_reason}); retrying in {delay:?}");
+            eprintln!(
+                "\nlogsphere ship: attempt {attempt} failed ({retry_reason}); retrying in {delay:?}"
+            );
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
@@ -162,14 +172,21 @@ struct Progress {
 
 impl Progress {
     fn show(&mut self, s: &Shipper, input: &Input, done: bool) {
-        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        let every = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        };
         if self.quiet || (!done && self.last.elapsed() < every) {
             return;
         }
         self.last = Instant::now();
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let pct = match input.total {
-            Some(t) if t > 0 => format!(" ({:.0}%)", (input.offset as f64 / t as f64 * 100.0).min(100.0)),
+            Some(t) if t > 0 => format!(
+                " ({:.0}%)",
+                (input.offset as f64 / t as f64 * 100.0).min(100.0)
+            ),
             _ => String::new(),
         };
         let line = format!(
@@ -215,12 +232,19 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
         rejected: 0,
     };
     let source = args.source.clone().unwrap_or_else(|| match &args.file {
-        Some(p) if p.as_os_str() != "-" => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        Some(p) if p.as_os_str() != "-" => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         _ => "stdin".into(),
     });
     let mut input = Input::open(args.file.as_ref())?;
-    let mut progress =
-        Progress { started: Instant::now(), last: Instant::now(), tty: std::io::stderr().is_terminal(), quiet: args.quiet };
+    let mut progress = Progress {
+        started: Instant::now(),
+        last: Instant::now(),
+        tty: std::io::stderr().is_terminal(),
+        quiet: args.quiet,
+    };
     let mut body = Vec::with_capacity(args.batch_bytes + 4096);
     let mut body_lines = 0u64;
     let mut batch_start = 0u64;
@@ -228,7 +252,10 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
     let mut pending_partial = Vec::new();
     loop {
         line.clear();
-        let n = input.reader.read_until(b'\n', &mut line).context("cannot read input")?;
+        let n = input
+            .reader
+            .read_until(b'\n', &mut line)
+            .context("cannot read input")?;
         if n > 0 && line.last() != Some(&b'\n') && args.follow {
             // A line still being written: keep it until its newline arrives.
             pending_partial.extend_from_slice(&line);
@@ -273,7 +300,10 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
     }
     progress.show(&shipper, &input, true);
     if shipper.rejected > 0 && !args.quiet {
-        eprintln!("{} records were rejected; see SELECT reason, raw_text FROM dead_letters", shipper.rejected);
+        eprintln!(
+            "{} records were rejected; see SELECT reason, raw_text FROM dead_letters",
+            shipper.rejected
+        );
     }
     Ok(())
 }
@@ -298,7 +328,9 @@ fn append_record(body: &mut Vec<u8>, line: &[u8], format: Format, source: &str, 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

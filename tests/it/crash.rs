@@ -16,13 +16,20 @@ const PER_BATCH: usize = 25;
 fn batch_body(sender: usize, batch: usize) -> Vec<u8> {
     let mut s = String::new();
     for i in 0..PER_BATCH {
-        s.push_str(&format!("{{\"message\":\"crash\",\"source\":\"s{sender}\",\"rid\":\"{sender}-{batch}-{i}\"}}\n"));
+        s.push_str(&format!(
+            "{{\"message\":\"crash\",\"source\":\"s{sender}\",\"rid\":\"{sender}-{batch}-{i}\"}}\n"
+        ));
     }
     s.into_bytes()
 }
 
 /// Posts every batch, retrying each (same key) until the server acknowledges it.
-fn sender(url: Arc<Mutex<String>>, sender: usize, acked: Arc<Mutex<HashSet<String>>>, done: Arc<AtomicBool>) {
+fn sender(
+    url: Arc<Mutex<String>>,
+    sender: usize,
+    acked: Arc<Mutex<HashSet<String>>>,
+    done: Arc<AtomicBool>,
+) {
     for batch in 0..BATCHES {
         let key = format!("crash-{sender}-{batch}");
         let body = batch_body(sender, batch);
@@ -48,8 +55,16 @@ fn sender(url: Arc<Mutex<String>>, sender: usize, acked: Arc<Mutex<HashSet<Strin
 
 async fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
     let client = server.pg_client().await;
-    let total: i64 = client.query_one("SELECT count(*) FROM logs", &[]).await.unwrap().get(0);
-    assert_eq!(total as usize, acked.len() * PER_BATCH, "count(*) equals the acknowledged records");
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM logs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        total as usize,
+        acked.len() * PER_BATCH,
+        "count(*) equals the acknowledged records"
+    );
     let dups = client
         .query("SELECT attr(attributes, 'rid') AS rid, count(*) FROM logs GROUP BY 1 HAVING count(*) > 1", &[])
         .await
@@ -65,7 +80,10 @@ async fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
     for key in acked {
         let (sender, batch) = key.trim_start_matches("crash-").split_once('-').unwrap();
         for i in 0..PER_BATCH {
-            assert!(rids.contains(&format!("{sender}-{batch}-{i}")), "acknowledged record {sender}-{batch}-{i} is missing");
+            assert!(
+                rids.contains(&format!("{sender}-{batch}-{i}")),
+                "acknowledged record {sender}-{batch}-{i} is missing"
+            );
         }
     }
 }
@@ -73,8 +91,12 @@ async fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_concurrent_ingest_loses_and_doubles_nothing() {
     // Small flush thresholds so kills also land around flushes and WAL segment deletion.
-    let config = "[storage]\nflush_interval_secs = 1\nflush_max_rows = 400\nwal_segment_bytes = 65536\n";
-    let mut server = Server::start_with(ServerOptions { config: Some(config.into()), ..Default::default() });
+    let config =
+        "[storage]\nflush_interval_secs = 1\nflush_max_rows = 400\nwal_segment_bytes = 65536\n";
+    let mut server = Server::start_with(ServerOptions {
+        config: Some(config.into()),
+        ..Default::default()
+    });
     let url = Arc::new(Mutex::new(server.http_url()));
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let done = Arc::new(AtomicBool::new(false));
@@ -112,7 +134,10 @@ async fn sigkill_inside_a_flush_loses_and_doubles_nothing() {
     let mut acked = HashSet::new();
     for batch in 0..8 {
         let key = format!("crash-0-{batch}");
-        assert_eq!(server.post(&batch_body(0, batch), Some(&key)).unwrap().0, 200);
+        assert_eq!(
+            server.post(&batch_body(0, batch), Some(&key)).unwrap().0,
+            200
+        );
         acked.insert(key);
     }
     // Start a flush; it writes its Parquet files, then pauses before the commit.
@@ -128,16 +153,32 @@ async fn sigkill_inside_a_flush_loses_and_doubles_nothing() {
     server.kill();
     let _ = flusher.join();
     server.restart();
-    assert!(server.log().contains("removing a cold file no commit names"), "{}", server.log());
-    assert_eq!(count_parquet(&data), 0, "uncommitted files are removed at start");
+    assert!(
+        server
+            .log()
+            .contains("removing a cold file no commit names"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        count_parquet(&data),
+        0,
+        "uncommitted files are removed at start"
+    );
     check_exactly_once(&server, &acked).await;
-    assert_eq!(server.query_i64("SELECT count(*) FROM logs_hot").await as usize, acked.len() * PER_BATCH);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs_hot").await as usize,
+        acked.len() * PER_BATCH
+    );
 
     // The next flush completes; the rows move to the cold tier, still exactly once.
     let resp = ureq::post(&format!("{}/v1/flush", server.http_url())).send_empty();
     assert!(resp.is_ok(), "{resp:?}");
     assert!(count_parquet(&data) > 0);
-    assert_eq!(server.query_i64("SELECT count(*) FROM logs_cold").await as usize, acked.len() * PER_BATCH);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs_cold").await as usize,
+        acked.len() * PER_BATCH
+    );
     check_exactly_once(&server, &acked).await;
     // Killed after the commit: the WAL still holds the entries, the horizon skips them.
     server.restart();

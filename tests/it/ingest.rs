@@ -28,7 +28,10 @@ async fn shipped_file_is_queryable_with_bound_parameters() {
         .expect("run logsphere ship");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ship failed: {stderr}");
-    assert!(stderr.contains("shipped 2500 lines") && stderr.contains("accepted 2500, rejected 0"), "{stderr}");
+    assert!(
+        stderr.contains("shipped 2500 lines") && stderr.contains("accepted 2500, rejected 0"),
+        "{stderr}"
+    );
 
     let client = server.pg_client().await;
     let row = client
@@ -39,24 +42,45 @@ async fn shipped_file_is_queryable_with_bound_parameters() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 250);
-    let rows = client.query("SELECT message FROM logs WHERE message = $1", &[&"op 1234"]).await.unwrap();
+    let rows = client
+        .query("SELECT message FROM logs WHERE message = $1", &[&"op 1234"])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
 
     // Text lines, with a source and level given on the command line, through psql too.
     let text = dir.path().join("plain.txt");
     std::fs::write(&text, "first line\nsecond line\n\nthird line").unwrap();
     let out = Command::new(binary())
-        .args(["ship", "--format", "text", "--source", "batch-7", "--level", "warn", "-q", "--to", &server.http_url()])
+        .args([
+            "ship",
+            "--format",
+            "text",
+            "--source",
+            "batch-7",
+            "--level",
+            "warn",
+            "-q",
+            "--to",
+            &server.http_url(),
+        ])
         .arg(&text)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let psql = Command::new("/usr/bin/psql")
         .args(["-X", "-At", "-h", "127.0.0.1", "-p", &server.pg_port().to_string(), "-U", "logsphere"])
         .args(["-c", "SELECT log_level || ' ' || message FROM logs WHERE source = 'batch-7' ORDER BY message"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&psql.stdout), "WARN first line\nWARN second line\nWARN third line\n");
+    assert_eq!(
+        String::from_utf8_lossy(&psql.stdout),
+        "WARN first line\nWARN second line\nWARN third line\n"
+    );
 }
 
 #[tokio::test]
@@ -65,9 +89,16 @@ async fn retries_with_an_idempotency_key_store_nothing_twice() {
     let body = b"{\"message\":\"a\"}\n{\"message\":\"b\"}\nnot json\n";
     let first = server.post(body, Some("req-1")).unwrap();
     assert_eq!(first, (200, r#"{"accepted":2,"rejected":1}"#.to_string()));
-    assert_eq!(server.post(body, Some("req-1")).unwrap(), first, "a retry is answered like the first");
+    assert_eq!(
+        server.post(body, Some("req-1")).unwrap(),
+        first,
+        "a retry is answered like the first"
+    );
     assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
-    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, 1);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM dead_letters").await,
+        1
+    );
     // ...also after a crash, when only the WAL remembers the key.
     server.restart();
     assert_eq!(server.post(body, Some("req-1")).unwrap(), first);
@@ -81,15 +112,31 @@ async fn malformed_input_gets_clear_answers_and_dead_letters() {
     let server = Server::start();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not JSON", b"this is not json\n".to_vec(), "not valid JSON"),
-        ("not an object", b"[1, 2, 3]\n\"just a string\"\n".to_vec(), "not an object"),
-        ("bad timestamp", b"{\"timestamp\":\"next tuesday\",\"message\":\"x\"}\n".to_vec(), "does not parse"),
-        ("invalid UTF-8", b"{\"message\":\"caf\xc3\x28\"}\n".to_vec(), "not valid UTF-8"),
-        ("10 MB line", {
-            let mut v = b"{\"message\":\"".to_vec();
-            v.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
-            v.extend_from_slice(b"\"}\n");
-            v
-        }, "over the limit"),
+        (
+            "not an object",
+            b"[1, 2, 3]\n\"just a string\"\n".to_vec(),
+            "not an object",
+        ),
+        (
+            "bad timestamp",
+            b"{\"timestamp\":\"next tuesday\",\"message\":\"x\"}\n".to_vec(),
+            "does not parse",
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"message\":\"caf\xc3\x28\"}\n".to_vec(),
+            "not valid UTF-8",
+        ),
+        (
+            "10 MB line",
+            {
+                let mut v = b"{\"message\":\"".to_vec();
+                v.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+                v.extend_from_slice(b"\"}\n");
+                v
+            },
+            "over the limit",
+        ),
     ];
     let mut expected_dead = 0;
     for (what, body, reason) in &cases {
@@ -101,18 +148,34 @@ async fn malformed_input_gets_clear_answers_and_dead_letters() {
         assert!(rejected >= 1, "{what}: {text}");
         expected_dead += rejected;
         let n = server
-            .query_i64(&format!("SELECT count(*) FROM dead_letters WHERE reason LIKE '%{reason}%'"))
+            .query_i64(&format!(
+                "SELECT count(*) FROM dead_letters WHERE reason LIKE '%{reason}%'"
+            ))
             .await;
-        assert!(n >= 1, "{what}: no dead letter with reason containing {reason:?}");
+        assert!(
+            n >= 1,
+            "{what}: no dead letter with reason containing {reason:?}"
+        );
     }
-    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, expected_dead);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM dead_letters").await,
+        expected_dead
+    );
     let client = server.pg_client().await;
     let row = client
         .query_one("SELECT octet_length(raw_text), reason FROM dead_letters WHERE reason LIKE '%over the limit%'", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 4096, "an oversized record keeps its first 4 KiB");
-    assert!(row.get::<_, String>(1).contains("10485774 bytes"), "{}", row.get::<_, String>(1));
+    assert_eq!(
+        row.get::<_, i32>(0),
+        4096,
+        "an oversized record keeps its first 4 KiB"
+    );
+    assert!(
+        row.get::<_, String>(1).contains("10485774 bytes"),
+        "{}",
+        row.get::<_, String>(1)
+    );
 
     // An empty body is a client error; no record was involved, so no dead letter.
     let (status, text) = server.post(b"", None).unwrap();
@@ -120,11 +183,22 @@ async fn malformed_input_gets_clear_answers_and_dead_letters() {
     assert!(text.contains("empty body"), "{text}");
     let (status, _) = server.post(b"   \n\n", None).unwrap();
     assert_eq!(status, 400);
-    assert_eq!(server.query_i64("SELECT count(*) FROM dead_letters").await, expected_dead);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM dead_letters").await,
+        expected_dead
+    );
 
     // A mixed body keeps the good records; the server keeps serving.
-    let (status, text) = server.post(b"{\"message\":\"ok\"}\n{broken\n{\"message\":\"ok too\"}\n", None).unwrap();
-    assert_eq!((status, text.as_str()), (200, r#"{"accepted":2,"rejected":1}"#));
+    let (status, text) = server
+        .post(
+            b"{\"message\":\"ok\"}\n{broken\n{\"message\":\"ok too\"}\n",
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (status, text.as_str()),
+        (200, r#"{"accepted":2,"rejected":1}"#)
+    );
     assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
 }
 
@@ -149,7 +223,12 @@ async fn graceful_stop_and_restart_keep_everything() {
     }
     assert!(server.stop(), "SIGTERM exits 0:\n{}", server.log());
     server.restart();
-    assert_eq!(server.query_i64("SELECT count(*) FROM logs WHERE log_level = 'WARN'").await, 20);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM logs WHERE log_level = 'WARN'")
+            .await,
+        20
+    );
 }
 
 #[test]
@@ -157,7 +236,12 @@ fn bad_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[storage]\nflush_max_rowz = 5\n").unwrap();
-    let out = Command::new(binary()).arg("serve").arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("flush_max_rowz"), "{err}");

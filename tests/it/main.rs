@@ -1,5 +1,5 @@
-mod services;
-mod pgwire;
-mod slt;
 mod crash;
 mod ingest;
+mod pgwire;
+mod services;
+mod slt;

@@ -13,7 +13,11 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
         .iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect()),
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
@@ -21,12 +25,27 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 
 fn psql(server: &Server, command: &str) -> String {
     let out = Command::new("/usr/bin/psql")
-        .args(["-X", "-h", "127.0.0.1", "-p", &server.pg_port().to_string(), "-U", "logsphere", "-c", command])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.pg_port().to_string(),
+            "-U",
+            "logsphere",
+            "-c",
+            command,
+        ])
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "psql -c {command:?} failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql -c {command:?} failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -34,9 +53,18 @@ fn psql(server: &Server, command: &str) -> String {
 async fn simple_query_runs_every_statement() {
     let server = Server::start();
     let client = server.pg_client().await;
-    let messages = client.simple_query("SELECT 1 AS one; SELECT 'two' AS two").await.unwrap();
-    assert_eq!(simple_rows(&messages), vec![vec![Some("1".to_owned())], vec![Some("two".to_owned())]]);
-    let count = client.simple_query("SELECT count(*) FROM logs").await.unwrap();
+    let messages = client
+        .simple_query("SELECT 1 AS one; SELECT 'two' AS two")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_rows(&messages),
+        vec![vec![Some("1".to_owned())], vec![Some("two".to_owned())]]
+    );
+    let count = client
+        .simple_query("SELECT count(*) FROM logs")
+        .await
+        .unwrap();
     assert_eq!(simple_rows(&count).len(), 1);
     // pgx pings with a comment-only query: it must get EmptyQueryResponse, not an error.
     client.simple_query("-- ping").await.unwrap();
@@ -57,7 +85,10 @@ async fn extended_query_binds_text_and_timestamp_parameters() {
     let found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(found, vec!["alphabet".to_owned()]);
 
-    let statement = client.prepare("SELECT count(*) FROM logs WHERE timestamp >= $1 AND source = $2").await.unwrap();
+    let statement = client
+        .prepare("SELECT count(*) FROM logs WHERE timestamp >= $1 AND source = $2")
+        .await
+        .unwrap();
     assert_eq!(statement.params(), &[Type::TIMESTAMPTZ, Type::TEXT]);
     let since = std::time::SystemTime::UNIX_EPOCH;
     let params: [&(dyn ToSql + Sync); 2] = [&since, &"app"];
@@ -66,7 +97,10 @@ async fn extended_query_binds_text_and_timestamp_parameters() {
 
     // pgjdbc's setTimestamp: an untyped parameter sent as text.
     let rows = client
-        .query_typed("SELECT count(*) FROM logs WHERE timestamp > $1", &[(&"2024-01-01 00:00:00+00", Type::UNKNOWN)])
+        .query_typed(
+            "SELECT count(*) FROM logs WHERE timestamp > $1",
+            &[(&"2024-01-01 00:00:00+00", Type::UNKNOWN)],
+        )
         .await;
     assert!(rows.is_ok(), "untyped timestamp parameter: {rows:?}");
 }
@@ -76,7 +110,10 @@ async fn extended_query_suspends_portals() {
     let server = Server::start();
     let mut client = server.pg_client().await;
     let tx = client.transaction().await.unwrap();
-    let statement = tx.prepare("SELECT x FROM generate_series(1, 10) AS t(x)").await.unwrap();
+    let statement = tx
+        .prepare("SELECT x FROM generate_series(1, 10) AS t(x)")
+        .await
+        .unwrap();
     let portal = tx.bind(&statement, &[]).await.unwrap();
     assert_eq!(tx.query_portal(&portal, 4).await.unwrap().len(), 4);
     assert_eq!(tx.query_portal(&portal, 100).await.unwrap().len(), 6);
@@ -90,21 +127,40 @@ async fn errors_carry_their_sqlstate() {
     let cases: &[(&str, &SqlState)] = &[
         ("SELECT * FROM no_such_table", &SqlState::UNDEFINED_TABLE),
         ("SELEC 1", &SqlState::SYNTAX_ERROR),
-        ("SELECT no_such_column FROM logs", &SqlState::UNDEFINED_COLUMN),
+        (
+            "SELECT no_such_column FROM logs",
+            &SqlState::UNDEFINED_COLUMN,
+        ),
         ("SELECT no_such_function(1)", &SqlState::UNDEFINED_FUNCTION),
-        ("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'", &SqlState::READ_ONLY_SQL_TRANSACTION),
-        ("INSERT INTO logs (message) VALUES ('x')", &SqlState::READ_ONLY_SQL_TRANSACTION),
+        (
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            &SqlState::READ_ONLY_SQL_TRANSACTION,
+        ),
+        (
+            "INSERT INTO logs (message) VALUES ('x')",
+            &SqlState::READ_ONLY_SQL_TRANSACTION,
+        ),
         ("DROP TABLE logs", &SqlState::READ_ONLY_SQL_TRANSACTION),
-        ("COPY (SELECT 1) TO '/tmp/logsphere-copy.csv'", &SqlState::READ_ONLY_SQL_TRANSACTION),
+        (
+            "COPY (SELECT 1) TO '/tmp/logsphere-copy.csv'",
+            &SqlState::READ_ONLY_SQL_TRANSACTION,
+        ),
     ];
     for (sql, expected) in cases {
         // Both protocols: simple (batch_execute) and extended (query).
         let simple = client.batch_execute(sql).await.expect_err(sql);
         assert_eq!(simple.code(), Some(*expected), "simple {sql}: {simple:?}");
         let extended = client.query(*sql, &[]).await.expect_err(sql);
-        assert_eq!(extended.code(), Some(*expected), "extended {sql}: {extended:?}");
+        assert_eq!(
+            extended.code(),
+            Some(*expected),
+            "extended {sql}: {extended:?}"
+        );
     }
-    let message = client.batch_execute("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/x'").await.unwrap_err();
+    let message = client
+        .batch_execute("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/x'")
+        .await
+        .unwrap_err();
     let db = message.as_db_error().expect("a server error");
     assert!(db.message().contains("read-only"), "{}", db.message());
 }
@@ -114,7 +170,12 @@ async fn failed_transaction_refuses_until_rollback() {
     let server = Server::start();
     let client = server.pg_client().await;
     client.batch_execute("BEGIN").await.unwrap();
-    assert!(client.batch_execute("SELECT * FROM no_such_table").await.is_err());
+    assert!(
+        client
+            .batch_execute("SELECT * FROM no_such_table")
+            .await
+            .is_err()
+    );
     let refused = client.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(refused.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     client.batch_execute("ROLLBACK").await.unwrap();
@@ -127,24 +188,42 @@ async fn set_and_show_are_per_connection() {
     let a = server.pg_client().await;
     let b = server.pg_client().await;
 
-    a.batch_execute("SET TimeZone = 'Europe/Paris'; SET datafusion.execution.batch_size = 77").await.unwrap();
+    a.batch_execute("SET TimeZone = 'Europe/Paris'; SET datafusion.execution.batch_size = 77")
+        .await
+        .unwrap();
     assert_eq!(show(&a, "timezone").await, "Europe/Paris");
     assert_eq!(show(&a, "datafusion.execution.batch_size").await, "77");
     assert_eq!(show(&b, "timezone").await, "UTC");
     assert_ne!(show(&b, "datafusion.execution.batch_size").await, "77");
 
-    let version: String = a.query_one("SELECT current_setting('server_version_num')", &[]).await.unwrap().get(0);
+    let version: String = a
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(version.starts_with("16"), "{version}");
-    assert_eq!(show(&a, "transaction isolation level").await, "read committed");
-    a.batch_execute("BEGIN; COMMIT; DISCARD ALL; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *").await.unwrap();
+    assert_eq!(
+        show(&a, "transaction isolation level").await,
+        "read committed"
+    );
+    a.batch_execute("BEGIN; COMMIT; DISCARD ALL; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *")
+        .await
+        .unwrap();
     assert_eq!(show(&a, "timezone").await, "UTC");
 
-    let refused = a.batch_execute("SET datafusion.runtime.memory_limit = '1G'").await.unwrap_err();
+    let refused = a
+        .batch_execute("SET datafusion.runtime.memory_limit = '1G'")
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
 }
 
 async fn show(client: &tokio_postgres::Client, name: &str) -> String {
-    client.query_one(format!("SHOW {name}").as_str(), &[]).await.unwrap().get(0)
+    client
+        .query_one(format!("SHOW {name}").as_str(), &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]
@@ -153,7 +232,15 @@ async fn psql_describes_tables() {
     let tables = psql(&server, r"\dt");
     assert!(tables.contains(" logs "), "{tables}");
     let columns = psql(&server, r"\d logs");
-    for column in ["timestamp", "log_level", "message", "source", "topic", "attributes", "ingest_time"] {
+    for column in [
+        "timestamp",
+        "log_level",
+        "message",
+        "source",
+        "topic",
+        "attributes",
+        "ingest_time",
+    ] {
         assert!(columns.contains(column), "{column} missing from {columns}");
     }
     assert!(columns.contains("timestamp with time zone"), "{columns}");
@@ -177,13 +264,23 @@ password = "correct horse"
         async move { tokio_postgres::connect(&config, NoTls).await }
     };
 
-    let (client, connection) = connect("alice", "correct horse").await.expect("right password");
+    let (client, connection) = connect("alice", "correct horse")
+        .await
+        .expect("right password");
     tokio::spawn(connection);
-    let user: String = client.query_one("SELECT session_user", &[]).await.unwrap().get(0);
+    let user: String = client
+        .query_one("SELECT session_user", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(user, "alice");
 
     for (user, password) in [("alice", "wrong"), ("mallory", "correct horse")] {
         let err = connect(user, password).await.err().expect("refused");
-        assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{user}: {err:?}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {err:?}"
+        );
     }
 }

@@ -80,11 +80,13 @@ async fn cassandra_keyspace_table_rows() {
     let node = service_endpoint("LOGSPHERE_TEST_CASSANDRA");
     let ks = unique_name("logsphere_it");
 
+    let connected =
+        tokio::time::timeout(TIMEOUT, SessionBuilder::new().known_node(&node).build()).await;
+    let Ok(connected) = connected else {
+        panic!("cassandra at {node}: no session within {TIMEOUT:?}")
+    };
     let session: Session =
-        tokio::time::timeout(TIMEOUT, SessionBuilder::new().known_node(&node).build())
-            .await
-            .unwrap_or_else(|_| panic!("cassandra at {node}: no session within {TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("cassandra at {node}: connect: {e}"));
+        connected.unwrap_or_else(|e| panic!("cassandra at {node}: connect: {e}"));
     let run = |cql: String| {
         let session = &session;
         let node = &node;

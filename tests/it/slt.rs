@@ -35,7 +35,9 @@ impl sqllogictest::AsyncDB for PgDb {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
         let messages = self.client.simple_query(sql).await.map_err(|e| {
-            let detail = e.as_db_error().map(|d| format!("{} ({})", d.message(), d.code().code()));
+            let detail = e
+                .as_db_error()
+                .map(|d| format!("{} ({})", d.message(), d.code().code()));
             DbError(detail.unwrap_or_else(|| e.to_string()))
         })?;
         let mut rows = Vec::new();
@@ -59,7 +61,11 @@ impl sqllogictest::AsyncDB for PgDb {
             }
         }
         if sql.trim_start().to_ascii_uppercase().starts_with("EXPLAIN") {
-            let partitions: BTreeSet<String> = rows.iter().flatten().flat_map(|cell| cold_partitions(cell)).collect();
+            let partitions: BTreeSet<String> = rows
+                .iter()
+                .flatten()
+                .flat_map(|cell| cold_partitions(cell))
+                .collect();
             return Ok(DBOutput::Rows {
                 types: vec![DefaultColumnType::Text],
                 rows: partitions.into_iter().map(|p| vec![p]).collect(),
@@ -68,7 +74,10 @@ impl sqllogictest::AsyncDB for PgDb {
         if width == 0 && rows.is_empty() {
             return Ok(DBOutput::StatementComplete(0));
         }
-        Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; width], rows })
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; width],
+            rows,
+        })
     }
 
     async fn shutdown(&mut self) {}
@@ -84,10 +93,20 @@ fn cold_partitions(text: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(i) = rest.find("date=") {
         let tail = &rest[i..];
-        let table = if rest[..i].ends_with("dead_letters/") { "dead_letters/" } else { "logs/" };
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || "=-/".contains(c))).unwrap_or(tail.len());
+        let table = if rest[..i].ends_with("dead_letters/") {
+            "dead_letters/"
+        } else {
+            "logs/"
+        };
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "=-/".contains(c)))
+            .unwrap_or(tail.len());
         let part = tail[..end].trim_end_matches('/');
-        let part = part.rsplit_once('/').filter(|(_, f)| !f.starts_with("hour=")).map(|(d, _)| d).unwrap_or(part);
+        let part = part
+            .rsplit_once('/')
+            .filter(|(_, f)| !f.starts_with("hour="))
+            .map(|(d, _)| d)
+            .unwrap_or(part);
         out.push(format!("{table}{part}"));
         rest = &tail[end..];
     }
@@ -114,18 +133,41 @@ fn fixture(hour: u32, n: usize) -> String {
 
 async fn load_fixture(server: &Server) {
     for hour in [10, 11] {
-        let (status, body) = server.post(fixture(hour, 100).as_bytes(), None).expect("post");
+        let (status, body) = server
+            .post(fixture(hour, 100).as_bytes(), None)
+            .expect("post");
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = server.post(b"not json\n[1,2]\n{\"ts\":\"soon\"}\n", None).expect("post");
-    assert_eq!((status, body.as_str()), (200, r#"{"accepted":0,"rejected":3}"#));
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut resp = agent.post(&format!("{}/v1/flush", server.http_url())).send_empty().expect("flush");
-    assert_eq!(resp.status(), 200, "{}", resp.body_mut().read_to_string().unwrap_or_default());
+    let (status, body) = server
+        .post(b"not json\n[1,2]\n{\"ts\":\"soon\"}\n", None)
+        .expect("post");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":0,"rejected":3}"#)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{}/v1/flush", server.http_url()))
+        .send_empty()
+        .expect("flush");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.body_mut().read_to_string().unwrap_or_default()
+    );
     let (status, body) = server.post(fixture(12, 50).as_bytes(), None).expect("post");
     assert_eq!(status, 200, "{body}");
-    let (status, body) = server.post(b"{\"message\":\"\xff\"}\n", None).expect("post");
-    assert_eq!((status, body.as_str()), (200, r#"{"accepted":0,"rejected":1}"#));
+    let (status, body) = server
+        .post(b"{\"message\":\"\xff\"}\n", None)
+        .expect("post");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":0,"rejected":1}"#)
+    );
 }
 
 #[tokio::test]
@@ -144,15 +186,26 @@ async fn slt_files() {
         let port = server.pg_port();
         let mut runner = sqllogictest::Runner::new(move || async move {
             let mut cfg = tokio_postgres::Config::new();
-            cfg.host("127.0.0.1").port(port).user("logsphere").dbname("logsphere");
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| DbError(e.to_string()))?;
+            cfg.host("127.0.0.1")
+                .port(port)
+                .user("logsphere")
+                .dbname("logsphere");
+            let (client, conn) = cfg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| DbError(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             Ok(PgDb { client })
         });
         if let Err(e) = runner.run_file_async(&file).await {
-            panic!("{}: {}\n--- server log ---\n{}", file.display(), e.display(true), server.log());
+            panic!(
+                "{}: {}\n--- server log ---\n{}",
+                file.display(),
+                e.display(true),
+                server.log()
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Path of the `logsphere` binary: `LOGSPHERE_BIN`, or beside this test executable's
@@ -59,13 +62,26 @@ impl Server {
 
     /// Starts a server with a config file holding `toml`.
     pub fn start_with_config(toml: &str) -> Self {
-        Self::start_with(ServerOptions { config: Some(toml.to_string()), ..Default::default() })
+        Self::start_with(ServerOptions {
+            config: Some(toml.to_string()),
+            ..Default::default()
+        })
     }
 
     /// Starts a server with `options`.
     pub fn start_with(options: ServerOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("logsphere-test-").tempdir().expect("temp dir");
-        let mut s = Self { child: None, dir, pg_port: free_port(), http_port: free_port(), options, starts: 0 };
+        let dir = tempfile::Builder::new()
+            .prefix("logsphere-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut s = Self {
+            child: None,
+            dir,
+            pg_port: free_port(),
+            http_port: free_port(),
+            options,
+            starts: 0,
+        };
         s.spawn();
         s
     }
@@ -107,17 +123,25 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut r) = ureq::get(&format!("{}/healthz", self.http_url())).call() {
-                if r.status() == 200 && r.body_mut().read_to_string().is_ok() {
-                    return;
-                }
+            if let Ok(mut r) = ureq::get(&format!("{}/healthz", self.http_url())).call()
+                && r.status() == 200
+                && r.body_mut().read_to_string().is_ok()
+            {
+                return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("logsphere exited with {status} before it was ready:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "logsphere exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "logsphere not ready after 60 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "logsphere not ready after 60 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -143,13 +167,23 @@ impl Server {
 
     /// A connected tokio-postgres client (user `logsphere`, no password).
     pub async fn pg_client(&self) -> tokio_postgres::Client {
-        self.pg_client_as("logsphere", None).await.expect("connect over the PostgreSQL protocol")
+        self.pg_client_as("logsphere", None)
+            .await
+            .expect("connect over the PostgreSQL protocol")
     }
 
     /// A client for `user` with an optional password.
-    pub async fn pg_client_as(&self, user: &str, password: Option<&str>) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn pg_client_as(
+        &self,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1").port(self.pg_port).user(user).dbname("logsphere").connect_timeout(Duration::from_secs(10));
+        cfg.host("127.0.0.1")
+            .port(self.pg_port)
+            .user(user)
+            .dbname("logsphere")
+            .connect_timeout(Duration::from_secs(10));
         if let Some(p) = password {
             cfg.password(p);
         }
@@ -175,8 +209,13 @@ impl Server {
 
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
@@ -198,7 +237,10 @@ impl Server {
     /// One `i64` from a query (e.g. `SELECT count(*) FROM logs`), over the pg protocol.
     pub async fn query_i64(&self, sql: &str) -> i64 {
         let client = self.pg_client().await;
-        let row = client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         row.get(0)
     }
 }
@@ -216,12 +258,17 @@ pub fn post_logs(base: &str, body: &[u8], key: Option<&str>) -> Result<(u16, Str
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
-    let mut req = agent.post(&format!("{base}/v1/logs")).header("Content-Type", "application/x-ndjson");
+    let mut req = agent
+        .post(&format!("{base}/v1/logs"))
+        .header("Content-Type", "application/x-ndjson");
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
     let mut resp = req.send(body).map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
     Ok((status, text))
 }

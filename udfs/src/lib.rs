@@ -34,8 +34,20 @@ pub fn register_all(ctx: &SessionContext) {
 /// Every LogSphere function.
 pub fn all() -> Vec<ScalarUDF> {
     vec![
-        create_udf("attr", vec![DataType::Utf8, DataType::Utf8], DataType::Utf8, Volatility::Immutable, Arc::new(attr)),
-        create_udf("level_rank", vec![DataType::Utf8], DataType::Int32, Volatility::Immutable, Arc::new(level_rank)),
+        create_udf(
+            "attr",
+            vec![DataType::Utf8, DataType::Utf8],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(attr),
+        ),
+        create_udf(
+            "level_rank",
+            vec![DataType::Utf8],
+            DataType::Int32,
+            Volatility::Immutable,
+            Arc::new(level_rank),
+        ),
     ]
 }
 
@@ -54,13 +66,16 @@ fn rows_of(args: &[ColumnarValue]) -> usize {
 }
 
 fn attr(args: &[ColumnarValue]) -> Result<ColumnarValue> {
-    let [json, key] = args else { return exec_err!("attr(attributes, key) takes two arguments") };
+    let [json, key] = args else {
+        return exec_err!("attr(attributes, key) takes two arguments");
+    };
     let rows = rows_of(args);
     let json = strings(json, rows)?;
     let key = strings(key, rows)?;
-    let (Some(json), Some(key)) =
-        (json.as_any().downcast_ref::<StringArray>(), key.as_any().downcast_ref::<StringArray>())
-    else {
+    let (Some(json), Some(key)) = (
+        json.as_any().downcast_ref::<StringArray>(),
+        key.as_any().downcast_ref::<StringArray>(),
+    ) else {
         return exec_err!("attr: arguments must be text");
     };
     let mut out = StringBuilder::with_capacity(rows, rows * 8);
@@ -69,9 +84,10 @@ fn attr(args: &[ColumnarValue]) -> Result<ColumnarValue> {
             out.append_null();
             continue;
         }
-        let value = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json.value(i))
-            .ok()
-            .and_then(|mut m| m.remove(key.value(i)));
+        let value =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json.value(i))
+                .ok()
+                .and_then(|mut m| m.remove(key.value(i)));
         match value {
             Some(serde_json::Value::String(s)) => out.append_value(s),
             Some(serde_json::Value::Null) | None => out.append_null(),
@@ -82,7 +98,9 @@ fn attr(args: &[ColumnarValue]) -> Result<ColumnarValue> {
 }
 
 fn level_rank(args: &[ColumnarValue]) -> Result<ColumnarValue> {
-    let [level] = args else { return exec_err!("level_rank(log_level) takes one argument") };
+    let [level] = args else {
+        return exec_err!("level_rank(log_level) takes one argument");
+    };
     let rows = rows_of(args);
     let level = strings(level, rows)?;
     let Some(level) = level.as_any().downcast_ref::<StringArray>() else {

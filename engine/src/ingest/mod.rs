@@ -8,7 +8,9 @@ mod timestamp;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayBuilder, ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
 use serde_json::{Map, Value};
 
 use crate::model::{UTC, dead_letters_schema, logs_schema};
@@ -29,7 +31,11 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { max_record_bytes: 1024 * 1024, default_topic: "logs".into(), origin: "http".into() }
+        Self {
+            max_record_bytes: 1024 * 1024,
+            default_topic: "logs".into(),
+            origin: "http".into(),
+        }
     }
 }
 
@@ -71,7 +77,9 @@ pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> De
 
 /// NDJSON whose first line happens to be an array (`[1,2]\n{...}`) is still NDJSON.
 fn first_line_is_json(body: &[u8]) -> bool {
-    let Some(end) = body.iter().position(|c| *c == b'\n') else { return false };
+    let Some(end) = body.iter().position(|c| *c == b'\n') else {
+        return false;
+    };
     let rest_has_content = body[end..].iter().any(|c| !c.is_ascii_whitespace());
     rest_has_content && serde_json::from_slice::<&serde_json::value::RawValue>(&body[..end]).is_ok()
 }
@@ -89,7 +97,11 @@ fn decode_lines(body: &[u8], b: &mut Builders<'_>) {
 fn decode_array(body: &[u8], b: &mut Builders<'_>) {
     if body.len() > b.opts.max_record_bytes.saturating_mul(1024) {
         // A JSON array is parsed whole; refuse absurd ones rather than allocate for them.
-        b.dead(body, "JSON array body", "JSON array body too large; send NDJSON".into());
+        b.dead(
+            body,
+            "JSON array body",
+            "JSON array body too large; send NDJSON".into(),
+        );
         return;
     }
     let items: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(body) {
@@ -150,7 +162,11 @@ impl<'a> Builders<'a> {
                 self.opts.max_record_bytes,
                 DEAD_LETTER_RAW_KEEP
             );
-            self.dead(&raw[..DEAD_LETTER_RAW_KEEP.min(raw.len())], position, reason);
+            self.dead(
+                &raw[..DEAD_LETTER_RAW_KEEP.min(raw.len())],
+                position,
+                reason,
+            );
             return;
         }
         let text = match std::str::from_utf8(raw) {
@@ -170,7 +186,11 @@ impl<'a> Builders<'a> {
         };
         let Value::Object(obj) = value else {
             let kind = json_kind(&value);
-            self.dead(raw, position, format!("record is a JSON {kind}, not an object"));
+            self.dead(
+                raw,
+                position,
+                format!("record is a JSON {kind}, not an object"),
+            );
             return;
         };
         if let Err(reason) = self.row(obj) {
@@ -209,7 +229,8 @@ impl<'a> Builders<'a> {
     }
 
     fn dead(&mut self, raw: &[u8], position: &str, reason: String) {
-        self.dl_origin.append_value(format!("{} {position}", self.opts.origin));
+        self.dl_origin
+            .append_value(format!("{} {position}", self.opts.origin));
         self.dl_reason.append_value(reason);
         self.dl_raw.append_value(raw);
         self.dl_raw_text.append_value(String::from_utf8_lossy(raw));
@@ -256,12 +277,17 @@ fn timestamps(values: Vec<i64>) -> ArrayRef {
 }
 
 /// Removes and returns the first of `keys` present in `obj`; the others stay as attributes.
-fn take_first(obj: &mut Map<String, Value>, keys: &[&'static str]) -> Option<(&'static str, Value)> {
+fn take_first(
+    obj: &mut Map<String, Value>,
+    keys: &[&'static str],
+) -> Option<(&'static str, Value)> {
     keys.iter().find_map(|k| obj.remove(*k).map(|v| (*k, v)))
 }
 
 fn take_text(obj: &mut Map<String, Value>, keys: &[&'static str]) -> String {
-    take_first(obj, keys).map(|(_, v)| value_text(v)).unwrap_or_default()
+    take_first(obj, keys)
+        .map(|(_, v)| value_text(v))
+        .unwrap_or_default()
 }
 
 fn value_text(v: Value) -> String {

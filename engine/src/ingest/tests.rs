@@ -5,7 +5,10 @@ use serde_json::json;
 use super::*;
 
 fn opts() -> DecodeOptions {
-    DecodeOptions { max_record_bytes: 1000, ..Default::default() }
+    DecodeOptions {
+        max_record_bytes: 1000,
+        ..Default::default()
+    }
 }
 
 fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::StringArray {
@@ -28,21 +31,35 @@ fn ndjson_with_aliases() {
     assert_eq!(col(&d.logs, "source").value(0), "web-1");
     assert_eq!(col(&d.logs, "topic").value(0), "logs");
     assert_eq!(col(&d.logs, "topic").value(1), "logs.error");
-    let attrs: serde_json::Value = serde_json::from_str(col(&d.logs, "attributes").value(0)).unwrap();
+    let attrs: serde_json::Value =
+        serde_json::from_str(col(&d.logs, "attributes").value(0)).unwrap();
     assert_eq!(attrs, json!({"extra": 1, "raw_level": "warning"}));
-    let attrs1: serde_json::Value = serde_json::from_str(col(&d.logs, "attributes").value(1)).unwrap();
+    let attrs1: serde_json::Value =
+        serde_json::from_str(col(&d.logs, "attributes").value(1)).unwrap();
     assert_eq!(attrs1, json!({}), "ERROR is already normalised");
 }
 
 #[test]
 fn json_array_and_missing_timestamp() {
-    let d = decode_body(br#"[{"message":"a"}, {"message":"b","level":"fatal"}, 3]"#, 77, &opts());
+    let d = decode_body(
+        br#"[{"message":"a"}, {"message":"b","level":"fatal"}, 3]"#,
+        77,
+        &opts(),
+    );
     assert_eq!((d.accepted(), d.rejected()), (2, 1));
     let ts = d.logs.column(0).as_primitive::<TimestampMicrosecondType>();
     assert_eq!(ts.value(0), 77);
     assert_eq!(col(&d.logs, "log_level").value(1), "CRITICAL");
-    assert!(col(&d.dead_letters, "reason").value(0).contains("number, not an object"));
-    assert!(col(&d.dead_letters, "origin").value(0).contains("array element 2"));
+    assert!(
+        col(&d.dead_letters, "reason")
+            .value(0)
+            .contains("number, not an object")
+    );
+    assert!(
+        col(&d.dead_letters, "origin")
+            .value(0)
+            .contains("array element 2")
+    );
 }
 
 #[test]
@@ -56,11 +73,27 @@ fn malformed_records_become_dead_letters() {
     let d = decode_body(&body, 1, &opts());
     assert_eq!((d.accepted(), d.rejected()), (1, 4));
     let reasons = col(&d.dead_letters, "reason");
-    assert!(reasons.value(0).contains("not valid JSON"), "{}", reasons.value(0));
-    assert!(reasons.value(1).contains("\"yesterday\" does not parse"), "{}", reasons.value(1));
+    assert!(
+        reasons.value(0).contains("not valid JSON"),
+        "{}",
+        reasons.value(0)
+    );
+    assert!(
+        reasons.value(1).contains("\"yesterday\" does not parse"),
+        "{}",
+        reasons.value(1)
+    );
     assert!(reasons.value(2).contains("UTF-8"), "{}", reasons.value(2));
-    assert!(reasons.value(3).contains("2000 bytes"), "{}", reasons.value(3));
-    let raw = d.dead_letters.column_by_name("raw").unwrap().as_binary::<i32>();
+    assert!(
+        reasons.value(3).contains("2000 bytes"),
+        "{}",
+        reasons.value(3)
+    );
+    let raw = d
+        .dead_letters
+        .column_by_name("raw")
+        .unwrap()
+        .as_binary::<i32>();
     assert_eq!(raw.value(0), b"not json");
     assert_eq!(raw.value(2), b"{\"message\":\"\xff\xfe\"}");
     assert_eq!(raw.value(3).len(), 2000.min(DEAD_LETTER_RAW_KEEP));
@@ -81,10 +114,19 @@ fn timestamps_in_every_unit() {
     assert_eq!(us(json!(1_700_000_000.5)), 1_700_000_000_500_000);
     assert_eq!(us(json!(1_700_000_000_000u64)), 1_700_000_000_000_000);
     assert_eq!(us(json!(1_700_000_000_000_000u64)), 1_700_000_000_000_000);
-    assert_eq!(us(json!(1_700_000_000_000_000_000u64)), 1_700_000_000_000_000);
+    assert_eq!(
+        us(json!(1_700_000_000_000_000_000u64)),
+        1_700_000_000_000_000
+    );
     assert_eq!(us(json!("1700000000")), 1_700_000_000_000_000);
-    assert_eq!(us(json!("2023-11-14T22:13:20+00:00")), 1_700_000_000_000_000);
-    assert_eq!(us(json!("2023-11-14 23:13:20+01:00")), 1_700_000_000_000_000);
+    assert_eq!(
+        us(json!("2023-11-14T22:13:20+00:00")),
+        1_700_000_000_000_000
+    );
+    assert_eq!(
+        us(json!("2023-11-14 23:13:20+01:00")),
+        1_700_000_000_000_000
+    );
     assert_eq!(us(json!("2023-11-14 22:13:20")), 1_700_000_000_000_000);
     assert_eq!(us(json!("2023-11-14T22:13:20.25")), 1_700_000_000_250_000);
     assert!(parse_timestamp(&json!(true)).is_err());
@@ -106,7 +148,10 @@ fn levels() {
         assert_eq!(normalize_level(&raw).0, want, "{raw}");
     }
     assert!(normalize_level(&json!("ERROR")).1);
-    assert!(normalize_level(&json!("error")).1, "case alone is not worth keeping");
+    assert!(
+        normalize_level(&json!("error")).1,
+        "case alone is not worth keeping"
+    );
     assert!(!normalize_level(&json!("err")).1);
 }
 
@@ -114,6 +159,14 @@ fn levels() {
 fn ndjson_starting_with_an_array_line_is_still_ndjson() {
     let d = decode_body(b"[1,2]\n{\"message\":\"ok\"}\n", 1, &opts());
     assert_eq!((d.accepted(), d.rejected()), (1, 1));
-    let d = decode_body(b"[{\"message\":\"a\"},\n {\"message\":\"b\"}]\n", 1, &opts());
-    assert_eq!((d.accepted(), d.rejected()), (2, 0), "a pretty-printed array stays an array");
+    let d = decode_body(
+        b"[{\"message\":\"a\"},\n {\"message\":\"b\"}]\n",
+        1,
+        &opts(),
+    );
+    assert_eq!(
+        (d.accepted(), d.rejected()),
+        (2, 0),
+        "a pretty-printed array stays an array"
+    );
 }

@@ -21,7 +21,9 @@ pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
             }
         }
         Value::String(s) => parse_str(s.trim()),
-        other => Err(format!("timestamp must be a string or a number, got {other}")),
+        other => Err(format!(
+            "timestamp must be a string or a number, got {other}"
+        )),
     }
 }
 
@@ -37,13 +39,22 @@ fn parse_str(s: &str) -> Result<i64, String> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.timestamp_micros());
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+    ] {
         if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
             return Ok(dt.timestamp_micros());
         }
     }
     let naive = s.strip_suffix(" UTC").unwrap_or(s);
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(naive, fmt) {
             return Ok(dt.and_utc().timestamp_micros());
         }

@@ -51,7 +51,10 @@ pub struct TierTable {
 
 impl fmt::Debug for TierTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TierTable").field("kind", &self.kind).field("scope", &self.scope).finish()
+        f.debug_struct("TierTable")
+            .field("kind", &self.kind)
+            .field("scope", &self.scope)
+            .finish()
     }
 }
 
@@ -62,7 +65,13 @@ impl TierTable {
             TableKind::Logs => crate::model::logs_schema(),
             TableKind::DeadLetters => crate::model::dead_letters_schema(),
         };
-        Self { kind, scope, schema, tiers, cold }
+        Self {
+            kind,
+            scope,
+            schema,
+            tiers,
+            cold,
+        }
     }
 
     /// The column time filters prune on.
@@ -81,14 +90,19 @@ impl TierTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let urls = files.iter().map(|f| self.cold.file_url(&f.path)).collect::<Result<Vec<_>, _>>()
+        let urls = files
+            .iter()
+            .map(|f| self.cold.file_url(&f.path))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(Arc::clone(&self.schema));
-        ListingTable::try_new(config)?.scan(state, projection, filters, limit).await
+        ListingTable::try_new(config)?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
@@ -102,7 +116,10 @@ impl TableProvider for TierTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters prune hot entries, cold files and row groups; DataFusion still applies them.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -130,7 +147,11 @@ impl TableProvider for TierTable {
                 .collect();
             if !batches.is_empty() {
                 let partitions = split_partitions(batches, state.config().target_partitions());
-                let mem = MemorySourceConfig::try_new_exec(&partitions, Arc::clone(&self.schema), projection.cloned())?;
+                let mem = MemorySourceConfig::try_new_exec(
+                    &partitions,
+                    Arc::clone(&self.schema),
+                    projection.cloned(),
+                )?;
                 inputs.push(mem);
             }
         }
@@ -139,9 +160,15 @@ impl TableProvider for TierTable {
                 TableKind::Logs => &snapshot.manifest.logs,
                 TableKind::DeadLetters => &snapshot.manifest.dead_letters,
             };
-            let files: Vec<&ColdFile> = files.iter().filter(|f| range.overlaps(Some((f.min_ts, f.max_ts)))).collect();
+            let files: Vec<&ColdFile> = files
+                .iter()
+                .filter(|f| range.overlaps(Some((f.min_ts, f.max_ts))))
+                .collect();
             if !files.is_empty() {
-                inputs.push(self.cold_plan(state, &files, projection, filters, limit).await?);
+                inputs.push(
+                    self.cold_plan(state, &files, projection, filters, limit)
+                        .await?,
+                );
             }
         }
         if inputs.is_empty() {
@@ -162,7 +189,10 @@ impl TierTable {
 }
 
 /// Spreads batches over at most `n` partitions so hot scans use every core.
-fn split_partitions(batches: Vec<arrow::array::RecordBatch>, n: usize) -> Vec<Vec<arrow::array::RecordBatch>> {
+fn split_partitions(
+    batches: Vec<arrow::array::RecordBatch>,
+    n: usize,
+) -> Vec<Vec<arrow::array::RecordBatch>> {
     let n = n.clamp(1, batches.len().max(1));
     let mut parts = vec![Vec::new(); n];
     for (i, b) in batches.into_iter().enumerate() {
@@ -179,7 +209,10 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
-    const ALL: TimeRange = TimeRange { lo: i64::MIN, hi: i64::MAX };
+    const ALL: TimeRange = TimeRange {
+        lo: i64::MIN,
+        hi: i64::MAX,
+    };
 
     /// Intersects what every conjunct of every filter says about `column`.
     pub fn from_filters(filters: &[Expr], column: &str) -> Self {
@@ -199,12 +232,21 @@ impl TimeRange {
 
     fn narrow(&mut self, e: &Expr, column: &str) {
         match e {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
                 self.narrow(left, column);
                 self.narrow(right, column);
             }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (op, v) = match (is_column(left, column), micros(right), is_column(right, column), micros(left)) {
+                let (op, v) = match (
+                    is_column(left, column),
+                    micros(right),
+                    is_column(right, column),
+                    micros(left),
+                ) {
                     (true, Some(v), _, _) => (*op, v),
                     (_, _, true, Some(v)) => match op.swap() {
                         Some(op) => (op, v),
@@ -224,7 +266,12 @@ impl TimeRange {
                     _ => {}
                 }
             }
-            Expr::Between(Between { expr, negated: false, low, high }) if is_column(expr, column) => {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_column(expr, column) => {
                 if let Some(v) = micros(low) {
                     self.lo = self.lo.max(v);
                 }

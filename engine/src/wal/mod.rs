@@ -62,11 +62,16 @@ pub struct Wal {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), EngineError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 impl Wal {
@@ -94,7 +99,10 @@ impl Wal {
                 );
                 let keep = path.with_extension(format!("wal.corrupt-{}", unix_secs()));
                 std::fs::copy(&path, &keep).map_err(io_err(&keep))?;
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.set_len(scan.valid_len).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
                 report.cut_bytes += cut;
@@ -110,7 +118,13 @@ impl Wal {
         }
         let metrics = Arc::new(WalMetrics::default());
         let active_first_seq = Arc::new(AtomicU64::new(next_seq));
-        let writer = Writer::create(dir, segment_bytes, next_seq, Arc::clone(&metrics), Arc::clone(&active_first_seq))?;
+        let writer = Writer::create(
+            dir,
+            segment_bytes,
+            next_seq,
+            Arc::clone(&metrics),
+            Arc::clone(&active_first_seq),
+        )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("logsphere-wal".into())
@@ -128,12 +142,21 @@ impl Wal {
 
     /// Appends one entry; resolves with its sequence number once it is fsynced and
     /// `on_durable` has run. Concurrent appends share one fsync (group commit).
-    pub async fn append(&self, payload: Vec<u8>, on_durable: OnDurable) -> Result<u64, EngineError> {
+    pub async fn append(
+        &self,
+        payload: Vec<u8>,
+        on_durable: OnDurable,
+    ) -> Result<u64, EngineError> {
         let (reply, rx) = oneshot::channel();
         {
             let tx = self.tx.lock().map_err(|_| EngineError::ShuttingDown)?;
             let tx = tx.as_ref().ok_or(EngineError::ShuttingDown)?;
-            tx.send(Append { payload, on_durable, reply }).map_err(|_| EngineError::ShuttingDown)?;
+            tx.send(Append {
+                payload,
+                on_durable,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
         }
         match rx.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -150,7 +173,11 @@ impl Wal {
     /// Deletes closed segments whose every entry has `seq <= durable_through` (its records
     /// are in committed Parquet) and which were last written before `older_than` (their
     /// idempotency keys have expired). Returns how many were deleted.
-    pub fn delete_segments(&self, durable_through: u64, older_than: SystemTime) -> Result<usize, EngineError> {
+    pub fn delete_segments(
+        &self,
+        durable_through: u64,
+        older_than: SystemTime,
+    ) -> Result<usize, EngineError> {
         let active = self.active_first_seq.load(Ordering::Acquire);
         let segments = list_segments(&self.dir)?;
         let mut deleted = 0;
@@ -160,7 +187,9 @@ impl Wal {
             if *first >= active || last_seq_in_segment > durable_through {
                 break;
             }
-            let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(io_err(path))?;
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map_err(io_err(path))?;
             if modified > older_than {
                 break;
             }
@@ -191,7 +220,10 @@ impl Drop for Wal {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
@@ -247,7 +279,11 @@ impl Writer {
 
     fn new_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), EngineError> {
         let path = segment_path(dir, first_seq);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         sync_dir(dir)?;
         Ok((file, path))
     }
@@ -289,7 +325,12 @@ impl Writer {
             tracing::error!(segment = %self.path.display(), error = %e, "WAL write failed");
             // Cut back whatever part of the group reached the file, so no entry that was
             // never acknowledged is replayed; if even that fails, refuse further appends.
-            if self.file.set_len(self.written).and_then(|_| self.file.sync_data()).is_err() {
+            if self
+                .file
+                .set_len(self.written)
+                .and_then(|_| self.file.sync_data())
+                .is_err()
+            {
                 self.broken = Some(why.clone());
             }
             for a in group {
@@ -299,8 +340,12 @@ impl Writer {
         }
         self.written += buf.len() as u64;
         self.next_seq += group.len() as u64;
-        self.metrics.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.metrics.entries.fetch_add(group.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .entries
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
         for (i, a) in group.into_iter().enumerate() {
             let seq = first_seq + i as u64;
@@ -318,9 +363,12 @@ impl Writer {
                 self.file = file;
                 self.path = path;
                 self.written = 0;
-                self.active_first_seq.store(self.next_seq, Ordering::Release);
+                self.active_first_seq
+                    .store(self.next_seq, Ordering::Release);
             }
-            Err(e) => tracing::error!(error = %e, "cannot start a new WAL segment; staying on the current one"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new WAL segment; staying on the current one")
+            }
         }
     }
 }

@@ -39,7 +39,8 @@ impl IngestEntry {
         out.extend_from_slice(key);
         for batch in [&self.logs, &self.dead_letters] {
             let ipc = ipc_bytes(batch)?;
-            let len = u32::try_from(ipc.len()).map_err(|_| EngineError::Wal("request too large for one WAL entry".into()))?;
+            let len = u32::try_from(ipc.len())
+                .map_err(|_| EngineError::Wal("request too large for one WAL entry".into()))?;
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(&ipc);
         }
@@ -48,13 +49,18 @@ impl IngestEntry {
 
     /// Decodes an entry written by [`IngestEntry::encode`].
     pub fn decode(seq: u64, payload: &[u8]) -> Result<Self, EngineError> {
-        let bad = |reason: &str| EngineError::WalEntry { seq, reason: reason.to_string() };
+        let bad = |reason: &str| EngineError::WalEntry {
+            seq,
+            reason: reason.to_string(),
+        };
         let mut r = payload;
         let version = take(&mut r, 1).ok_or_else(|| bad("empty payload"))?[0];
         if version != VERSION {
             return Err(bad(&format!("unknown payload version {version}")));
         }
-        let key_len = u16::from_le_bytes(take_array(&mut r).ok_or_else(|| bad("truncated key length"))?) as usize;
+        let key_len =
+            u16::from_le_bytes(take_array(&mut r).ok_or_else(|| bad("truncated key length"))?)
+                as usize;
         let key = take(&mut r, key_len).ok_or_else(|| bad("truncated key"))?;
         let key = if key.is_empty() {
             None
@@ -63,20 +69,30 @@ impl IngestEntry {
         };
         let mut batches = Vec::with_capacity(2);
         for schema in [logs_schema(), dead_letters_schema()] {
-            let len = u32::from_le_bytes(take_array(&mut r).ok_or_else(|| bad("truncated batch length"))?) as usize;
+            let len = u32::from_le_bytes(
+                take_array(&mut r).ok_or_else(|| bad("truncated batch length"))?,
+            ) as usize;
             let bytes = take(&mut r, len).ok_or_else(|| bad("truncated batch"))?;
             let batch = if bytes.is_empty() {
                 RecordBatch::new_empty(schema)
             } else {
                 let mut reader = StreamReader::try_new(bytes, None)?;
-                let batch = reader.next().ok_or_else(|| bad("batch stream has no batch"))??;
-                batch.with_schema(schema).map_err(|e| bad(&format!("batch does not fit the schema: {e}")))?
+                let batch = reader
+                    .next()
+                    .ok_or_else(|| bad("batch stream has no batch"))??;
+                batch
+                    .with_schema(schema)
+                    .map_err(|e| bad(&format!("batch does not fit the schema: {e}")))?
             };
             batches.push(batch);
         }
         let dead_letters = batches.pop().ok_or_else(|| bad("missing dead letters"))?;
         let logs = batches.pop().ok_or_else(|| bad("missing logs"))?;
-        Ok(Self { key, logs, dead_letters })
+        Ok(Self {
+            key,
+            logs,
+            dead_letters,
+        })
     }
 }
 

@@ -73,7 +73,9 @@ pub fn scan_segment(path: &Path) -> std::io::Result<SegmentScan> {
     while pos < file_len {
         let remaining = file_len - pos;
         if remaining < HEADER_LEN as u64 {
-            damage = Some(format!("{remaining} trailing bytes are a partial entry header"));
+            damage = Some(format!(
+                "{remaining} trailing bytes are a partial entry header"
+            ));
             break;
         }
         let mut header = [0u8; HEADER_LEN];
@@ -101,7 +103,9 @@ pub fn scan_segment(path: &Path) -> std::io::Result<SegmentScan> {
             body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7],
         ]);
         if last_seq.is_some_and(|l| seq <= l) {
-            damage = Some(format!("entry at offset {pos} has sequence {seq} out of order"));
+            damage = Some(format!(
+                "entry at offset {pos} has sequence {seq} out of order"
+            ));
             break;
         }
         last_seq = Some(seq);
@@ -109,5 +113,10 @@ pub fn scan_segment(path: &Path) -> std::io::Result<SegmentScan> {
         entries.push(ReadEntry { seq, payload: body });
         pos += (HEADER_LEN + len) as u64;
     }
-    Ok(SegmentScan { entries, valid_len: pos, file_len, damage })
+    Ok(SegmentScan {
+        entries,
+        valid_len: pos,
+        file_len,
+        damage,
+    })
 }

@@ -1,8 +1,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use super::*;
 use super::segment::HEADER_LEN;
+use super::*;
 
 fn open(dir: &Path, seg: u64) -> (Wal, Vec<(u64, Vec<u8>)>, ReplayReport) {
     let mut seen = Vec::new();
@@ -27,7 +27,11 @@ async fn appends_are_replayed_in_order() {
             let wal = Arc::clone(&wal);
             let applied = Arc::clone(&applied);
             tasks.push(tokio::spawn(async move {
-                wal.append(vec![i; 30], Box::new(move |seq| applied.lock().unwrap().push(seq))).await
+                wal.append(
+                    vec![i; 30],
+                    Box::new(move |seq| applied.lock().unwrap().push(seq)),
+                )
+                .await
             }));
         }
         for t in tasks {
@@ -36,7 +40,11 @@ async fn appends_are_replayed_in_order() {
         wal.close();
     }
     let applied = applied.lock().unwrap().clone();
-    assert_eq!(applied, (1..=20).collect::<Vec<_>>(), "applied in sequence order");
+    assert_eq!(
+        applied,
+        (1..=20).collect::<Vec<_>>(),
+        "applied in sequence order"
+    );
     let (_wal, seen, report) = open(dir.path(), 100);
     assert_eq!(seen.len(), 20);
     assert_eq!(report.cut_bytes, 0);
@@ -57,11 +65,19 @@ async fn torn_tail_is_cut_and_sequence_continues() {
     let (_, last) = list_segments(dir.path()).unwrap().pop().unwrap();
     let mut partial = Vec::new();
     encode_entry(99, b"never acknowledged", &mut partial);
-    std::fs::OpenOptions::new().append(true).open(&last).unwrap().write_all(&partial[..12]).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&partial[..12])
+        .unwrap();
     let (wal, seen, report) = open(dir.path(), 1 << 20);
     assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(report.cut_bytes, 12);
-    let seq = wal.append(b"next".to_vec(), Box::new(|_| {})).await.unwrap();
+    let seq = wal
+        .append(b"next".to_vec(), Box::new(|_| {}))
+        .await
+        .unwrap();
     assert_eq!(seq, 4);
 }
 
@@ -74,16 +90,28 @@ async fn corrupt_entry_is_never_replayed() {
             wal.append(vec![i; 10], Box::new(|_| {})).await.unwrap();
         }
     }
-    let (_, seg) = list_segments(dir.path()).unwrap().into_iter().find(|(_, p)| std::fs::metadata(p).unwrap().len() > 0).unwrap();
+    let (_, seg) = list_segments(dir.path())
+        .unwrap()
+        .into_iter()
+        .find(|(_, p)| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     let second_entry_body = (HEADER_LEN + 18) + HEADER_LEN + 9;
     bytes[second_entry_body] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
     let (_wal, seen, report) = open(dir.path(), 1 << 20);
-    assert_eq!(seen.len(), 1, "only the entry before the corruption survives");
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the entry before the corruption survives"
+    );
     assert!(report.cut_bytes > 0);
     let kept = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
-        e.as_ref().unwrap().file_name().to_string_lossy().contains("corrupt")
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("corrupt")
     });
     assert_eq!(kept.count(), 1, "a copy of the damaged segment is kept");
 }
@@ -96,10 +124,21 @@ async fn flushed_segments_are_deleted() {
         wal.append(vec![i; 20], Box::new(|_| {})).await.unwrap();
     }
     let future = SystemTime::now() + Duration::from_secs(60);
-    assert_eq!(wal.delete_segments(0, future).unwrap(), 0, "nothing flushed yet");
-    assert_eq!(wal.delete_segments(3, SystemTime::UNIX_EPOCH).unwrap(), 0, "keys not yet expired");
+    assert_eq!(
+        wal.delete_segments(0, future).unwrap(),
+        0,
+        "nothing flushed yet"
+    );
+    assert_eq!(
+        wal.delete_segments(3, SystemTime::UNIX_EPOCH).unwrap(),
+        0,
+        "keys not yet expired"
+    );
     let deleted = wal.delete_segments(3, future).unwrap();
     assert_eq!(deleted, 3);
     let first_left = list_segments(dir.path()).unwrap()[0].0;
-    assert_eq!(first_left, 4, "segments holding entries 1..=3 are gone, entry 4 stays");
+    assert_eq!(
+        first_left, 4,
+        "segments holding entries 1..=3 are gone, entry 4 stays"
+    );
 }

@@ -24,5 +24,8 @@ fn bad_address_is_named() {
 fn public_listen_without_users_is_refused() {
     let cfg = Config::from_toml("[pg]\nlisten = \"0.0.0.0:5433\"\n").unwrap();
     let msg = format!("{:#}", cfg.validate().unwrap_err());
-    assert!(msg.contains("pg.listen") && msg.contains("pg.users"), "{msg}");
+    assert!(
+        msg.contains("pg.listen") && msg.contains("pg.users"),
+        "{msg}"
+    );
 }

@@ -33,7 +33,10 @@ pub async fn serve(
     cfg: HttpConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(HttpState { engine, max_record_bytes: cfg.max_record_bytes });
+    let state = Arc::new(HttpState {
+        engine,
+        max_record_bytes: cfg.max_record_bytes,
+    });
     let app = Router::new()
         .route("/v1/logs", post(ingest))
         .route("/v1/flush", post(flush))
@@ -41,11 +44,14 @@ pub async fn serve(
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await?;
     Ok(())
 }
 
@@ -70,26 +76,41 @@ async fn ingest(
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
         Some(_) => {
-            return error(StatusCode::BAD_REQUEST, "Idempotency-Key must be 1 to 256 visible ASCII characters");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 256 visible ASCII characters",
+            );
         }
     };
     let opts = DecodeOptions {
         max_record_bytes: state.max_record_bytes,
-        default_topic: params.get("topic").cloned().unwrap_or_else(|| "logs".into()),
+        default_topic: params
+            .get("topic")
+            .cloned()
+            .unwrap_or_else(|| "logs".into()),
         origin: format!("http {peer}"),
     };
     match state.engine.ingest(body, key, opts).await {
         Ok(o) => {
-            let mut resp = axum::Json(json!({ "accepted": o.accepted, "rejected": o.rejected })).into_response();
+            let mut resp = axum::Json(json!({ "accepted": o.accepted, "rejected": o.rejected }))
+                .into_response();
             if o.replayed {
-                resp.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    header::HeaderValue::from_static("true"),
+                );
             }
             resp
         }
-        Err(EngineError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+        Err(EngineError::ShuttingDown) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry")
+        }
         Err(e) => {
             tracing::error!(peer = %peer, error = %e, "ingest failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored, retry: {e}"))
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not stored, retry: {e}"),
+            )
         }
     }
 }
@@ -97,6 +118,9 @@ async fn ingest(
 async fn flush(State(state): State<Arc<HttpState>>) -> Response {
     match state.engine.flush().await {
         Ok(rows) => axum::Json(json!({ "flushed_rows": rows })).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("flush failed: {e}")),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flush failed: {e}"),
+        ),
     }
 }

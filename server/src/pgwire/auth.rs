@@ -11,12 +11,12 @@ use futures::Sink;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{SCRAM_ITERATIONS, ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
-    AuthSource, LoginInfo, Password, ServerParameterProvider, StartupHandler, finish_authentication,
-    protocol_negotiation, save_startup_parameters_to_metadata,
+    AuthSource, LoginInfo, Password, ServerParameterProvider, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::{
-    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, METADATA_USER, PgWireConnectionState,
-    PidSecretKeyGenerator,
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, METADATA_USER,
+    PgWireConnectionState, PidSecretKeyGenerator,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -42,21 +42,32 @@ impl ScramSecret {
     fn derive(password: &str) -> Self {
         let salt = uuid::Uuid::new_v4().as_bytes().to_vec();
         let salted_password = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-        Self { salt, salted_password }
+        Self {
+            salt,
+            salted_password,
+        }
     }
 }
 
 impl Credentials {
     /// Hashes every configured password (PBKDF2, 4096 rounds: milliseconds each).
     pub(crate) fn new(users: &[PgUser]) -> Self {
-        let users = users.iter().map(|u| (u.name.clone(), ScramSecret::derive(&u.password))).collect();
-        Self { users, decoy: ScramSecret::derive(&uuid::Uuid::new_v4().to_string()) }
+        let users = users
+            .iter()
+            .map(|u| (u.name.clone(), ScramSecret::derive(&u.password)))
+            .collect();
+        Self {
+            users,
+            decoy: ScramSecret::derive(&uuid::Uuid::new_v4().to_string()),
+        }
     }
 }
 
 impl Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("users", &self.users.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +79,10 @@ impl AuthSource for CredentialsSource {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let user = login.user().ok_or(PgWireError::UserNameRequired)?;
         let secret = self.0.users.get(user).unwrap_or(&self.0.decoy);
-        Ok(Password::new(Some(secret.salt.clone()), secret.salted_password.clone()))
+        Ok(Password::new(
+            Some(secret.salt.clone()),
+            secret.salted_password.clone(),
+        ))
     }
 }
 
@@ -114,20 +128,31 @@ impl Authenticator {
                 Method::Scram(Box::new(handler))
             }
         };
-        Self { method, authenticated: AtomicBool::new(false) }
+        Self {
+            method,
+            authenticated: AtomicBool::new(false),
+        }
     }
 }
 
 #[async_trait]
 impl StartupHandler for Authenticator {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match &self.method {
-            Method::Trust { parameters, connections, pids } => {
+            Method::Trust {
+                parameters,
+                connections,
+                pids,
+            } => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
@@ -145,7 +170,11 @@ impl StartupHandler for Authenticator {
         if matches!(client.state(), PgWireConnectionState::ReadyForQuery)
             && !self.authenticated.swap(true, Ordering::Relaxed)
         {
-            let user = client.metadata().get(METADATA_USER).map(String::as_str).unwrap_or("");
+            let user = client
+                .metadata()
+                .get(METADATA_USER)
+                .map(String::as_str)
+                .unwrap_or("");
             let method = match self.method {
                 Method::Trust { .. } => "trust",
                 Method::Scram(_) => "scram-sha-256",
@@ -165,7 +194,9 @@ fn register_for_cancel<C: ClientInfo>(
     secret_key: pgwire::messages::startup::SecretKey,
 ) {
     let (handle, guard) = connections.register(pid, secret_key);
-    client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+    client
+        .session_extensions()
+        .insert::<Arc<ConnectionHandle>>(handle);
     client.session_extensions().insert::<ConnectionGuard>(guard);
 }
 

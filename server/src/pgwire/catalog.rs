@@ -14,14 +14,16 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
 use datafusion_pg_catalog::pg_catalog::{
     self as pgc, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type,
-    generate_series_arg_coercion, has_privilege_udf, oid_type_planner, pg_get_expr_udf, quote_ident_udf,
+    generate_series_arg_coercion, has_privilege_udf, oid_type_planner, pg_get_expr_udf,
+    quote_ident_udf,
 };
 
 use super::session::{SharedVars, lock};
@@ -36,14 +38,24 @@ impl PgCatalog {
     /// Decodes the static catalog tables; `role_names` become the rows of `pg_roles`.
     pub(crate) fn load(role_names: Vec<String>) -> Result<Self> {
         let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
-        Ok(Self { static_tables, roles: ConfiguredRoles { names: Arc::new(role_names) } })
+        Ok(Self {
+            static_tables,
+            roles: ConfiguredRoles {
+                names: Arc::new(role_names),
+            },
+        })
     }
 
     /// Registers `pg_catalog` in `catalog_name` of `ctx`, plus the PostgreSQL functions
     /// (datafusion-pg-catalog's, then LogSphere's `current_setting` and `version`).
     ///
     /// Mirrors `datafusion_pg_catalog::setup_pg_catalog` 0.19, with the static tables shared.
-    pub(crate) fn install(&self, ctx: &SessionContext, catalog_name: &str, vars: SharedVars) -> Result<()> {
+    pub(crate) fn install(
+        &self,
+        ctx: &SessionContext,
+        catalog_name: &str,
+        vars: SharedVars,
+    ) -> Result<()> {
         let schema = PgCatalogSchemaProvider::try_new(
             ctx.state().catalog_list().clone(),
             Arc::clone(&self.static_tables),
@@ -51,7 +63,9 @@ impl PgCatalog {
             self.roles.clone(),
         )?;
         ctx.catalog(catalog_name)
-            .ok_or_else(|| DataFusionError::Configuration(format!("catalog {catalog_name} is not registered")))?
+            .ok_or_else(|| {
+                DataFusionError::Configuration(format!("catalog {catalog_name} is not registered"))
+            })?
             .register_schema("pg_catalog", Arc::new(schema))?;
 
         for udf in [
@@ -83,7 +97,10 @@ impl PgCatalog {
         ] {
             ctx.register_udf(udf);
         }
-        ctx.register_udtf("pg_get_keywords", self.static_tables.pg_get_keywords.clone());
+        ctx.register_udtf(
+            "pg_get_keywords",
+            self.static_tables.pg_get_keywords.clone(),
+        );
 
         {
             let state = ctx.state_ref();
@@ -98,7 +115,12 @@ impl PgCatalog {
         ctx.register_udf(session_user_udf(Arc::clone(&vars)));
         ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new(vars)));
         ctx.register_udf(version_udf());
-        for name in ["col_description", "obj_description", "shobj_description", "pg_get_indexdef"] {
+        for name in [
+            "col_description",
+            "obj_description",
+            "shobj_description",
+            "pg_get_indexdef",
+        ] {
             ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
         }
         Ok(())
@@ -118,17 +140,20 @@ impl PgCatalogContextProvider for ConfiguredRoles {
     }
 
     async fn role(&self, name: &str) -> Option<Role> {
-        self.names.iter().find(|n| n.as_str() == name).map(|n| Role {
-            name: n.clone(),
-            is_superuser: false,
-            can_login: true,
-            can_create_db: false,
-            can_create_role: false,
-            can_create_user: false,
-            can_replication: false,
-            grants: Vec::new(),
-            inherited_roles: Vec::new(),
-        })
+        self.names
+            .iter()
+            .find(|n| n.as_str() == name)
+            .map(|n| Role {
+                name: n.clone(),
+                is_superuser: false,
+                can_login: true,
+                can_create_db: false,
+                can_create_role: false,
+                can_create_user: false,
+                can_replication: false,
+                grants: Vec::new(),
+                inherited_roles: Vec::new(),
+            })
     }
 }
 
@@ -140,7 +165,10 @@ fn session_user_udf(vars: SharedVars) -> ScalarUDF {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(move |_args: &[ColumnarValue]| {
-            let user = lock(&vars).get("session_authorization").unwrap_or_default().to_owned();
+            let user = lock(&vars)
+                .get("session_authorization")
+                .unwrap_or_default()
+                .to_owned();
             Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(user))))
         }),
     )
@@ -148,14 +176,21 @@ fn session_user_udf(vars: SharedVars) -> ScalarUDF {
 
 /// `version()`: a PostgreSQL-shaped version string (pgAdmin, DataGrip and Grafana parse it).
 fn version_udf() -> ScalarUDF {
-    let version =
-        format!("PostgreSQL {} on {}, compiled by rustc", super::session::SERVER_VERSION, std::env::consts::ARCH);
+    let version = format!(
+        "PostgreSQL {} on {}, compiled by rustc",
+        super::session::SERVER_VERSION,
+        std::env::consts::ARCH
+    );
     datafusion::logical_expr::create_udf(
         "version",
         vec![],
         DataType::Utf8,
         Volatility::Immutable,
-        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+        Arc::new(move |_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                version.clone(),
+            ))))
+        }),
     )
 }
 
@@ -209,9 +244,9 @@ impl ScalarUDFImpl for CurrentSetting {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let names = arrays
-            .first()
-            .ok_or_else(|| DataFusionError::Plan("current_setting() needs a parameter name".to_owned()))?;
+        let names = arrays.first().ok_or_else(|| {
+            DataFusionError::Plan("current_setting() needs a parameter name".to_owned())
+        })?;
         let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
         let names = names.as_string::<i32>();
         let missing_ok = match arrays.get(1) {
@@ -246,8 +281,15 @@ impl ScalarUDFImpl for CurrentSetting {
             }
         }
         let array: ArrayRef = Arc::new(out.finish());
-        if array.len() == 1 && args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+        if array.len() == 1
+            && args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?));
         }
         Ok(ColumnarValue::Array(array))
     }
@@ -263,7 +305,10 @@ struct NullText {
 
 impl NullText {
     fn new(name: &'static str) -> Self {
-        Self { name, signature: Signature::variadic_any(Volatility::Stable) }
+        Self {
+            name,
+            signature: Signature::variadic_any(Volatility::Stable),
+        }
     }
 }
 

@@ -50,9 +50,15 @@ impl ConnectionHandlers {
             .catalog
             .install(&ctx, CATALOG, Arc::clone(&vars))
             .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog for a connection: {e}"))?;
-        let session = Arc::new(Session { ctx, vars: Arc::clone(&vars), engine: Arc::clone(&server.engine) });
-        let statement_parser =
-            Arc::new(StatementParser { session: Arc::clone(&session), parser: Arc::clone(&server.parser) });
+        let session = Arc::new(Session {
+            ctx,
+            vars: Arc::clone(&vars),
+            engine: Arc::clone(&server.engine),
+        });
+        let statement_parser = Arc::new(StatementParser {
+            session: Arc::clone(&session),
+            parser: Arc::clone(&server.parser),
+        });
         let queries = Arc::new(QueryHandler {
             session,
             parser: Arc::clone(&server.parser),
@@ -63,7 +69,9 @@ impl ConnectionHandlers {
             queries,
             authenticator: Arc::new(Authenticator::new(&server.startup, vars)),
             errors: Arc::new(ErrorReporter { peer }),
-            cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(&server.startup.connections))),
+            cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(
+                &server.startup.connections,
+            ))),
         })
     }
 }
@@ -100,7 +108,11 @@ impl ErrorHandler for ErrorReporter {
     where
         C: ClientInfo,
     {
-        let user = client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str).unwrap_or("");
+        let user = client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .map(String::as_str)
+            .unwrap_or("");
         if let PgWireError::InvalidPassword(_) = error {
             tracing::warn!(peer = %self.peer, user, "pg authentication failed");
             // SCRAM clients leave the user out of their first message; name the login user.
@@ -130,14 +142,21 @@ pub(crate) fn shutting_down() -> PgWireError {
 }
 
 /// Tells the client about changed run-time parameters (it tracks DateStyle, TimeZone, …).
-pub(crate) async fn report_parameters<C>(client: &mut C, reports: Vec<(String, String)>) -> PgWireResult<()>
+pub(crate) async fn report_parameters<C>(
+    client: &mut C,
+    reports: Vec<(String, String)>,
+) -> PgWireResult<()>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     for (name, value) in reports {
-        client.feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(name, value))).await?;
+        client
+            .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                name, value,
+            )))
+            .await?;
     }
     Ok(())
 }

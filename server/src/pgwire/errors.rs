@@ -33,7 +33,11 @@ pub(crate) mod sqlstate {
 
 /// An `ERROR`-severity error with `code` and `message`.
 pub(crate) fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), code.to_owned(), message.into())))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        code.to_owned(),
+        message.into(),
+    )))
 }
 
 /// The error for a statement that would change the server's data, files or catalog.
@@ -41,7 +45,9 @@ pub(crate) fn read_only(what: &str) -> PgWireError {
     let mut info = ErrorInfo::new(
         "ERROR".to_owned(),
         sqlstate::READ_ONLY_SQL_TRANSACTION.to_owned(),
-        format!("LogSphere is read-only over SQL: {what} is not allowed; ingest logs over HTTP or Kafka"),
+        format!(
+            "LogSphere is read-only over SQL: {what} is not allowed; ingest logs over HTTP or Kafka"
+        ),
     );
     info.hint = Some("the PostgreSQL port answers queries (SELECT, SHOW, EXPLAIN) only".to_owned());
     PgWireError::UserError(Box::new(info))
@@ -55,8 +61,11 @@ pub(crate) fn syntax_error(err: &ParserError, sql: &str) -> PgWireError {
         ParserError::RecursionLimitExceeded => "statement is nested too deeply".to_owned(),
     };
     let (message, position) = split_location(&text, sql);
-    let mut info =
-        ErrorInfo::new("ERROR".to_owned(), sqlstate::SYNTAX_ERROR.to_owned(), format!("syntax error: {message}"));
+    let mut info = ErrorInfo::new(
+        "ERROR".to_owned(),
+        sqlstate::SYNTAX_ERROR.to_owned(),
+        format!("syntax error: {message}"),
+    );
     info.position = position.map(|p| p.to_string());
     PgWireError::UserError(Box::new(info))
 }
@@ -77,7 +86,11 @@ fn split_location(text: &str, sql: &str) -> (String, Option<usize>) {
     if line == 0 || column == 0 {
         return (text[..at].to_owned(), None);
     }
-    let preceding: usize = sql.split('\n').take(line - 1).map(|l| l.chars().count() + 1).sum();
+    let preceding: usize = sql
+        .split('\n')
+        .take(line - 1)
+        .map(|l| l.chars().count() + 1)
+        .sum();
     (text[..at].to_owned(), Some(preceding + column))
 }
 
@@ -102,9 +115,8 @@ fn sqlstate_of(root: &DataFusionError, message: &str) -> &'static str {
         DataFusionError::SchemaError(e, _) => match e.as_ref() {
             SchemaError::FieldNotFound { .. } => sqlstate::UNDEFINED_COLUMN,
             SchemaError::AmbiguousReference { .. } => sqlstate::AMBIGUOUS_COLUMN,
-            SchemaError::DuplicateQualifiedField { .. } | SchemaError::DuplicateUnqualifiedField { .. } => {
-                sqlstate::DUPLICATE_COLUMN
-            }
+            SchemaError::DuplicateQualifiedField { .. }
+            | SchemaError::DuplicateUnqualifiedField { .. } => sqlstate::DUPLICATE_COLUMN,
         },
         DataFusionError::ArrowError(e, _) => match e.as_ref() {
             ArrowError::DivideByZero => sqlstate::DIVISION_BY_ZERO,
@@ -130,11 +142,15 @@ fn classify_message(message: &str) -> &'static str {
         sqlstate::UNDEFINED_OBJECT
     } else if m.starts_with("table '") && m.contains("' not found") {
         sqlstate::UNDEFINED_TABLE
-    } else if (m.contains("table function '") && m.contains("not found")) || m.starts_with("invalid function '") {
+    } else if (m.contains("table function '") && m.contains("not found"))
+        || m.starts_with("invalid function '")
+    {
         sqlstate::UNDEFINED_FUNCTION
     } else if m.contains("column '") && m.contains("not found") {
         sqlstate::UNDEFINED_COLUMN
-    } else if m.contains("no function matches") || (m.contains("function '") && m.contains("failed to match")) {
+    } else if m.contains("no function matches")
+        || (m.contains("function '") && m.contains("failed to match"))
+    {
         sqlstate::UNDEFINED_FUNCTION
     } else if m.contains("cannot infer common")
         || m.contains("coerc")
@@ -168,13 +184,19 @@ pub(crate) fn normalise(error: &mut PgWireError) {
             None
         };
         let info = mapped.unwrap_or_else(|| {
-            ErrorInfo::new("ERROR".to_owned(), sqlstate::INTERNAL_ERROR.to_owned(), inner.to_string())
+            ErrorInfo::new(
+                "ERROR".to_owned(),
+                sqlstate::INTERNAL_ERROR.to_owned(),
+                inner.to_string(),
+            )
         });
         *error = PgWireError::UserError(Box::new(info));
     }
 }
 
-fn clone_arrow_error(e: &datafusion::arrow::error::ArrowError) -> datafusion::arrow::error::ArrowError {
+fn clone_arrow_error(
+    e: &datafusion::arrow::error::ArrowError,
+) -> datafusion::arrow::error::ArrowError {
     use datafusion::arrow::error::ArrowError;
     match e {
         ArrowError::DivideByZero => ArrowError::DivideByZero,

@@ -37,7 +37,12 @@ pub(crate) struct StatementParser {
 impl QueryParser for StatementParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -52,7 +57,10 @@ impl QueryParser for StatementParser {
                 let statement = parsed.remove(0);
                 query::prepare(&self.session, statement).await.map(Some)
             }
-            _ => Err(user_error(sqlstate::SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")),
+            _ => Err(user_error(
+                sqlstate::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            )),
         }
     }
 
@@ -63,7 +71,11 @@ impl QueryParser for StatementParser {
         })
     }
 
-    fn get_result_schema(&self, statement: &Prepared, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        statement: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         statement.result_fields(column_format.unwrap_or(&Format::UnifiedText))
     }
 }
@@ -88,7 +100,12 @@ impl ExtendedQueryHandler for QueryHandler {
         self._on_execute(client, message).await
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -116,7 +133,9 @@ impl ExtendedQueryHandler for QueryHandler {
                     return Err(in_failed_transaction());
                 }
                 let params = bound_parameters(portal, planned)?;
-                planned.execute(&self.session, params, &portal.result_column_format).await
+                planned
+                    .execute(&self.session, params, &portal.result_column_format)
+                    .await
             }
         }
     }
@@ -132,18 +151,26 @@ fn bound_parameters(
     if supplied != expected {
         return Err(user_error(
             "08P01",
-            format!("bind message supplies {supplied} parameters, but prepared statement requires {expected}"),
+            format!(
+                "bind message supplies {supplied} parameters, but prepared statement requires {expected}"
+            ),
         ));
     }
     if expected == 0 {
         return Ok(None);
     }
-    let inferred: Vec<Option<&DataType>> = planned.param_types().iter().map(Option::as_ref).collect();
+    let inferred: Vec<Option<&DataType>> =
+        planned.param_types().iter().map(Option::as_ref).collect();
     let wire_types = planned.param_wire_types();
     let wire_refs: Vec<Option<&Type>> = wire_types.iter().map(Some).collect();
-    let params = deserialize_parameters_with_server_types(portal, &inferred, &wire_refs).map_err(|e| match e {
-        PgWireError::UserError(_) => e,
-        other => user_error(sqlstate::INVALID_PARAMETER_VALUE, format!("invalid parameter: {other}")),
-    })?;
+    let params = deserialize_parameters_with_server_types(portal, &inferred, &wire_refs).map_err(
+        |e| match e {
+            PgWireError::UserError(_) => e,
+            other => user_error(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid parameter: {other}"),
+            ),
+        },
+    )?;
     Ok(Some(params))
 }

@@ -64,15 +64,19 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let role_names =
-        if users.is_empty() { vec!["logsphere".to_owned()] } else { users.iter().map(|u| u.name.clone()).collect() };
+    let role_names = if users.is_empty() {
+        vec!["logsphere".to_owned()]
+    } else {
+        users.iter().map(|u| u.name.clone()).collect()
+    };
     let catalog = PgCatalog::load(role_names).context("cannot load the pg_catalog tables")?;
     let credentials = if users.is_empty() {
         None
     } else {
         // PBKDF2 per user: CPU-bound, keep it off the async workers.
-        let credentials =
-            tokio::task::spawn_blocking(move || Credentials::new(&users)).await.context("deriving SCRAM secrets")?;
+        let credentials = tokio::task::spawn_blocking(move || Credentials::new(&users))
+            .await
+            .context("deriving SCRAM secrets")?;
         Some(Arc::new(credentials))
     };
     let state = Arc::new(ServerState {
@@ -144,8 +148,14 @@ pub async fn serve(
     state.activity.draining.store(true, Ordering::SeqCst);
     let mut busy = state.activity.busy.subscribe();
     let in_flight = *busy.borrow();
-    tracing::info!(connections = connections.len(), in_flight, "pg listener closed; draining");
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, busy.wait_for(|n| *n == 0)).await.is_ok();
+    tracing::info!(
+        connections = connections.len(),
+        in_flight,
+        "pg listener closed; draining"
+    );
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, busy.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
     if !drained {
         tracing::warn!(
             in_flight = *state.activity.busy.borrow(),
@@ -171,7 +181,10 @@ pub(crate) struct Busy<'a>(&'a Activity);
 
 impl Activity {
     fn new() -> Self {
-        Self { busy: watch::Sender::new(0), draining: AtomicBool::new(false) }
+        Self {
+            busy: watch::Sender::new(0),
+            draining: AtomicBool::new(false),
+        }
     }
 
     /// Marks a query as running, unless the server is shutting down.

@@ -15,7 +15,9 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{self, CloseCursor, DiscardObject, Reset, Set, Statement, TransactionMode};
+use datafusion::sql::sqlparser::ast::{
+    self, CloseCursor, DiscardObject, Reset, Set, Statement, TransactionMode,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
@@ -77,30 +79,41 @@ pub(crate) struct Outcome {
 
 impl From<Response> for Outcome {
     fn from(response: Response) -> Self {
-        Self { response, reports: Vec::new() }
+        Self {
+            response,
+            reports: Vec::new(),
+        }
     }
 }
 
 /// Parses SQL with datafusion-pg-catalog's PostgreSQL-compatibility rewrites (psql `\d`,
 /// `OPERATOR(pg_catalog.~)`, `::regclass`, …). An empty or comment-only text gives no
 /// statements.
-pub(crate) fn parse(parser: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Statement>> {
+pub(crate) fn parse(
+    parser: &PostgresCompatibilityParser,
+    sql: &str,
+) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
         Ok(statements) => Ok(statements),
         Err(err) => {
             // DataFusion's own statements are not PostgreSQL syntax; name the refused ones
             // rather than calling them syntax errors.
-            if let Ok(df_statements) = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) {
+            if let Ok(df_statements) = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+            {
                 for s in &df_statements {
                     match s {
-                        DFStatement::CreateExternalTable(_) => return Err(errors::read_only("CREATE EXTERNAL TABLE")),
+                        DFStatement::CreateExternalTable(_) => {
+                            return Err(errors::read_only("CREATE EXTERNAL TABLE"));
+                        }
                         DFStatement::CopyTo(_) => return Err(errors::read_only("COPY … TO")),
                         _ => {}
                     }
                 }
             }
             // The compatibility parser drops token locations; the plain parser keeps them.
-            let located = datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql).err();
+            let located =
+                datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                    .err();
             Err(errors::syntax_error(located.as_ref().unwrap_or(&err), sql))
         }
     }
@@ -125,7 +138,11 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
         .map_err(|e| errors::datafusion_error(&e))?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
-    Ok(Prepared::Plan(PlannedQuery { plan, param_types, tag }))
+    Ok(Prepared::Plan(PlannedQuery {
+        plan,
+        param_types,
+        tag,
+    }))
 }
 
 /// Statements the connection answers itself, without DataFusion.
@@ -135,22 +152,34 @@ fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
         Statement::ShowVariable { variable } => Local::Show(show_name(variable)),
         Statement::Reset(reset) => match &reset.reset {
             Reset::ALL => Local::Reset(None),
-            Reset::ConfigurationParameter(name) => Local::Reset(Some(name.to_string().to_ascii_lowercase())),
+            Reset::ConfigurationParameter(name) => {
+                Local::Reset(Some(name.to_string().to_ascii_lowercase()))
+            }
         },
         Statement::StartTransaction { modes, .. } => {
             refuse_read_write(modes)?;
             Local::Begin
         }
         Statement::Commit { .. } => Local::Commit,
-        Statement::Rollback { savepoint: None, .. } => Local::Rollback,
-        Statement::Rollback { savepoint: Some(_), .. } => Local::Ack("ROLLBACK"),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => Local::Rollback,
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Local::Ack("ROLLBACK"),
         Statement::Savepoint { .. } => Local::Ack("SAVEPOINT"),
         Statement::ReleaseSavepoint { .. } => Local::Ack("RELEASE"),
-        Statement::Discard { object_type: DiscardObject::ALL } => Local::DiscardAll,
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => Local::DiscardAll,
         Statement::Discard { .. } => Local::Ack("DISCARD"),
         Statement::Deallocate { .. } => Local::Ack("DEALLOCATE"),
-        Statement::Close { cursor: CloseCursor::All } => Local::Ack("CLOSE CURSOR ALL"),
-        Statement::Close { cursor: CloseCursor::Specific { .. } } => Local::Ack("CLOSE CURSOR"),
+        Statement::Close {
+            cursor: CloseCursor::All,
+        } => Local::Ack("CLOSE CURSOR ALL"),
+        Statement::Close {
+            cursor: CloseCursor::Specific { .. },
+        } => Local::Ack("CLOSE CURSOR"),
         Statement::UNLISTEN { .. } => Local::Ack("UNLISTEN"),
         Statement::LISTEN { .. } => Local::Ack("LISTEN"),
         _ => return Ok(None),
@@ -160,7 +189,10 @@ fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
 
 /// `SHOW TRANSACTION ISOLATION LEVEL` and `SHOW TIME ZONE` are multi-word spellings.
 fn show_name(variable: &[ast::Ident]) -> String {
-    let words: Vec<String> = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect();
+    let words: Vec<String> = variable
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
     match words.join(" ").as_str() {
         "transaction isolation level" => "transaction_isolation".to_owned(),
         "time zone" => "timezone".to_owned(),
@@ -171,36 +203,56 @@ fn show_name(variable: &[ast::Ident]) -> String {
 
 fn classify_set(set: &Set) -> PgWireResult<Local> {
     let local = match set {
-        Set::SingleAssignment { variable, values, .. } => {
-            Local::Set(vec![(variable.to_string().to_ascii_lowercase(), set_value(values))])
-        }
+        Set::SingleAssignment {
+            variable, values, ..
+        } => Local::Set(vec![(
+            variable.to_string().to_ascii_lowercase(),
+            set_value(values),
+        )]),
         Set::MultipleAssignments { assignments } => Local::Set(
             assignments
                 .iter()
-                .map(|a| (a.name.to_string().to_ascii_lowercase(), set_value(std::slice::from_ref(&a.value))))
+                .map(|a| {
+                    (
+                        a.name.to_string().to_ascii_lowercase(),
+                        set_value(std::slice::from_ref(&a.value)),
+                    )
+                })
                 .collect(),
         ),
         Set::ParenthesizedAssignments { variables, values } => Local::Set(
             variables
                 .iter()
                 .zip(values)
-                .map(|(n, v)| (n.to_string().to_ascii_lowercase(), set_value(std::slice::from_ref(v))))
+                .map(|(n, v)| {
+                    (
+                        n.to_string().to_ascii_lowercase(),
+                        set_value(std::slice::from_ref(v)),
+                    )
+                })
                 .collect(),
         ),
-        Set::SetTimeZone { value, .. } => {
-            Local::Set(vec![("timezone".to_owned(), set_value(std::slice::from_ref(value)))])
-        }
-        Set::SetNames { charset_name, .. } => {
-            Local::Set(vec![("client_encoding".to_owned(), Some(charset_name.value.clone()))])
-        }
+        Set::SetTimeZone { value, .. } => Local::Set(vec![(
+            "timezone".to_owned(),
+            set_value(std::slice::from_ref(value)),
+        )]),
+        Set::SetNames { charset_name, .. } => Local::Set(vec![(
+            "client_encoding".to_owned(),
+            Some(charset_name.value.clone()),
+        )]),
         Set::SetNamesDefault {} => Local::Set(vec![("client_encoding".to_owned(), None)]),
         Set::SetTransaction { modes, .. } => {
             refuse_read_write(modes)?;
             Local::Ack("SET")
         }
-        Set::SetRole { role_name: None, .. } => Local::Ack("SET"),
+        Set::SetRole {
+            role_name: None, ..
+        } => Local::Ack("SET"),
         other => {
-            return Err(user_error(sqlstate::FEATURE_NOT_SUPPORTED, format!("LogSphere does not support \"{other}\"")));
+            return Err(user_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("LogSphere does not support \"{other}\""),
+            ));
         }
     };
     Ok(local)
@@ -229,7 +281,12 @@ fn set_value(values: &[ast::Expr]) -> Option<String> {
 
 /// `BEGIN READ WRITE` promises writes LogSphere will refuse; say so at the start.
 fn refuse_read_write(modes: &[TransactionMode]) -> PgWireResult<()> {
-    if modes.iter().any(|m| matches!(m, TransactionMode::AccessMode(ast::TransactionAccessMode::ReadWrite))) {
+    if modes.iter().any(|m| {
+        matches!(
+            m,
+            TransactionMode::AccessMode(ast::TransactionAccessMode::ReadWrite)
+        )
+    }) {
         return Err(errors::read_only("a READ WRITE transaction"));
     }
     Ok(())
@@ -254,7 +311,10 @@ fn refuse_writes(statement: &Statement) -> PgWireResult<()> {
             ));
         }
         Statement::Declare { .. } | Statement::Fetch { .. } => {
-            return Err(user_error(sqlstate::FEATURE_NOT_SUPPORTED, "cursors (DECLARE/FETCH) are not supported yet"));
+            return Err(user_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "cursors (DECLARE/FETCH) are not supported yet",
+            ));
         }
         _ => return Ok(()),
     };
@@ -314,7 +374,9 @@ fn ddl_name(ddl: &DdlStatement) -> String {
 /// The Arrow types of `$1..$n`, in order: from the plan's inference, else from an explicit
 /// cast (`$1::timestamptz`).
 fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
-    let mut inferred = plan.get_parameter_types().map_err(|e| errors::datafusion_error(&e))?;
+    let mut inferred = plan
+        .get_parameter_types()
+        .map_err(|e| errors::datafusion_error(&e))?;
     if inferred.values().any(Option::is_none) {
         let _ = plan.apply_with_subqueries(|node| {
             for expr in node.expressions() {
@@ -333,9 +395,16 @@ fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
     }
     let mut indexed = Vec::with_capacity(inferred.len());
     for (id, ty) in inferred {
-        let n = id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1).ok_or_else(|| {
-            user_error(sqlstate::SYNTAX_ERROR, format!("parameter {id} is not supported; use positional $1, $2, …"))
-        })?;
+        let n = id
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                user_error(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("parameter {id} is not supported; use positional $1, $2, …"),
+                )
+            })?;
         indexed.push((n, ty));
     }
     let count = indexed.iter().map(|(n, _)| *n).max().unwrap_or(0);
@@ -350,7 +419,14 @@ impl PlannedQuery {
     /// The PostgreSQL types reported for the parameters in ParameterDescription. A
     /// parameter the plan does not type is `text`, as PostgreSQL does for `SELECT $1`.
     pub(crate) fn param_wire_types(&self) -> Vec<Type> {
-        self.param_types.iter().map(|t| t.as_ref().and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::TEXT)).collect()
+        self.param_types
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .and_then(|t| into_pg_type(t).ok())
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect()
     }
 
     /// The Arrow types of the parameters, as the plan infers them.
@@ -373,23 +449,35 @@ impl PlannedQuery {
         let plan = match params {
             Some(params) => {
                 let params = self.coerce(params)?;
-                self.plan.clone().replace_params_with_values(&params).map_err(|e| bad_parameter(&e))?
+                self.plan
+                    .clone()
+                    .replace_params_with_values(&params)
+                    .map_err(|e| bad_parameter(&e))?
             }
             None if !self.param_types.is_empty() => {
                 return Err(user_error(
                     sqlstate::INVALID_PARAMETER_VALUE,
-                    format!("the query has {} parameter(s) but none were bound", self.param_types.len()),
+                    format!(
+                        "the query has {} parameter(s) but none were bound",
+                        self.param_types.len()
+                    ),
                 ));
             }
             None => self.plan.clone(),
         };
         session.engine.note_query();
-        let df = session.ctx.execute_logical_plan(plan).await.map_err(|e| errors::datafusion_error(&e))?;
+        let df = session
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| errors::datafusion_error(&e))?;
         let format_options = Arc::new(lock(&session.vars).format_options());
-        let mut response = encode_dataframe(df, format, Some(format_options)).await.map_err(|mut e| {
-            errors::normalise(&mut e);
-            e
-        })?;
+        let mut response = encode_dataframe(df, format, Some(format_options))
+            .await
+            .map_err(|mut e| {
+                errors::normalise(&mut e);
+                e
+            })?;
         response.set_command_tag(self.tag);
         Ok(Response::Query(response))
     }
@@ -417,7 +505,11 @@ impl PlannedQuery {
                 Some(ty) if scalar.data_type() != *ty => scalar.cast_to(ty).map_err(|e| {
                     user_error(
                         sqlstate::INVALID_PARAMETER_VALUE,
-                        format!("parameter ${} cannot be read as {ty}: {}", i + 1, e.message()),
+                        format!(
+                            "parameter ${} cannot be read as {ty}: {}",
+                            i + 1,
+                            e.message()
+                        ),
                     )
                 })?,
                 _ => scalar,
@@ -444,7 +536,11 @@ impl Local {
 
     /// Runs the statement against the connection's state. `in_failed_transaction`: the
     /// current transaction has failed, so COMMIT ends it as ROLLBACK.
-    pub(crate) fn execute(&self, session: &Session, in_failed_transaction: bool) -> PgWireResult<Outcome> {
+    pub(crate) fn execute(
+        &self,
+        session: &Session,
+        in_failed_transaction: bool,
+    ) -> PgWireResult<Outcome> {
         let outcome = match self {
             Local::Set(assignments) => {
                 let mut reports = Vec::new();
@@ -455,32 +551,53 @@ impl Local {
                     };
                     reports.extend(report);
                 }
-                Outcome { response: Response::Execution(Tag::new("SET")), reports }
+                Outcome {
+                    response: Response::Execution(Tag::new("SET")),
+                    reports,
+                }
             }
             Local::Show(name) if name == "all" => {
-                let rows = lock(&session.vars).all().into_iter().map(|(n, v)| vec![n, v]).collect();
+                let rows = lock(&session.vars)
+                    .all()
+                    .into_iter()
+                    .map(|(n, v)| vec![n, v])
+                    .collect();
                 Response::Query(text_rows(self.result_fields(), rows, "SHOW")?).into()
             }
             Local::Show(name) => {
                 let value = session.show(name).ok_or_else(|| {
-                    user_error(sqlstate::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"{name}\""))
+                    user_error(
+                        sqlstate::UNDEFINED_OBJECT,
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )
                 })?;
                 Response::Query(text_rows(self.result_fields(), vec![vec![value]], "SHOW")?).into()
             }
             Local::Reset(Some(name)) => {
                 let reports = lock(&session.vars).reset(name).into_iter().collect();
-                Outcome { response: Response::Execution(Tag::new("RESET")), reports }
+                Outcome {
+                    response: Response::Execution(Tag::new("RESET")),
+                    reports,
+                }
             }
             Local::Reset(None) => {
                 let reports = lock(&session.vars).reset_all();
-                Outcome { response: Response::Execution(Tag::new("RESET")), reports }
+                Outcome {
+                    response: Response::Execution(Tag::new("RESET")),
+                    reports,
+                }
             }
             Local::DiscardAll => {
                 let reports = lock(&session.vars).reset_all();
-                Outcome { response: Response::Execution(Tag::new("DISCARD ALL")), reports }
+                Outcome {
+                    response: Response::Execution(Tag::new("DISCARD ALL")),
+                    reports,
+                }
             }
             Local::Begin => Response::TransactionStart(Tag::new("BEGIN")).into(),
-            Local::Commit if in_failed_transaction => Response::TransactionEnd(Tag::new("ROLLBACK")).into(),
+            Local::Commit if in_failed_transaction => {
+                Response::TransactionEnd(Tag::new("ROLLBACK")).into()
+            }
             Local::Commit => Response::TransactionEnd(Tag::new("COMMIT")).into(),
             Local::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")).into(),
             Local::Ack(tag) => Response::Execution(Tag::new(tag)).into(),
@@ -499,7 +616,11 @@ fn text_field(name: &str) -> FieldInfo {
 }
 
 /// A result of text columns built in memory.
-fn text_rows(fields: Vec<FieldInfo>, rows: Vec<Vec<String>>, tag: &str) -> PgWireResult<QueryResponse> {
+fn text_rows(
+    fields: Vec<FieldInfo>,
+    rows: Vec<Vec<String>>,
+    tag: &str,
+) -> PgWireResult<QueryResponse> {
     let fields = Arc::new(fields);
     let mut encoded = Vec::with_capacity(rows.len());
     for row in rows {

@@ -52,8 +52,18 @@ fn defaults(user: &str) -> Vec<(&'static str, String, bool, bool)> {
         ("extra_float_digits", "1".into(), false, false),
         ("bytea_output", "hex".into(), false, false),
         ("statement_timeout", "0".into(), false, false),
-        ("transaction_isolation", "read committed".into(), false, false),
-        ("default_transaction_isolation", "read committed".into(), false, false),
+        (
+            "transaction_isolation",
+            "read committed".into(),
+            false,
+            false,
+        ),
+        (
+            "default_transaction_isolation",
+            "read committed".into(),
+            false,
+            false,
+        ),
         ("transaction_read_only", "on".into(), false, true),
         ("default_transaction_read_only", "on".into(), true, true),
         ("session_authorization", user.to_owned(), true, true),
@@ -75,7 +85,13 @@ impl SessionVars {
         let params = defaults(user)
             .into_iter()
             .map(|(name, value, reported, read_only)| {
-                let param = Param { name: name.to_owned(), default: value.clone(), value, reported, read_only };
+                let param = Param {
+                    name: name.to_owned(),
+                    default: value.clone(),
+                    value,
+                    reported,
+                    read_only,
+                };
                 (name.to_ascii_lowercase(), param)
             })
             .collect();
@@ -84,22 +100,35 @@ impl SessionVars {
 
     /// The value of `name` (case-insensitive), if the parameter exists.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.params.get(&name.to_ascii_lowercase()).map(|p| p.value.as_str())
+        self.params
+            .get(&name.to_ascii_lowercase())
+            .map(|p| p.value.as_str())
     }
 
     /// Every parameter as (name, value), for `SHOW ALL`.
     pub(crate) fn all(&self) -> Vec<(String, String)> {
-        self.params.values().map(|p| (p.name.clone(), p.value.clone())).collect()
+        self.params
+            .values()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect()
     }
 
     /// The parameters a client is told about right after authentication.
     pub(crate) fn reported(&self) -> Vec<(String, String)> {
-        self.params.values().filter(|p| p.reported).map(|p| (p.name.clone(), p.value.clone())).collect()
+        self.params
+            .values()
+            .filter(|p| p.reported)
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect()
     }
 
     /// Sets `name` to `value`. Returns the (name, value) to report in a ParameterStatus
     /// message, if the parameter is one clients track.
-    pub(crate) fn set(&mut self, name: &str, value: &str) -> PgWireResult<Option<(String, String)>> {
+    pub(crate) fn set(
+        &mut self,
+        name: &str,
+        value: &str,
+    ) -> PgWireResult<Option<(String, String)>> {
         let key = name.to_ascii_lowercase();
         let value = normalise_value(&key, value)?;
         match self.params.get_mut(&key) {
@@ -114,8 +143,13 @@ impl SessionVars {
             None => {
                 // PostgreSQL refuses unknown names; clients (Tableau, BI tools) send settings
                 // LogSphere has no use for, and refusing them would break their startup.
-                let param =
-                    Param { name: key.clone(), default: String::new(), value, reported: false, read_only: false };
+                let param = Param {
+                    name: key.clone(),
+                    default: String::new(),
+                    value,
+                    reported: false,
+                    read_only: false,
+                };
                 self.params.insert(key, param);
                 Ok(None)
             }
@@ -167,7 +201,10 @@ impl SessionVars {
         if let Some(v) = self.get("bytea_output") {
             options.bytea_output = v.to_owned();
         }
-        if let Some(v) = self.get("extra_float_digits").and_then(|v| v.parse::<i8>().ok()) {
+        if let Some(v) = self
+            .get("extra_float_digits")
+            .and_then(|v| v.parse::<i8>().ok())
+        {
             options.extra_float_digits = v;
         }
         if let Some(v) = self.get("timezone") {
@@ -187,18 +224,24 @@ fn normalise_value(key: &str, value: &str) -> PgWireResult<String> {
             } else {
                 Err(user_error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("client_encoding \"{value}\" is not supported: LogSphere speaks UTF8 only"),
+                    format!(
+                        "client_encoding \"{value}\" is not supported: LogSphere speaks UTF8 only"
+                    ),
                 ))
             }
         }
-        "timezone" if value.eq_ignore_ascii_case("local") || value.eq_ignore_ascii_case("default") => {
+        "timezone"
+            if value.eq_ignore_ascii_case("local") || value.eq_ignore_ascii_case("default") =>
+        {
             Ok("UTC".to_owned())
         }
         "extra_float_digits" => match value.trim().parse::<i8>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
             _ => Err(user_error(
                 sqlstate::INVALID_PARAMETER_VALUE,
-                format!("invalid value for parameter \"extra_float_digits\": \"{value}\" (expected -15 to 3)"),
+                format!(
+                    "invalid value for parameter \"extra_float_digits\": \"{value}\" (expected -15 to 3)"
+                ),
             )),
         },
         _ => Ok(value.to_owned()),
@@ -242,13 +285,20 @@ impl Session {
     pub(crate) fn set(&self, name: &str, value: &str) -> PgWireResult<Option<(String, String)>> {
         let key = name.to_ascii_lowercase();
         if key.starts_with("datafusion.") {
-            if !SETTABLE_DATAFUSION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            if !SETTABLE_DATAFUSION_PREFIXES
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
                 return Err(user_error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
                         "parameter \"{name}\" cannot be set over SQL: it configures the server, not this session \
                          (settable: {})",
-                        SETTABLE_DATAFUSION_PREFIXES.iter().map(|p| format!("{p}*")).collect::<Vec<_>>().join(", ")
+                        SETTABLE_DATAFUSION_PREFIXES
+                            .iter()
+                            .map(|p| format!("{p}*"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -258,7 +308,9 @@ impl Session {
                 .config_mut()
                 .options_mut()
                 .set(&key, value)
-                .map_err(|e| user_error(sqlstate::INVALID_PARAMETER_VALUE, e.message().into_owned()))?;
+                .map_err(|e| {
+                    user_error(sqlstate::INVALID_PARAMETER_VALUE, e.message().into_owned())
+                })?;
             return Ok(None);
         }
         lock(&self.vars).set(&key, value)

@@ -77,14 +77,24 @@ impl SimpleQueryHandler for QueryHandler {
 
 impl QueryHandler {
     /// Runs one statement of a simple query, given the transaction status before it.
-    async fn run<C>(&self, client: &mut C, statement: Statement, status: TransactionStatus) -> PgWireResult<Response>
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        statement: Statement,
+        status: TransactionStatus,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let failed = matches!(status, TransactionStatus::Error);
-        if failed && !matches!(statement, Statement::Commit { .. } | Statement::Rollback { .. }) {
+        if failed
+            && !matches!(
+                statement,
+                Statement::Commit { .. } | Statement::Rollback { .. }
+            )
+        {
             return Err(in_failed_transaction());
         }
         match query::prepare(&self.session, statement).await? {
@@ -94,7 +104,11 @@ impl QueryHandler {
                 Ok(outcome.response)
             }
             Prepared::LogSphere(statement) => statement.execute(&self.session).await,
-            Prepared::Plan(planned) => planned.execute(&self.session, None, &Format::UnifiedText).await,
+            Prepared::Plan(planned) => {
+                planned
+                    .execute(&self.session, None, &Format::UnifiedText)
+                    .await
+            }
         }
     }
 }

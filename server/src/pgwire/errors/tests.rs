@@ -19,15 +19,27 @@ fn syntax_errors_carry_a_position() {
     let (code, position) = code_of(syntax_error(&err, sql));
     assert_eq!(code, sqlstate::SYNTAX_ERROR);
     let position: usize = position.expect("a position").parse().unwrap();
-    assert!(position > 9, "position {position} should be on the second line");
+    assert!(
+        position > 9,
+        "position {position} should be on the second line"
+    );
 }
 
 #[test]
 fn planning_errors_map_to_their_sqlstate() {
     let cases = [
-        ("table 'logsphere.public.nope' not found", sqlstate::UNDEFINED_TABLE),
-        ("Invalid function 'nope'.\nDid you mean 'now'?", sqlstate::UNDEFINED_FUNCTION),
-        ("Cannot infer common argument type for comparison Int64 = Utf8", sqlstate::DATATYPE_MISMATCH),
+        (
+            "table 'logsphere.public.nope' not found",
+            sqlstate::UNDEFINED_TABLE,
+        ),
+        (
+            "Invalid function 'nope'.\nDid you mean 'now'?",
+            sqlstate::UNDEFINED_FUNCTION,
+        ),
+        (
+            "Cannot infer common argument type for comparison Int64 = Utf8",
+            sqlstate::DATATYPE_MISMATCH,
+        ),
         ("something else entirely", sqlstate::INTERNAL_ERROR),
     ];
     for (message, expected) in cases {
@@ -45,7 +57,9 @@ fn wrapped_errors_are_classified_by_their_root() {
 
 #[test]
 fn untyped_errors_are_normalised() {
-    let mut e = PgWireError::ApiError(Box::new(DataFusionError::Plan("table 't' not found".to_owned())));
+    let mut e = PgWireError::ApiError(Box::new(DataFusionError::Plan(
+        "table 't' not found".to_owned(),
+    )));
     normalise(&mut e);
     assert_eq!(code_of(e).0, sqlstate::UNDEFINED_TABLE);
 }

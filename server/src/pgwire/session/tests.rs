@@ -3,7 +3,10 @@ use super::*;
 #[test]
 fn set_reports_tracked_parameters_only() {
     let mut vars = SessionVars::new("alice");
-    assert_eq!(vars.set("timezone", "Europe/Paris").unwrap(), Some(("TimeZone".to_owned(), "Europe/Paris".to_owned())));
+    assert_eq!(
+        vars.set("timezone", "Europe/Paris").unwrap(),
+        Some(("TimeZone".to_owned(), "Europe/Paris".to_owned()))
+    );
     assert_eq!(vars.get("TimeZone"), Some("Europe/Paris"));
     assert_eq!(vars.set("statement_timeout", "5s").unwrap(), None);
     assert_eq!(vars.set("my.custom", "1").unwrap(), None);
@@ -22,10 +25,16 @@ fn reset_returns_to_startup_values() {
     let mut vars = SessionVars::new("alice");
     vars.set_startup("application_name", "psql").unwrap();
     vars.set("application_name", "other").unwrap();
-    assert_eq!(vars.reset("application_name"), Some(("application_name".to_owned(), "psql".to_owned())));
+    assert_eq!(
+        vars.reset("application_name"),
+        Some(("application_name".to_owned(), "psql".to_owned()))
+    );
     vars.set("DateStyle", "ISO, DMY").unwrap();
     let reported = vars.reset_all();
-    assert_eq!(reported, vec![("DateStyle".to_owned(), "ISO, MDY".to_owned())]);
+    assert_eq!(
+        reported,
+        vec![("DateStyle".to_owned(), "ISO, MDY".to_owned())]
+    );
 }
 
 #[test]
