@@ -3,3 +3,4 @@ mod ingest;
 mod pgwire;
 mod services;
 mod slt;
+mod clients;
