@@ -1,6 +1,6 @@
+mod clients;
 mod crash;
 mod ingest;
 mod pgwire;
 mod services;
 mod slt;
-mod clients;
