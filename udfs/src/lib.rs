@@ -6,6 +6,9 @@
 //!   (strings unquoted, other values as JSON); NULL when absent or not JSON.
 //! - `level_rank(log_level)`: 0 for TRACE … 5 for CRITICAL, so `level_rank(log_level) >= 3`
 //!   means "WARN or worse"; NULL for anything else.
+//! - `TUMBLE(table, time_col, size [, offset])` and `HOP(table, time_col, slide, size
+//!   [, offset])`: window table functions adding `window_start` and `window_end`
+//!   (see [`window`]); registered by [`register_window_functions`].
 //!
 //! ```
 //! # async fn demo() -> datafusion::error::Result<()> {
@@ -24,14 +27,19 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 
-/// Registers every LogSphere function in `ctx`.
+pub mod window;
+
+pub use window::register_window_functions;
+
+/// Registers every LogSphere function in `ctx`, the window table functions included.
 pub fn register_all(ctx: &SessionContext) {
     for udf in all() {
         ctx.register_udf(udf);
     }
+    register_window_functions(ctx);
 }
 
-/// Every LogSphere function.
+/// Every LogSphere scalar function.
 pub fn all() -> Vec<ScalarUDF> {
     vec![
         create_udf(
