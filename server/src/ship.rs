@@ -250,6 +250,7 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
     let mut batch_start = 0u64;
     let mut line = Vec::new();
     let mut pending_partial = Vec::new();
+    let mut draining = false;
     loop {
         line.clear();
         let n = input
@@ -290,9 +291,16 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
                 break;
             }
             if input.replaced() {
-                let path = input.path.clone();
-                input = Input::open(path.as_ref())?;
-                batch_start = 0;
+                // Read the old file to its end once more (a writer may have appended
+                // between our last read and the rename), then switch to the new one.
+                if draining {
+                    let path = input.path.clone();
+                    input = Input::open(path.as_ref())?;
+                    batch_start = 0;
+                    draining = false;
+                } else {
+                    draining = true;
+                }
                 continue;
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -254,3 +254,76 @@ fn bad_config_stops_startup_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pg.users"), "{err}");
 }
+
+#[tokio::test]
+async fn ship_follow_keeps_reading_across_rotation() {
+    use std::io::Write;
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let append = |p: &std::path::Path, from: usize, to: usize| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        for i in from..to {
+            writeln!(f, "{{\"message\":\"line {i}\",\"host\":\"follow\"}}").unwrap();
+        }
+    };
+    append(&path, 0, 10);
+    let mut ship = Command::new(binary())
+        .args(["ship", "--follow", "-q", "--to", &server.http_url()])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&server, 10).await, "the first 10 lines arrive");
+    append(&path, 10, 15);
+    assert!(wait_for(&server, 15).await, "appended lines arrive");
+    // Rotate like logrotate: rename, then a new file under the old name.
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&path, 15, 25);
+    assert!(
+        wait_for(&server, 25).await,
+        "lines in the new file arrive after rotation"
+    );
+    let _ = ship.kill();
+    let _ = ship.wait();
+    let distinct = server
+        .query_i64("SELECT count(DISTINCT message) FROM logs WHERE source = 'follow'")
+        .await;
+    assert_eq!(distinct, 25, "no line twice");
+
+    let metrics = ureq::get(&format!("{}/metrics", server.http_url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("logsphere_records_accepted_total 25"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE logsphere_wal_fsyncs_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logsphere_queries_total 0\n"),
+        "queries are counted: {metrics}"
+    );
+}
+
+async fn wait_for(server: &Server, n: i64) -> bool {
+    for _ in 0..200 {
+        if server
+            .query_i64("SELECT count(*) FROM logs WHERE source = 'follow'")
+            .await
+            == n
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}

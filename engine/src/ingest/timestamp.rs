@@ -31,10 +31,11 @@ fn parse_str(s: &str) -> Result<i64, String> {
     if let Ok(i) = s.parse::<i64>() {
         return Ok(from_epoch_int(i));
     }
-    if s.bytes().all(|c| c.is_ascii_digit() || c == b'.') && s.contains('.') {
-        if let Ok(f) = s.parse::<f64>() {
-            return from_epoch_float(f);
-        }
+    if s.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        && s.contains('.')
+        && let Ok(f) = s.parse::<f64>()
+    {
+        return from_epoch_float(f);
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.timestamp_micros());
