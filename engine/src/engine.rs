@@ -255,15 +255,7 @@ impl Engine {
         };
         loop {
             match self.claim(&key)? {
-                Claim::Done(outcome) => {
-                    self.metrics
-                        .requests_replayed
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(IngestOutcome {
-                        replayed: true,
-                        ..outcome
-                    });
-                }
+                Claim::Done(outcome) => return Ok(self.replayed(outcome)),
                 Claim::Owner(tx) => {
                     let result = self.ingest_new(body, Some(key.clone()), opts).await;
                     if let Ok(mut idem) = self.idempotency.lock() {
@@ -279,17 +271,22 @@ impl Engine {
                     // Another request with the same key is being written: answer as it does.
                     let shared = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
                     if let Ok(Some(Ok(outcome))) = shared {
-                        self.metrics
-                            .requests_replayed
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Ok(IngestOutcome {
-                            replayed: true,
-                            ..outcome
-                        });
+                        return Ok(self.replayed(outcome));
                     }
                     // It failed: try again, as the owner if nobody else got there first.
                 }
             }
+        }
+    }
+
+    /// The answer to a repeated request: the first one's, flagged as a replay.
+    fn replayed(&self, outcome: IngestOutcome) -> IngestOutcome {
+        self.metrics
+            .requests_replayed
+            .fetch_add(1, Ordering::Relaxed);
+        IngestOutcome {
+            replayed: true,
+            ..outcome
         }
     }
 

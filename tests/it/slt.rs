@@ -132,42 +132,12 @@ fn fixture(hour: u32, n: usize) -> String {
 }
 
 async fn load_fixture(server: &Server) {
-    for hour in [10, 11] {
-        let (status, body) = server
-            .post(fixture(hour, 100).as_bytes(), None)
-            .expect("post");
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = server
-        .post(b"not json\n[1,2]\n{\"ts\":\"soon\"}\n", None)
-        .expect("post");
-    assert_eq!(
-        (status, body.as_str()),
-        (200, r#"{"accepted":0,"rejected":3}"#)
-    );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(&format!("{}/v1/flush", server.http_url()))
-        .send_empty()
-        .expect("flush");
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.body_mut().read_to_string().unwrap_or_default()
-    );
-    let (status, body) = server.post(fixture(12, 50).as_bytes(), None).expect("post");
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = server
-        .post(b"{\"message\":\"\xff\"}\n", None)
-        .expect("post");
-    assert_eq!(
-        (status, body.as_str()),
-        (200, r#"{"accepted":0,"rejected":1}"#)
-    );
+    server.post_expect(fixture(10, 100).as_bytes(), 100, 0);
+    server.post_expect(fixture(11, 100).as_bytes(), 100, 0);
+    server.post_expect(b"not json\n[1,2]\n{\"ts\":\"soon\"}\n", 0, 3);
+    assert_eq!(server.flush(), 203);
+    server.post_expect(fixture(12, 50).as_bytes(), 50, 0);
+    server.post_expect(b"{\"message\":\"\xff\"}\n", 0, 1);
 }
 
 #[tokio::test]

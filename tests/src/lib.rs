@@ -199,6 +199,33 @@ impl Server {
         post_logs(&self.http_url(), body, key)
     }
 
+    /// POSTs `body` and asserts the answer is `200 {"accepted":A,"rejected":R}`.
+    pub fn post_expect(&self, body: &[u8], accepted: usize, rejected: usize) {
+        let answer = self
+            .post(body, None)
+            .unwrap_or_else(|e| panic!("POST /v1/logs: {e}"));
+        let want = format!("{{\"accepted\":{accepted},\"rejected\":{rejected}}}");
+        assert_eq!(answer, (200, want), "POST /v1/logs");
+    }
+
+    /// Flushes the hot buffer to Parquet (`POST /v1/flush`); returns the rows moved.
+    pub fn flush(&self) -> u64 {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&format!("{}/v1/flush", self.http_url()))
+            .send_empty()
+            .unwrap_or_else(|e| panic!("POST /v1/flush: {e}"));
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(resp.status(), 200, "POST /v1/flush: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["flushed_rows"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("POST /v1/flush answered {text}"))
+    }
+
     /// Sends SIGKILL and waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
