@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod cold;
+pub mod continuous;
 pub mod hot;
 pub mod ingest;
 pub mod model;

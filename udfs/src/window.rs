@@ -1,7 +1,7 @@
 //! Window table functions: `TUMBLE(table, time_col, size [, offset])` and
 //! `HOP(table, time_col, slide, size [, offset])` (CONTINUOUS_QUERIES.md §5.1, §7).
 //!
-//! Each call returns a [`ViewTable`] over the named table with two extra columns,
+//! Each call returns a [`WindowedTable`] (a view) over the named table with two extra columns,
 //! `window_start` and `window_end` (windows are `[start, end)`). `TUMBLE` assigns every
 //! row to one window, `date_bin(size, time_col, epoch + offset)`. `HOP` assigns every row
 //! to the `size / slide` windows that contain it, as a union of shifted projections, so a
@@ -30,7 +30,10 @@ use datafusion::common::{
 use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::execution::SessionState;
 use datafusion::functions::expr_fn::date_bin;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast, lit};
+use datafusion::logical_expr::{
+    Expr, LogicalPlanBuilder, TableProviderFilterPushDown, TableType, cast, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 /// Nanoseconds per day, for turning `IntervalMonthDayNano` days into a fixed length.
@@ -280,7 +283,76 @@ impl TableFunctionImpl for WindowTableFunction {
             }
         };
         let plan = window_plan(&table_ref, provider, &time_col, tz, spec)?;
-        Ok(Arc::new(ViewTable::new(plan, None)))
+        Ok(Arc::new(WindowedTable {
+            table: table_ref,
+            time_column: time_col,
+            spec,
+            view: ViewTable::new(plan, None),
+        }))
+    }
+}
+
+/// What `TUMBLE`/`HOP` return: the input table plus `window_start` and `window_end`.
+///
+/// It is deliberately not inlined into the calling plan, so a planner (the
+/// continuous-query runtime) can find the window by downcasting the scan's provider.
+#[derive(Debug)]
+pub struct WindowedTable {
+    table: TableReference,
+    time_column: String,
+    spec: WindowSpec,
+    view: ViewTable,
+}
+
+impl WindowedTable {
+    /// The windowed input table.
+    pub fn table(&self) -> &TableReference {
+        &self.table
+    }
+
+    /// The event-time column windows are computed from.
+    pub fn time_column(&self) -> &str {
+        &self.time_column
+    }
+
+    /// Window size, slide and offset.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+}
+
+impl TableProvider for WindowedTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.view.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.view.supports_filters_pushdown(filters)
+    }
+
+    // Spelled out rather than via `#[async_trait]`, which this crate does not depend on.
+    fn scan<'a, 'b, 'c, 'd, 'f>(
+        &'a self,
+        state: &'b dyn Session,
+        projection: Option<&'c Vec<usize>>,
+        filters: &'d [Expr],
+        limit: Option<usize>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn ExecutionPlan>>> + Send + 'f>>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        'd: 'f,
+        Self: 'f,
+    {
+        self.view.scan(state, projection, filters, limit)
     }
 }
 

@@ -1,0 +1,206 @@
+//! Checkpoints of a running CQ (§5.6): partitions, watermark and counters as JSON, and
+//! the open (window, key) states as one Arrow IPC batch of `Accumulator::state()` values.
+//!
+//! Layout: `LSCQ1`, a little-endian u32 header length, the JSON header, the IPC stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, new_empty_array};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::common::ScalarValue;
+use serde::{Deserialize, Serialize};
+
+use super::runtime::{ContinuousQuery, GroupState, PartitionState};
+use super::{CqError, CqMetrics, CqSpec};
+
+const MAGIC: &[u8] = b"LSCQ1";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    body_sql: String,
+    watermark: Option<i64>,
+    partitions: BTreeMap<String, PartitionState>,
+    metrics: CqMetrics,
+    threshold_fired: Vec<bool>,
+    closed: Vec<bool>,
+}
+
+fn err(e: impl std::fmt::Display) -> CqError {
+    CqError::Checkpoint(e.to_string())
+}
+
+impl ContinuousQuery {
+    /// Serializes the state needed to continue exactly where this CQ is.
+    ///
+    /// Takes `&mut self` because `Accumulator::state` does.
+    pub fn checkpoint(&mut self) -> Result<Vec<u8>, CqError> {
+        let header = Header {
+            body_sql: self.spec.body_sql.clone(),
+            watermark: self.watermark,
+            partitions: self.partitions.clone(),
+            metrics: self.metrics.clone(),
+            threshold_fired: self.groups.values().map(|g| g.threshold_fired).collect(),
+            closed: self.groups.values().map(|g| g.closed).collect(),
+        };
+        let header = serde_json::to_vec(&header).map_err(err)?;
+        let mut out = MAGIC.to_vec();
+        out.extend((header.len() as u32).to_le_bytes());
+        out.extend(header);
+        if let Some(batch) = self.state_batch()? {
+            let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
+            writer.write(&batch)?;
+            writer.finish()?;
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a CQ for `spec` from [`checkpoint`](Self::checkpoint) bytes.
+    pub async fn restore(spec: CqSpec, bytes: &[u8]) -> Result<Self, CqError> {
+        let rest = bytes
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| err("not a LogSphere CQ checkpoint"))?;
+        let (len, rest) = rest.split_at_checked(4).ok_or_else(|| err("truncated"))?;
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (header, ipc) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| err("truncated header"))?;
+        let header: Header = serde_json::from_slice(header).map_err(err)?;
+        if header.body_sql != spec.body_sql {
+            return Err(err("the checkpoint was taken for a different query body"));
+        }
+        let mut cq = ContinuousQuery::new(spec).await?;
+        cq.watermark = header.watermark;
+        cq.partitions = header.partitions;
+        cq.metrics = header.metrics;
+        if ipc.is_empty() {
+            return Ok(cq);
+        }
+        let reader = StreamReader::try_new(ipc, None)?;
+        for batch in reader {
+            cq.load_states(&batch?, &header.threshold_fired, &header.closed)?;
+        }
+        Ok(cq)
+    }
+
+    /// window_start, the group values, then every accumulator's state fields.
+    fn state_batch(&mut self) -> Result<Option<RecordBatch>, CqError> {
+        let Some(agg) = &self.plan.agg else {
+            return Ok(None);
+        };
+        let groups = agg.group_exprs.len();
+        let mut fields = vec![Field::new(
+            "window_start",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )];
+        for f in agg.schema.fields().iter().take(groups) {
+            fields.push(f.as_ref().clone().with_nullable(true));
+        }
+        for (i, (a, _)) in agg.aggs.iter().enumerate() {
+            for f in a.state_fields()? {
+                fields.push(Field::new(
+                    format!("{i}.{}", f.name()),
+                    f.data_type().clone(),
+                    true,
+                ));
+            }
+        }
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); fields.len() - 1];
+        let mut starts = Vec::with_capacity(self.groups.len());
+        for ((start, _), g) in self.groups.iter_mut() {
+            starts.push(*start);
+            let mut c = 0;
+            for v in &g.values {
+                columns[c].push(v.clone());
+                c += 1;
+            }
+            for acc in g.accs.iter_mut() {
+                for v in acc.state()? {
+                    columns[c].push(v);
+                    c += 1;
+                }
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(starts))];
+        for (values, field) in columns.into_iter().zip(&fields[1..]) {
+            let array = if values.is_empty() {
+                new_empty_array(field.data_type())
+            } else {
+                let a = ScalarValue::iter_to_array(values)?;
+                if a.data_type() == field.data_type() {
+                    a
+                } else {
+                    cast(&a, field.data_type())?
+                }
+            };
+            arrays.push(array);
+        }
+        Ok(Some(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            arrays,
+        )?))
+    }
+
+    fn load_states(
+        &mut self,
+        batch: &RecordBatch,
+        fired: &[bool],
+        closed: &[bool],
+    ) -> Result<(), CqError> {
+        let Some(agg) = &self.plan.agg else {
+            return Ok(());
+        };
+        let converter = self.converter.as_ref().expect("shape B has a converter");
+        let groups = agg.group_exprs.len();
+        let starts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| err("window_start column"))?;
+        let offset = self.groups.len();
+        for row in 0..batch.num_rows() {
+            let group_arrays: Vec<ArrayRef> = (0..groups)
+                .map(|c| {
+                    let a = batch.column(1 + c).slice(row, 1);
+                    let want = agg.schema.field(c).data_type();
+                    if a.data_type() == want {
+                        Ok(a)
+                    } else {
+                        cast(&a, want)
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let key = converter.convert_columns(&group_arrays)?.row(0).owned();
+            let values = group_arrays
+                .iter()
+                .map(|a| ScalarValue::try_from_array(a, 0))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let mut c = 1 + groups;
+            let mut accs = Vec::with_capacity(agg.aggs.len());
+            for (a, _) in &agg.aggs {
+                let mut acc = a.create_accumulator()?;
+                let n = a.state_fields()?.len();
+                let states: Vec<ArrayRef> =
+                    (c..c + n).map(|i| batch.column(i).slice(row, 1)).collect();
+                acc.merge_batch(&states)?;
+                accs.push(acc);
+                c += n;
+            }
+            let i = offset + row;
+            self.groups.insert(
+                (starts.value(row), key),
+                GroupState {
+                    values,
+                    accs,
+                    threshold_fired: fired.get(i).copied().unwrap_or(false),
+                    closed: closed.get(i).copied().unwrap_or(false),
+                },
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,580 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::functions_aggregate::expr_fn::{avg, count, max, min};
+use datafusion::prelude::{SessionContext, col, lit};
+
+use super::*;
+use crate::model::logs_schema;
+
+/// A minute boundary in November 2023.
+const BASE: i64 = 28_333_333 * 60_000_000;
+const SEC: i64 = 1_000_000;
+
+#[derive(Debug, Clone)]
+struct Row {
+    ts: i64,
+    level: &'static str,
+    source: &'static str,
+    message: String,
+}
+
+fn row(ts: i64, level: &'static str, source: &'static str) -> Row {
+    Row {
+        ts,
+        level,
+        source,
+        message: format!("m{}", ts % 97),
+    }
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    let ts = || {
+        TimestampMicrosecondArray::from(rows.iter().map(|r| r.ts).collect::<Vec<_>>())
+            .with_timezone("UTC")
+    };
+    let text = |f: &dyn Fn(&Row) -> String| {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    RecordBatch::try_new(
+        logs_schema(),
+        vec![
+            Arc::new(ts()),
+            text(&|r| r.level.to_string()),
+            text(&|r| r.message.clone()),
+            text(&|r| r.source.to_string()),
+            text(&|_| "t".to_string()),
+            text(&|_| "{}".to_string()),
+            Arc::new(ts()),
+        ],
+    )
+    .unwrap()
+}
+
+fn pos(seq: u64) -> Position {
+    Position::Wal { seq }
+}
+
+/// Each row of `batches` as text, sorted: order-insensitive comparison of results.
+fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                fmts.iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+fn of_kind(outputs: &[CqOutput], kind: OutputKind) -> Vec<&CqOutput> {
+    outputs.iter().filter(|o| o.kind == kind).collect()
+}
+
+const SEED_RULE_B: &str = "SELECT window_start, window_end, source, count(*) AS n \
+     FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+     GROUP BY window_start, window_end, source HAVING count(*) > 100";
+
+#[tokio::test]
+async fn shape_a_filters_critical_rows() {
+    let spec = CqSpec::new(
+        "SELECT timestamp, source, message FROM logs WHERE log_level IN ('CRITICAL', 'FATAL')",
+    );
+    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    assert_eq!(cq.shape(), QueryShape::PerRow);
+    let rows = vec![
+        row(BASE, "INFO", "api"),
+        row(BASE + 1, "CRITICAL", "api"),
+        row(BASE + 2, "ERROR", "db"),
+        row(BASE + 3, "FATAL", "db"),
+    ];
+    let out = cq.process("p0", pos(1), &batch(&rows), BASE).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kind, OutputKind::Row);
+    assert_eq!(out[0].rows.num_columns(), 3);
+    let got = lines(&[out[0].rows.clone()]);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].contains("|api|m"), "{got:?}");
+    assert!(got[1].contains("|db|m"), "{got:?}");
+    assert!(
+        cq.process("p0", pos(2), &batch(&rows[..1]), BASE)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Feeds `n` ERROR rows per source within the first minute, ten per batch, then a row a
+/// minute later that moves the watermark past the window.
+async fn seed_rule_b(
+    n: usize,
+    sources: &[&'static str],
+) -> (Vec<(usize, CqOutput)>, ContinuousQuery) {
+    let mut cq = ContinuousQuery::new(CqSpec::new(SEED_RULE_B))
+        .await
+        .unwrap();
+    assert_eq!(cq.emit_policy(), EmitPolicy::OnThreshold);
+    let rows: Vec<Row> = (0..n)
+        .flat_map(|i| {
+            sources
+                .iter()
+                .map(move |s| row(BASE + i as i64 * 100_000, "ERROR", s))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (b, chunk) in rows.chunks(10 * sources.len()).enumerate() {
+        for o in cq
+            .process("p0", pos(b as u64), &batch(chunk), BASE)
+            .unwrap()
+        {
+            out.push((b, o));
+        }
+    }
+    let closer = batch(&[row(BASE + 66 * SEC, "INFO", "api")]);
+    for o in cq.process("p0", pos(999), &closer, BASE).unwrap() {
+        out.push((usize::MAX, o));
+    }
+    (out, cq)
+}
+
+fn count_of(o: &CqOutput, row: usize) -> i64 {
+    let i = o.rows.schema().index_of("n").unwrap();
+    o.rows
+        .column(i)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(row)
+}
+
+#[tokio::test]
+async fn seed_rule_b_fires_once_at_the_101st_row_then_closes_with_the_final_count() {
+    let (out, _) = seed_rule_b(150, &["api"]).await;
+    let threshold: Vec<_> = out
+        .iter()
+        .filter(|(_, o)| o.kind == OutputKind::Threshold)
+        .collect();
+    assert_eq!(threshold.len(), 1, "{out:?}");
+    let (at, fired) = threshold[0];
+    assert_eq!(*at, 10, "the 101st row is in the 11th batch of ten");
+    assert_eq!(fired.rows.num_rows(), 1);
+    assert_eq!(
+        count_of(fired, 0),
+        110,
+        "the count as of the crossing batch"
+    );
+    assert_eq!(fired.window_start, vec![BASE]);
+    assert_eq!(fired.window_end, vec![BASE + 60 * SEC]);
+    let closed: Vec<_> = out
+        .iter()
+        .filter(|(_, o)| o.kind == OutputKind::WindowClose)
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        closed[0].0,
+        usize::MAX,
+        "closes when the watermark passes the window end"
+    );
+    assert_eq!(count_of(&closed[0].1, 0), 150);
+
+    let (out, _) = seed_rule_b(99, &["api"]).await;
+    assert!(out.is_empty(), "{out:?}");
+
+    let (out, _) = seed_rule_b(150, &["api", "db"]).await;
+    let fired: usize = out
+        .iter()
+        .filter(|(_, o)| o.kind == OutputKind::Threshold)
+        .map(|(_, o)| o.rows.num_rows())
+        .sum();
+    assert_eq!(fired, 2);
+    let closed: Vec<_> = out
+        .iter()
+        .filter(|(_, o)| o.kind == OutputKind::WindowClose)
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(lines(&[closed[0].1.rows.clone()]).len(), 2);
+}
+
+#[test]
+fn monotone_having_conditions() {
+    let c = || count(lit(1));
+    assert!(is_monotone(&c().gt(lit(100))));
+    assert!(is_monotone(&c().gt_eq(lit(100))));
+    assert!(is_monotone(&lit(100).lt(c())));
+    assert!(is_monotone(&max(col("x")).gt(lit(5))));
+    assert!(is_monotone(&min(col("x")).lt(lit(5))));
+    assert!(is_monotone(
+        &c().gt(lit(1))
+            .and(max(col("x")).gt(lit(5)))
+            .or(min(col("x")).lt_eq(lit(0)))
+    ));
+    assert!(is_monotone(
+        &c().gt(lit(1)).and(col("source").eq(lit("api")))
+    ));
+    assert!(!is_monotone(&c().lt(lit(100))));
+    assert!(!is_monotone(&max(col("x")).lt(lit(5))));
+    assert!(!is_monotone(&min(col("x")).gt(lit(5))));
+    assert!(!is_monotone(&avg(col("x")).gt(lit(5))));
+    assert!(!is_monotone(&c().eq(lit(100))));
+    assert!(!is_monotone(&c().gt(lit(1)).and(c().lt(lit(9)))));
+    assert!(!is_monotone(&c().gt(max(col("x")))));
+}
+
+#[tokio::test]
+async fn emit_policy_and_shapes_are_checked() {
+    let avg_rule = "SELECT window_start, avg(length(message)) AS a FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') \
+                    GROUP BY window_start HAVING avg(length(message)) > 3";
+    let cq = ContinuousQuery::new(CqSpec::new(avg_rule)).await.unwrap();
+    assert_eq!(cq.emit_policy(), EmitPolicy::OnWindowClose);
+    let mut spec = CqSpec::new(avg_rule);
+    spec.emit = Some(EmitPolicy::OnThreshold);
+    let err = ContinuousQuery::new(spec).await.unwrap_err().to_string();
+    assert!(err.contains("ON THRESHOLD"), "{err}");
+    for (sql, want) in [
+        (
+            "SELECT source, count(*) FROM logs GROUP BY source",
+            "need a window",
+        ),
+        ("SELECT * FROM logs ORDER BY timestamp", "ORDER BY"),
+        (
+            "SELECT source, count(*) FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') GROUP BY source",
+            "window_start",
+        ),
+        (
+            "SELECT * FROM TUMBLE(logs, timestamp, INTERVAL '1 minute')",
+            "needs GROUP BY",
+        ),
+    ] {
+        let err = ContinuousQuery::new(CqSpec::new(sql))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{sql}: {err}");
+    }
+}
+
+/// A small deterministic generator, so failures reproduce from the printed seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Rows in arrival order, each up to 4 s older than the newest so far (within a 5 s
+/// watermark), over several minutes, sources and levels; split into batches, each from
+/// one of three partitions.
+fn random_stream(rng: &mut Lcg) -> (Vec<Row>, Vec<(String, Vec<Row>)>) {
+    let n = 100 + rng.below(400) as usize;
+    let mut clock = BASE + rng.below(60) as i64 * SEC;
+    let mut rows = Vec::with_capacity(n);
+    for _ in 0..n {
+        clock += rng.below(1_500_000) as i64;
+        let ts = clock - rng.below(4 * SEC as u64) as i64;
+        let level = ["ERROR", "INFO", "DEBUG"][rng.below(3) as usize];
+        let source = ["api", "db", "web"][rng.below(3) as usize];
+        rows.push(row(ts, level, source));
+    }
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let len = 1 + rng.below(40) as usize;
+        let end = (i + len).min(rows.len());
+        batches.push((format!("p{}", rng.below(3)), rows[i..end].to_vec()));
+        i = end;
+    }
+    (rows, batches)
+}
+
+fn equivalence_bodies() -> Vec<String> {
+    let select = "SELECT window_start, window_end, source, count(*) AS n, \
+                  count(*) FILTER (WHERE log_level = 'ERROR') AS errors, min(message) AS first_msg, \
+                  max(timestamp) AS last, sum(length(message)) AS bytes, avg(length(message)) AS avg_len";
+    let tail =
+        "WHERE log_level <> 'DEBUG' GROUP BY window_start, window_end, source HAVING count(*) > 3";
+    vec![
+        format!("{select} FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') {tail}"),
+        format!(
+            "{select} FROM HOP(logs, timestamp, INTERVAL '20 seconds', INTERVAL '1 minute') {tail}"
+        ),
+        "SELECT window_end, upper(source) AS s, count(DISTINCT log_level) AS levels \
+         FROM TUMBLE(logs, timestamp, INTERVAL '30 seconds', INTERVAL '7 seconds') \
+         GROUP BY window_end, upper(source)"
+            .to_string(),
+    ]
+}
+
+async fn batch_answer(body: &str, rows: &[Row]) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(logs_schema(), vec![vec![batch(rows)]]).unwrap();
+    ctx.register_table("logs", Arc::new(table)).unwrap();
+    logsphere_udfs::register_all(&ctx);
+    lines(&ctx.sql(body).await.unwrap().collect().await.unwrap())
+}
+
+fn close_spec(body: &str) -> CqSpec {
+    let mut spec = CqSpec::new(body);
+    spec.emit = Some(EmitPolicy::OnWindowClose);
+    spec.idle_timeout = Duration::from_secs(365 * 86_400);
+    spec
+}
+
+#[tokio::test]
+async fn streaming_matches_batch_on_random_streams() {
+    for body in equivalence_bodies() {
+        for seed in 0..12u64 {
+            let mut rng = Lcg(seed * 7919 + 1);
+            let (rows, batches) = random_stream(&mut rng);
+            let mut cq = ContinuousQuery::new(close_spec(&body)).await.unwrap();
+            let mut out = Vec::new();
+            for (seq, (partition, chunk)) in batches.iter().enumerate() {
+                out.extend(
+                    cq.process(partition, pos(seq as u64), &batch(chunk), BASE)
+                        .unwrap(),
+                );
+            }
+            out.extend(cq.finish().unwrap());
+            assert!(
+                out.iter()
+                    .all(|o| o.kind == OutputKind::WindowClose && !o.late)
+            );
+            assert_eq!(cq.metrics().late_rows_dropped, 0, "seed {seed}");
+            let streamed: Vec<RecordBatch> = out.into_iter().map(|o| o.rows).collect();
+            let want = batch_answer(&body, &rows).await;
+            assert!(!want.is_empty());
+            assert_eq!(lines(&streamed), want, "seed {seed}, body {body}");
+        }
+    }
+}
+
+fn late_spec(on_late: OnLate) -> CqSpec {
+    let mut spec = CqSpec::new(
+        "SELECT window_start, source, count(*) AS n FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') \
+         GROUP BY window_start, source",
+    );
+    spec.watermark = Duration::ZERO;
+    spec.allowed_lateness = Duration::from_secs(30);
+    spec.on_late = on_late;
+    spec
+}
+
+#[tokio::test]
+async fn late_rows_update_within_lateness_and_are_dropped_beyond_it() {
+    let mut cq = ContinuousQuery::new(late_spec(OnLate::Update))
+        .await
+        .unwrap();
+    let first: Vec<Row> = (0..3).map(|i| row(BASE + i * SEC, "INFO", "api")).collect();
+    assert!(
+        cq.process("p0", pos(1), &batch(&first), BASE)
+            .unwrap()
+            .is_empty()
+    );
+    let out = cq
+        .process(
+            "p0",
+            pos(2),
+            &batch(&[row(BASE + 61 * SEC, "INFO", "api")]),
+            BASE,
+        )
+        .unwrap();
+    let closed = of_kind(&out, OutputKind::WindowClose);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(count_of(closed[0], 0), 3);
+    // 10 s into a window closed 1 s ago: within the 30 s lateness.
+    let out = cq
+        .process(
+            "p0",
+            pos(3),
+            &batch(&[row(BASE + 10 * SEC, "INFO", "api")]),
+            BASE,
+        )
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kind, OutputKind::LateUpdate);
+    assert!(out[0].late);
+    assert_eq!(count_of(&out[0], 0), 4);
+    assert_eq!(out[0].window_start, vec![BASE]);
+    assert_eq!(cq.metrics().late_rows_updated, 1);
+    // Watermark at 100 s: the first window's state is gone.
+    cq.process(
+        "p0",
+        pos(4),
+        &batch(&[row(BASE + 100 * SEC, "INFO", "api")]),
+        BASE,
+    )
+    .unwrap();
+    let out = cq
+        .process(
+            "p0",
+            pos(5),
+            &batch(&[row(BASE + 20 * SEC, "INFO", "api")]),
+            BASE,
+        )
+        .unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(cq.metrics().late_rows_dropped, 1);
+    assert_eq!(cq.metrics().late_rows_beyond_lateness, 1);
+
+    let mut cq = ContinuousQuery::new(late_spec(OnLate::Drop)).await.unwrap();
+    cq.process("p0", pos(1), &batch(&first), BASE).unwrap();
+    cq.process(
+        "p0",
+        pos(2),
+        &batch(&[row(BASE + 61 * SEC, "INFO", "api")]),
+        BASE,
+    )
+    .unwrap();
+    let out = cq
+        .process(
+            "p0",
+            pos(3),
+            &batch(&[row(BASE + 10 * SEC, "INFO", "api")]),
+            BASE,
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(cq.metrics().late_rows_dropped, 1);
+    assert_eq!(cq.metrics().late_rows_beyond_lateness, 0);
+}
+
+#[tokio::test]
+async fn watermark_is_the_slowest_active_partition_with_a_wall_clock_floor() {
+    let mut spec = late_spec(OnLate::Drop);
+    spec.watermark = Duration::from_secs(5);
+    spec.idle_timeout = Duration::from_secs(60);
+    spec.max_ingest_delay = Duration::from_secs(10);
+    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    let now = BASE + 100 * SEC;
+    cq.process(
+        "fast",
+        pos(1),
+        &batch(&[row(BASE + 90 * SEC, "INFO", "a")]),
+        now,
+    )
+    .unwrap();
+    cq.process(
+        "slow",
+        pos(1),
+        &batch(&[row(BASE + 30 * SEC, "INFO", "a")]),
+        now,
+    )
+    .unwrap();
+    // The floor: now − (5 s + 10 s).
+    assert_eq!(cq.watermark(), Some(now - 15 * SEC));
+    // Later, "slow" is idle and "fast" leads.
+    cq.process(
+        "fast",
+        pos(2),
+        &batch(&[row(BASE + 200 * SEC, "INFO", "a")]),
+        now + 61 * SEC,
+    )
+    .unwrap();
+    assert_eq!(cq.watermark(), Some(BASE + 195 * SEC));
+    // All input stops: the wall clock alone closes windows.
+    let out = cq.advance(BASE + 400 * SEC).unwrap();
+    assert_eq!(cq.watermark(), Some(BASE + 385 * SEC));
+    assert_eq!(
+        of_kind(&out, OutputKind::WindowClose).len(),
+        1,
+        "the 200 s window closes"
+    );
+}
+
+#[tokio::test]
+async fn max_keys_caps_state_and_counts_overflow() {
+    let mut spec = late_spec(OnLate::Drop);
+    spec.max_keys = Some(2);
+    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    let rows = vec![
+        row(BASE, "INFO", "a"),
+        row(BASE, "INFO", "b"),
+        row(BASE, "INFO", "c"),
+        row(BASE + 1, "INFO", "c"),
+    ];
+    cq.process("p0", pos(1), &batch(&rows), BASE).unwrap();
+    assert_eq!(cq.live_keys(), 2);
+    assert_eq!(cq.metrics().key_overflow_rows, 2);
+    assert_eq!(cq.metrics().rows_in, 4);
+}
+
+/// Runs `batches` through `cq`, checkpointing and restoring after batch `cut`.
+async fn run(
+    spec: &CqSpec,
+    batches: &[(String, Vec<Row>)],
+    cut: Option<usize>,
+) -> Vec<(OutputKind, bool, Vec<String>)> {
+    let mut cq = ContinuousQuery::new(spec.clone()).await.unwrap();
+    let mut out = Vec::new();
+    for (seq, (partition, chunk)) in batches.iter().enumerate() {
+        out.extend(
+            cq.process(partition, pos(seq as u64), &batch(chunk), BASE)
+                .unwrap(),
+        );
+        if Some(seq) == cut {
+            let bytes = cq.checkpoint().unwrap();
+            drop(cq);
+            cq = ContinuousQuery::restore(spec.clone(), &bytes)
+                .await
+                .unwrap();
+            assert_eq!(
+                cq.positions()
+                    .values()
+                    .filter(|p| **p == pos(seq as u64))
+                    .count(),
+                1
+            );
+        }
+    }
+    out.extend(cq.finish().unwrap());
+    out.into_iter()
+        .map(|o| (o.kind, o.late, lines(&[o.rows])))
+        .collect()
+}
+
+#[tokio::test]
+async fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
+    let threshold = {
+        let mut s = CqSpec::new(
+            "SELECT window_start, source, count(*) AS n, max(timestamp) AS last, avg(length(message)) AS a, \
+             count(DISTINCT log_level) AS levels FROM HOP(logs, timestamp, INTERVAL '30 seconds', INTERVAL '1 minute') \
+             GROUP BY window_start, source HAVING count(*) > 5",
+        );
+        s.watermark = Duration::from_secs(2);
+        s.allowed_lateness = Duration::from_secs(20);
+        s.on_late = OnLate::Update;
+        s
+    };
+    for spec in [close_spec(&equivalence_bodies()[0]), threshold] {
+        for seed in 0..6u64 {
+            let mut rng = Lcg(seed + 100);
+            let (_, batches) = random_stream(&mut rng);
+            let whole = run(&spec, &batches, None).await;
+            let cut = rng.below(batches.len() as u64) as usize;
+            assert_eq!(
+                run(&spec, &batches, Some(cut)).await,
+                whole,
+                "seed {seed}, cut {cut}"
+            );
+        }
+    }
+}
