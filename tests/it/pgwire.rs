@@ -284,3 +284,49 @@ password = "correct horse"
         );
     }
 }
+
+#[tokio::test]
+async fn continuous_query_statements_are_recognised_on_both_protocols() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let bad = "CREATE CONTINUOUS QUERY x ALERT (BOGUS 1) AS SELECT * FROM logs";
+    for result in [
+        client.simple_query(bad).await.map(|_| ()),
+        client.execute(bad, &[]).await.map(|_| ()),
+    ] {
+        let err = result.expect_err("a malformed CREATE CONTINUOUS QUERY fails");
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code(), &SqlState::SYNTAX_ERROR, "{}", db.message());
+        assert!(
+            db.message().contains("BOGUS") && db.message().contains("Line: 1, Column: 34"),
+            "{}",
+            db.message()
+        );
+    }
+    let good = "CREATE CONTINUOUS QUERY critical ALERT (SEVERITY 'critical') AS \
+                SELECT timestamp, source, message FROM logs WHERE log_level = 'CRITICAL'";
+    for result in [
+        client.simple_query(good).await.map(|_| ()),
+        client.execute(good, &[]).await.map(|_| ()),
+    ] {
+        let err = result.expect_err("continuous queries do not run yet");
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(
+            db.code(),
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "{}",
+            db.message()
+        );
+        assert!(
+            db.message().starts_with("CREATE CONTINUOUS QUERY parsed"),
+            "{}",
+            db.message()
+        );
+    }
+    // Ordinary SQL on the same connection is unaffected.
+    let rows = client
+        .simple_query("SELECT count(*) FROM logs")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&rows), vec![vec![Some("0".to_owned())]]);
+}
