@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -43,8 +45,11 @@ pub(crate) struct WindowInfo {
     pub spec: WindowSpec,
     /// Index of the event-time column in `logs`.
     pub time_index: usize,
-    /// Schema of `logs` plus `window_start` and `window_end`.
+    /// Schema of `logs` plus `window_start` and `window_end` (TUMBLE/HOP), or of `logs`
+    /// alone (`date_bin` in GROUP BY).
     pub schema: SchemaRef,
+    /// True when the window columns are appended to each batch (TUMBLE/HOP).
+    pub append_columns: bool,
 }
 
 /// An aggregate with its optional `FILTER (WHERE …)`.
@@ -136,7 +141,7 @@ impl CqPlan {
         below.reverse();
 
         let provider = source_as_provider(&scan.source)?;
-        let window = match provider.downcast_ref::<WindowedTable>() {
+        let mut window = match provider.downcast_ref::<WindowedTable>() {
             Some(w) => {
                 if w.table().table() != "logs" {
                     return Err(unsupported(format!(
@@ -149,6 +154,7 @@ impl CqPlan {
                     spec: w.spec(),
                     time_index,
                     schema: w.schema(),
+                    append_columns: true,
                 })
             }
             None if scan.table_name.table() == "logs" => None,
@@ -187,6 +193,17 @@ impl CqPlan {
         pre.extend(row_ops(&pre_nodes, props)?);
         let post = row_ops(&post_nodes, props)?;
 
+        let from_date_bin = window.is_none() && aggregate.is_some();
+        if let (Some(a), None) = (aggregate, &window) {
+            let no_projection = below.iter().all(|n| matches!(n, LogicalPlan::Filter(_)));
+            window = a
+                .group_expr
+                .iter()
+                .find_map(|e| date_bin_window(e).transpose())
+                .transpose()
+                .map_err(|e| unsupported(e.to_string()))?
+                .filter(|_| no_projection);
+        }
         let (shape, agg, has_having, having_monotone) = match (aggregate, &window) {
             (None, None) => (QueryShape::PerRow, None, false, false),
             (None, Some(_)) => {
@@ -196,14 +213,15 @@ impl CqPlan {
             }
             (Some(_), None) => {
                 return Err(unsupported(
-                    "aggregates need a window: use TUMBLE or HOP in FROM (date_bin in GROUP BY is not supported yet)"
+                    "aggregates need a window: TUMBLE or HOP in FROM, or \
+                     date_bin(INTERVAL '…', timestamp [, origin]) in GROUP BY"
                         .into(),
                 ));
             }
             (Some(a), Some(_)) => {
                 let input = a.input.schema();
                 let mut group_exprs = Vec::new();
-                let mut has_window_key = false;
+                let mut has_window_key = from_date_bin;
                 for e in &a.group_expr {
                     if let Expr::GroupingSet(_) = e {
                         return Err(unsupported(
@@ -314,6 +332,59 @@ impl CqPlan {
             Some(p) => Ok(p),
         }
     }
+}
+
+/// The tumbling window of a `date_bin(INTERVAL …, <logs time column> [, origin])` group
+/// expression, or `None` when `e` is something else.
+fn date_bin_window(e: &Expr) -> datafusion::error::Result<Option<WindowInfo>> {
+    fn strip(e: &Expr) -> &Expr {
+        match e {
+            Expr::Cast(c) => strip(&c.expr),
+            Expr::TryCast(c) => strip(&c.expr),
+            Expr::Alias(a) => strip(&a.expr),
+            e => e,
+        }
+    }
+    let Expr::ScalarFunction(f) = strip(e) else {
+        return Ok(None);
+    };
+    if f.func.name() != "date_bin" || f.args.len() < 2 {
+        return Ok(None);
+    }
+    let Expr::Column(c) = strip(&f.args[1]) else {
+        return Ok(None);
+    };
+    let schema = logs_schema();
+    let Ok(time_index) = schema.index_of(&c.name) else {
+        return Ok(None);
+    };
+    let size = match strip(&f.args[0]) {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000
+        }
+        other => {
+            return plan_err!("date_bin: the stride must be a fixed-length INTERVAL, got {other}");
+        }
+    };
+    let offset = match f.args.get(2).map(strip) {
+        None => 0,
+        Some(Expr::Literal(v, _)) => {
+            match v.cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, None))? {
+                ScalarValue::TimestampNanosecond(Some(ns), _) => ns,
+                _ => return plan_err!("date_bin: the origin must be a timestamp, got {v}"),
+            }
+        }
+        Some(other) => return plan_err!("date_bin: the origin must be a literal, got {other}"),
+    };
+    Ok(Some(WindowInfo {
+        spec: WindowSpec::tumble(size, offset)?,
+        time_index,
+        schema,
+        append_columns: false,
+    }))
 }
 
 fn push<'a>(

@@ -237,10 +237,12 @@ impl ContinuousQuery {
             .map(|c| take(c, &indices, None))
             .collect::<Result<Vec<_>, _>>()?;
         let len = self.window_len();
-        for (name, shift) in [("window_start", 0), ("window_end", len)] {
-            let field = window.schema.field_with_name(name)?;
-            let values = Int64Array::from(starts.iter().map(|s| s + shift).collect::<Vec<_>>());
-            columns.push(cast(&values, field.data_type())?);
+        if window.append_columns {
+            for (name, shift) in [("window_start", 0), ("window_end", len)] {
+                let field = window.schema.field_with_name(name)?;
+                let values = Int64Array::from(starts.iter().map(|s| s + shift).collect::<Vec<_>>());
+                columns.push(cast(&values, field.data_type())?);
+            }
         }
         let windowed = RecordBatch::try_new(Arc::clone(&window.schema), columns)?;
         let (input, ids) = apply(&self.plan.pre, windowed, (0..starts.len()).collect())?;

@@ -321,6 +321,13 @@ fn equivalence_bodies() -> Vec<String> {
          FROM TUMBLE(logs, timestamp, INTERVAL '30 seconds', INTERVAL '7 seconds') \
          GROUP BY window_end, upper(source)"
             .to_string(),
+        "SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n, max(message) AS m \
+         FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
+            .to_string(),
+        "SELECT source, date_bin(INTERVAL '45 seconds', timestamp, TIMESTAMP '2000-01-01T00:00:07Z') AS w, \
+         count(*) AS n FROM logs GROUP BY source, date_bin(INTERVAL '45 seconds', timestamp, \
+         TIMESTAMP '2000-01-01T00:00:07Z') HAVING count(*) >= 2"
+            .to_string(),
     ]
 }
 
@@ -577,4 +584,29 @@ async fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn restore_refuses_foreign_checkpoints() {
+    let mut cq = ContinuousQuery::new(CqSpec::new(SEED_RULE_B))
+        .await
+        .unwrap();
+    cq.process("p0", pos(1), &batch(&[row(BASE, "ERROR", "api")]), BASE)
+        .unwrap();
+    let bytes = cq.checkpoint().unwrap();
+    let other = late_spec(OnLate::Drop);
+    let err = ContinuousQuery::restore(other, &bytes).await.unwrap_err();
+    assert!(err.to_string().contains("different query body"), "{err}");
+    let err = ContinuousQuery::restore(CqSpec::new(SEED_RULE_B), b"junk")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a LogSphere CQ checkpoint"),
+        "{err}"
+    );
+    let restored = ContinuousQuery::restore(CqSpec::new(SEED_RULE_B), &bytes)
+        .await
+        .unwrap();
+    assert_eq!(restored.live_keys(), 1);
+    assert_eq!(restored.positions().get("p0"), Some(&pos(1)));
 }
