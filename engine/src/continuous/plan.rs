@@ -204,6 +204,18 @@ impl CqPlan {
                 .map_err(|e| unsupported(e.to_string()))?
                 .filter(|_| no_projection);
         }
+        if let Some(w) = &window {
+            let spec = w.spec;
+            if spec.size_ns % 1_000 != 0
+                || spec.slide_ns % 1_000 != 0
+                || spec.offset_ns % 1_000 != 0
+            {
+                return Err(unsupported(
+                    "window size, slide and offset must be whole microseconds, the resolution of logs.timestamp"
+                        .into(),
+                ));
+            }
+        }
         let (shape, agg, has_having, having_monotone) = match (aggregate, &window) {
             (None, None) => (QueryShape::PerRow, None, false, false),
             (None, Some(_)) => {

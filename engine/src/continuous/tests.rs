@@ -4,7 +4,7 @@ use std::time::Duration;
 use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
-use datafusion::functions_aggregate::expr_fn::{avg, count, max, min};
+use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min};
 use datafusion::prelude::{SessionContext, col, lit};
 
 use super::*;
@@ -214,6 +214,7 @@ fn monotone_having_conditions() {
     assert!(is_monotone(&c().gt_eq(lit(100))));
     assert!(is_monotone(&lit(100).lt(c())));
     assert!(is_monotone(&max(col("x")).gt(lit(5))));
+    assert!(is_monotone(&count_distinct(col("x")).gt(lit(3))));
     assert!(is_monotone(&min(col("x")).lt(lit(5))));
     assert!(is_monotone(
         &c().gt(lit(1))
@@ -609,4 +610,46 @@ async fn restore_refuses_foreign_checkpoints() {
         .unwrap();
     assert_eq!(restored.live_keys(), 1);
     assert_eq!(restored.positions().get("p0"), Some(&pos(1)));
+}
+
+#[tokio::test]
+async fn engine_sessions_have_the_window_functions_and_feed_the_runtime() {
+    use crate::ingest::DecodeOptions;
+    use crate::{Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+    let mut body = String::new();
+    for i in 0..90 {
+        body.push_str(&format!(
+            "{{\"ts\":\"2026-11-24T10:{:02}:{:02}Z\",\"level\":\"error\",\"message\":\"m{i}\",\"host\":\"web-{}\"}}\n",
+            i / 2,
+            (i * 13) % 60,
+            i % 3
+        ));
+    }
+    engine
+        .ingest(bytes::Bytes::from(body), None, DecodeOptions::default())
+        .await
+        .unwrap();
+    let cq_body = "SELECT window_start, source, count(*) AS n FROM TUMBLE(logs, timestamp, INTERVAL '10 minutes') \
+                   GROUP BY window_start, source";
+    let ctx = engine.session_context();
+    let want = lines(&ctx.sql(cq_body).await.unwrap().collect().await.unwrap());
+    assert!(!want.is_empty());
+    let all = ctx
+        .sql("SELECT * FROM logs")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut cq = ContinuousQuery::new(close_spec(cq_body)).await.unwrap();
+    let mut out = Vec::new();
+    for (i, b) in all.iter().enumerate() {
+        out.extend(cq.process("wal", pos(i as u64), b, 0).unwrap());
+    }
+    out.extend(cq.finish().unwrap());
+    let got: Vec<RecordBatch> = out.into_iter().map(|o| o.rows).collect();
+    assert_eq!(lines(&got), want);
+    engine.shutdown().await;
 }
