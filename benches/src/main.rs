@@ -1,1 +1,47 @@
-fn main() {}
+//! `logsphere-bench`: end-to-end benchmarks of a real `logsphere` binary on this machine.
+//!
+//! - `ingest`: HTTP ingest throughput and latency from 1 and 8 senders, next to the raw
+//!   fsync'd write rate of the same disk, and the server's peak memory.
+//! - `query`: 10 M records ingested and flushed to Parquet, three queries over the
+//!   PostgreSQL protocol, and the same queries with DuckDB over the same Parquet files.
+//!
+//! Both print a markdown summary and write it to `benches/results/<name>.md`.
+//! See `docs/benchmarks.md` for how to run them and what the numbers mean.
+//!
+//! ```text
+//! cargo build --release -p logsphere-server -p logsphere-benches
+//! $CARGO_TARGET_DIR/release/logsphere-bench ingest --bin $CARGO_TARGET_DIR/release/logsphere
+//! $CARGO_TARGET_DIR/release/logsphere-bench query --bin $CARGO_TARGET_DIR/release/logsphere --reuse
+//! ```
+
+mod duckdb;
+mod ingest;
+mod query;
+mod records;
+mod report;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// End-to-end benchmarks of LogSphere against the disk and against DuckDB.
+#[derive(Debug, Parser)]
+#[command(name = "logsphere-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP ingest records/s, MB/s and latency, against the disk's raw fdatasync rate.
+    Ingest(ingest::IngestArgs),
+    /// count(*), a per-minute error histogram and a LIKE search, LogSphere vs DuckDB.
+    Query(query::QueryArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ingest(args) => ingest::run(args),
+        Command::Query(args) => query::run(args),
+    }
+}
