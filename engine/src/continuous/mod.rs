@@ -1,10 +1,11 @@
 //! The continuous-query runtime core (CONTINUOUS_QUERIES.md §5, §7 "Streaming execution").
 //!
-//! A CQ body is planned once by DataFusion and taken apart ([`plan`]) into row-level
-//! filters and projections, plus, for windowed aggregates, the window (from `TUMBLE`/`HOP`
-//! in FROM), the group and aggregate expressions and HAVING. Each ingested `logs` batch is
-//! then pushed through DataFusion `PhysicalExpr`s and `Accumulator`s kept per
-//! (window, group key) ([`runtime`]); nothing pulls a long-running `ExecutionPlan`.
+//! A CQ body is planned once by DataFusion and taken apart (`plan.rs`) into row-level
+//! filters and projections, plus, for windowed aggregates, the window (`TUMBLE`/`HOP`
+//! in FROM, or `date_bin` in GROUP BY), the group and aggregate expressions and HAVING.
+//! Each ingested `logs` batch is then pushed through DataFusion `PhysicalExpr`s and
+//! `Accumulator`s kept per (window, group key) (`runtime.rs`); nothing pulls a
+//! long-running `ExecutionPlan`. See `continuous.md` beside this file.
 //!
 //! Time follows the event-time watermark: per source partition `max(ts) − watermark`, the
 //! minimum over partitions seen within `idle_timeout`, floored at
@@ -34,8 +35,8 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 mod checkpoint;
-pub mod plan;
-pub mod runtime;
+mod plan;
+mod runtime;
 
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use runtime::ContinuousQuery;

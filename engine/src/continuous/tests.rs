@@ -386,37 +386,26 @@ fn late_spec(on_late: OnLate) -> CqSpec {
     spec
 }
 
+/// Feeds one INFO row for `api` at `BASE + secs`.
+fn one(cq: &mut ContinuousQuery, seq: u64, secs: i64) -> Vec<CqOutput> {
+    let rows = [row(BASE + secs * SEC, "INFO", "api")];
+    cq.process("p0", pos(seq), &batch(&rows), BASE).unwrap()
+}
+
 #[tokio::test]
 async fn late_rows_update_within_lateness_and_are_dropped_beyond_it() {
     let mut cq = ContinuousQuery::new(late_spec(OnLate::Update))
         .await
         .unwrap();
-    let first: Vec<Row> = (0..3).map(|i| row(BASE + i * SEC, "INFO", "api")).collect();
-    assert!(
-        cq.process("p0", pos(1), &batch(&first), BASE)
-            .unwrap()
-            .is_empty()
-    );
-    let out = cq
-        .process(
-            "p0",
-            pos(2),
-            &batch(&[row(BASE + 61 * SEC, "INFO", "api")]),
-            BASE,
-        )
-        .unwrap();
+    for s in 0..3 {
+        assert!(one(&mut cq, 1, s).is_empty());
+    }
+    let out = one(&mut cq, 2, 61);
     let closed = of_kind(&out, OutputKind::WindowClose);
     assert_eq!(closed.len(), 1);
     assert_eq!(count_of(closed[0], 0), 3);
     // 10 s into a window closed 1 s ago: within the 30 s lateness.
-    let out = cq
-        .process(
-            "p0",
-            pos(3),
-            &batch(&[row(BASE + 10 * SEC, "INFO", "api")]),
-            BASE,
-        )
-        .unwrap();
+    let out = one(&mut cq, 3, 10);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].kind, OutputKind::LateUpdate);
     assert!(out[0].late);
@@ -424,43 +413,16 @@ async fn late_rows_update_within_lateness_and_are_dropped_beyond_it() {
     assert_eq!(out[0].window_start, vec![BASE]);
     assert_eq!(cq.metrics().late_rows_updated, 1);
     // Watermark at 100 s: the first window's state is gone.
-    cq.process(
-        "p0",
-        pos(4),
-        &batch(&[row(BASE + 100 * SEC, "INFO", "api")]),
-        BASE,
-    )
-    .unwrap();
-    let out = cq
-        .process(
-            "p0",
-            pos(5),
-            &batch(&[row(BASE + 20 * SEC, "INFO", "api")]),
-            BASE,
-        )
-        .unwrap();
+    one(&mut cq, 4, 100);
+    let out = one(&mut cq, 5, 20);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(cq.metrics().late_rows_dropped, 1);
     assert_eq!(cq.metrics().late_rows_beyond_lateness, 1);
 
     let mut cq = ContinuousQuery::new(late_spec(OnLate::Drop)).await.unwrap();
-    cq.process("p0", pos(1), &batch(&first), BASE).unwrap();
-    cq.process(
-        "p0",
-        pos(2),
-        &batch(&[row(BASE + 61 * SEC, "INFO", "api")]),
-        BASE,
-    )
-    .unwrap();
-    let out = cq
-        .process(
-            "p0",
-            pos(3),
-            &batch(&[row(BASE + 10 * SEC, "INFO", "api")]),
-            BASE,
-        )
-        .unwrap();
-    assert!(out.is_empty());
+    one(&mut cq, 1, 0);
+    one(&mut cq, 2, 61);
+    assert!(one(&mut cq, 3, 10).is_empty());
     assert_eq!(cq.metrics().late_rows_dropped, 1);
     assert_eq!(cq.metrics().late_rows_beyond_lateness, 0);
 }
