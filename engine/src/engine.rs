@@ -15,10 +15,11 @@ use crate::EngineError;
 use crate::catalog::LocalCatalog;
 use crate::cold::ColdStore;
 use crate::hot::{HotEntry, Tiers};
+use crate::idempotency::{Idempotency, KeyFiles, Shared};
 use crate::ingest::{DecodeOptions, decode_body};
 use crate::query::tables::{TableKind, TierScope, TierTable};
 use crate::tiering;
-use crate::wal::{IDEMPOTENCY_RETENTION, IngestEntry, Wal, WalMetrics};
+use crate::wal::{IngestEntry, Wal, WalMetrics};
 
 /// How the embedded engine is set up.
 #[derive(Debug, Clone)]
@@ -83,31 +84,11 @@ pub struct EngineMetrics {
     pub queries: AtomicU64,
 }
 
-type Shared = watch::Receiver<Option<Result<IngestOutcome, String>>>;
-
 /// What an idempotency-key lookup tells a request to do.
 enum Claim {
     Done(IngestOutcome),
     Wait(Shared),
     Owner(watch::Sender<Option<Result<IngestOutcome, String>>>),
-}
-
-#[derive(Default)]
-struct Idempotency {
-    done: HashMap<String, (IngestOutcome, Instant)>,
-    inflight: HashMap<String, Shared>,
-    inserts: u64,
-}
-
-impl Idempotency {
-    fn record(&mut self, key: String, outcome: IngestOutcome) {
-        self.done.insert(key, (outcome, Instant::now()));
-        self.inserts += 1;
-        if self.inserts.is_multiple_of(4096) {
-            self.done
-                .retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_RETENTION);
-        }
-    }
 }
 
 /// The running engine, shared by every connection.
@@ -117,7 +98,11 @@ pub struct Engine {
     pub(crate) wal: Wal,
     pub(crate) cold: ColdStore,
     pub(crate) catalog: LocalCatalog,
-    idempotency: Mutex<Idempotency>,
+    idempotency: Arc<Mutex<Idempotency>>,
+    pub(crate) keys: KeyFiles,
+    /// WAL positions readers still need (name → first seq needed); segments at or above the
+    /// smallest are kept.
+    wal_holds: Mutex<HashMap<String, u64>>,
     metrics: EngineMetrics,
     runtime: Arc<RuntimeEnv>,
     tables: Vec<(&'static str, Arc<TierTable>)>,
@@ -164,6 +149,8 @@ impl Engine {
         let orphans = cold.remove_orphans(&manifest).await?;
         let tiers = Arc::new(Tiers::new(manifest.clone()));
         let mut idempotency = Idempotency::default();
+        let keys = KeyFiles::new(dir);
+        let keys_loaded = keys.load(&mut idempotency)?;
         let started = Instant::now();
         let (wal, report) = Wal::open(
             &dir.join("wal"),
@@ -177,7 +164,8 @@ impl Engine {
                         rejected: entry.dead_letters.num_rows(),
                         replayed: true,
                     };
-                    idempotency.record(key, outcome);
+                    idempotency.record(key.clone(), outcome, Duration::ZERO);
+                    idempotency.durable(e.seq, key, outcome);
                 }
                 tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
                 Ok(())
@@ -191,6 +179,7 @@ impl Engine {
             hot_rows,
             cold_files = manifest.logs.len(),
             orphans_removed = orphans,
+            idempotency_keys_loaded = keys_loaded,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "WAL replayed"
         );
@@ -220,7 +209,9 @@ impl Engine {
             wal,
             cold,
             catalog,
-            idempotency: Mutex::new(idempotency),
+            idempotency: Arc::new(Mutex::new(idempotency)),
+            keys,
+            wal_holds: Mutex::new(HashMap::new()),
             metrics: EngineMetrics::default(),
             runtime: Arc::new(RuntimeEnv::default()),
             tables,
@@ -261,7 +252,7 @@ impl Engine {
                     if let Ok(mut idem) = self.idempotency.lock() {
                         idem.inflight.remove(&key);
                         if let Ok(outcome) = &result {
-                            idem.record(key, *outcome);
+                            idem.record(key, *outcome, Duration::ZERO);
                         }
                     }
                     let _ = tx.send(Some(result.as_ref().map(|o| *o).map_err(|e| e.to_string())));
@@ -337,13 +328,15 @@ impl Engine {
         };
         let payload = entry.encode()?;
         let tiers = Arc::clone(&self.tiers);
-        let (logs, dead) = (entry.logs, entry.dead_letters);
-        self.wal
-            .append(
-                payload,
-                Box::new(move |seq| tiers.insert(HotEntry::new(seq, logs, dead))),
-            )
-            .await?;
+        let idempotency = Arc::clone(&self.idempotency);
+        let (key, logs, dead) = (entry.key, entry.logs, entry.dead_letters);
+        let on_durable = move |seq| {
+            tiers.insert(HotEntry::new(seq, logs, dead));
+            if let (Some(key), Ok(mut idem)) = (key, idempotency.lock()) {
+                idem.durable(seq, key, outcome);
+            }
+        };
+        self.wal.append(payload, Box::new(on_durable)).await?;
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .records_accepted
@@ -392,6 +385,44 @@ impl Engine {
         }
         logsphere_udfs::register_all(&ctx);
         ctx
+    }
+
+    /// Keeps WAL segments holding entries from `from_seq` on, for a reader (e.g. a
+    /// continuous query that must replay them after a restart) named `holder`. A new call
+    /// moves the holder's mark; segments below every mark and the flush horizon are deleted.
+    pub fn hold_wal(&self, holder: &str, from_seq: u64) {
+        if let Ok(mut holds) = self.wal_holds.lock() {
+            holds.insert(holder.to_string(), from_seq);
+        }
+    }
+
+    /// Drops `holder`'s mark (see [`Engine::hold_wal`]).
+    pub fn release_wal(&self, holder: &str) {
+        if let Ok(mut holds) = self.wal_holds.lock() {
+            holds.remove(holder);
+        }
+    }
+
+    /// The last WAL sequence number that may be deleted, given the flush `horizon`.
+    pub(crate) fn wal_deletable_through(&self, horizon: u64) -> u64 {
+        let held = self
+            .wal_holds
+            .lock()
+            .ok()
+            .and_then(|h| h.values().min().copied());
+        match held {
+            Some(first_needed) => horizon.min(first_needed.saturating_sub(1)),
+            None => horizon,
+        }
+    }
+
+    /// Writes the idempotency keys of entries up to `horizon` to a key file.
+    pub(crate) fn persist_keys(&self, horizon: u64) -> Result<(), EngineError> {
+        let mut idem = self
+            .idempotency
+            .lock()
+            .map_err(|_| EngineError::ShuttingDown)?;
+        self.keys.persist(&mut idem, horizon)
     }
 
     /// Counts one SQL query (for `/metrics`).

@@ -26,6 +26,7 @@ pub mod wal;
 
 mod engine;
 mod error;
+mod idempotency;
 mod tiering;
 
 pub use engine::{Engine, EngineConfig, EngineMetrics, IngestOutcome};

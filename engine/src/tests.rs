@@ -105,3 +105,48 @@ async fn ingest_restart_flush_and_prune() {
         3
     );
 }
+
+#[tokio::test]
+async fn flushed_segments_go_at_once_and_keys_outlive_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.wal_segment_bytes = 4096;
+    let wal_files = || {
+        std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+            .count()
+    };
+    {
+        let e = Engine::open(cfg.clone()).await.unwrap();
+        for i in 0..10 {
+            let key = format!("k{i}");
+            e.ingest(body(10, 20), Some(key), DecodeOptions::default()).await.unwrap();
+        }
+        let before = wal_files();
+        assert!(before > 5, "small segments roll over: {before}");
+        // A reader holding the WAL from entry 4 keeps the segments from there on.
+        e.hold_wal("cq:test", 4);
+        e.flush().await.unwrap();
+        let held = wal_files();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        names.sort();
+        let first: u64 = names[0].trim_end_matches(".wal").parse().unwrap();
+        assert!(held < before, "segments wholly before entry 4 are deleted: {before} → {held}");
+        assert!(first <= 4, "the segment holding entry 4 is kept: {names:?}");
+        e.release_wal("cq:test");
+        e.ingest(body(11, 1), None, DecodeOptions::default()).await.unwrap();
+        e.flush().await.unwrap();
+        assert!(wal_files() <= 2, "flushed segments are deleted without waiting: {}", wal_files());
+        e.shutdown().await;
+    }
+    // The WAL no longer holds the keyed entries; the key file still knows them.
+    let e = Engine::open(cfg).await.unwrap();
+    let again = e.ingest(body(10, 20), Some("k3".into()), DecodeOptions::default()).await.unwrap();
+    assert!(again.replayed, "a retry after the segments were deleted is still recognised");
+    assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 201);
+}

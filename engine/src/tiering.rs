@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
@@ -20,7 +20,6 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::Manifest;
 use crate::model::{dead_letters_schema, logs_schema};
-use crate::wal::IDEMPOTENCY_RETENTION;
 use crate::{Engine, EngineError};
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -93,10 +92,9 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let files = next.logs.len();
     engine.tiers.publish(next);
 
-    let expired = SystemTime::now()
-        .checked_sub(IDEMPOTENCY_RETENTION)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let deleted = engine.wal.delete_segments(horizon, expired)?;
+    // Keys first: once the segments are gone, the key file is what remembers them.
+    engine.persist_keys(horizon)?;
+    let deleted = engine.wal.delete_segments(engine.wal_deletable_through(horizon))?;
     let m = engine.metrics();
     m.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     m.flushed_rows

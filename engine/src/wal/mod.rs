@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
@@ -170,27 +170,15 @@ impl Wal {
         &self.metrics
     }
 
-    /// Deletes closed segments whose every entry has `seq <= durable_through` (its records
-    /// are in committed Parquet) and which were last written before `older_than` (their
-    /// idempotency keys have expired). Returns how many were deleted.
-    pub fn delete_segments(
-        &self,
-        durable_through: u64,
-        older_than: SystemTime,
-    ) -> Result<usize, EngineError> {
+    /// Deletes closed segments whose every entry has `seq <= durable_through` (their
+    /// records are in committed Parquet and no reader holds them). Returns how many.
+    pub fn delete_segments(&self, durable_through: u64) -> Result<usize, EngineError> {
         let active = self.active_first_seq.load(Ordering::Acquire);
         let segments = list_segments(&self.dir)?;
         let mut deleted = 0;
         for pair in segments.windows(2) {
             let ((first, path), (next_first, _)) = (&pair[0], &pair[1]);
-            let last_seq_in_segment = next_first.saturating_sub(1);
-            if *first >= active || last_seq_in_segment > durable_through {
-                break;
-            }
-            let modified = std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .map_err(io_err(path))?;
-            if modified > older_than {
+            if *first >= active || next_first.saturating_sub(1) > durable_through {
                 break;
             }
             std::fs::remove_file(path).map_err(io_err(path))?;
@@ -373,8 +361,6 @@ impl Writer {
     }
 }
 
-/// How long finished WAL segments are kept for idempotency-key lookups after a restart.
-pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(15 * 60);
 
 #[cfg(test)]
 mod tests;
