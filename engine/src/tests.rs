@@ -114,14 +114,22 @@ async fn flushed_segments_go_at_once_and_keys_outlive_them() {
     let wal_files = || {
         std::fs::read_dir(dir.path().join("wal"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".wal")
+            })
             .count()
     };
     {
         let e = Engine::open(cfg.clone()).await.unwrap();
         for i in 0..10 {
             let key = format!("k{i}");
-            e.ingest(body(10, 20), Some(key), DecodeOptions::default()).await.unwrap();
+            e.ingest(body(10, 20), Some(key), DecodeOptions::default())
+                .await
+                .unwrap();
         }
         let before = wal_files();
         assert!(before > 5, "small segments roll over: {before}");
@@ -136,17 +144,32 @@ async fn flushed_segments_go_at_once_and_keys_outlive_them() {
             .collect();
         names.sort();
         let first: u64 = names[0].trim_end_matches(".wal").parse().unwrap();
-        assert!(held < before, "segments wholly before entry 4 are deleted: {before} → {held}");
+        assert!(
+            held < before,
+            "segments wholly before entry 4 are deleted: {before} → {held}"
+        );
         assert!(first <= 4, "the segment holding entry 4 is kept: {names:?}");
         e.release_wal("cq:test");
-        e.ingest(body(11, 1), None, DecodeOptions::default()).await.unwrap();
+        e.ingest(body(11, 1), None, DecodeOptions::default())
+            .await
+            .unwrap();
         e.flush().await.unwrap();
-        assert!(wal_files() <= 2, "flushed segments are deleted without waiting: {}", wal_files());
+        assert!(
+            wal_files() <= 2,
+            "flushed segments are deleted without waiting: {}",
+            wal_files()
+        );
         e.shutdown().await;
     }
     // The WAL no longer holds the keyed entries; the key file still knows them.
     let e = Engine::open(cfg).await.unwrap();
-    let again = e.ingest(body(10, 20), Some("k3".into()), DecodeOptions::default()).await.unwrap();
-    assert!(again.replayed, "a retry after the segments were deleted is still recognised");
+    let again = e
+        .ingest(body(10, 20), Some("k3".into()), DecodeOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        again.replayed,
+        "a retry after the segments were deleted is still recognised"
+    );
     assert_eq!(count(&e, "SELECT count(*) FROM logs").await, 201);
 }
