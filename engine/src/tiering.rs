@@ -94,7 +94,9 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
 
     // Keys first: once the segments are gone, the key file is what remembers them.
     engine.persist_keys(horizon)?;
-    let deleted = engine.wal.delete_segments(engine.wal_deletable_through(horizon))?;
+    let deleted = engine
+        .wal
+        .delete_segments(engine.wal_deletable_through(horizon))?;
     let m = engine.metrics();
     m.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     m.flushed_rows

@@ -361,6 +361,5 @@ impl Writer {
     }
 }
 
-
 #[cfg(test)]
 mod tests;
