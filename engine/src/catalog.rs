@@ -70,24 +70,32 @@ impl LocalCatalog {
 
     /// Replaces the manifest atomically and durably.
     pub fn commit(&self, manifest: &Manifest) -> Result<(), EngineError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| EngineError::Io { path, source }
-        };
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| EngineError::Catalog {
             path: self.path.clone(),
             reason: format!("cannot encode manifest: {e}"),
         })?;
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        Ok(())
+        atomic_write(&self.path, &bytes)
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never
+/// a mix: write a temporary file, fsync it, rename it over `path`, fsync the directory.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { path, source }
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use crate::EngineError;
 use crate::catalog::LocalCatalog;
 use crate::cold::ColdStore;
+use crate::continuous::{ContinuousQueries, CqInput};
 use crate::hot::{HotEntry, Tiers};
 use crate::idempotency::{Idempotency, KeyFiles, Shared};
 use crate::ingest::{DecodeOptions, decode_body};
@@ -108,6 +109,8 @@ pub struct Engine {
     tables: Vec<(&'static str, Arc<TierTable>)>,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
+    continuous: Arc<ContinuousQueries>,
+    cq_input: tokio::sync::mpsc::UnboundedSender<CqInput>,
     stop: watch::Sender<bool>,
     _lock: std::fs::File,
 }
@@ -151,6 +154,17 @@ impl Engine {
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);
         let keys_loaded = keys.load(&mut idempotency)?;
+        let continuous =
+            Arc::new(
+                ContinuousQueries::open(dir)
+                    .await
+                    .map_err(|e| EngineError::Catalog {
+                        path: dir.join("continuous_queries.json"),
+                        reason: e.to_string(),
+                    })?,
+            );
+        let cq_replay_from = continuous.replay_from();
+        let mut cq_replay = Vec::new();
         let started = Instant::now();
         let (wal, report) = Wal::open(
             &dir.join("wal"),
@@ -166,6 +180,9 @@ impl Engine {
                     };
                     idempotency.record(key.clone(), outcome, Duration::ZERO);
                     idempotency.durable(e.seq, key, outcome);
+                }
+                if cq_replay_from.is_some_and(|from| e.seq >= from) && entry.logs.num_rows() > 0 {
+                    cq_replay.push((e.seq, entry.logs.clone()));
                 }
                 tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
                 Ok(())
@@ -202,6 +219,22 @@ impl Engine {
             )
         })
         .collect();
+        // Every CQ resumes from its checkpoint: the WAL entries after it are fed again
+        // (alerts are upserted by deterministic id, so this adds no duplicates).
+        if let Some(from) = cq_replay_from {
+            let oldest = cq_replay.first().map(|(seq, _)| *seq);
+            tracing::info!(
+                from,
+                oldest,
+                entries = cq_replay.len(),
+                "replaying WAL into continuous queries"
+            );
+        }
+        for (seq, logs) in cq_replay {
+            let now = max_ingest_time(&logs).unwrap_or_else(crate::continuous::now_us);
+            continuous.process(seq, &logs, now);
+        }
+        let (cq_input, cq_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
         let engine = Arc::new(Self {
             config,
@@ -217,9 +250,22 @@ impl Engine {
             tables,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Arc::new(Notify::new()),
+            continuous: Arc::clone(&continuous),
+            cq_input,
             stop,
             _lock: lock,
         });
+        let weak = Arc::downgrade(&engine);
+        continuous.set_wal_hold(Box::new(move |from| {
+            if let Some(engine) = weak.upgrade() {
+                engine.hold_wal_for_cqs(from);
+            }
+        }));
+        tokio::spawn(crate::continuous::run(
+            continuous,
+            cq_rx,
+            engine.stop.subscribe(),
+        ));
         tokio::spawn(tiering::run_flusher(
             Arc::downgrade(&engine),
             Arc::clone(&engine.flush_wanted),
@@ -330,7 +376,12 @@ impl Engine {
         let tiers = Arc::clone(&self.tiers);
         let idempotency = Arc::clone(&self.idempotency);
         let (key, logs, dead) = (entry.key, entry.logs, entry.dead_letters);
+        let cq_input = self.cq_input.clone();
         let on_durable = move |seq| {
+            // Runs on the WAL thread in sequence order: hand the rows off, never evaluate here.
+            if logs.num_rows() > 0 {
+                let _ = cq_input.send((seq, logs.clone()));
+            }
             tiers.insert(HotEntry::new(seq, logs, dead));
             if let (Some(key), Ok(mut idem)) = (key, idempotency.lock()) {
                 idem.durable(seq, key, outcome);
@@ -383,8 +434,42 @@ impl Engine {
                 tracing::error!(table = name, error = %e, "cannot register table");
             }
         }
+        let system = [
+            (
+                "alerts",
+                crate::continuous::alerts_schema(),
+                Arc::clone(&self.continuous),
+                ContinuousQueries::alerts_batch as fn(&ContinuousQueries) -> _,
+            ),
+            (
+                "continuous_queries",
+                crate::continuous::queries_schema(),
+                Arc::clone(&self.continuous),
+                ContinuousQueries::queries_batch,
+            ),
+        ];
+        for (name, schema, queries, snapshot) in system {
+            let table =
+                crate::query::system::SnapshotTable::new(schema, move || snapshot(&queries));
+            if let Err(e) = ctx.register_table(name, Arc::new(table)) {
+                tracing::error!(table = name, error = %e, "cannot register table");
+            }
+        }
         logsphere_udfs::register_all(&ctx);
         ctx
+    }
+
+    /// The continuous queries and their alerts.
+    pub fn continuous(&self) -> &ContinuousQueries {
+        &self.continuous
+    }
+
+    /// Keeps the WAL entries continuous queries would replay after a restart.
+    fn hold_wal_for_cqs(&self, from: Option<u64>) {
+        match from {
+            Some(seq) => self.hold_wal("continuous_queries", seq),
+            None => self.release_wal("continuous_queries"),
+        }
     }
 
     /// Keeps WAL segments holding entries from `from_seq` on, for a reader (e.g. a
@@ -455,4 +540,14 @@ impl Engine {
         let _guard = self.flush_lock.lock().await;
         self.wal.close();
     }
+}
+
+/// The newest `ingest_time` in a `logs` batch: the wall clock when it was ingested, used
+/// as the clock while replaying it into continuous queries.
+fn max_ingest_time(logs: &arrow::array::RecordBatch) -> Option<i64> {
+    let column = logs.column_by_name("ingest_time")?;
+    let column = column
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()?;
+    arrow::compute::max(column)
 }

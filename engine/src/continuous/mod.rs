@@ -27,19 +27,57 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not wired to ingest yet: the caller feeds batches and a clock.
+//! In the embedded engine, [`ContinuousQueries`] (`registry.rs`) keeps the definitions,
+//! feeds every durable WAL entry to each running CQ from one task ([`run`]), checkpoints
+//! them, and turns output rows into alerts (`alerts.rs`).
 
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
+mod alerts;
 mod checkpoint;
 mod plan;
+mod registry;
 mod runtime;
 
+pub use alerts::{Alert, alerts_schema};
 pub use plan::{CqPlan, QueryShape, is_monotone};
+pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
 pub use runtime::ContinuousQuery;
+
+/// One durable WAL entry's `logs` rows, on their way to the CQ task.
+pub(crate) type CqInput = (u64, RecordBatch);
+
+/// Wall-clock µs since the epoch.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The CQ task: feeds WAL entries in sequence order and ticks the wall clock every 250 ms
+/// so windows close and checkpoints are written when input stops. Runs off the WAL thread.
+pub(crate) async fn run(
+    queries: std::sync::Arc<ContinuousQueries>,
+    mut input: tokio::sync::mpsc::UnboundedReceiver<CqInput>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            entry = input.recv() => match entry {
+                Some((seq, batch)) => queries.process(seq, &batch, now_us()),
+                None => break,
+            },
+            _ = tick.tick() => queries.tick(now_us()),
+            _ = stop.changed() => break,
+        }
+    }
+}
 
 /// What `ON LATE` does with a row that arrives after its window closed but within the
 /// allowed lateness.
@@ -173,6 +211,15 @@ pub enum CqError {
     /// A checkpoint could not be written or read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// `CREATE` of a name that is taken.
+    #[error("continuous query \"{0}\" already exists")]
+    AlreadyExists(String),
+    /// A statement names a CQ that does not exist.
+    #[error("continuous query \"{0}\" does not exist")]
+    NotFound(String),
+    /// Definitions or checkpoints could not be stored or loaded.
+    #[error("continuous query storage: {0}")]
+    Storage(String),
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
 //! SQL over both tiers: the table providers DataFusion plans against.
 
+pub mod system;
 pub mod tables;

@@ -1,0 +1,623 @@
+//! The continuous queries of one engine: their definitions, running state and alerts.
+//!
+//! Definitions live in `<data_dir>/continuous_queries.json`; each CQ's checkpoint (the
+//! runtime state, the WAL sequence it covers and the CQ's alerts, together in one file so
+//! they always agree) in `<data_dir>/continuous/<hash of name>.ckpt`. Both are replaced
+//! atomically. After a restart each CQ is restored from its checkpoint and the WAL entries
+//! after it are replayed; alerts are upserted by their deterministic id, so a replay cannot
+//! add a second row for the same alert.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use logsphere_sql::{CreateContinuousQuery, Statement};
+use serde::{Deserialize, Serialize};
+
+use super::alerts::{Alert, AlertRule, alerts_batch};
+use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
+use crate::catalog::atomic_write;
+
+/// Whether a CQ consumes input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CqState {
+    Running,
+    Paused,
+}
+
+impl CqState {
+    fn as_str(self) -> &'static str {
+        match self {
+            CqState::Running => "RUNNING",
+            CqState::Paused => "PAUSED",
+        }
+    }
+}
+
+/// A stored continuous-query definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CqDefinition {
+    pub name: String,
+    /// 1, bumped by `CREATE OR REPLACE`.
+    pub version: u64,
+    /// The statement as written, for `SHOW CREATE` and to rebuild the CQ on restart.
+    pub sql_text: String,
+    pub state: CqState,
+    /// Wall-clock µs of the `CREATE`.
+    pub created_at: i64,
+    /// The first WAL sequence number the CQ reads.
+    pub from_seq: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DefinitionsFile {
+    queries: Vec<CqDefinition>,
+}
+
+/// What `CREATE CONTINUOUS QUERY` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Replaced,
+    /// `IF NOT EXISTS` and the name was taken: nothing changed.
+    Exists,
+}
+
+/// One CQ in memory.
+struct LiveCq {
+    def: CqDefinition,
+    runtime: ContinuousQuery,
+    rule: Option<AlertRule>,
+    alerts: BTreeMap<String, Alert>,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    last_checkpoint_at: Option<i64>,
+    /// The last WAL sequence number fed to (or skipped by) this CQ.
+    seq: u64,
+    /// The `seq` its last checkpoint covers: replay after a restart starts after it.
+    checkpointed_seq: u64,
+    last_fired: Option<i64>,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: BTreeMap<String, LiveCq>,
+    /// The highest WAL sequence number seen by the CQ task.
+    last_seq: u64,
+}
+
+/// The engine's continuous queries.
+pub struct ContinuousQueries {
+    defs_path: PathBuf,
+    ckpt_dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Told the first WAL sequence number a restart would replay, whenever it may change.
+    wal_hold: OnceLock<WalHold>,
+}
+
+type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
+
+impl std::fmt::Debug for ContinuousQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContinuousQueries")
+            .field("defs_path", &self.defs_path)
+            .finish()
+    }
+}
+
+fn storage(path: &Path, e: impl std::fmt::Display) -> CqError {
+    CqError::Storage(format!("{}: {e}", path.display()))
+}
+
+/// The `CREATE CONTINUOUS QUERY` in `sql_text`.
+fn parse_create(sql_text: &str) -> Result<CreateContinuousQuery, CqError> {
+    let statements =
+        logsphere_sql::parse_statements(sql_text).map_err(|e| CqError::Storage(e.to_string()))?;
+    match statements.into_iter().next() {
+        Some(Statement::CreateContinuousQuery(cq)) => Ok(*cq),
+        _ => Err(CqError::Storage(
+            "stored definition is not a CREATE CONTINUOUS QUERY".into(),
+        )),
+    }
+}
+
+/// The runtime spec for a parsed `CREATE`, refusing what v1 cannot run yet.
+pub fn spec_from(cq: &CreateContinuousQuery) -> Result<CqSpec, CqError> {
+    let unsupported = |what: &str| {
+        Err(CqError::Unsupported {
+            sql: cq.body_sql.clone(),
+            reason: format!("{what} is not supported yet"),
+        })
+    };
+    if cq.processing_time {
+        return unsupported("PROCESSING TIME");
+    }
+    if cq.into.is_some() {
+        return unsupported("INTO");
+    }
+    if cq.mode != logsphere_sql::Mode::Active {
+        return unsupported("MODE SHADOW");
+    }
+    if cq.start_from != logsphere_sql::StartFrom::Now {
+        return unsupported("START FROM other than NOW");
+    }
+    if !cq.event_time.value.eq_ignore_ascii_case("timestamp") {
+        return unsupported("EVENT TIME other than `timestamp`");
+    }
+    if let Some(alert) = &cq.alert {
+        if alert.for_.is_some() {
+            return unsupported("ALERT (FOR …)");
+        }
+        if alert.keep_firing_for.is_some() {
+            return unsupported("ALERT (KEEP FIRING FOR …)");
+        }
+        if alert.absent_for.is_some() {
+            return unsupported("ALERT (ABSENT FOR …)");
+        }
+    }
+    let mut spec = CqSpec::new(cq.body_sql.clone());
+    spec.watermark = cq.watermark;
+    spec.allowed_lateness = cq.allowed_lateness;
+    spec.on_late = match cq.on_late {
+        logsphere_sql::LateAction::Drop => OnLate::Drop,
+        logsphere_sql::LateAction::Update => OnLate::Update,
+        logsphere_sql::LateAction::Recompute => return unsupported("ON LATE RECOMPUTE"),
+        logsphere_sql::LateAction::Into(_) => return unsupported("ON LATE INTO"),
+    };
+    spec.emit = match cq.emit {
+        None => None,
+        Some(logsphere_sql::EmitPolicy::OnThreshold) => Some(EmitPolicy::OnThreshold),
+        Some(logsphere_sql::EmitPolicy::OnWindowClose) => Some(EmitPolicy::OnWindowClose),
+        Some(logsphere_sql::EmitPolicy::OnUpdate) => return unsupported("EMIT ON UPDATE"),
+        Some(logsphere_sql::EmitPolicy::Every(_)) => return unsupported("EMIT EVERY"),
+    };
+    spec.max_keys = cq
+        .max_keys()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if let Some(d) = cq.idle_timeout() {
+        spec.idle_timeout = d;
+    }
+    if let Some(d) = cq.max_ingest_delay() {
+        spec.max_ingest_delay = d;
+    }
+    Ok(spec)
+}
+
+/// Checkpoint file header (followed by the runtime's checkpoint bytes).
+#[derive(Serialize, Deserialize)]
+struct CheckpointHeader {
+    name: String,
+    version: u64,
+    seq: u64,
+    alerts: Vec<Alert>,
+}
+
+const CKPT_MAGIC: &[u8] = b"LSCQF1";
+
+impl LiveCq {
+    async fn build(def: CqDefinition, checkpoint: Option<&[u8]>) -> Result<Self, CqError> {
+        let cq = parse_create(&def.sql_text)?;
+        let spec = spec_from(&cq)?;
+        let (runtime, seq, alerts) = match checkpoint {
+            Some(bytes) => {
+                let (header, state) = decode_checkpoint(bytes)?;
+                if header.version != def.version {
+                    return Err(CqError::Checkpoint(format!(
+                        "checkpoint is of version {}, the definition is version {}",
+                        header.version, def.version
+                    )));
+                }
+                let runtime = ContinuousQuery::restore(spec, state).await?;
+                let alerts = header
+                    .alerts
+                    .into_iter()
+                    .map(|a| (a.alert_id.clone(), a))
+                    .collect();
+                (runtime, header.seq, alerts)
+            }
+            None => (
+                ContinuousQuery::new(spec).await?,
+                def.from_seq.saturating_sub(1),
+                BTreeMap::new(),
+            ),
+        };
+        let rule = AlertRule::new(
+            &cq,
+            def.version,
+            runtime.shape(),
+            runtime.plan.output_schema(),
+        )?;
+        let last_fired = alerts.values().map(|a: &Alert| a.last_seen).max();
+        Ok(Self {
+            checkpoint_interval: cq.checkpoint_interval(),
+            def,
+            runtime,
+            rule,
+            alerts,
+            last_checkpoint: Instant::now(),
+            last_checkpoint_at: None,
+            seq,
+            checkpointed_seq: seq,
+            last_fired,
+            error: None,
+        })
+    }
+
+    fn handle(&mut self, outputs: Result<Vec<CqOutput>, CqError>, now_us: i64) {
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(cq = %self.def.name, error = %e, "continuous query failed on input");
+                self.error = Some(e.to_string());
+                return;
+            }
+        };
+        let Some(rule) = &self.rule else {
+            return;
+        };
+        for out in &outputs {
+            match rule.apply(out, &mut self.alerts, now_us) {
+                Ok(new) => {
+                    if new > 0 {
+                        tracing::info!(cq = %self.def.name, new, kind = ?out.kind, "alerts fired");
+                    }
+                    self.last_fired = Some(now_us);
+                }
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
+        let state = self.runtime.checkpoint()?;
+        let header = CheckpointHeader {
+            name: self.def.name.clone(),
+            version: self.def.version,
+            seq: self.seq,
+            alerts: self.alerts.values().cloned().collect(),
+        };
+        let header = serde_json::to_vec(&header).map_err(|e| CqError::Checkpoint(e.to_string()))?;
+        let mut bytes = CKPT_MAGIC.to_vec();
+        bytes.extend((header.len() as u64).to_le_bytes());
+        bytes.extend(header);
+        bytes.extend(state);
+        let path = checkpoint_path(dir, &self.def.name);
+        atomic_write(&path, &bytes).map_err(|e| storage(&path, e))?;
+        self.last_checkpoint = Instant::now();
+        self.last_checkpoint_at = Some(now_us);
+        self.checkpointed_seq = self.seq;
+        Ok(())
+    }
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Result<(CheckpointHeader, &[u8]), CqError> {
+    let bad = |what: &str| CqError::Checkpoint(format!("checkpoint file: {what}"));
+    let rest = bytes
+        .strip_prefix(CKPT_MAGIC)
+        .ok_or_else(|| bad("not a LogSphere CQ checkpoint"))?;
+    let (len, rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
+    let len = usize::try_from(u64::from_le_bytes(len.try_into().expect("8 bytes")))
+        .map_err(|_| bad("header too long"))?;
+    let (header, state) = rest
+        .split_at_checked(len)
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    Ok((header, state))
+}
+
+fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    dir.join(format!("{h:016x}.ckpt"))
+}
+
+impl ContinuousQueries {
+    /// Loads the definitions in `data_dir` and restores each CQ from its checkpoint. A CQ
+    /// that cannot be restored starts fresh and reports why in its `error` column.
+    pub async fn open(data_dir: &Path) -> Result<Self, CqError> {
+        let defs_path = data_dir.join("continuous_queries.json");
+        let ckpt_dir = data_dir.join("continuous");
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| storage(&ckpt_dir, e))?;
+        let file: DefinitionsFile = match std::fs::read(&defs_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| storage(&defs_path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DefinitionsFile::default(),
+            Err(e) => return Err(storage(&defs_path, e)),
+        };
+        let mut inner = Inner::default();
+        for def in file.queries {
+            let path = checkpoint_path(&ckpt_dir, &def.name);
+            let checkpoint = match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(storage(&path, e)),
+            };
+            let live = match LiveCq::build(def.clone(), checkpoint.as_deref()).await {
+                Ok(live) => live,
+                Err(e) if checkpoint.is_some() => {
+                    tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
+                    let mut live = LiveCq::build(def.clone(), None).await?;
+                    live.error = Some(format!("checkpoint not restored: {e}"));
+                    live
+                }
+                Err(e) => return Err(e),
+            };
+            inner.last_seq = inner.last_seq.max(live.seq);
+            inner.live.insert(def.name.clone(), live);
+        }
+        Ok(Self {
+            defs_path,
+            ckpt_dir,
+            inner: Mutex::new(inner),
+            wal_hold: OnceLock::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lowest WAL sequence number a restart would replay into some CQ (`None`: no
+    /// CQs): the WAL must keep entries from here on.
+    pub fn replay_from(&self) -> Option<u64> {
+        Self::first_needed(&self.lock())
+    }
+
+    fn first_needed(inner: &Inner) -> Option<u64> {
+        inner.live.values().map(|l| l.checkpointed_seq + 1).min()
+    }
+
+    /// Sets what keeps the WAL entries a restart would replay, and calls it once now.
+    pub(crate) fn set_wal_hold(&self, hold: WalHold) {
+        let _ = self.wal_hold.set(hold);
+        self.update_hold(&self.lock());
+    }
+
+    fn update_hold(&self, inner: &Inner) {
+        if let Some(hold) = self.wal_hold.get() {
+            hold(Self::first_needed(inner));
+        }
+    }
+
+    fn save_definitions(&self, inner: &Inner) -> Result<(), CqError> {
+        let file = DefinitionsFile {
+            queries: inner.live.values().map(|l| l.def.clone()).collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| storage(&self.defs_path, e))?;
+        atomic_write(&self.defs_path, &bytes).map_err(|e| storage(&self.defs_path, e))
+    }
+
+    /// `CREATE [OR REPLACE] CONTINUOUS QUERY [IF NOT EXISTS]`: validates the body by
+    /// building the runtime, then stores the definition.
+    pub async fn create(
+        &self,
+        cq: &CreateContinuousQuery,
+        now_us: i64,
+    ) -> Result<Created, CqError> {
+        let name = cq.name.to_string();
+        let existing = self.lock().live.get(&name).map(|l| l.def.version);
+        if existing.is_some() {
+            if cq.if_not_exists {
+                return Ok(Created::Exists);
+            }
+            if !cq.or_replace {
+                return Err(CqError::AlreadyExists(name));
+            }
+        }
+        let def = CqDefinition {
+            name: name.clone(),
+            version: existing.map_or(1, |v| v + 1),
+            sql_text: cq.sql_text.clone(),
+            state: CqState::Running,
+            created_at: now_us,
+            from_seq: 0,
+        };
+        let mut live = LiveCq::build(def, None).await?;
+        let mut inner = self.lock();
+        if inner.live.contains_key(&name) != existing.is_some() {
+            return Err(CqError::AlreadyExists(name));
+        }
+        live.def.from_seq = inner.last_seq + 1;
+        live.seq = inner.last_seq;
+        live.checkpointed_seq = inner.last_seq;
+        let old = inner.live.insert(name.clone(), live);
+        let outcome = if let Some(old) = old {
+            // A new version starts with fresh state; the old version's alerts stay listed.
+            let l = inner.live.get_mut(&name).expect("just inserted");
+            l.alerts.extend(old.alerts);
+            Created::Replaced
+        } else {
+            Created::New
+        };
+        if let Err(e) = self.save_definitions(&inner) {
+            inner.live.remove(&name);
+            return Err(e);
+        }
+        // Hold the WAL from the new CQ's first entry before anything can flush it away.
+        self.update_hold(&inner);
+        let dir = self.ckpt_dir.clone();
+        if let Some(l) = inner.live.get_mut(&name) {
+            l.checkpoint(&dir, now_us)?;
+        }
+        self.update_hold(&inner);
+        Ok(outcome)
+    }
+
+    /// `DROP CONTINUOUS QUERY [IF EXISTS]`; returns whether one was dropped. Its alerts go
+    /// with it.
+    pub fn drop_query(&self, name: &str, if_exists: bool) -> Result<bool, CqError> {
+        let mut inner = self.lock();
+        let Some(old) = inner.live.remove(name) else {
+            return if if_exists {
+                Ok(false)
+            } else {
+                Err(CqError::NotFound(name.to_string()))
+            };
+        };
+        if let Err(e) = self.save_definitions(&inner) {
+            inner.live.insert(name.to_string(), old);
+            return Err(e);
+        }
+        self.update_hold(&inner);
+        let path = checkpoint_path(&self.ckpt_dir, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(storage(&path, e)),
+        }
+    }
+
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`.
+    pub fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
+        let mut inner = self.lock();
+        let live = inner
+            .live
+            .get_mut(name)
+            .ok_or_else(|| CqError::NotFound(name.to_string()))?;
+        let before = live.def.state;
+        live.def.state = state;
+        if let Err(e) = self.save_definitions(&inner) {
+            if let Some(l) = inner.live.get_mut(name) {
+                l.def.state = before;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The `CREATE` text of `name`, as written.
+    pub fn sql_text(&self, name: &str) -> Result<String, CqError> {
+        self.lock()
+            .live
+            .get(name)
+            .map(|l| l.def.sql_text.clone())
+            .ok_or_else(|| CqError::NotFound(name.to_string()))
+    }
+
+    /// Feeds one durable WAL entry's `logs` rows to every running CQ that has not seen it.
+    pub fn process(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
+        let mut inner = self.lock();
+        inner.last_seq = inner.last_seq.max(seq);
+        for live in inner.live.values_mut() {
+            if seq <= live.seq {
+                continue;
+            }
+            live.seq = seq;
+            if live.def.state != CqState::Running || batch.num_rows() == 0 {
+                continue;
+            }
+            let outputs = live
+                .runtime
+                .process("wal", Position::Wal { seq }, batch, now_us);
+            live.handle(outputs, now_us);
+        }
+    }
+
+    /// A timer tick: moves watermarks on the wall clock and writes due checkpoints.
+    pub fn tick(&self, now_us: i64) {
+        let dir = self.ckpt_dir.clone();
+        let mut inner = self.lock();
+        for live in inner.live.values_mut() {
+            if live.def.state == CqState::Running {
+                let outputs = live.runtime.advance(now_us);
+                live.handle(outputs, now_us);
+                if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
+                    rule.resolve(&mut live.alerts, w, now_us);
+                }
+            }
+            if live.last_checkpoint.elapsed() >= live.checkpoint_interval
+                && let Err(e) = live.checkpoint(&dir, now_us)
+            {
+                tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
+                live.error = Some(e.to_string());
+            }
+        }
+        self.update_hold(&inner);
+    }
+
+    /// The `alerts` system table, now.
+    pub fn alerts_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let inner = self.lock();
+        alerts_batch(inner.live.values().flat_map(|l| l.alerts.values()))
+    }
+
+    /// The `continuous_queries` system table, now.
+    pub fn queries_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let inner = self.lock();
+        let l: Vec<&LiveCq> = inner.live.values().collect();
+        let s = |f: &dyn Fn(&LiveCq) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from_iter(l.iter().map(|x| f(x))))
+        };
+        let ts = |f: &dyn Fn(&LiveCq) -> Option<i64>| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(l.iter().map(|x| f(x))).with_timezone("UTC"),
+            )
+        };
+        let int = |f: &dyn Fn(&LiveCq) -> u64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(
+                l.iter().map(|x| i64::try_from(f(x)).unwrap_or(i64::MAX)),
+            ))
+        };
+        RecordBatch::try_new(
+            queries_schema(),
+            vec![
+                s(&|x| Some(x.def.name.clone())),
+                int(&|x| x.def.version),
+                s(&|x| Some(x.def.state.as_str().to_string())),
+                s(&|x| Some(x.def.sql_text.clone())),
+                s(&|x| {
+                    Some(
+                        match x.runtime.emit_policy() {
+                            EmitPolicy::OnThreshold if x.runtime.plan.agg.is_some() => {
+                                "ON THRESHOLD"
+                            }
+                            EmitPolicy::OnWindowClose if x.runtime.plan.agg.is_some() => {
+                                "ON WINDOW CLOSE"
+                            }
+                            _ => "PER ROW",
+                        }
+                        .to_string(),
+                    )
+                }),
+                ts(&|x| x.runtime.watermark().filter(|w| *w > i64::MIN)),
+                int(&|x| x.runtime.metrics().rows_in),
+                int(&|x| x.runtime.metrics().late_rows_updated),
+                int(&|x| x.runtime.metrics().late_rows_dropped),
+                int(&|x| x.runtime.live_keys() as u64),
+                int(&|x| x.alerts.len() as u64),
+                ts(&|x| x.last_fired),
+                ts(&|x| x.last_checkpoint_at),
+                int(&|x| x.seq),
+                s(&|x| x.error.clone()),
+            ],
+        )
+    }
+}
+
+/// Schema of the `continuous_queries` system table.
+pub fn queries_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+        Field::new("emit", DataType::Utf8, false),
+        Field::new("watermark", ts(), true),
+        Field::new("rows_in", DataType::Int64, false),
+        Field::new("late_rows_updated", DataType::Int64, false),
+        Field::new("late_rows_dropped", DataType::Int64, false),
+        Field::new("state_keys", DataType::Int64, false),
+        Field::new("alerts", DataType::Int64, false),
+        Field::new("last_fired", ts(), true),
+        Field::new("last_checkpoint", ts(), true),
+        Field::new("wal_seq", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
