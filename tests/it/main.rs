@@ -1,4 +1,5 @@
 mod clients;
+mod continuous;
 mod crash;
 mod ingest;
 mod pgwire;

@@ -303,13 +303,36 @@ async fn continuous_query_statements_are_recognised_on_both_protocols() {
             db.message()
         );
     }
+    // A well-formed CREATE runs on either protocol; the second one finds the name taken.
     let good = "CREATE CONTINUOUS QUERY critical ALERT (SEVERITY 'critical') AS \
                 SELECT timestamp, source, message FROM logs WHERE log_level = 'CRITICAL'";
+    client
+        .simple_query(good)
+        .await
+        .expect("CREATE over the simple protocol");
+    let err = client
+        .execute(good, &[])
+        .await
+        .expect_err("the name is taken");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code(), &SqlState::DUPLICATE_OBJECT, "{}", db.message());
+    assert!(
+        db.message().contains("\"critical\" already exists"),
+        "{}",
+        db.message()
+    );
+    // What parses but does not run yet says so.
     for result in [
-        client.simple_query(good).await.map(|_| ()),
-        client.execute(good, &[]).await.map(|_| ()),
+        client
+            .simple_query("EXPLAIN CONTINUOUS QUERY critical")
+            .await
+            .map(|_| ()),
+        client
+            .execute("EXPLAIN CONTINUOUS QUERY critical", &[])
+            .await
+            .map(|_| ()),
     ] {
-        let err = result.expect_err("continuous queries do not run yet");
+        let err = result.expect_err("EXPLAIN CONTINUOUS QUERY does not run yet");
         let db = err.as_db_error().expect("a server error");
         assert_eq!(
             db.code(),
@@ -318,7 +341,7 @@ async fn continuous_query_statements_are_recognised_on_both_protocols() {
             db.message()
         );
         assert!(
-            db.message().starts_with("CREATE CONTINUOUS QUERY parsed"),
+            db.message().starts_with("EXPLAIN CONTINUOUS QUERY parsed"),
             "{}",
             db.message()
         );

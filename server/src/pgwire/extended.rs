@@ -126,7 +126,9 @@ impl ExtendedQueryHandler for QueryHandler {
                 if failed {
                     return Err(in_failed_transaction());
                 }
-                statement.execute(&self.session).await
+                statement
+                    .execute(&self.session, &portal.result_column_format)
+                    .await
             }
             Prepared::Plan(planned) => {
                 if failed {

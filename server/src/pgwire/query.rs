@@ -640,7 +640,7 @@ impl Prepared {
     pub(crate) fn result_fields(&self, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
         match self {
             Prepared::Local(local) => Ok(local.result_fields()),
-            Prepared::LogSphere(statement) => Ok(statement.result_fields()),
+            Prepared::LogSphere(statement) => statement.result_fields(format),
             Prepared::Plan(planned) => planned.result_fields(format),
         }
     }

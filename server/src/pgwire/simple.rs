@@ -43,7 +43,11 @@ impl SimpleQueryHandler for QueryHandler {
     {
         tracing::debug!(peer = %client.socket_addr(), sql, "simple query");
         if let Some(statement) = statements::recognise(sql) {
-            return Ok(vec![statement?.execute(&self.session).await?]);
+            return Ok(vec![
+                statement?
+                    .execute(&self.session, &Format::UnifiedText)
+                    .await?,
+            ]);
         }
         let statements = query::parse(&self.parser, sql)?;
         if statements.is_empty() {
@@ -103,7 +107,9 @@ impl QueryHandler {
                 report_parameters(client, outcome.reports).await?;
                 Ok(outcome.response)
             }
-            Prepared::LogSphere(statement) => statement.execute(&self.session).await,
+            Prepared::LogSphere(statement) => {
+                statement.execute(&self.session, &Format::UnifiedText).await
+            }
             Prepared::Plan(planned) => {
                 planned
                     .execute(&self.session, None, &Format::UnifiedText)

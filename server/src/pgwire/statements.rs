@@ -3,23 +3,42 @@
 //!
 //! Both query paths go through here first: a simple query calls [`recognise`] on its whole
 //! text, and an extended-protocol Parse calls it on the statement text, stores the result
-//! and runs it at Execute. The statements themselves are parsed by `logsphere-sql`.
-//! Continuous queries do not run yet: a well-formed statement is refused with
-//! `0A000 feature_not_supported`, a malformed one with `42601` and its line and column, so a
-//! client learns which of the two it is; [`LogSphereStatement`] gets its variants when the
-//! continuous-query runtime is wired in.
+//! and runs it at Execute. The statements themselves are parsed by `logsphere-sql` and run
+//! against the engine's [`ContinuousQueries`](logsphere_engine::continuous::ContinuousQueries);
+//! the `SHOW` statements become SELECTs over the `continuous_queries` and `alerts` system
+//! tables, so they accept the same filters and encodings as any query. A malformed
+//! statement is refused with `42601` and its line and column; `EXPLAIN CONTINUOUS QUERY`
+//! and `BACKTEST` parse but do not run yet (`0A000`).
 
 use std::sync::Arc;
 
-use pgwire::api::results::{FieldInfo, Response};
-use pgwire::error::PgWireResult;
+use arrow_pg::datatypes::arrow_schema_to_pg_fields;
+use arrow_pg::datatypes::df::encode_dataframe;
+use datafusion::arrow::datatypes::SchemaRef;
+use logsphere_engine::continuous::{CqError, CqState, Created, alerts_schema, queries_schema};
+use logsphere_sql::{AlterAction, CreateContinuousQuery, ShowFilter, Statement};
+use pgwire::api::Type;
+use pgwire::api::portal::Format;
+use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::error::{PgWireError, PgWireResult};
 
-use super::errors::user_error;
-use super::session::Session;
+use super::errors::{self, sqlstate, user_error};
+use super::session::{Session, lock};
 
 /// A statement only LogSphere understands, parsed from SQL text.
 #[derive(Debug, Clone)]
-pub(crate) enum LogSphereStatement {}
+pub(crate) enum LogSphereStatement {
+    /// `CREATE [OR REPLACE] CONTINUOUS QUERY [IF NOT EXISTS] …`.
+    Create(Box<CreateContinuousQuery>),
+    /// `DROP CONTINUOUS QUERY [IF EXISTS] name`.
+    Drop { name: String, if_exists: bool },
+    /// `ALTER CONTINUOUS QUERY name PAUSE | RESUME`.
+    Alter { name: String, action: AlterAction },
+    /// `SHOW CREATE CONTINUOUS QUERY name`.
+    ShowCreate(String),
+    /// `SHOW CONTINUOUS QUERIES …` or `SHOW ALERTS …`, as a SELECT over a system table.
+    Show { sql: String, schema: SchemaRef },
+}
 
 /// Parses `sql` as one of LogSphere's own statements; `None` means it is ordinary SQL for
 /// DataFusion.
@@ -29,49 +48,207 @@ pub(crate) fn recognise(sql: &str) -> Option<PgWireResult<LogSphereStatement>> {
     }
     Some(match logsphere_sql::parse_statements(sql) {
         Err(e) => Err(user_error(SYNTAX_ERROR, e.to_string())),
-        Ok(statements) => {
-            let what = statements
-                .iter()
-                .find_map(describe)
-                .unwrap_or("this statement");
-            Err(user_error(
+        Ok(mut statements) if statements.len() == 1 => convert(statements.remove(0)),
+        Ok(_) => Err(user_error(
+            FEATURE_NOT_SUPPORTED,
+            "send continuous-query statements one at a time, not together with other statements",
+        )),
+    })
+}
+
+fn convert(statement: Statement) -> PgWireResult<LogSphereStatement> {
+    use logsphere_sql::Statement as S;
+    Ok(match statement {
+        S::CreateContinuousQuery(cq) => LogSphereStatement::Create(cq),
+        S::DropContinuousQuery { name, if_exists } => LogSphereStatement::Drop {
+            name: name.to_string(),
+            if_exists,
+        },
+        S::AlterContinuousQuery { name, action } => LogSphereStatement::Alter {
+            name: name.to_string(),
+            action,
+        },
+        S::ShowCreateContinuousQuery { name } => LogSphereStatement::ShowCreate(name.to_string()),
+        S::ShowContinuousQueries { filter } => {
+            let filter = match filter {
+                None => String::new(),
+                Some(ShowFilter::Like(pattern)) => format!(" WHERE name LIKE {}", quote(&pattern)),
+                Some(ShowFilter::Where(expr)) => format!(" WHERE {expr}"),
+            };
+            LogSphereStatement::Show {
+                sql: format!("SELECT * FROM continuous_queries{filter} ORDER BY name"),
+                schema: queries_schema(),
+            }
+        }
+        S::ShowAlerts { cq, filter } => {
+            let mut conditions = Vec::new();
+            if let Some(cq) = cq {
+                conditions.push(format!("cq_name = {}", quote(&cq.to_string())));
+            }
+            if let Some(expr) = filter {
+                conditions.push(format!("({expr})"));
+            }
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            LogSphereStatement::Show {
+                sql: format!("SELECT * FROM alerts{filter} ORDER BY cq_name, fired_at, alert_id"),
+                schema: alerts_schema(),
+            }
+        }
+        S::ExplainContinuousQuery(_) => return Err(not_yet("EXPLAIN CONTINUOUS QUERY")),
+        S::Backtest { .. } => return Err(not_yet("BACKTEST")),
+        S::DataFusion(_) => {
+            return Err(user_error(
                 FEATURE_NOT_SUPPORTED,
-                format!(
-                    "{what} parsed, but continuous queries cannot run in this LogSphere build yet; \
-                     run the query's SELECT directly to see what it would find"
-                ),
-            ))
+                "send continuous-query statements one at a time, not together with other statements",
+            ));
         }
     })
 }
 
-fn describe(s: &logsphere_sql::Statement) -> Option<&'static str> {
-    use logsphere_sql::Statement as S;
-    Some(match s {
-        S::DataFusion(_) => return None,
-        S::CreateContinuousQuery(_) => "CREATE CONTINUOUS QUERY",
-        S::ShowContinuousQueries { .. } => "SHOW CONTINUOUS QUERIES",
-        S::ShowCreateContinuousQuery { .. } => "SHOW CREATE CONTINUOUS QUERY",
-        S::ShowAlerts { .. } => "SHOW ALERTS",
-        S::DropContinuousQuery { .. } => "DROP CONTINUOUS QUERY",
-        S::AlterContinuousQuery { .. } => "ALTER CONTINUOUS QUERY",
-        S::ExplainContinuousQuery(_) => "EXPLAIN CONTINUOUS QUERY",
-        S::Backtest { .. } => "BACKTEST",
-    })
+fn not_yet(what: &str) -> PgWireError {
+    user_error(
+        FEATURE_NOT_SUPPORTED,
+        format!(
+            "{what} parsed, but it cannot run in this LogSphere build yet; \
+             run the query's SELECT directly to see what it would find"
+        ),
+    )
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 const SYNTAX_ERROR: &str = "42601";
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
+const DUPLICATE_OBJECT: &str = "42710";
+const INVALID_OBJECT_DEFINITION: &str = "42P17";
+
+/// The SQLSTATE a client can branch on for each continuous-query error.
+fn cq_error(e: &CqError) -> PgWireError {
+    let code = match e {
+        CqError::AlreadyExists(_) => DUPLICATE_OBJECT,
+        CqError::NotFound(_) => sqlstate::UNDEFINED_OBJECT,
+        CqError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
+        CqError::DataFusion(df) => {
+            let info = errors::error_info(df);
+            return user_error(
+                if info.code == sqlstate::INTERNAL_ERROR {
+                    INVALID_OBJECT_DEFINITION
+                } else {
+                    info.code.as_str()
+                },
+                format!("invalid continuous query: {}", info.message),
+            );
+        }
+        CqError::Arrow(_) | CqError::Input(_) => INVALID_OBJECT_DEFINITION,
+        CqError::Checkpoint(_) | CqError::Storage(_) => sqlstate::INTERNAL_ERROR,
+    };
+    user_error(code, e.to_string())
+}
 
 impl LogSphereStatement {
     /// The columns the statement returns (for Describe); empty for a command.
-    pub(crate) fn result_fields(&self) -> Vec<FieldInfo> {
-        match *self {}
+    pub(crate) fn result_fields(&self, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+        match self {
+            LogSphereStatement::Show { schema, .. } => {
+                arrow_schema_to_pg_fields(schema, format, None)
+            }
+            LogSphereStatement::ShowCreate(_) => Ok(show_create_fields(format)),
+            _ => Ok(Vec::new()),
+        }
     }
 
-    /// Runs the statement in `session`.
-    pub(crate) async fn execute(&self, session: &Arc<Session>) -> PgWireResult<Response> {
-        let _ = session;
-        match *self {}
+    /// Runs the statement in `session`, encoding rows in `format`.
+    pub(crate) async fn execute(
+        &self,
+        session: &Arc<Session>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        let queries = session.engine.continuous();
+        match self {
+            LogSphereStatement::Create(cq) => {
+                match queries
+                    .create(cq, now_us())
+                    .await
+                    .map_err(|e| cq_error(&e))?
+                {
+                    Created::New | Created::Replaced => {}
+                    Created::Exists => tracing::info!(
+                        cq = %cq.name,
+                        "continuous query exists; IF NOT EXISTS leaves it unchanged"
+                    ),
+                }
+                if !cq.notify.is_empty() {
+                    tracing::warn!(
+                        cq = %cq.name,
+                        "NOTIFY channels are accepted but not delivered yet; alerts go to the `alerts` table"
+                    );
+                }
+                Ok(Response::Execution(Tag::new("CREATE CONTINUOUS QUERY")))
+            }
+            LogSphereStatement::Drop { name, if_exists } => {
+                queries
+                    .drop_query(name, *if_exists)
+                    .map_err(|e| cq_error(&e))?;
+                Ok(Response::Execution(Tag::new("DROP CONTINUOUS QUERY")))
+            }
+            LogSphereStatement::Alter { name, action } => {
+                let state = match action {
+                    AlterAction::Pause => CqState::Paused,
+                    AlterAction::Resume => CqState::Running,
+                };
+                queries.set_state(name, state).map_err(|e| cq_error(&e))?;
+                Ok(Response::Execution(Tag::new("ALTER CONTINUOUS QUERY")))
+            }
+            LogSphereStatement::ShowCreate(name) => {
+                let text = queries.sql_text(name).map_err(|e| cq_error(&e))?;
+                let fields = Arc::new(show_create_fields(format));
+                let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+                encoder.encode_field(&Some(name.clone()))?;
+                encoder.encode_field(&Some(text))?;
+                let row = encoder.take_row();
+                let mut response = QueryResponse::new(fields, futures::stream::iter(vec![Ok(row)]));
+                response.set_command_tag("SHOW");
+                Ok(Response::Query(response))
+            }
+            LogSphereStatement::Show { sql, .. } => {
+                session.engine.note_query();
+                let df = session
+                    .ctx
+                    .sql(sql)
+                    .await
+                    .map_err(|e| errors::datafusion_error(&e))?;
+                let format_options = Arc::new(lock(&session.vars).format_options());
+                let mut response = encode_dataframe(df, format, Some(format_options))
+                    .await
+                    .map_err(|mut e| {
+                        errors::normalise(&mut e);
+                        e
+                    })?;
+                response.set_command_tag("SHOW");
+                Ok(Response::Query(response))
+            }
+        }
     }
+}
+
+fn show_create_fields(format: &Format) -> Vec<FieldInfo> {
+    ["name", "create_statement"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| FieldInfo::new(n.to_owned(), None, None, Type::TEXT, format.format_for(i)))
+        .collect()
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -1,0 +1,396 @@
+//! Continuous queries end to end: definitions over pgwire, alerts from ingested logs, and
+//! a SIGKILL restart that keeps both without duplicating an alert.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use logsphere_tests::Server;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// Seed rule A (CONTINUOUS_QUERIES.md §6 example 1), as written there.
+const RULE_A: &str = "CREATE CONTINUOUS QUERY critical_log_alert
+  ALERT (
+    SEVERITY 'critical',
+    DEDUP BY (source, log_level),
+    COOLDOWN INTERVAL '5 minutes',
+    RESOLVE AFTER INTERVAL '15 minutes',
+    LABELS (team = 'sre'),
+    ANNOTATIONS (summary = '{log_level} from {source}: {message}')
+  )
+  NOTIFY (TABLE alerts, KAFKA 'logsphere.alerts',
+          WEBHOOK 'https://hooks.example.com/pager' WITH (timeout = '5s'))
+  WITH (checkpoint_interval = '1s')
+AS SELECT timestamp, source, log_level, message
+   FROM logs
+   WHERE log_level IN ('CRITICAL', 'FATAL')";
+
+/// Seed rule B (§6 example 2) with a 1 s watermark to keep the test fast.
+const RULE_B: &str = "CREATE CONTINUOUS QUERY error_burst_per_source
+  WATERMARK INTERVAL '1 second'
+  ALLOWED LATENESS INTERVAL '2 minutes' ON LATE UPDATE
+  EMIT ON THRESHOLD
+  ALERT (SEVERITY 'warning', COOLDOWN INTERVAL '10 minutes')
+  NOTIFY (TABLE alerts, WEBHOOK 'https://hooks.example.com/slack')
+  COMMENT 'more than 100 ERROR logs in one minute, per source'
+  WITH (checkpoint_interval = '1s')
+AS SELECT window_start, window_end, source, count(*) AS error_count
+   FROM TUMBLE(logs, timestamp, INTERVAL '1 minute')
+   WHERE log_level = 'ERROR'
+   GROUP BY window_start, window_end, source
+   HAVING count(*) > 100";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn records(n: usize, ts_ms: i64, level: &str, source: &str) -> Vec<u8> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{ts_ms},\"level\":\"{level}\",\"source\":\"{source}\",\"message\":\"event {i}\"}}\n"
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Polls `sql` (one i64) until `done` holds, for at most 20 s; returns the last value.
+async fn wait_i64(client: &Client, sql: &str, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
+        if done(v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the CQ `name` has taken in at least `rows` input rows.
+async fn wait_rows_in(client: &Client, name: &str, rows: i64) {
+    let sql = format!("SELECT rows_in FROM continuous_queries WHERE name = '{name}'");
+    let got = wait_i64(client, &sql, |v| v >= rows).await;
+    assert!(got >= rows, "{name} saw {got} rows, expected {rows}");
+}
+
+/// `(alert_id, labels, observation_count, value)` of every alert of `cq`, by id.
+async fn alerts(client: &Client, cq: &str) -> Vec<(String, String, i64, String)> {
+    client
+        .query(
+            "SELECT alert_id, labels, observation_count, value FROM alerts \
+             WHERE cq_name = $1 ORDER BY alert_id",
+            &[&cq],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn code(result: Result<u64, tokio_postgres::Error>) -> SqlState {
+    let err = result.expect_err("the statement fails");
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"))
+        .code()
+        .clone()
+}
+
+#[tokio::test]
+async fn seed_rule_a_folds_a_storm_into_one_alert_and_survives_restart() {
+    let mut server = Server::start();
+    let client = server.pg_client().await;
+    client.batch_execute(RULE_A).await.unwrap();
+
+    let t = now_ms();
+    server.post_expect(&records(1, t, "CRITICAL", "web-1"), 1, 0);
+    let count = "SELECT count(*) FROM alerts WHERE cq_name = 'critical_log_alert'";
+    assert_eq!(wait_i64(&client, count, |n| n >= 1).await, 1);
+    let rows = client
+        .query(
+            "SELECT severity, state, labels, annotations, window_start IS NULL \
+             FROM alerts WHERE cq_name = 'critical_log_alert'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let row = &rows[0];
+    assert_eq!(row.get::<_, String>(0), "critical");
+    assert_eq!(row.get::<_, String>(1), "firing");
+    let labels: serde_json::Value = serde_json::from_str(&row.get::<_, String>(2)).unwrap();
+    assert_eq!(
+        labels,
+        serde_json::json!({"source": "web-1", "log_level": "CRITICAL", "team": "sre"})
+    );
+    let annotations: serde_json::Value = serde_json::from_str(&row.get::<_, String>(3)).unwrap();
+    assert_eq!(
+        annotations["summary"], "CRITICAL from web-1: event 0",
+        "{annotations}"
+    );
+    assert!(row.get::<_, bool>(4));
+
+    // FATAL is stored as CRITICAL: the same instance, folded in. ERROR does not match, and
+    // another source is another instance.
+    server.post_expect(&records(1, t + 1000, "FATAL", "web-1"), 1, 0);
+    server.post_expect(&records(1, t + 1000, "ERROR", "web-1"), 1, 0);
+    wait_rows_in(&client, "critical_log_alert", 3).await;
+    let obs = "SELECT max(observation_count) FROM alerts WHERE cq_name = 'critical_log_alert'";
+    assert_eq!(wait_i64(&client, obs, |n| n >= 2).await, 2);
+    server.post_expect(&records(1, t + 2000, "CRITICAL", "web-2"), 1, 0);
+    assert_eq!(wait_i64(&client, count, |n| n >= 2).await, 2);
+    let before = alerts(&client, "critical_log_alert").await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(
+        before.iter().map(|a| a.2).sum::<i64>(),
+        3,
+        "observations: {before:?}"
+    );
+
+    // SIGKILL after a checkpoint covering every alert, twice: nothing is added or
+    // counted again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(client);
+    server.restart();
+    let client = server.pg_client().await;
+    assert_eq!(alerts(&client, "critical_log_alert").await, before);
+    server.restart();
+    let client = server.pg_client().await;
+    assert_eq!(alerts(&client, "critical_log_alert").await, before);
+    let shown = client
+        .simple_query("SHOW CONTINUOUS QUERIES LIKE 'critical%'")
+        .await
+        .unwrap();
+    let names: Vec<String> = shown
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("name").map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, vec!["critical_log_alert".to_string()]);
+
+    // It keeps running after the restart; killed again before its next checkpoint, the
+    // replay of the entries after the last one rebuilds the same alerts.
+    server.post_expect(&records(1, t + 3000, "CRITICAL", "web-3"), 1, 0);
+    assert_eq!(wait_i64(&client, count, |n| n >= 3).await, 3);
+    let after = alerts(&client, "critical_log_alert").await;
+    drop(client);
+    server.restart();
+    let client = server.pg_client().await;
+    assert_eq!(alerts(&client, "critical_log_alert").await, after);
+}
+
+#[tokio::test]
+async fn seed_rule_b_fires_once_per_source_and_window_and_survives_restart() {
+    // Small WAL segments, so a flush deletes the ones not held for the CQ's replay.
+    let mut server = Server::start_with_config("[storage]\nwal_segment_bytes = 4096\n");
+    let client = server.pg_client().await;
+    // No checkpoint after CREATE within the test: the restart rebuilds every alert from
+    // the WAL alone.
+    client
+        .batch_execute(&RULE_B.replace(
+            "checkpoint_interval = '1s'",
+            "checkpoint_interval = '1 hour'",
+        ))
+        .await
+        .unwrap();
+    let cq = "error_burst_per_source";
+
+    // All in one minute of event time; the window is still open (watermark 1 s).
+    let minute = now_ms() / 60_000 * 60_000;
+    let t = minute + 30_000;
+    server.post_expect(&records(99, t, "ERROR", "quiet"), 99, 0);
+    wait_rows_in(&client, cq, 99).await;
+    assert_eq!(alerts(&client, cq).await.len(), 0, "99 errors are no burst");
+
+    server.post_expect(&records(150, t, "ERROR", "api"), 150, 0);
+    let count = "SELECT count(*) FROM alerts WHERE cq_name = 'error_burst_per_source'";
+    assert_eq!(wait_i64(&client, count, |n| n >= 1).await, 1);
+    let one = alerts(&client, cq).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&one[0].1).unwrap(),
+        serde_json::json!({"source": "api"})
+    );
+    // ON THRESHOLD: fired in the open window, at the crossing batch.
+    let value: serde_json::Value = serde_json::from_str(&one[0].3).unwrap();
+    assert_eq!(value["error_count"], 150, "{value}");
+
+    server.post_expect(&records(150, t, "ERROR", "db"), 150, 0);
+    assert_eq!(wait_i64(&client, count, |n| n >= 2).await, 2);
+
+    // A record two minutes later moves the watermark past the window's end: the window
+    // closes, and its final row updates the same two alerts.
+    server.post_expect(&records(1, t + 120_000, "INFO", "api"), 1, 0);
+    let obs = "SELECT min(observation_count) FROM alerts WHERE cq_name = 'error_burst_per_source'";
+    assert_eq!(wait_i64(&client, obs, |n| n >= 2).await, 2);
+    let before = alerts(&client, cq).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let window: Vec<(i64,)> = client
+        .query(
+            "SELECT CAST(to_unixtime(window_start) * 1000 AS BIGINT) FROM alerts \
+             WHERE cq_name = 'error_burst_per_source'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0),))
+        .collect();
+    assert_eq!(window, vec![(minute,), (minute,)]);
+
+    assert_eq!(server.flush(), 400);
+    drop(client);
+    server.restart();
+    let client = server.pg_client().await;
+    assert_eq!(alerts(&client, cq).await, before);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 400);
+    // Ticks after the restart change nothing either.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(alerts(&client, cq).await, before);
+    let state: String = client
+        .query_one(
+            "SELECT state FROM continuous_queries WHERE name = 'error_burst_per_source'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "RUNNING");
+    let shown = client
+        .simple_query("SHOW ALERTS FOR error_burst_per_source WHERE state = 'firing'")
+        .await
+        .unwrap();
+    let rows = shown
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn continuous_query_definitions_are_managed_over_both_protocols() {
+    let mut server = Server::start();
+    let client = server.pg_client().await;
+    let create = "CREATE CONTINUOUS QUERY crit ALERT (SEVERITY 'critical') AS \
+                  SELECT timestamp, source FROM logs WHERE log_level = 'CRITICAL'";
+    client.execute(create, &[]).await.unwrap();
+    assert_eq!(
+        code(client.execute(create, &[]).await),
+        SqlState::DUPLICATE_OBJECT
+    );
+    assert_eq!(
+        code(client.batch_execute(create).await.map(|_| 0)),
+        SqlState::DUPLICATE_OBJECT
+    );
+    client
+        .execute(
+            &create.replace("QUERY crit", "QUERY IF NOT EXISTS crit"),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // SHOW CREATE gives the statement back as written, on both protocols.
+    let row = client
+        .query_one("SHOW CREATE CONTINUOUS QUERY crit", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(1), create);
+    let simple = client
+        .simple_query("SHOW CREATE CONTINUOUS QUERY crit")
+        .await
+        .unwrap();
+    assert!(simple.iter().any(|m| matches!(m,
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(1) == Some(create))));
+
+    // OR REPLACE makes version 2; PAUSE and RESUME are listed.
+    client
+        .execute(&create.replace("CREATE", "CREATE OR REPLACE"), &[])
+        .await
+        .unwrap();
+    client
+        .execute("ALTER CONTINUOUS QUERY crit PAUSE", &[])
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT version, state FROM continuous_queries WHERE name = 'crit'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (2, "PAUSED".into())
+    );
+    server.restart();
+    let client = server.pg_client().await;
+    let row = client
+        .query_one("SHOW CONTINUOUS QUERIES", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>("name"), "crit");
+    assert_eq!(row.get::<_, String>("state"), "PAUSED");
+    assert_eq!(row.get::<_, i64>("version"), 2);
+    client
+        .batch_execute("ALTER CONTINUOUS QUERY crit RESUME")
+        .await
+        .unwrap();
+
+    // Shapes the runtime cannot run, options not built yet, and unknown columns are
+    // refused with a reason; nothing is stored.
+    for (sql, expected) in [
+        (
+            "CREATE CONTINUOUS QUERY bad AS SELECT source, count(*) FROM logs GROUP BY source",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "CREATE CONTINUOUS QUERY bad INTO t AS SELECT source FROM logs",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "CREATE CONTINUOUS QUERY bad ALERT (DEDUP BY (nope)) AS SELECT source FROM logs",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+    ] {
+        assert_eq!(code(client.execute(sql, &[]).await), expected, "{sql}");
+    }
+    let err = client
+        .execute("CREATE CONTINUOUS QUERY bad AS SELECT nope FROM logs", &[])
+        .await
+        .expect_err("unknown column");
+    let db = err.as_db_error().unwrap();
+    assert_ne!(db.code(), &SqlState::INTERNAL_ERROR, "{}", db.message());
+    assert!(db.message().contains("nope"), "{}", db.message());
+
+    // DROP removes it; a second DROP needs IF EXISTS.
+    client
+        .execute("DROP CONTINUOUS QUERY crit", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        code(client.execute("DROP CONTINUOUS QUERY crit", &[]).await),
+        SqlState::UNDEFINED_OBJECT
+    );
+    client
+        .batch_execute("DROP CONTINUOUS QUERY IF EXISTS crit")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            client
+                .execute("SHOW CREATE CONTINUOUS QUERY crit", &[])
+                .await
+        ),
+        SqlState::UNDEFINED_OBJECT
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM continuous_queries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
