@@ -539,6 +539,8 @@ impl Engine {
         let _ = self.stop.send(true);
         let _guard = self.flush_lock.lock().await;
         self.wal.close();
+        // Entries still on their way to the CQ task are after this and replayed on open.
+        self.continuous.checkpoint_all(crate::continuous::now_us());
     }
 }
 

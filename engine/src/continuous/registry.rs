@@ -541,6 +541,19 @@ impl ContinuousQueries {
         self.update_hold(&inner);
     }
 
+    /// Checkpoints every CQ now (on shutdown, so a clean restart replays nothing).
+    pub fn checkpoint_all(&self, now_us: i64) {
+        let dir = self.ckpt_dir.clone();
+        let mut inner = self.lock();
+        for live in inner.live.values_mut() {
+            if let Err(e) = live.checkpoint(&dir, now_us) {
+                tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
+                live.error = Some(e.to_string());
+            }
+        }
+        self.update_hold(&inner);
+    }
+
     /// The `alerts` system table, now.
     pub fn alerts_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let inner = self.lock();

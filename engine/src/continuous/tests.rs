@@ -615,3 +615,92 @@ async fn engine_sessions_have_the_window_functions_and_feed_the_runtime() {
     assert_eq!(lines(&got), want);
     engine.shutdown().await;
 }
+
+/// The `alerts` rows as (alert_id, observation_count, value).
+fn alert_rows(queries: &ContinuousQueries) -> Vec<(String, i64, String)> {
+    let b = queries.alerts_batch().unwrap();
+    let text = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone()
+    };
+    let (ids, values) = (text(0), text(13));
+    let obs = b
+        .column(10)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .clone();
+    (0..b.num_rows())
+        .map(|i| {
+            (
+                ids.value(i).to_string(),
+                obs.value(i),
+                values.value(i).to_string(),
+            )
+        })
+        .collect()
+}
+
+fn create_statement(sql: &str) -> logsphere_sql::CreateContinuousQuery {
+    match logsphere_sql::parse_statements(sql).unwrap().remove(0) {
+        logsphere_sql::Statement::CreateContinuousQuery(cq) => *cq,
+        other => panic!("not a CREATE: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' ALERT (SEVERITY 'warning') \
+               AS SELECT window_start, source, count(*) AS n \
+               FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+               GROUP BY window_start, window_end, source HAVING count(*) > 100";
+    let errors: Vec<Row> = (0..150).map(|i| row(BASE + i, "ERROR", "api")).collect();
+    let closer = batch(&[row(BASE + 120 * SEC, "INFO", "api")]);
+    let now = BASE + 10 * SEC;
+    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    assert_eq!(
+        queries.create(&create_statement(sql), now).await.unwrap(),
+        Created::New
+    );
+    assert!(matches!(
+        queries.create(&create_statement(sql), now).await,
+        Err(CqError::AlreadyExists(_))
+    ));
+    queries.process(1, &batch(&errors), now);
+    queries.process(1, &batch(&errors), now); // seen: skipped
+    let fired = alert_rows(&queries);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].1, 1);
+    queries.process(2, &closer, now);
+    let closed = alert_rows(&queries);
+    assert_eq!((closed[0].0.clone(), closed[0].1), (fired[0].0.clone(), 2));
+    drop(queries);
+
+    // "Crash" with only the CREATE's checkpoint: the replay rebuilds the same alert.
+    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    assert_eq!(queries.replay_from(), Some(1));
+    assert!(alert_rows(&queries).is_empty());
+    queries.process(1, &batch(&errors), now);
+    queries.process(2, &closer, now);
+    assert_eq!(alert_rows(&queries), closed);
+
+    // After a checkpoint, nothing before it is fed again.
+    queries.checkpoint_all(now);
+    drop(queries);
+    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    assert_eq!(queries.replay_from(), Some(3));
+    assert_eq!(alert_rows(&queries), closed);
+    queries.process(1, &batch(&errors), now);
+    queries.process(2, &closer, now);
+    assert_eq!(alert_rows(&queries), closed);
+    assert!(queries.drop_query("burst", false).unwrap());
+    assert!(!queries.drop_query("burst", true).unwrap());
+    assert!(matches!(
+        queries.drop_query("burst", false),
+        Err(CqError::NotFound(_))
+    ));
+}
