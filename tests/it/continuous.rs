@@ -394,3 +394,37 @@ async fn continuous_query_definitions_are_managed_over_both_protocols() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn per_row_alert_resolves_after_quiet_event_time_and_fires_anew() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .batch_execute(
+            "CREATE CONTINUOUS QUERY crit WATERMARK INTERVAL '1 second' \
+             ALERT (DEDUP BY (source), RESOLVE AFTER INTERVAL '1 minute') \
+             AS SELECT timestamp, source FROM logs WHERE log_level = 'CRITICAL'",
+        )
+        .await
+        .unwrap();
+    let t = now_ms();
+    server.post_expect(&records(2, t, "CRITICAL", "web-1"), 2, 0);
+    let firing = "SELECT count(*) FROM alerts WHERE state = 'firing'";
+    assert_eq!(wait_i64(&client, firing, |n| n >= 1).await, 1);
+    // Two minutes of event time later, with no match in between: resolved.
+    server.post_expect(&records(1, t + 120_000, "INFO", "web-1"), 1, 0);
+    let resolved =
+        "SELECT count(*) FROM alerts WHERE state = 'resolved' AND resolved_at IS NOT NULL";
+    assert_eq!(wait_i64(&client, resolved, |n| n >= 1).await, 1);
+    server.post_expect(&records(1, t + 121_000, "CRITICAL", "web-1"), 1, 0);
+    assert_eq!(wait_i64(&client, firing, |n| n >= 1).await, 1);
+    let rows = client
+        .query(
+            "SELECT state, observation_count FROM alerts ORDER BY first_seen",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows, vec![("resolved".into(), 2), ("firing".into(), 1)]);
+}
