@@ -86,6 +86,9 @@ struct LiveCq {
 #[derive(Default)]
 struct Inner {
     live: BTreeMap<String, LiveCq>,
+    /// Stored definitions that cannot be built (e.g. after an upgrade), with the reason:
+    /// kept, listed as FAILED, and removable with DROP, instead of stopping the engine.
+    failed: BTreeMap<String, (CqDefinition, String)>,
     /// The highest WAL sequence number seen by the CQ task.
     last_seq: u64,
 }
@@ -342,11 +345,23 @@ impl ContinuousQueries {
                 Ok(live) => live,
                 Err(e) if checkpoint.is_some() => {
                     tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
-                    let mut live = LiveCq::build(def.clone(), None).await?;
-                    live.error = Some(format!("checkpoint not restored: {e}"));
-                    live
+                    match LiveCq::build(def.clone(), None).await {
+                        Ok(mut live) => {
+                            live.error = Some(format!("checkpoint not restored: {e}"));
+                            live
+                        }
+                        Err(e) => {
+                            tracing::error!(cq = %def.name, error = %e, "continuous query cannot be built; listed as FAILED");
+                            inner.failed.insert(def.name.clone(), (def, e.to_string()));
+                            continue;
+                        }
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::error!(cq = %def.name, error = %e, "continuous query cannot be built; listed as FAILED");
+                    inner.failed.insert(def.name.clone(), (def, e.to_string()));
+                    continue;
+                }
             };
             inner.last_seq = inner.last_seq.max(live.seq);
             inner.live.insert(def.name.clone(), live);
@@ -387,7 +402,12 @@ impl ContinuousQueries {
 
     fn save_definitions(&self, inner: &Inner) -> Result<(), CqError> {
         let file = DefinitionsFile {
-            queries: inner.live.values().map(|l| l.def.clone()).collect(),
+            queries: inner
+                .live
+                .values()
+                .map(|l| l.def.clone())
+                .chain(inner.failed.values().map(|(d, _)| d.clone()))
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| storage(&self.defs_path, e))?;
         atomic_write(&self.defs_path, &bytes).map_err(|e| storage(&self.defs_path, e))
@@ -401,7 +421,11 @@ impl ContinuousQueries {
         now_us: i64,
     ) -> Result<Created, CqError> {
         let name = cq.name.to_string();
-        let existing = self.lock().live.get(&name).map(|l| l.def.version);
+        let existing = {
+            let inner = self.lock();
+            (inner.live.get(&name).map(|l| l.def.version))
+                .or_else(|| inner.failed.get(&name).map(|(d, _)| d.version))
+        };
         if existing.is_some() {
             if cq.if_not_exists {
                 return Ok(Created::Exists);
@@ -420,23 +444,30 @@ impl ContinuousQueries {
         };
         let mut live = LiveCq::build(def, None).await?;
         let mut inner = self.lock();
-        if inner.live.contains_key(&name) != existing.is_some() {
+        let taken = inner.live.contains_key(&name) || inner.failed.contains_key(&name);
+        if taken != existing.is_some() {
             return Err(CqError::AlreadyExists(name));
         }
         live.def.from_seq = inner.last_seq + 1;
         live.seq = inner.last_seq;
         live.checkpointed_seq = inner.last_seq;
+        let old_failed = inner.failed.remove(&name);
         let old = inner.live.insert(name.clone(), live);
         let outcome = if let Some(old) = old {
             // A new version starts with fresh state; the old version's alerts stay listed.
             let l = inner.live.get_mut(&name).expect("just inserted");
             l.alerts.extend(old.alerts);
             Created::Replaced
+        } else if old_failed.is_some() {
+            Created::Replaced
         } else {
             Created::New
         };
         if let Err(e) = self.save_definitions(&inner) {
             inner.live.remove(&name);
+            if let Some(f) = old_failed {
+                inner.failed.insert(name, f);
+            }
             return Err(e);
         }
         // Hold the WAL from the new CQ's first entry before anything can flush it away.
@@ -453,6 +484,13 @@ impl ContinuousQueries {
     /// with it.
     pub fn drop_query(&self, name: &str, if_exists: bool) -> Result<bool, CqError> {
         let mut inner = self.lock();
+        if let Some(failed) = inner.failed.remove(name) {
+            if let Err(e) = self.save_definitions(&inner) {
+                inner.failed.insert(name.to_string(), failed);
+                return Err(e);
+            }
+            return Ok(true);
+        }
         let Some(old) = inner.live.remove(name) else {
             return if if_exists {
                 Ok(false)
@@ -493,10 +531,9 @@ impl ContinuousQueries {
 
     /// The `CREATE` text of `name`, as written.
     pub fn sql_text(&self, name: &str) -> Result<String, CqError> {
-        self.lock()
-            .live
-            .get(name)
-            .map(|l| l.def.sql_text.clone())
+        let inner = self.lock();
+        (inner.live.get(name).map(|l| l.def.sql_text.clone()))
+            .or_else(|| inner.failed.get(name).map(|(d, _)| d.sql_text.clone()))
             .ok_or_else(|| CqError::NotFound(name.to_string()))
     }
 
@@ -563,6 +600,48 @@ impl ContinuousQueries {
     /// The `continuous_queries` system table, now.
     pub fn queries_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let inner = self.lock();
+        let live = Self::live_rows(&inner)?;
+        if inner.failed.is_empty() {
+            return Ok(live);
+        }
+        let failed: Vec<&(CqDefinition, String)> = inner.failed.values().collect();
+        let schema = queries_schema();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                let n = failed.len();
+                match f.name().as_str() {
+                    "name" => Arc::new(StringArray::from_iter_values(
+                        failed.iter().map(|(d, _)| &d.name),
+                    )),
+                    "version" => Arc::new(Int64Array::from_iter_values(
+                        failed
+                            .iter()
+                            .map(|(d, _)| i64::try_from(d.version).unwrap_or(i64::MAX)),
+                    )),
+                    "state" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                        "FAILED", n,
+                    ))),
+                    "definition" => Arc::new(StringArray::from_iter_values(
+                        failed.iter().map(|(d, _)| &d.sql_text),
+                    )),
+                    "emit" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n))),
+                    "error" => {
+                        Arc::new(StringArray::from_iter_values(failed.iter().map(|(_, e)| e)))
+                    }
+                    _ if matches!(f.data_type(), DataType::Int64) => {
+                        Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(0, n)))
+                    }
+                    _ => arrow::array::new_null_array(f.data_type(), n),
+                }
+            })
+            .collect();
+        let failed = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        arrow::compute::concat_batches(&schema, [&live, &failed])
+    }
+
+    fn live_rows(inner: &Inner) -> Result<RecordBatch, arrow::error::ArrowError> {
         let l: Vec<&LiveCq> = inner.live.values().collect();
         let s = |f: &dyn Fn(&LiveCq) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from_iter(l.iter().map(|x| f(x))))

@@ -697,6 +697,18 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     queries.process(1, &batch(&errors), now);
     queries.process(2, &closer, now);
     assert_eq!(alert_rows(&queries), closed);
+    drop(queries);
+
+    // A stored definition that no longer builds is listed as FAILED, not fatal.
+    let defs = dir.path().join("continuous_queries.json");
+    let text = std::fs::read_to_string(&defs).unwrap();
+    std::fs::write(&defs, text.replace("FROM TUMBLE", "FROM NOPE")).unwrap();
+    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let listed = queries.queries_batch().unwrap();
+    let state = listed.column_by_name("state").unwrap();
+    let state = state.as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(state.value(0), "FAILED");
+    assert!(queries.sql_text("burst").unwrap().contains("NOPE"));
     assert!(queries.drop_query("burst", false).unwrap());
     assert!(!queries.drop_query("burst", true).unwrap());
     assert!(matches!(
