@@ -428,3 +428,45 @@ async fn per_row_alert_resolves_after_quiet_event_time_and_fires_anew() {
     let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(rows, vec![("resolved".into(), 2), ("firing".into(), 1)]);
 }
+
+#[tokio::test]
+async fn late_rows_that_cross_the_threshold_fire_an_alert_flagged_late() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .batch_execute(
+            "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' \
+             ALLOWED LATENESS INTERVAL '5 minutes' ON LATE UPDATE ALERT \
+             AS SELECT window_start, source, count(*) AS n \
+             FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+             GROUP BY window_start, window_end, source HAVING count(*) > 100",
+        )
+        .await
+        .unwrap();
+    let t = now_ms() / 60_000 * 60_000 + 30_000;
+    server.post_expect(&records(99, t, "ERROR", "api"), 99, 0);
+    // Closes the window at 99: no alert.
+    server.post_expect(&records(1, t + 120_000, "INFO", "api"), 1, 0);
+    wait_rows_in(&client, "burst", 100).await;
+    assert!(alerts(&client, "burst").await.is_empty());
+    // Two late rows for the closed window, within the allowed lateness: 101 > 100.
+    server.post_expect(&records(2, t, "ERROR", "api"), 2, 0);
+    let count = "SELECT count(*) FROM alerts WHERE late";
+    assert_eq!(wait_i64(&client, count, |n| n >= 1).await, 1);
+    let value: String = client
+        .query_one("SELECT value FROM alerts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let value: serde_json::Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(value["n"], 101, "{value}");
+    let late_updated: i64 = client
+        .query_one(
+            "SELECT late_rows_updated FROM continuous_queries WHERE name = 'burst'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(late_updated, 2);
+}
