@@ -399,7 +399,7 @@ fn event_time(c: &ArrayRef, i: usize) -> Option<i64> {
 
 /// FNV-1a over the parts (each followed by a separator), as 16 hex digits: stable across
 /// builds and platforms, unlike `std`'s hasher.
-fn hex_hash(parts: &[&str]) -> String {
+pub(crate) fn hex_hash(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain(std::iter::once(0xff)) {

@@ -51,7 +51,7 @@ pub use runtime::ContinuousQuery;
 pub(crate) type CqInput = (u64, RecordBatch);
 
 /// Wall-clock µs since the epoch.
-pub(crate) fn now_us() -> i64 {
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::{Alert, AlertRule, alerts_batch};
+use super::alerts::{Alert, AlertRule, alerts_batch, hex_hash};
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
 
@@ -312,13 +312,9 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<(CheckpointHeader, &[u8]), CqError>
     Ok((header, state))
 }
 
+/// A CQ name may hold any character; its file name is a hash of it.
 fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    dir.join(format!("{h:016x}.ckpt"))
+    dir.join(format!("{}.ckpt", hex_hash(&[name])))
 }
 
 impl ContinuousQueries {

@@ -471,15 +471,7 @@ impl PlannedQuery {
             .execute_logical_plan(plan)
             .await
             .map_err(|e| errors::datafusion_error(&e))?;
-        let format_options = Arc::new(lock(&session.vars).format_options());
-        let mut response = encode_dataframe(df, format, Some(format_options))
-            .await
-            .map_err(|mut e| {
-                errors::normalise(&mut e);
-                e
-            })?;
-        response.set_command_tag(self.tag);
-        Ok(Response::Query(response))
+        encode_rows(session, df, format, self.tag).await
     }
 
     /// Casts each decoded parameter to the type the plan expects (a client may send a
@@ -518,6 +510,24 @@ impl PlannedQuery {
         }
         Ok(ParamValues::List(out))
     }
+}
+
+/// Streams a DataFrame's rows in `format`, with the session's date and number formats.
+pub(crate) async fn encode_rows(
+    session: &Session,
+    df: datafusion::dataframe::DataFrame,
+    format: &Format,
+    tag: &str,
+) -> PgWireResult<Response> {
+    let format_options = Arc::new(lock(&session.vars).format_options());
+    let mut response = encode_dataframe(df, format, Some(format_options))
+        .await
+        .map_err(|mut e| {
+            errors::normalise(&mut e);
+            e
+        })?;
+    response.set_command_tag(tag);
+    Ok(Response::Query(response))
 }
 
 fn bad_parameter(e: &datafusion::error::DataFusionError) -> PgWireError {

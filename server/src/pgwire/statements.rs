@@ -13,9 +13,10 @@
 use std::sync::Arc;
 
 use arrow_pg::datatypes::arrow_schema_to_pg_fields;
-use arrow_pg::datatypes::df::encode_dataframe;
 use datafusion::arrow::datatypes::SchemaRef;
-use logsphere_engine::continuous::{CqError, CqState, Created, alerts_schema, queries_schema};
+use logsphere_engine::continuous::{
+    CqError, CqState, Created, alerts_schema, now_us, queries_schema,
+};
 use logsphere_sql::{AlterAction, CreateContinuousQuery, ShowFilter, Statement};
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
@@ -23,7 +24,7 @@ use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, T
 use pgwire::error::{PgWireError, PgWireResult};
 
 use super::errors::{self, sqlstate, user_error};
-use super::session::{Session, lock};
+use super::session::Session;
 
 /// A statement only LogSphere understands, parsed from SQL text.
 #[derive(Debug, Clone)]
@@ -224,15 +225,7 @@ impl LogSphereStatement {
                     .sql(sql)
                     .await
                     .map_err(|e| errors::datafusion_error(&e))?;
-                let format_options = Arc::new(lock(&session.vars).format_options());
-                let mut response = encode_dataframe(df, format, Some(format_options))
-                    .await
-                    .map_err(|mut e| {
-                        errors::normalise(&mut e);
-                        e
-                    })?;
-                response.set_command_tag("SHOW");
-                Ok(Response::Query(response))
+                super::query::encode_rows(session, df, format, "SHOW").await
             }
         }
     }
@@ -244,11 +237,4 @@ fn show_create_fields(format: &Format) -> Vec<FieldInfo> {
         .enumerate()
         .map(|(i, n)| FieldInfo::new(n.to_owned(), None, None, Type::TEXT, format.format_for(i)))
         .collect()
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
