@@ -191,6 +191,12 @@ impl AlertRule {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut new = 0;
+        // Shape A: the firing instance per fingerprint, found once per batch, not per row.
+        let mut firing: std::collections::HashMap<String, String> = alerts
+            .values()
+            .filter(|a| a.cq_version == self.version && a.state == "firing")
+            .map(|a| (a.fingerprint.clone(), a.alert_id.clone()))
+            .collect();
         for i in 0..rows.num_rows() {
             let values: Vec<serde_json::Value> = rows
                 .columns()
@@ -225,12 +231,7 @@ impl AlertRule {
             };
             let (anchor, window) = match self.shape {
                 QueryShape::PerRow => {
-                    let firing = alerts.values_mut().find(|a| {
-                        a.cq_version == self.version
-                            && a.fingerprint == fingerprint
-                            && a.state == "firing"
-                    });
-                    if let Some(a) = firing {
+                    if let Some(a) = firing.get(&fingerprint).and_then(|id| alerts.get_mut(id)) {
                         a.observation_count += 1;
                         a.last_seen = now_us;
                         a.last_event = a.last_event.max(event);
@@ -260,6 +261,9 @@ impl AlertRule {
                 continue;
             }
             new += 1;
+            if self.shape == QueryShape::PerRow {
+                firing.insert(fingerprint.clone(), alert_id.clone());
+            }
             alerts.insert(
                 alert_id.clone(),
                 Alert {
