@@ -151,7 +151,9 @@ async fn seed_rule_a_folds_a_storm_into_one_alert_and_survives_restart() {
 
     // SIGKILL after a checkpoint covering every alert, twice: nothing is added or
     // counted again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let checkpointed = "SELECT count(*) FROM continuous_queries \
+                        WHERE name = 'critical_log_alert' AND last_checkpoint > last_fired";
+    assert_eq!(wait_i64(&client, checkpointed, |n| n == 1).await, 1);
     drop(client);
     server.restart();
     let client = server.pg_client().await;

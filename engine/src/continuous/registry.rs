@@ -619,6 +619,12 @@ impl ContinuousQueries {
                     "state" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                         "FAILED", n,
                     ))),
+                    "created_at" => Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(
+                            failed.iter().map(|(d, _)| d.created_at),
+                        )
+                        .with_timezone("UTC"),
+                    ),
                     "definition" => Arc::new(StringArray::from_iter_values(
                         failed.iter().map(|(d, _)| &d.sql_text),
                     )),
@@ -659,6 +665,7 @@ impl ContinuousQueries {
                 int(&|x| x.def.version),
                 s(&|x| Some(x.def.state.as_str().to_string())),
                 s(&|x| Some(x.def.sql_text.clone())),
+                ts(&|x| Some(x.def.created_at)),
                 s(&|x| {
                     Some(
                         match x.runtime.emit_policy() {
@@ -696,6 +703,7 @@ pub fn queries_schema() -> SchemaRef {
         Field::new("version", DataType::Int64, false),
         Field::new("state", DataType::Utf8, false),
         Field::new("definition", DataType::Utf8, false),
+        Field::new("created_at", ts(), false),
         Field::new("emit", DataType::Utf8, false),
         Field::new("watermark", ts(), true),
         Field::new("rows_in", DataType::Int64, false),
