@@ -472,3 +472,194 @@ async fn late_rows_that_cross_the_threshold_fire_an_alert_flagged_late() {
         .get(0);
     assert_eq!(late_updated, 2);
 }
+
+/// 2026-11-24T10:00:00Z in ms since the epoch.
+const NOV_24_10H: i64 = 1_795_514_400_000;
+
+/// Seed rule B as written (EMIT chosen by the planner), with a wall-clock floor far enough
+/// back that event times a week old are not late when it runs live.
+fn rule_b_history() -> String {
+    RULE_B.replace("EMIT ON THRESHOLD\n  ", "").replace(
+        "checkpoint_interval = '1s'",
+        "checkpoint_interval = '1s', max_ingest_delay = '3650 days'",
+    )
+}
+
+/// `(fingerprint, labels, window_start ms, value)` of each row, from `rows`.
+fn fired(rows: &[tokio_postgres::Row]) -> Vec<(String, String, i64, String)> {
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+const FIRED_COLUMNS: &str = "fingerprint, labels, \
+     CAST(to_unixtime(window_start) * 1000 AS BIGINT), value";
+
+#[tokio::test]
+async fn backtest_replays_seed_rule_b_over_both_tiers_and_agrees_with_live() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let rule = rule_b_history();
+    // Live, created before ingest.
+    client.batch_execute(&rule).await.unwrap();
+    let cq = "error_burst_per_source";
+
+    // api in minute 10:00 (flushed to the cold tier), web in 10:01 (hot).
+    server.post_expect(&records(150, NOV_24_10H + 30_000, "ERROR", "api"), 150, 0);
+    assert_eq!(server.flush(), 150);
+    server.post_expect(&records(99, NOV_24_10H + 90_000, "ERROR", "web"), 99, 0);
+    wait_rows_in(&client, cq, 249).await;
+    let count = "SELECT count(*) FROM alerts";
+    assert_eq!(wait_i64(&client, count, |n| n >= 1).await, 1);
+    let live_sql = format!("SELECT {FIRED_COLUMNS} FROM alerts WHERE cq_name = '{cq}'");
+    let live = fired(&client.query(&live_sql, &[]).await.unwrap());
+    let alerts_before = alerts(&client, cq).await;
+
+    // By name, and inline; both over the extended and the simple protocol.
+    let by_name = format!(
+        "BACKTEST CONTINUOUS QUERY {cq} FROM '2026-11-24T10:00:00Z' TO '2026-11-24T11:00:00Z'"
+    );
+    let inline = format!(
+        "BACKTEST ({}) FROM TIMESTAMP '2026-11-24 10:00:00' TO '2026-11-24T11:00:00Z'",
+        rule.replace("error_burst_per_source", "error_burst_inline")
+    );
+    for sql in [&by_name, &inline] {
+        let rows = client.query(sql.as_str(), &[]).await.unwrap();
+        assert_eq!(rows.len(), 1, "{sql}");
+        let row = &rows[0];
+        let labels: serde_json::Value =
+            serde_json::from_str(&row.get::<_, String>("labels")).unwrap();
+        assert_eq!(labels, serde_json::json!({"source": "api"}));
+        let value: serde_json::Value =
+            serde_json::from_str(&row.get::<_, String>("value")).unwrap();
+        assert_eq!(value["error_count"], 150, "{value}");
+        assert_eq!(row.get::<_, String>("state"), "firing");
+        assert!(!row.get::<_, bool>("late"));
+        assert_eq!(row.get::<_, i64>("observation_count"), 2);
+        let simple = client.simple_query(sql).await.unwrap();
+        let n = simple
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        assert_eq!(n, 1, "{sql}");
+    }
+
+    // Stream/batch agreement: the same fingerprint, window and value as live.
+    let rows = client.query(by_name.as_str(), &[]).await.unwrap();
+    let backtested: Vec<(String, String, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            let start: std::time::SystemTime = r.get("window_start");
+            let ms = start.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+            (r.get("fingerprint"), r.get("labels"), ms, r.get("value"))
+        })
+        .collect();
+    assert_eq!(backtested, live);
+    assert_eq!(live[0].2, NOV_24_10H);
+
+    // A range before the burst finds nothing; `now() - INTERVAL` bounds evaluate.
+    let rows = client
+        .query(
+            &format!("BACKTEST CONTINUOUS QUERY {cq} FROM now() - INTERVAL '1 hour' TO now()"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+
+    // Nothing of a backtest reaches the live alerts table.
+    assert_eq!(alerts(&client, cq).await, alerts_before);
+    assert_eq!(wait_i64(&client, count, |_| true).await, 1);
+    assert_eq!(
+        code(
+            client
+                .execute("BACKTEST CONTINUOUS QUERY nope FROM now() TO now()", &[])
+                .await
+        ),
+        SqlState::UNDEFINED_OBJECT
+    );
+}
+
+/// `EXPLAIN …` as `item → value`.
+async fn explain(client: &Client, sql: &str) -> std::collections::BTreeMap<String, String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn explain_continuous_query_shows_emit_policy_key_and_latency() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let rule = rule_b_history();
+    client.batch_execute(&rule).await.unwrap();
+
+    // Seed rule B, by name and inline: monotone HAVING, so ON THRESHOLD, at ingest.
+    for sql in [
+        "EXPLAIN CONTINUOUS QUERY error_burst_per_source".to_string(),
+        format!("EXPLAIN {rule}"),
+    ] {
+        let facts = explain(&client, &sql).await;
+        assert!(facts["shape"].starts_with("windowed"), "{facts:?}");
+        assert_eq!(facts["window"], "TUMBLE size 1m", "{facts:?}");
+        assert!(facts["emit"].starts_with("ON THRESHOLD"), "{facts:?}");
+        assert!(facts["emit"].contains("monotone"), "{facts:?}");
+        assert_eq!(facts["instance key"], "(window_start, source)", "{facts:?}");
+        assert!(
+            facts["allowed lateness"].contains("2m, ON LATE UPDATE"),
+            "{facts:?}"
+        );
+        assert!(facts["state bound"].contains("no max_keys"), "{facts:?}");
+        assert_eq!(facts["worst-case alert latency"], "at ingest", "{facts:?}");
+        assert!(!facts.contains_key("warning"), "{facts:?}");
+    }
+
+    // avg and a ratio can turn false again: ON WINDOW CLOSE, latency window + delays.
+    for having in [
+        "avg(length(message)) > 1",
+        "sum(CASE WHEN log_level = 'ERROR' THEN 1 ELSE 0 END) * 1.0 / count(*) > 0.5",
+    ] {
+        let sql = format!(
+            "EXPLAIN CREATE CONTINUOUS QUERY r WATERMARK INTERVAL '10 seconds' \
+             ALERT WITH (max_keys = 1000) \
+             AS SELECT window_start, source, count(*) AS n \
+             FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') \
+             GROUP BY window_start, source HAVING {having}"
+        );
+        let facts = explain(&client, &sql).await;
+        assert!(facts["emit"].starts_with("ON WINDOW CLOSE"), "{facts:?}");
+        assert!(facts["emit"].contains("not monotone"), "{facts:?}");
+        assert_eq!(
+            facts["worst-case alert latency"],
+            "window + WATERMARK + max_ingest_delay = 1m + 10s + 5m = 6m 10s",
+            "{facts:?}"
+        );
+        assert!(
+            facts["state bound"].contains("max_keys = 1000"),
+            "{facts:?}"
+        );
+    }
+
+    // A per-row rule keyed on message: one alert per line, so a warning.
+    let facts = explain(
+        &client,
+        "EXPLAIN CREATE CONTINUOUS QUERY r ALERT (DEDUP BY (source, message)) \
+         AS SELECT timestamp, source, message FROM logs WHERE log_level = 'CRITICAL'",
+    )
+    .await;
+    assert!(facts["shape"].starts_with("per-row"), "{facts:?}");
+    assert_eq!(facts["instance key"], "(source, message)", "{facts:?}");
+    assert!(facts["warning"].contains("message"), "{facts:?}");
+    assert_eq!(facts["worst-case alert latency"], "at ingest", "{facts:?}");
+    // Nothing was created by EXPLAIN.
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM continuous_queries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

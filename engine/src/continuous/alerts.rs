@@ -171,6 +171,14 @@ impl AlertRule {
         }))
     }
 
+    /// The output columns that form the instance key, by name.
+    pub(crate) fn dedup_names(&self) -> Vec<String> {
+        self.dedup
+            .iter()
+            .map(|&c| self.output.field(c).name().clone())
+            .collect()
+    }
+
     /// Folds `out` into `alerts` (keyed by alert id); returns how many alerts were new.
     pub(crate) fn apply(
         &self,

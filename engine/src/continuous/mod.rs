@@ -37,12 +37,14 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 mod alerts;
+mod backtest;
 mod checkpoint;
 mod plan;
 mod registry;
 mod runtime;
 
 pub use alerts::{Alert, alerts_schema};
+pub use backtest::{backtest, backtest_schema, explain, explain_schema};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
 pub use runtime::ContinuousQuery;

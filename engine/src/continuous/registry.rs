@@ -525,6 +525,25 @@ impl ContinuousQueries {
         Ok(())
     }
 
+    /// The parsed definition of `name` and its version (for BACKTEST and EXPLAIN by name).
+    pub fn definition(&self, name: &str) -> Result<(CreateContinuousQuery, u64), CqError> {
+        let (text, version) = {
+            let inner = self.lock();
+            (inner
+                .live
+                .get(name)
+                .map(|l| (l.def.sql_text.clone(), l.def.version)))
+            .or_else(|| {
+                inner
+                    .failed
+                    .get(name)
+                    .map(|(d, _)| (d.sql_text.clone(), d.version))
+            })
+            .ok_or_else(|| CqError::NotFound(name.to_string()))?
+        };
+        Ok((parse_create(&text)?, version))
+    }
+
     /// The `CREATE` text of `name`, as written.
     pub fn sql_text(&self, name: &str) -> Result<String, CqError> {
         let inner = self.lock();

@@ -7,17 +7,19 @@
 //! against the engine's [`ContinuousQueries`](logsphere_engine::continuous::ContinuousQueries);
 //! the `SHOW` statements become SELECTs over the `continuous_queries` and `alerts` system
 //! tables, so they accept the same filters and encodings as any query. A malformed
-//! statement is refused with `42601` and its line and column; `EXPLAIN CONTINUOUS QUERY`
-//! and `BACKTEST` parse but do not run yet (`0A000`).
+//! statement is refused with `42601` and its line and column. `EXPLAIN CONTINUOUS QUERY`
+//! answers one `(item, value)` row per fact; `BACKTEST` evaluates its bounds with
+//! DataFusion (`SELECT <expr>`) and replays the rule over stored `logs` in the engine.
 
 use std::sync::Arc;
 
 use arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion::arrow::datatypes::SchemaRef;
 use logsphere_engine::continuous::{
-    CqError, CqState, Created, alerts_schema, now_us, queries_schema,
+    ContinuousQueries, CqError, CqState, Created, alerts_schema, backtest_schema, explain_schema,
+    now_us, queries_schema,
 };
-use logsphere_sql::{AlterAction, CreateContinuousQuery, ShowFilter, Statement};
+use logsphere_sql::{AlterAction, CqTarget, CreateContinuousQuery, ShowFilter, Statement};
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
@@ -39,6 +41,14 @@ pub(crate) enum LogSphereStatement {
     ShowCreate(String),
     /// `SHOW CONTINUOUS QUERIES …` or `SHOW ALERTS …`, as a SELECT over a system table.
     Show { sql: String, schema: SchemaRef },
+    /// `EXPLAIN CONTINUOUS QUERY name` or `EXPLAIN CREATE CONTINUOUS QUERY …`.
+    Explain(CqTarget),
+    /// `BACKTEST (CONTINUOUS QUERY name | CREATE …) FROM expr TO expr`, the bounds as SQL.
+    Backtest {
+        target: CqTarget,
+        from: String,
+        to: String,
+    },
 }
 
 /// Parses `sql` as one of LogSphere's own statements; `None` means it is ordinary SQL for
@@ -99,8 +109,12 @@ fn convert(statement: Statement) -> PgWireResult<LogSphereStatement> {
                 schema: alerts_schema(),
             }
         }
-        S::ExplainContinuousQuery(_) => return Err(not_yet("EXPLAIN CONTINUOUS QUERY")),
-        S::Backtest { .. } => return Err(not_yet("BACKTEST")),
+        S::ExplainContinuousQuery(target) => LogSphereStatement::Explain(target),
+        S::Backtest { target, from, to } => LogSphereStatement::Backtest {
+            target,
+            from: from.to_string(),
+            to: to.to_string(),
+        },
         S::DataFusion(_) => {
             return Err(user_error(
                 FEATURE_NOT_SUPPORTED,
@@ -108,16 +122,6 @@ fn convert(statement: Statement) -> PgWireResult<LogSphereStatement> {
             ));
         }
     })
-}
-
-fn not_yet(what: &str) -> PgWireError {
-    user_error(
-        FEATURE_NOT_SUPPORTED,
-        format!(
-            "{what} parsed, but it cannot run in this LogSphere build yet; \
-             run the query's SELECT directly to see what it would find"
-        ),
-    )
 }
 
 /// A SQL string literal.
@@ -161,6 +165,12 @@ impl LogSphereStatement {
                 arrow_schema_to_pg_fields(schema, format, None)
             }
             LogSphereStatement::ShowCreate(_) => Ok(show_create_fields(format)),
+            LogSphereStatement::Explain(_) => {
+                arrow_schema_to_pg_fields(&explain_schema(), format, None)
+            }
+            LogSphereStatement::Backtest { .. } => {
+                arrow_schema_to_pg_fields(&backtest_schema(), format, None)
+            }
             _ => Ok(Vec::new()),
         }
     }
@@ -227,8 +237,99 @@ impl LogSphereStatement {
                     .map_err(|e| errors::datafusion_error(&e))?;
                 super::query::encode_rows(session, df, format, "SHOW").await
             }
+            LogSphereStatement::Explain(target) => {
+                let (cq, _) = resolve(queries, target)?;
+                let rows = logsphere_engine::continuous::explain(&cq)
+                    .await
+                    .map_err(|e| cq_error(&e))?;
+                let batch = datafusion::arrow::array::RecordBatch::try_new(
+                    explain_schema(),
+                    vec![
+                        Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
+                            rows.iter().map(|r| r.0.as_str()),
+                        )),
+                        Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
+                            rows.iter().map(|r| r.1.as_str()),
+                        )),
+                    ],
+                )
+                .map_err(|e| user_error(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+                let df = session
+                    .ctx
+                    .read_batch(batch)
+                    .map_err(|e| errors::datafusion_error(&e))?;
+                super::query::encode_rows(session, df, format, "EXPLAIN").await
+            }
+            LogSphereStatement::Backtest { target, from, to } => {
+                let (cq, version) = resolve(queries, target)?;
+                session.engine.note_query();
+                let from_us = timestamp_us(session, from).await?;
+                let to_us = timestamp_us(session, to).await?;
+                let ctx = session.engine.session_context();
+                let batch =
+                    logsphere_engine::continuous::backtest(&cq, version, &ctx, from_us, to_us)
+                        .await
+                        .map_err(|e| cq_error(&e))?;
+                let df = session
+                    .ctx
+                    .read_batch(batch)
+                    .map_err(|e| errors::datafusion_error(&e))?;
+                super::query::encode_rows(session, df, format, "BACKTEST").await
+            }
         }
     }
+}
+
+/// The definition a BACKTEST or EXPLAIN is about, and its version (1 for an inline one).
+fn resolve(
+    queries: &ContinuousQueries,
+    target: &CqTarget,
+) -> PgWireResult<(CreateContinuousQuery, u64)> {
+    match target {
+        CqTarget::Name(name) => queries
+            .definition(&name.to_string())
+            .map_err(|e| cq_error(&e)),
+        CqTarget::Create(cq) => Ok(((**cq).clone(), 1)),
+    }
+}
+
+/// Evaluates a BACKTEST bound (`TIMESTAMP '…'`, `'2026-11-24T10:00:00Z'`,
+/// `now() - INTERVAL '1 hour'`) with DataFusion, as µs since the epoch.
+async fn timestamp_us(session: &Session, expr: &str) -> PgWireResult<i64> {
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    let df = session
+        .ctx
+        .sql(&format!("SELECT to_timestamp_micros({expr})"))
+        .await
+        .map_err(|e| errors::datafusion_error(&e))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| errors::datafusion_error(&e))?;
+    let value = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| {
+            let c = datafusion::arrow::compute::cast(
+                b.column(0),
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?;
+            let c = datafusion::arrow::compute::cast(&c, &DataType::Int64)?;
+            let c = c.as_any().downcast_ref::<Int64Array>().cloned();
+            Ok::<_, datafusion::arrow::error::ArrowError>(
+                c.filter(|c| !c.is_null(0)).map(|c| c.value(0)),
+            )
+        })
+        .transpose()
+        .map_err(|e| user_error(sqlstate::INTERNAL_ERROR, e.to_string()))?
+        .flatten();
+    value.ok_or_else(|| {
+        user_error(
+            "22007",
+            format!("BACKTEST bound `{expr}` is not a timestamp"),
+        )
+    })
 }
 
 fn show_create_fields(format: &Format) -> Vec<FieldInfo> {

@@ -1,0 +1,301 @@
+//! `BACKTEST` and `EXPLAIN CONTINUOUS QUERY` (CONTINUOUS_QUERIES.md §4.2, §8 items 1 and 4).
+//!
+//! A backtest reads stored `logs` (hot and cold tiers, through a [`SessionContext`]) for
+//! `[from, to)` sorted by event time, and pushes the rows through a fresh
+//! [`ContinuousQuery`] and the live alert logic (`alerts.rs`), with the rows' event time
+//! as the clock. Nothing is persisted: the alerts live in a local map and are returned.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use logsphere_sql::CreateContinuousQuery;
+
+use super::alerts::{Alert, AlertRule, alerts_batch};
+use super::{ContinuousQuery, CqError, EmitPolicy, OnLate, Position, QueryShape, spec_from};
+
+/// The columns a backtest returns, in order.
+const BACKTEST_COLUMNS: [&str; 14] = [
+    "alert_id",
+    "fingerprint",
+    "labels",
+    "severity",
+    "state",
+    "first_seen",
+    "fired_at",
+    "last_seen",
+    "resolved_at",
+    "observation_count",
+    "window_start",
+    "window_end",
+    "value",
+    "late",
+];
+
+/// Columns that hold free text: as an instance key they make one alert per line.
+const FREE_TEXT_COLUMNS: [&str; 2] = ["message", "attributes"];
+
+/// Schema of a backtest's result: the `alerts` columns that describe what would have fired.
+pub fn backtest_schema() -> SchemaRef {
+    let all = super::alerts_schema();
+    let indices: Vec<usize> = BACKTEST_COLUMNS
+        .iter()
+        .map(|n| all.index_of(n).expect("an alerts column"))
+        .collect();
+    Arc::new(all.project(&indices).expect("indices are in range"))
+}
+
+/// Schema of `EXPLAIN CONTINUOUS QUERY`: one row per fact.
+pub fn explain_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("item", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+    ]))
+}
+
+/// Replays `cq` over the stored `logs` rows with `from_us <= timestamp < to_us` (µs since
+/// the epoch) and returns the alerts that would have fired ([`backtest_schema`]).
+pub async fn backtest(
+    cq: &CreateContinuousQuery,
+    version: u64,
+    ctx: &SessionContext,
+    from_us: i64,
+    to_us: i64,
+) -> Result<RecordBatch, CqError> {
+    let spec = spec_from(cq)?;
+    let mut runtime = ContinuousQuery::new(spec).await?;
+    let rule = AlertRule::new(cq, version, runtime.shape(), runtime.plan.output_schema())?;
+    let sql = format!(
+        "SELECT * FROM logs WHERE timestamp >= to_timestamp_micros({from_us}) \
+         AND timestamp < to_timestamp_micros({to_us}) ORDER BY timestamp"
+    );
+    let want = crate::model::logs_schema();
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut alerts: BTreeMap<String, Alert> = BTreeMap::new();
+    let mut clock = from_us;
+    let mut n: u64 = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&want), batch.columns().to_vec())?;
+        let ts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| CqError::Input("logs.timestamp is not Timestamp(µs)".into()))?;
+        if let Some(max) = arrow::compute::max(ts) {
+            clock = clock.max(max);
+        }
+        n += 1;
+        let outputs = runtime.process("backtest", Position::Wal { seq: n }, &batch, clock)?;
+        if let Some(rule) = &rule {
+            for out in &outputs {
+                rule.apply(out, &mut alerts, clock)?;
+            }
+            if let Some(w) = runtime.watermark() {
+                rule.resolve(&mut alerts, w, clock);
+            }
+        }
+    }
+    let outputs = runtime.finish()?;
+    if let Some(rule) = &rule {
+        for out in &outputs {
+            rule.apply(out, &mut alerts, clock)?;
+        }
+    }
+    let mut list: Vec<&Alert> = alerts.values().collect();
+    list.sort_by(|a, b| (a.fired_at, &a.alert_id).cmp(&(b.fired_at, &b.alert_id)));
+    let all = alerts_batch(list.into_iter())?;
+    let indices: Vec<usize> = BACKTEST_COLUMNS
+        .iter()
+        .map(|n| all.schema().index_of(n))
+        .collect::<Result<_, _>>()?;
+    Ok(all.project(&indices)?)
+}
+
+/// `EXPLAIN CONTINUOUS QUERY`: what the runtime would do with `cq`, one `(item, value)`
+/// pair per fact.
+pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>, CqError> {
+    let spec = spec_from(cq)?;
+    let runtime = ContinuousQuery::new(spec.clone()).await?;
+    let plan = &runtime.plan;
+    let rule = AlertRule::new(cq, 1, plan.shape(), plan.output_schema())?;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
+    let windowed = plan.shape() == QueryShape::Windowed;
+    push(
+        "shape",
+        if windowed {
+            "windowed aggregate (one window, group keys, HAVING)".into()
+        } else {
+            "per-row (filter and projection, no state)".into()
+        },
+    );
+    let window = plan.window.as_ref();
+    if let Some(w) = window {
+        let size = Duration::from_nanos(w.spec.size_ns.unsigned_abs());
+        let slide = Duration::from_nanos(w.spec.slide_ns.unsigned_abs());
+        let kind = if !w.append_columns {
+            "date_bin"
+        } else if w.spec.size_ns == w.spec.slide_ns {
+            "TUMBLE"
+        } else {
+            "HOP"
+        };
+        let mut v = format!("{kind} size {}", human(size));
+        if kind == "HOP" {
+            v.push_str(&format!(", slide {}", human(slide)));
+        }
+        if w.spec.offset_ns != 0 {
+            v.push_str(&format!(
+                ", offset {}",
+                human(Duration::from_nanos(w.spec.offset_ns.unsigned_abs()))
+            ));
+        }
+        push("window", v);
+    } else {
+        push("window", "none".into());
+    }
+    let emit = runtime.emit_policy();
+    if windowed {
+        let name = match emit {
+            EmitPolicy::OnThreshold => "ON THRESHOLD",
+            EmitPolicy::OnWindowClose => "ON WINDOW CLOSE",
+        };
+        let why = if spec.emit.is_some() {
+            "given".to_string()
+        } else if !plan.has_having {
+            "no HAVING: each window's final row, at close".to_string()
+        } else if plan.having_monotone {
+            "HAVING is monotone (it can only turn true as rows arrive): fires at the crossing row, once per window"
+                .to_string()
+        } else {
+            "HAVING is not monotone (it can turn false again as rows arrive): waits for the window to close"
+                .to_string()
+        };
+        push("emit", format!("{name} ({why})"));
+    } else {
+        push("emit", "PER ROW (every matching row, at ingest)".into());
+    }
+    match &rule {
+        Some(rule) => {
+            let names = rule.dedup_names();
+            let key = if windowed {
+                let mut k = vec!["window_start".to_string()];
+                k.extend(names.iter().cloned());
+                k.join(", ")
+            } else {
+                names.join(", ")
+            };
+            push("instance key", format!("({key})"));
+            let free: Vec<&String> = names
+                .iter()
+                .filter(|n| FREE_TEXT_COLUMNS.iter().any(|f| n.eq_ignore_ascii_case(f)))
+                .collect();
+            if !free.is_empty() {
+                push(
+                    "warning",
+                    format!(
+                        "the instance key includes free-text column(s) {}: nearly every row becomes \
+                         its own alert; DEDUP BY low-cardinality columns instead",
+                        free.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        None => push("instance key", "none (no ALERT clause)".into()),
+    }
+    push(
+        "watermark",
+        format!(
+            "per partition max(timestamp) - {}, minimum over partitions active within {}, \
+             floored at now() - {} (WATERMARK + max_ingest_delay)",
+            human(spec.watermark),
+            human(spec.idle_timeout),
+            human(spec.watermark + spec.max_ingest_delay)
+        ),
+    );
+    push(
+        "allowed lateness",
+        format!(
+            "{}, ON LATE {}",
+            human(spec.allowed_lateness),
+            match spec.on_late {
+                OnLate::Drop => "DROP",
+                OnLate::Update => "UPDATE",
+            }
+        ),
+    );
+    let state = match window {
+        Some(w) => {
+            let slide = w.spec.slide_ns.max(1);
+            let span = w.spec.size_ns
+                + i64::try_from(spec.watermark.as_nanos()).unwrap_or(i64::MAX / 4)
+                + i64::try_from(spec.allowed_lateness.as_nanos()).unwrap_or(i64::MAX / 4);
+            let windows = ((span + slide - 1) / slide).max(1);
+            let aggs = plan.agg.as_ref().map_or(0, |a| a.aggs.len());
+            let mut v = format!(
+                "{windows} open window(s) x keys x {aggs} accumulator(s) \
+                 (window + WATERMARK + ALLOWED LATENESS, per slide)"
+            );
+            match spec.max_keys {
+                Some(m) => v.push_str(&format!("; max_keys = {m} caps live (window, key) states")),
+                None => v.push_str("; no max_keys cap"),
+            }
+            v
+        }
+        None => "none (stateless); one firing alert per instance".into(),
+    };
+    push("state bound", state);
+    let latency = match (windowed, emit) {
+        (false, _) | (true, EmitPolicy::OnThreshold) => "at ingest".to_string(),
+        (true, EmitPolicy::OnWindowClose) => {
+            let size = window.map_or(Duration::ZERO, |w| {
+                Duration::from_nanos(w.spec.size_ns.unsigned_abs())
+            });
+            format!(
+                "window + WATERMARK + max_ingest_delay = {} + {} + {} = {}",
+                human(size),
+                human(spec.watermark),
+                human(spec.max_ingest_delay),
+                human(size + spec.watermark + spec.max_ingest_delay)
+            )
+        }
+    };
+    push("worst-case alert latency", latency);
+    Ok(rows)
+}
+
+/// `90s` → `1m 30s`.
+fn human(d: Duration) -> String {
+    let mut s = d.as_secs();
+    let micros = d.subsec_micros();
+    if s == 0 && micros == 0 {
+        return "0s".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= n {
+            parts.push(format!("{}{unit}", s / n));
+            s %= n;
+        }
+    }
+    if s > 0 || micros > 0 {
+        if micros > 0 {
+            parts.push(format!("{s}.{micros:06}s"));
+        } else {
+            parts.push(format!("{s}s"));
+        }
+    }
+    parts.join(" ")
+}
