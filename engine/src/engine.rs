@@ -442,6 +442,12 @@ impl Engine {
                 ContinuousQueries::alerts_batch as fn(&ContinuousQueries) -> _,
             ),
             (
+                "alert_events",
+                crate::continuous::alert_events_schema(),
+                Arc::clone(&self.continuous),
+                ContinuousQueries::events_batch,
+            ),
+            (
                 "continuous_queries",
                 crate::continuous::queries_schema(),
                 Arc::clone(&self.continuous),

@@ -663,3 +663,250 @@ async fn explain_continuous_query_shows_emit_policy_key_and_latency() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// A tiny HTTP receiver on 127.0.0.1: records `(Idempotency-Key, body)` of every request
+/// and answers 500 to the first `fail_first`, then 200.
+struct Receiver {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut served = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || !line.starts_with("POST ") {
+                    continue;
+                }
+                let (mut key, mut len) = (String::new(), 0usize);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = h.split_once(':') {
+                        match name.trim().to_ascii_lowercase().as_str() {
+                            "idempotency-key" => key = value.trim().to_string(),
+                            "content-length" => len = value.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                log.lock().unwrap().push((key, body));
+                served += 1;
+                let status = if served <= fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Self { url, seen }
+    }
+
+    fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 20 s) until `done` holds for the requests so far; returns them.
+    async fn wait(
+        &self,
+        done: impl Fn(&[(String, serde_json::Value)]) -> bool,
+    ) -> Vec<(String, serde_json::Value)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.requests();
+            if done(&got) || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn rule_a_to(url: &str) -> String {
+    RULE_A.replace("https://hooks.example.com/pager", url)
+}
+
+#[tokio::test]
+async fn webhook_posts_alertmanager_payload_with_idempotency_key_and_retries() {
+    let receiver = Receiver::start(1);
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .batch_execute(&rule_a_to(&receiver.url))
+        .await
+        .unwrap();
+
+    let t = now_ms();
+    server.post_expect(&records(1, t, "CRITICAL", "web-1"), 1, 0);
+    // The first attempt is answered 500; the retry delivers it.
+    let got = receiver.wait(|r| r.len() >= 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, got[1].0, "a retry keeps its Idempotency-Key");
+    let body = &got[1].1;
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["receiver"], "critical_log_alert");
+    let alert = &body["alerts"][0];
+    assert_eq!(alert["status"], "firing");
+    let row = client
+        .query_one(
+            "SELECT alert_id, fingerprint FROM alerts WHERE cq_name = 'critical_log_alert'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (alert_id, fingerprint): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(alert["fingerprint"], fingerprint.as_str());
+    assert_eq!(alert["labels"]["source"], "web-1");
+    assert_eq!(alert["labels"]["log_level"], "CRITICAL");
+    assert_eq!(alert["labels"]["team"], "sre");
+    assert_eq!(body["commonLabels"], alert["labels"]);
+    assert_eq!(
+        alert["annotations"]["summary"],
+        "CRITICAL from web-1: event 0"
+    );
+
+    let delivered = "SELECT count(*) FROM alert_events \
+                     WHERE kind = 'fired' AND status = 'delivered'";
+    assert_eq!(wait_i64(&client, delivered, |n| n >= 1).await, 1);
+    let row = client
+        .query_one(
+            "SELECT event_id, alert_id, channel, attempts FROM alert_events \
+             WHERE kind = 'fired'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), got[0].0);
+    assert_eq!(row.get::<_, String>(1), alert_id);
+    assert_eq!(row.get::<_, String>(2), format!("webhook {}", receiver.url));
+    assert_eq!(row.get::<_, i64>(3), 2);
+    let attempts: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT status, last_error FROM alert_events WHERE kind = 'delivery' ORDER BY at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].0, "failed");
+    assert_eq!(attempts[1], ("delivered".to_string(), None));
+
+    // 16 minutes of event time without a match (RESOLVE AFTER is 15): resolved is sent
+    // under its own key.
+    server.post_expect(&records(1, t + 16 * 60_000, "INFO", "web-1"), 1, 0);
+    let got = receiver
+        .wait(|r| r.iter().any(|(_, b)| b["status"] == "resolved"))
+        .await;
+    let (key, body) = got
+        .iter()
+        .find(|(_, b)| b["status"] == "resolved")
+        .expect("a resolved POST");
+    assert_ne!(key, &got[0].0);
+    assert_eq!(body["alerts"][0]["fingerprint"], fingerprint.as_str());
+    assert_ne!(body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    let resolved = format!(
+        "SELECT count(*) FROM alert_events WHERE kind = 'resolved' \
+         AND status = 'delivered' AND event_id = '{key}'"
+    );
+    assert_eq!(wait_i64(&client, &resolved, |n| n >= 1).await, 1);
+}
+
+#[tokio::test]
+async fn webhook_delivery_is_at_least_once_with_stable_keys_across_sigkills() {
+    let receiver = Receiver::start(0);
+    let mut server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .batch_execute(&rule_a_to(&receiver.url))
+        .await
+        .unwrap();
+    drop(client);
+
+    let t = now_ms();
+    let sources: Vec<String> = (0..5).map(|i| format!("web-{i}")).collect();
+    for (i, source) in sources.iter().enumerate() {
+        let ts = t + i as i64 * 1000;
+        server.post_expect(&records(2, ts, "CRITICAL", source), 2, 0);
+        std::thread::sleep(Duration::from_millis(150 * i as u64));
+        server.restart();
+    }
+
+    let client = server.pg_client().await;
+    let count = "SELECT count(*) FROM alerts WHERE cq_name = 'critical_log_alert'";
+    assert_eq!(wait_i64(&client, count, |n| n >= 5).await, 5);
+    let rows = client
+        .query(
+            "SELECT fingerprint, labels FROM alerts WHERE cq_name = 'critical_log_alert'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut seen_sources: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let labels: serde_json::Value = serde_json::from_str(&r.get::<_, String>(1)).unwrap();
+            labels["source"].as_str().unwrap().to_string()
+        })
+        .collect();
+    seen_sources.sort();
+    assert_eq!(seen_sources, sources, "each alert exactly once");
+    let fingerprints: std::collections::BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+
+    let got = receiver
+        .wait(|r| {
+            let sent: std::collections::BTreeSet<&str> = r
+                .iter()
+                .filter_map(|(_, b)| b["alerts"][0]["fingerprint"].as_str())
+                .collect();
+            fingerprints.iter().all(|f| sent.contains(f.as_str()))
+        })
+        .await;
+    let mut keys: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        Default::default();
+    for (key, body) in &got {
+        assert!(!key.is_empty(), "every POST has an Idempotency-Key");
+        let fp = body["alerts"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let status = body["status"].as_str().unwrap().to_string();
+        keys.entry((fp, status)).or_default().insert(key.clone());
+    }
+    for f in &fingerprints {
+        assert!(
+            keys.contains_key(&(f.clone(), "firing".to_string())),
+            "alert {f} was never sent: {got:?}"
+        );
+    }
+    for (k, v) in &keys {
+        assert_eq!(v.len(), 1, "two Idempotency-Keys for {k:?}: {v:?}");
+    }
+    // Every recorded transition ends delivered.
+    let undelivered = "SELECT count(*) FROM alert_events \
+                       WHERE kind = 'fired' AND status <> 'delivered'";
+    assert_eq!(wait_i64(&client, undelivered, |n| n == 0).await, 0);
+}

@@ -39,12 +39,14 @@ use serde::{Deserialize, Serialize};
 mod alerts;
 mod backtest;
 mod checkpoint;
+mod notify;
 mod plan;
 mod registry;
 mod runtime;
 
 pub use alerts::{Alert, alerts_schema};
 pub use backtest::{backtest, backtest_schema, explain, explain_schema};
+pub use notify::{AlertEvent, alert_events_schema};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
 pub use runtime::ContinuousQuery;

@@ -18,6 +18,7 @@ use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, alerts_batch, hex_hash};
+use super::notify::{AlertEvent, Events, Webhook, events_batch};
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
 
@@ -72,6 +73,10 @@ struct LiveCq {
     runtime: ContinuousQuery,
     rule: Option<AlertRule>,
     alerts: BTreeMap<String, Alert>,
+    /// WEBHOOK channels of NOTIFY.
+    hooks: Vec<Webhook>,
+    /// `alert_events` rows of this CQ, shared with its delivery threads.
+    events: Events,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
     last_checkpoint_at: Option<i64>,
@@ -197,6 +202,8 @@ struct CheckpointHeader {
     version: u64,
     seq: u64,
     alerts: Vec<Alert>,
+    #[serde(default)]
+    events: Vec<AlertEvent>,
 }
 
 const CKPT_MAGIC: &[u8] = b"LSCQF1";
@@ -205,7 +212,7 @@ impl LiveCq {
     async fn build(def: CqDefinition, checkpoint: Option<&[u8]>) -> Result<Self, CqError> {
         let cq = parse_create(&def.sql_text)?;
         let spec = spec_from(&cq)?;
-        let (runtime, seq, alerts) = match checkpoint {
+        let (runtime, seq, alerts, events) = match checkpoint {
             Some(bytes) => {
                 let (header, state) = decode_checkpoint(bytes)?;
                 if header.version != def.version {
@@ -220,11 +227,17 @@ impl LiveCq {
                     .into_iter()
                     .map(|a| (a.alert_id.clone(), a))
                     .collect();
-                (runtime, header.seq, alerts)
+                let events = header
+                    .events
+                    .into_iter()
+                    .map(|e| (e.event_id.clone(), e))
+                    .collect();
+                (runtime, header.seq, alerts, events)
             }
             None => (
                 ContinuousQuery::new(spec).await?,
                 def.from_seq.saturating_sub(1),
+                BTreeMap::new(),
                 BTreeMap::new(),
             ),
         };
@@ -235,7 +248,15 @@ impl LiveCq {
             runtime.plan.output_schema(),
         )?;
         let last_fired = alerts.values().map(|a: &Alert| a.last_seen).max();
+        let hooks = Webhook::from_channels(&cq.notify);
+        let events: Events = std::sync::Arc::new(Mutex::new(events));
+        // At-least-once: what a previous run recorded but did not deliver is sent again.
+        for (hook, id) in super::notify::undelivered(&events, &hooks) {
+            super::notify::deliver(Arc::clone(&events), hook, id);
+        }
         Ok(Self {
+            hooks,
+            events,
             checkpoint_interval: cq.checkpoint_interval(),
             def,
             runtime,
@@ -273,6 +294,23 @@ impl LiveCq {
                 Err(e) => self.error = Some(e.to_string()),
             }
         }
+        if !outputs.is_empty() {
+            self.notify(now_us);
+        }
+    }
+
+    /// Records and starts delivery of FIRING / RESOLVED transitions of this version.
+    fn notify(&mut self, now_us: i64) {
+        let version = self.def.version;
+        let due = super::notify::record_transitions(
+            self.alerts.values().filter(|a| a.cq_version == version),
+            &self.hooks,
+            &self.events,
+            now_us,
+        );
+        for (hook, id) in due {
+            super::notify::deliver(Arc::clone(&self.events), hook, id);
+        }
     }
 
     fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
@@ -282,6 +320,13 @@ impl LiveCq {
             version: self.def.version,
             seq: self.seq,
             alerts: self.alerts.values().cloned().collect(),
+            events: self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
         };
         let header = serde_json::to_vec(&header).map_err(|e| CqError::Checkpoint(e.to_string()))?;
         let mut bytes = CKPT_MAGIC.to_vec();
@@ -453,6 +498,12 @@ impl ContinuousQueries {
             // A new version starts with fresh state; the old version's alerts stay listed.
             let l = inner.live.get_mut(&name).expect("just inserted");
             l.alerts.extend(old.alerts);
+            let old_events =
+                std::mem::take(&mut *old.events.lock().unwrap_or_else(|p| p.into_inner()));
+            l.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(old_events);
             Created::Replaced
         } else if old_failed.is_some() {
             Created::Replaced
@@ -581,6 +632,7 @@ impl ContinuousQueries {
                 live.handle(outputs, now_us);
                 if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
                     rule.resolve(&mut live.alerts, w, now_us);
+                    live.notify(now_us);
                 }
             }
             if live.last_checkpoint.elapsed() >= live.checkpoint_interval
@@ -610,6 +662,24 @@ impl ContinuousQueries {
     pub fn alerts_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let inner = self.lock();
         alerts_batch(inner.live.values().flat_map(|l| l.alerts.values()))
+    }
+
+    /// The `alert_events` system table, now.
+    pub fn events_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let inner = self.lock();
+        let events: Vec<AlertEvent> = inner
+            .live
+            .values()
+            .flat_map(|l| {
+                l.events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        events_batch(&events)
     }
 
     /// The `continuous_queries` system table, now.

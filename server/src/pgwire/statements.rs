@@ -195,10 +195,14 @@ impl LogSphereStatement {
                         "continuous query exists; IF NOT EXISTS leaves it unchanged"
                     ),
                 }
-                if !cq.notify.is_empty() {
+                if cq
+                    .notify
+                    .iter()
+                    .any(|c| !matches!(c, logsphere_sql::Channel::Webhook { .. }))
+                {
                     tracing::warn!(
                         cq = %cq.name,
-                        "NOTIFY channels are accepted but not delivered yet; alerts go to the `alerts` table"
+                        "NOTIFY TABLE and KAFKA are accepted but not delivered yet (WEBHOOK is); alerts go to the `alerts` table"
                     );
                 }
                 Ok(Response::Execution(Tag::new("CREATE CONTINUOUS QUERY")))
