@@ -209,13 +209,7 @@ fn send_for(
                 s.spawn(move || sender(&agent, url, pool, id, deadline))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a sender thread panicked")))
-            })
-            .collect()
+        crate::server::join_senders(handles)
     });
     let secs = started.elapsed().as_secs_f64();
     let mut phase = Phase {

@@ -303,13 +303,7 @@ fn setup(args: &QueryArgs, server: &Server) -> anyhow::Result<Meta> {
                 );
             }
         }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a sender thread panicked")))
-            })
-            .collect()
+        crate::server::join_senders(handles)
     });
     for r in results {
         r?;

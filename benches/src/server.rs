@@ -245,3 +245,16 @@ impl Drop for Server {
         }
     }
 }
+
+/// Joins scoped sender threads, turning a panic into an error.
+pub fn join_senders<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, anyhow::Result<T>>>,
+) -> Vec<anyhow::Result<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a sender thread panicked")))
+        })
+        .collect()
+}

@@ -7,7 +7,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 /// The time zone every timestamp column carries; `timestamptz` on the wire.
 pub const UTC: &str = "UTC";
 
-fn ts_type() -> DataType {
+/// The type of every timestamp column: µs since the epoch, UTC (`timestamptz` on the wire).
+pub fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 

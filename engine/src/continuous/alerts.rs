@@ -424,7 +424,7 @@ pub(crate) fn hex_hash(parts: &[&str]) -> String {
 
 /// Schema of the `alerts` system table.
 pub fn alerts_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = crate::model::ts_type;
     Arc::new(Schema::new(vec![
         Field::new("alert_id", DataType::Utf8, false),
         Field::new("cq_name", DataType::Utf8, false),

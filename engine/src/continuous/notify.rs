@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::{Expr, Value};
 use logsphere_sql::Channel;
 use serde::{Deserialize, Serialize};
@@ -342,11 +342,7 @@ pub fn alert_events_schema() -> SchemaRef {
         Field::new("status", DataType::Utf8, false),
         Field::new("attempts", DataType::Int64, false),
         Field::new("last_error", DataType::Utf8, true),
-        Field::new(
-            "at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("at", crate::model::ts_type(), false),
     ]))
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
@@ -786,7 +786,7 @@ impl ContinuousQueries {
 
 /// Schema of the `continuous_queries` system table.
 pub fn queries_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = crate::model::ts_type;
     Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("version", DataType::Int64, false),
