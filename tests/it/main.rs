@@ -1,7 +1,9 @@
 mod clients;
 mod continuous;
+mod continuous_crash;
 mod crash;
 mod ingest;
 mod pgwire;
 mod services;
 mod slt;
+mod webhook_receiver;
