@@ -1,6 +1,7 @@
 mod clients;
 mod continuous;
 mod continuous_crash;
+mod continuous_equivalence;
 mod crash;
 mod ingest;
 mod pgwire;
