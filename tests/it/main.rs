@@ -1,7 +1,10 @@
 mod clients;
 mod continuous;
+mod continuous_crash;
+mod continuous_equivalence;
 mod crash;
 mod ingest;
 mod pgwire;
 mod services;
 mod slt;
+mod webhook_receiver;

@@ -671,6 +671,13 @@ impl ContinuousQueries {
                 .runtime
                 .process("wal", Position::Wal { seq }, batch, now_us);
             live.handle(outputs, now_us);
+            // The batch moved the watermark: resolve per-row alerts now, as BACKTEST and the
+            // WAL replay on open do, not only on the next 250 ms tick; otherwise whether a
+            // later match folds into the old alert or fires a new one depends on ingest speed.
+            if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
+                rule.resolve(&mut live.alerts, w, now_us);
+                live.notify(now_us);
+            }
         }
     }
 
