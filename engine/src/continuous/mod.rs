@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 mod alerts;
 mod backtest;
 mod checkpoint;
+mod lifecycle;
 mod notify;
 mod plan;
 mod registry;
