@@ -355,12 +355,13 @@ fn event_now(live: &LiveCq) -> i64 {
         .unwrap_or_default()
 }
 
-/// Forgets events of forgotten alerts, except transitions still being delivered.
-fn prune_events(events: &Events, alerts: &BTreeMap<String, Alert>) {
+/// Forgets events of forgotten alerts, except (when `in_flight` may be delivered still)
+/// transitions not yet delivered.
+fn prune_events(events: &Events, alerts: &BTreeMap<String, Alert>, in_flight: bool) {
     events
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|_, e| alerts.contains_key(&e.alert_id) || e.status == "pending");
+        .retain(|_, e| alerts.contains_key(&e.alert_id) || (in_flight && e.status == "pending"));
 }
 
 fn notify_on(events: &Events, hooks: &[Webhook], transitions: &[Transition], now_us: i64) {
@@ -725,7 +726,7 @@ impl ContinuousQueries {
             }
             let retention = i64::try_from(live.retention.as_micros()).unwrap_or(i64::MAX);
             if live.book.prune(retention, now_us) > 0 {
-                prune_events(&live.events, &live.book.alerts);
+                prune_events(&live.events, &live.book.alerts, true);
             }
             if live.last_checkpoint.elapsed() >= live.checkpoint_interval
                 && let Err(e) = live.checkpoint(&dir, now_us)
@@ -742,7 +743,8 @@ impl ContinuousQueries {
                 .is_none_or(|r| r.saturating_add(retention) >= now_us)
         });
         if inner.dropped.len() != before {
-            prune_events(&inner.dropped_events, &inner.dropped);
+            // A dropped CQ's undelivered events are not retried (its channels are gone).
+            prune_events(&inner.dropped_events, &inner.dropped, false);
         }
         self.update_hold(&inner);
     }
