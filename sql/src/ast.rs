@@ -15,6 +15,9 @@ pub const DEFAULT_WATERMARK: Duration = Duration::from_secs(5);
 /// Checkpoint period used when `WITH (checkpoint_interval = …)` is absent *(design default)*.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long resolved alerts stay listed when `alert_retention` is not given *(design)*.
+pub const DEFAULT_ALERT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
 /// Event-time column used when a continuous query has no `EVENT TIME` clause.
 pub const DEFAULT_EVENT_TIME_COLUMN: &str = "timestamp";
 
@@ -164,6 +167,14 @@ impl CreateContinuousQuery {
     pub fn max_ingest_delay(&self) -> Option<Duration> {
         self.options.max_ingest_delay
     }
+
+    /// How long resolved alerts are kept: `WITH (alert_retention = …)` or
+    /// [`DEFAULT_ALERT_RETENTION`].
+    pub fn alert_retention(&self) -> Duration {
+        self.options
+            .alert_retention
+            .unwrap_or(DEFAULT_ALERT_RETENTION)
+    }
 }
 
 /// The engine knobs a continuous query's `WITH (…)` may set; `None` means not given.
@@ -179,6 +190,8 @@ pub struct CqOptions {
     pub max_ingest_delay: Option<Duration>,
     /// `max_notify_delay = interval`: older transitions after a restart are summarized.
     pub max_notify_delay: Option<Duration>,
+    /// `alert_retention = interval`: how long resolved alerts stay listed.
+    pub alert_retention: Option<Duration>,
 }
 
 /// The option names [`CqOptions`] knows, as they may appear in `WITH (…)`.
@@ -188,6 +201,7 @@ pub const CQ_OPTION_NAMES: &[&str] = &[
     "idle_timeout",
     "max_ingest_delay",
     "max_notify_delay",
+    "alert_retention",
 ];
 
 /// What happens to a row later than the watermark but within the allowed lateness.

@@ -53,8 +53,8 @@ mod parser;
 
 pub use ast::{
     AlertSpec, AlterAction, CQ_OPTION_NAMES, Channel, CqOptions, CqTarget, CreateContinuousQuery,
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_EVENT_TIME_COLUMN, DEFAULT_WATERMARK, EmitPolicy, For,
-    LateAction, Mode, ShowFilter, StartFrom, Statement,
+    DEFAULT_ALERT_RETENTION, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_EVENT_TIME_COLUMN,
+    DEFAULT_WATERMARK, EmitPolicy, For, LateAction, Mode, ShowFilter, StartFrom, Statement,
 };
 pub use detect::is_logsphere_statement;
 pub use error::ParseError;

@@ -261,8 +261,10 @@ async fn seed_rule_b_fires_once_per_source_and_window_and_survives_restart() {
         .unwrap()
         .get(0);
     assert_eq!(state, "RUNNING");
+    // The watermark (2:29 into the hour's minute + 1:59) is past the end of the window after
+    // the burst's: that window closed without a burst, so both alerts resolved.
     let shown = client
-        .simple_query("SHOW ALERTS FOR error_burst_per_source WHERE state = 'firing'")
+        .simple_query("SHOW ALERTS FOR error_burst_per_source WHERE state = 'resolved'")
         .await
         .unwrap();
     let rows = shown
@@ -537,8 +539,16 @@ async fn backtest_replays_seed_rule_b_over_both_tiers_and_agrees_with_live() {
         rule.replace("error_burst_per_source", "error_burst_inline")
     );
     for sql in [&by_name, &inline] {
+        // Every transition: fired in the 10:00 window, resolved when the 10:01 window closed
+        // without a burst (in event time: 10:02).
         let rows = client.query(sql.as_str(), &[]).await.unwrap();
-        assert_eq!(rows.len(), 1, "{sql}");
+        assert_eq!(rows.len(), 2, "{sql}");
+        let kinds: Vec<String> = rows.iter().map(|r| r.get("transition")).collect();
+        assert_eq!(kinds, ["fired", "resolved"]);
+        let resolved_at: SystemTime = rows[1].get("resolved_at");
+        let resolved_ms = resolved_at.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert_eq!(resolved_ms, NOV_24_10H + 120_000);
+        assert_eq!(rows[1].get::<_, i64>("observation_count"), 2);
         let row = &rows[0];
         let labels: serde_json::Value =
             serde_json::from_str(&row.get::<_, String>("labels")).unwrap();
@@ -548,19 +558,21 @@ async fn backtest_replays_seed_rule_b_over_both_tiers_and_agrees_with_live() {
         assert_eq!(value["error_count"], 150, "{value}");
         assert_eq!(row.get::<_, String>("state"), "firing");
         assert!(!row.get::<_, bool>("late"));
-        assert_eq!(row.get::<_, i64>("observation_count"), 2);
+        assert!(row.get::<_, bool>("notified"));
+        assert_eq!(row.get::<_, i64>("observation_count"), 1);
         let simple = client.simple_query(sql).await.unwrap();
         let n = simple
             .iter()
             .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
             .count();
-        assert_eq!(n, 1, "{sql}");
+        assert_eq!(n, 2, "{sql}");
     }
 
     // Stream/batch agreement: the same fingerprint, window and value as live.
     let rows = client.query(by_name.as_str(), &[]).await.unwrap();
     let backtested: Vec<(String, String, i64, String)> = rows
         .iter()
+        .filter(|r| r.get::<_, String>("transition") == "fired")
         .map(|r| {
             let start: std::time::SystemTime = r.get("window_start");
             let ms = start.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
@@ -922,4 +934,157 @@ async fn webhook_delivery_is_at_least_once_with_stable_keys_across_sigkills() {
     let undelivered = "SELECT count(*) FROM alert_events \
                        WHERE kind = 'fired' AND status <> 'delivered'";
     assert_eq!(wait_i64(&client, undelivered, |n| n == 0).await, 0);
+}
+
+/// A 1-minute TUMBLE burst rule (more than 100 ERROR per source) with a 1 s watermark;
+/// `alert` is the ALERT body, `notify` the NOTIFY clause (or nothing).
+fn burst_rule(alert: &str, notify: &str) -> String {
+    format!(
+        "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' ALERT ({alert}) {notify} \
+         AS SELECT window_start, window_end, source, count(*) AS error_count \
+         FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+         GROUP BY window_start, window_end, source HAVING count(*) > 100"
+    )
+}
+
+/// `(alert_id, state, window_start ms, resolved_at is set)` of every `burst` alert, by first_seen.
+async fn burst_alerts(client: &Client) -> Vec<(String, String, i64, bool)> {
+    client
+        .query(
+            "SELECT alert_id, state, CAST(to_unixtime(window_start) * 1000 AS BIGINT), \
+             resolved_at IS NOT NULL FROM alerts WHERE cq_name = 'burst' ORDER BY first_seen",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn windowed_alert_folds_across_windows_and_resolves_when_a_window_closes_quiet() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .batch_execute(&burst_rule("SEVERITY 'warning'", ""))
+        .await
+        .unwrap();
+    let minute = now_ms() / 60_000 * 60_000;
+    let t = minute + 30_000;
+    server.post_expect(&records(150, t, "ERROR", "api"), 150, 0);
+    let firing = "SELECT count(*) FROM alerts WHERE state = 'firing'";
+    assert_eq!(wait_i64(&client, firing, |n| n >= 1).await, 1);
+    let first = burst_alerts(&client).await;
+
+    // The next minute bursts too: the same alert, now showing the later window.
+    server.post_expect(&records(150, t + 60_000, "ERROR", "api"), 150, 0);
+    let obs = "SELECT max(observation_count) FROM alerts";
+    assert_eq!(wait_i64(&client, obs, |n| n >= 3).await, 3);
+    let folded = burst_alerts(&client).await;
+    assert_eq!(folded.len(), 1, "{folded:?}");
+    assert_eq!(folded[0].0, first[0].0);
+    assert_eq!(
+        (folded[0].1.as_str(), folded[0].2),
+        ("firing", minute + 60_000)
+    );
+
+    // W = minute + 2:59: the window after the last burst ([2:00, 3:00)) is still open.
+    server.post_expect(&records(1, t + 150_000, "INFO", "api"), 1, 0);
+    wait_rows_in(&client, "burst", 301).await;
+    assert_eq!(burst_alerts(&client).await[0].1, "firing");
+    // W = minute + 3:00: it closed without a burst.
+    server.post_expect(&records(1, t + 151_000, "INFO", "api"), 1, 0);
+    let resolved = "SELECT count(*) FROM alerts WHERE state = 'resolved' \
+                    AND resolved_at IS NOT NULL AND resolved_reason IS NULL";
+    assert_eq!(wait_i64(&client, resolved, |n| n >= 1).await, 1);
+
+    // A later burst is a new alert.
+    server.post_expect(&records(150, t + 240_000, "ERROR", "api"), 150, 0);
+    assert_eq!(wait_i64(&client, firing, |n| n >= 1).await, 1);
+    let all = burst_alerts(&client).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all[0],
+        (first[0].0.clone(), "resolved".into(), minute + 60_000, true)
+    );
+    assert_ne!(all[1].0, all[0].0);
+    assert_eq!((all[1].1.as_str(), all[1].2), ("firing", minute + 240_000));
+}
+
+#[tokio::test]
+async fn severity_increase_and_cooldown_repeats_are_notified_in_event_time() {
+    let receiver = Receiver::start(0);
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let rule = burst_rule(
+        "SEVERITY CASE WHEN error_count > 200 THEN 'critical' ELSE 'warning' END, \
+         COOLDOWN INTERVAL '2 minutes'",
+        &format!("NOTIFY (WEBHOOK '{}')", receiver.url),
+    );
+    client.batch_execute(&rule).await.unwrap();
+    let minute = now_ms() / 60_000 * 60_000;
+    let t = minute + 30_000;
+    let severity = |body: &serde_json::Value| body["alerts"][0]["labels"]["severity"].clone();
+
+    server.post_expect(&records(150, t, "ERROR", "api"), 150, 0);
+    let got = receiver.wait(|r| !r.is_empty()).await;
+    assert_eq!(severity(&got[0].1), "warning");
+    // 250 in minute 0: the window's final row, when minute 1's rows close it, is critical,
+    // sent at once although within the cooldown.
+    server.post_expect(&records(100, t, "ERROR", "api"), 100, 0);
+    server.post_expect(&records(150, t + 60_000, "ERROR", "api"), 150, 0);
+    let got = receiver.wait(|r| r.len() >= 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(severity(&got[1].1), "critical");
+    // Minute 2 is two minutes of event time after the last notification: a repeat.
+    server.post_expect(&records(150, t + 120_000, "ERROR", "api"), 150, 0);
+    let got = receiver.wait(|r| r.len() >= 3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].1["status"], "firing");
+    // Minute 3 is within the cooldown of that repeat: nothing is sent.
+    server.post_expect(&records(150, t + 180_000, "ERROR", "api"), 150, 0);
+    wait_rows_in(&client, "burst", 700).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests().len(), 3);
+    // Minute 4 is not.
+    server.post_expect(&records(150, t + 240_000, "ERROR", "api"), 150, 0);
+    let got = receiver.wait(|r| r.len() >= 4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+
+    let keys: std::collections::BTreeSet<&String> = got.iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys.len(),
+        4,
+        "every notification has its own Idempotency-Key"
+    );
+    let kinds: Vec<String> = client
+        .query(
+            "SELECT kind FROM alert_events WHERE kind <> 'delivery' ORDER BY kind",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["escalated", "fired", "repeated", "repeated"]);
+    let rows = client
+        .query(
+            "SELECT state, value FROM alerts WHERE cq_name = 'burst'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one instance across five windows");
+    assert_eq!(rows[0].get::<_, String>(0), "firing");
+    let value: serde_json::Value = serde_json::from_str(&rows[0].get::<_, String>(1)).unwrap();
+    assert!(
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("__")),
+        "the severity column is hidden: {value}"
+    );
 }

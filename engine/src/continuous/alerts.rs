@@ -2,11 +2,11 @@
 //!
 //! An instance is identified by its fingerprint: a hash of its labels, which are the
 //! DEDUP BY values plus the static `LABELS`. Its `alert_id` is a hash of the CQ name,
-//! version, fingerprint and an event-time anchor (shape A: the first matching row's event
-//! time; shape B: the window start), so replaying the same input after a restart finds the
-//! same id and upserts instead of adding a row.
+//! version, fingerprint and an event-time anchor (the event time of the episode's first
+//! observation: shape A the row's, shape B its window's start), so replaying the same input
+//! after a restart finds the same id and upserts instead of adding a row. This file turns
+//! output rows into [`Observation`]s; `lifecycle.rs` runs the state machine over them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -14,10 +14,13 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::sql::sqlparser::ast::{Expr, GroupByExpr, SetExpr, Value};
-use logsphere_sql::CreateContinuousQuery;
+use datafusion::sql::sqlparser::ast::{
+    Expr, GroupByExpr, Ident, SelectItem, SetExpr, Value, visit_expressions_mut,
+};
+use logsphere_sql::{CreateContinuousQuery, For};
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::Episode;
 use super::{CqError, CqOutput, QueryShape};
 
 /// One row of the `alerts` system table.
@@ -31,17 +34,18 @@ pub struct Alert {
     pub fingerprint: String,
     /// DEDUP BY values and static labels, as a JSON object.
     pub labels: String,
+    /// The latest observation's severity (the highest notified one is in the events).
     pub severity: String,
-    /// `firing`, or `resolved` (shape A, after RESOLVE AFTER of event time without a match).
+    /// `pending` (FOR not yet met, not notified), `firing` or `resolved`.
     pub state: String,
     /// Wall-clock µs when the instance was first observed.
     pub first_seen: i64,
-    /// Wall-clock µs when it started firing.
+    /// Wall-clock µs when it started firing (or was first seen, while pending).
     pub fired_at: i64,
     /// Wall-clock µs of the latest observation.
     pub last_seen: i64,
     pub observation_count: u64,
-    /// Shape B: the window, µs since the epoch.
+    /// Shape B: the latest qualifying window, µs since the epoch.
     pub window_start: Option<i64>,
     pub window_end: Option<i64>,
     /// The latest output row, as a JSON object.
@@ -51,19 +55,25 @@ pub struct Alert {
     /// Wall-clock µs when it resolved.
     #[serde(default)]
     pub resolved_at: Option<i64>,
-    /// Event time (µs) of the latest observation, which resolution is measured from.
+    /// Event time (µs) of the latest observation (shape B: its window's start).
     #[serde(default)]
     pub last_event: i64,
     /// ANNOTATIONS with `{column}` filled from the latest row, as a JSON object.
     pub annotations: String,
+    /// Why it resolved when its condition did not end it: `rule_dropped`, `rule_replaced`.
+    #[serde(default)]
+    pub resolved_reason: Option<String>,
+    /// Event-time bookkeeping of the state machine (not a column).
+    #[serde(default)]
+    pub(crate) episode: Episode,
 }
 
-/// How a CQ's output rows map to alert instances.
+/// How a CQ's output rows map to alert instances, and the knobs of their state machine.
 #[derive(Debug, Clone)]
 pub(crate) struct AlertRule {
-    cq_name: String,
-    version: u64,
-    shape: QueryShape,
+    pub(super) cq_name: String,
+    pub(super) version: u64,
+    pub(super) shape: QueryShape,
     severity: Severity,
     /// Output columns that form the instance key.
     dedup: Vec<usize>,
@@ -71,13 +81,42 @@ pub(crate) struct AlertRule {
     annotations: Vec<(String, String)>,
     /// Shape A: the output column holding the event time, if projected.
     time_column: Option<usize>,
-    /// Shape A: a firing instance resolves after this much event time without a match.
-    resolve_after_us: i64,
+    /// The hidden SEVERITY column appended to the body, left out of `value`.
+    hidden: Option<usize>,
+    /// Shape A: the condition counts as false after this much event time without a match.
+    pub(super) resolve_after_us: i64,
+    /// Shape B: the window slide; the next window after a qualifying one ends this later.
+    pub(super) slide_us: i64,
+    /// FOR: the pending period.
+    pub(super) pending: Pending,
+    /// KEEP FIRING FOR: how long a false condition keeps a firing instance firing.
+    pub(super) keep_firing_us: i64,
+    /// COOLDOWN: minimum event time between notifications of one firing instance.
+    pub(super) cooldown_us: i64,
+    /// ABSENT FOR: rows are heartbeats; a key silent this long gets an `absent` instance.
+    pub(super) absent_us: Option<i64>,
     output: SchemaRef,
+}
+
+/// The pending period of `FOR`, in event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// No FOR (or FOR 0): fire at the first observation.
+    None,
+    /// Fire once the observations span this much event time (from the first).
+    Micros(i64),
+    /// Shape B: fire at the n-th qualifying window.
+    Windows(u64),
 }
 
 /// Shape A's quiet period when neither RESOLVE AFTER nor COOLDOWN is given *(design)*.
 const DEFAULT_RESOLVE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Re-notification gap when COOLDOWN is not given *(design, §5.4)*.
+const DEFAULT_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The output column a SEVERITY expression is appended to the body as.
+pub(crate) const SEVERITY_COLUMN: &str = "__logsphere_severity";
 
 #[derive(Debug, Clone)]
 enum Severity {
@@ -85,14 +124,83 @@ enum Severity {
     Column(usize),
 }
 
+/// One output row as an alert observation.
+#[derive(Debug, Clone)]
+pub(crate) struct Observation {
+    pub fingerprint: String,
+    /// The instance's labels, as a JSON object.
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub value: String,
+    pub annotations: String,
+    pub severity: String,
+    /// Event time of the observation: shape A the row's, shape B its window's start.
+    pub at: i64,
+    /// Event time the row covers up to: shape A the row's, shape B its window's end.
+    pub covers_to: i64,
+    /// Shape B: the window.
+    pub window: Option<(i64, i64)>,
+    pub late: bool,
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The body of `cq` with a `SEVERITY` expression appended to its SELECT list as the hidden
+/// column [`SEVERITY_COLUMN`] (a rewrite of the parsed AST; references to output column
+/// aliases are replaced by the aliased expressions). `None` when SEVERITY is absent, a
+/// constant or a plain column name, which need no rewrite.
+pub(crate) fn body_with_severity(cq: &CreateContinuousQuery) -> Result<Option<String>, CqError> {
+    let Some(expr) = cq.alert.as_ref().and_then(|a| a.severity.as_ref()) else {
+        return Ok(None);
+    };
+    if constant(expr).is_some() || matches!(expr, Expr::Identifier(_)) {
+        return Ok(None);
+    }
+    let mut query = cq.query.as_ref().clone();
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(CqError::Unsupported {
+            sql: cq.body_sql.clone(),
+            reason: "a SEVERITY expression needs the body to be a plain SELECT".into(),
+        });
+    };
+    let aliases: Vec<(String, Expr)> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { expr, alias } => {
+                Some((alias.value.to_ascii_lowercase(), expr.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut severity = expr.clone();
+    let _ = visit_expressions_mut(&mut severity, |e| {
+        if let Expr::Identifier(id) = e
+            && let Some((_, aliased)) = aliases
+                .iter()
+                .find(|(name, _)| *name == id.value.to_ascii_lowercase())
+        {
+            *e = Expr::Nested(Box::new(aliased.clone()));
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    select.projection.push(SelectItem::ExprWithAlias {
+        expr: severity,
+        alias: Ident::new(SEVERITY_COLUMN),
+    });
+    Ok(Some(query.to_string()))
+}
+
 impl AlertRule {
     /// Checks the `ALERT` clause of `cq` against the body's output schema; `None` when the
-    /// CQ has no `ALERT` clause.
+    /// CQ has no `ALERT` clause. `slide_us` is shape B's window slide.
     pub(crate) fn new(
         cq: &CreateContinuousQuery,
         version: u64,
         shape: QueryShape,
         output: SchemaRef,
+        slide_us: i64,
     ) -> Result<Option<Self>, CqError> {
         let Some(spec) = &cq.alert else {
             return Ok(None);
@@ -101,25 +209,32 @@ impl AlertRule {
             sql: cq.body_sql.clone(),
             reason,
         };
+        let hidden = output
+            .fields()
+            .iter()
+            .position(|f| f.name() == SEVERITY_COLUMN);
         let column = |name: &str| -> Result<usize, CqError> {
             output
                 .fields()
                 .iter()
                 .position(|f| f.name().eq_ignore_ascii_case(name))
+                .filter(|&i| Some(i) != hidden)
                 .ok_or_else(|| {
                     unsupported(format!(
                         "ALERT refers to column `{name}`, which the SELECT does not output \
                          (it outputs: {})",
-                        column_names(&output)
+                        column_names(&output, hidden)
                     ))
                 })
         };
-        let severity = match &spec.severity {
-            None => Severity::Constant("warning".into()),
-            Some(Expr::Identifier(id)) => Severity::Column(column(&id.value)?),
-            Some(e) => Severity::Constant(constant(e).ok_or_else(|| {
+        let severity = match (&spec.severity, hidden) {
+            (_, Some(c)) => Severity::Column(c),
+            (None, None) => Severity::Constant("warning".into()),
+            (Some(Expr::Identifier(id)), None) => Severity::Column(column(&id.value)?),
+            (Some(e), None) => Severity::Constant(constant(e).ok_or_else(|| {
                 unsupported(format!(
-                    "SEVERITY must be a constant or an output column in this version, not `{e}`"
+                    "SEVERITY must be a constant, an output column or an expression over the \
+                     SELECT's columns and aggregates, not `{e}`"
                 ))
             })?),
         };
@@ -134,7 +249,7 @@ impl AlertRule {
                 .collect::<Result<Vec<_>, _>>()?
         } else if shape == QueryShape::PerRow {
             (0..output.fields().len())
-                .filter(|&i| Some(i) != time_column)
+                .filter(|&i| Some(i) != time_column && Some(i) != hidden)
                 .collect()
         } else {
             group_keys(cq)
@@ -157,8 +272,34 @@ impl AlertRule {
             .resolve_after
             .or(spec.cooldown)
             .unwrap_or(DEFAULT_RESOLVE_AFTER);
+        let pending = match spec.for_ {
+            None => Pending::None,
+            Some(For::Duration(d)) if d.is_zero() => Pending::None,
+            Some(For::Duration(d)) => Pending::Micros(micros(d)),
+            Some(For::Windows(_)) if shape == QueryShape::PerRow => {
+                return Err(unsupported(
+                    "FOR n WINDOWS needs a windowed body (TUMBLE, HOP or date_bin); \
+                     a per-row rule takes FOR INTERVAL '…'"
+                        .into(),
+                ));
+            }
+            Some(For::Windows(n)) if n <= 1 => Pending::None,
+            Some(For::Windows(n)) => Pending::Windows(n),
+        };
+        if spec.absent_for.is_some() && (spec.for_.is_some() || spec.keep_firing_for.is_some()) {
+            return Err(unsupported(
+                "ABSENT FOR is its own pending period and resolves when the key's rows return: \
+                 it does not combine with FOR or KEEP FIRING FOR"
+                    .into(),
+            ));
+        }
         Ok(Some(Self {
-            resolve_after_us: i64::try_from(resolve_after.as_micros()).unwrap_or(i64::MAX),
+            resolve_after_us: micros(resolve_after),
+            slide_us: slide_us.max(1),
+            pending,
+            keep_firing_us: spec.keep_firing_for.map_or(0, micros),
+            cooldown_us: micros(spec.cooldown.unwrap_or(DEFAULT_COOLDOWN)),
+            absent_us: spec.absent_for.map(micros),
             cq_name: cq.name.to_string(),
             version,
             shape,
@@ -167,8 +308,29 @@ impl AlertRule {
             labels,
             annotations: spec.annotations.clone(),
             time_column,
+            hidden,
             output,
         }))
+    }
+
+    /// The rule of `cq` for its built `runtime`.
+    pub(crate) fn for_runtime(
+        cq: &CreateContinuousQuery,
+        version: u64,
+        runtime: &super::ContinuousQuery,
+    ) -> Result<Option<Self>, CqError> {
+        let slide_us = runtime
+            .plan
+            .window
+            .as_ref()
+            .map_or(1, |w| w.spec.slide_ns / 1_000);
+        Self::new(
+            cq,
+            version,
+            runtime.shape(),
+            runtime.plan.output_schema(),
+            slide_us,
+        )
     }
 
     /// The output columns that form the instance key, by name.
@@ -179,13 +341,12 @@ impl AlertRule {
             .collect()
     }
 
-    /// Folds `out` into `alerts` (keyed by alert id); returns how many alerts were new.
-    pub(crate) fn apply(
+    /// The rows of `out` as observations, in row order.
+    pub(crate) fn observations(
         &self,
         out: &CqOutput,
-        alerts: &mut BTreeMap<String, Alert>,
         now_us: i64,
-    ) -> Result<usize, CqError> {
+    ) -> Result<Vec<Observation>, CqError> {
         let rows = &out.rows;
         let names: Vec<String> = self
             .output
@@ -198,13 +359,7 @@ impl AlertRule {
             .iter()
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut new = 0;
-        // Shape A: the firing instance per fingerprint, found once per batch, not per row.
-        let mut firing: std::collections::HashMap<String, String> = alerts
-            .values()
-            .filter(|a| a.cq_version == self.version && a.state == "firing")
-            .map(|a| (a.fingerprint.clone(), a.alert_id.clone()))
-            .collect();
+        let mut observations = Vec::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
             let values: Vec<serde_json::Value> = rows
                 .columns()
@@ -219,10 +374,14 @@ impl AlertRule {
             for (k, v) in &self.labels {
                 labels.insert(k.clone(), serde_json::Value::String(v.clone()));
             }
-            let labels = serde_json::Value::Object(labels).to_string();
-            let fingerprint = hex_hash(&[&labels]);
+            let fingerprint = fingerprint(&labels);
+            let shown = |c: &usize| Some(*c) != self.hidden;
+            let visible: Vec<usize> = (0..names.len()).filter(shown).collect();
             let value = serde_json::Value::Object(
-                names.iter().cloned().zip(values.iter().cloned()).collect(),
+                visible
+                    .iter()
+                    .map(|&c| (names[c].clone(), values[c].clone()))
+                    .collect(),
             )
             .to_string();
             let annotations = self.annotations(&names, &values);
@@ -230,90 +389,33 @@ impl AlertRule {
                 Severity::Constant(s) => s.clone(),
                 Severity::Column(c) => text(&values[*c]),
             };
-            let event = match self.shape {
-                QueryShape::PerRow => self
-                    .time_column
-                    .and_then(|c| event_time(rows.column(c), i))
-                    .unwrap_or(now_us),
-                QueryShape::Windowed => out.window_start.get(i).copied().unwrap_or_default(),
-            };
-            let (anchor, window) = match self.shape {
+            let (at, covers_to, window) = match self.shape {
                 QueryShape::PerRow => {
-                    if let Some(a) = firing.get(&fingerprint).and_then(|id| alerts.get_mut(id)) {
-                        a.observation_count += 1;
-                        a.last_seen = now_us;
-                        a.last_event = a.last_event.max(event);
-                        a.value = value;
-                        a.annotations = annotations;
-                        continue;
-                    }
-                    (event, None)
+                    let t = self
+                        .time_column
+                        .and_then(|c| event_time(rows.column(c), i))
+                        .unwrap_or(now_us);
+                    (t, t, None)
                 }
                 QueryShape::Windowed => {
                     let start = out.window_start.get(i).copied().unwrap_or_default();
                     let end = out.window_end.get(i).copied().unwrap_or_default();
-                    (start, Some((start, end)))
+                    (start, end, Some((start, end)))
                 }
             };
-            let alert_id = hex_hash(&[
-                &self.cq_name,
-                &self.version.to_string(),
-                &fingerprint,
-                &anchor.to_string(),
-            ]);
-            if let Some(a) = alerts.get_mut(&alert_id) {
-                a.observation_count += 1;
-                a.last_seen = now_us;
-                a.value = value;
-                a.annotations = annotations;
-                continue;
-            }
-            new += 1;
-            if self.shape == QueryShape::PerRow {
-                firing.insert(fingerprint.clone(), alert_id.clone());
-            }
-            alerts.insert(
-                alert_id.clone(),
-                Alert {
-                    alert_id,
-                    cq_name: self.cq_name.clone(),
-                    cq_version: self.version,
-                    fingerprint,
-                    labels,
-                    severity,
-                    state: "firing".into(),
-                    first_seen: now_us,
-                    fired_at: now_us,
-                    last_seen: now_us,
-                    observation_count: 1,
-                    window_start: window.map(|w| w.0),
-                    window_end: window.map(|w| w.1),
-                    value,
-                    late: out.late,
-                    annotations,
-                    resolved_at: None,
-                    last_event: event,
-                },
-            );
+            observations.push(Observation {
+                fingerprint,
+                labels,
+                value,
+                annotations,
+                severity,
+                at,
+                covers_to,
+                window,
+                late: out.late,
+            });
         }
-        Ok(new)
-    }
-
-    /// Shape A: resolves firing instances of this version with no match for
-    /// `resolve_after` of event time, given the watermark `w`.
-    pub(crate) fn resolve(&self, alerts: &mut BTreeMap<String, Alert>, w: i64, now_us: i64) {
-        if self.shape != QueryShape::PerRow {
-            return;
-        }
-        for a in alerts.values_mut() {
-            if a.cq_version == self.version
-                && a.state == "firing"
-                && a.last_event.saturating_add(self.resolve_after_us) <= w
-            {
-                a.state = "resolved".into();
-                a.resolved_at = Some(now_us);
-            }
-        }
+        Ok(observations)
     }
 
     fn annotations(&self, names: &[String], values: &[serde_json::Value]) -> String {
@@ -330,6 +432,11 @@ impl AlertRule {
             .collect();
         serde_json::Value::Object(filled).to_string()
     }
+}
+
+/// The fingerprint of a label set.
+pub(crate) fn fingerprint(labels: &serde_json::Map<String, serde_json::Value>) -> String {
+    hex_hash(&[&serde_json::Value::Object(labels.clone()).to_string()])
 }
 
 /// The non-window GROUP BY columns of a shape B body, by name.
@@ -367,11 +474,13 @@ fn constant(e: &Expr) -> Option<String> {
     }
 }
 
-fn column_names(schema: &Schema) -> String {
+fn column_names(schema: &Schema, hidden: Option<usize>) -> String {
     schema
         .fields()
         .iter()
-        .map(|f| f.name().as_str())
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != hidden)
+        .map(|(_, f)| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -443,6 +552,7 @@ pub fn alerts_schema() -> SchemaRef {
         Field::new("late", DataType::Boolean, false),
         Field::new("annotations", DataType::Utf8, false),
         Field::new("resolved_at", ts(), true),
+        Field::new("resolved_reason", DataType::Utf8, true),
     ]))
 }
 
@@ -486,6 +596,9 @@ pub(crate) fn alerts_batch<'a>(
             Arc::new(BooleanArray::from_iter(alerts.iter().map(|a| Some(a.late)))),
             s(|a| &a.annotations),
             ts(|a| a.resolved_at),
+            Arc::new(StringArray::from_iter(
+                alerts.iter().map(|a| a.resolved_reason.as_deref()),
+            )),
         ],
     )
 }

@@ -2,56 +2,53 @@
 //!
 //! A backtest reads stored `logs` (hot and cold tiers, through a [`SessionContext`]) for
 //! `[from, to)` sorted by event time, and pushes the rows through a fresh
-//! [`ContinuousQuery`] and the live alert logic (`alerts.rs`), with the rows' event time
-//! as the clock. Nothing is persisted: the alerts live in a local map and are returned.
+//! [`ContinuousQuery`] and the live alert state machine (`lifecycle.rs`), with the rows'
+//! event time as the clock. It returns every transition (pending, fired, escalated,
+//! repeated, resolved, inactive), not only end states. Nothing is persisted.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{RecordBatch, TimestampMicrosecondArray};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use logsphere_sql::CreateContinuousQuery;
 
-use super::alerts::{Alert, AlertRule, alerts_batch};
+use super::alerts::{AlertRule, Pending};
+use super::lifecycle::{AlertBook, Transition};
 use super::{ContinuousQuery, CqError, EmitPolicy, OnLate, Position, QueryShape, spec_from};
-
-/// The columns a backtest returns, in order.
-const BACKTEST_COLUMNS: [&str; 14] = [
-    "alert_id",
-    "fingerprint",
-    "labels",
-    "severity",
-    "state",
-    "first_seen",
-    "fired_at",
-    "last_seen",
-    "resolved_at",
-    "observation_count",
-    "window_start",
-    "window_end",
-    "value",
-    "late",
-];
 
 /// Columns that hold free text: as an instance key they make one alert per line.
 const FREE_TEXT_COLUMNS: [&str; 2] = ["message", "attributes"];
 
-/// Schema of a backtest's result: the `alerts` columns that describe what would have fired.
+/// Schema of a backtest's result: one row per transition, with the alert as it stood
+/// right after it; `at`, `fired_at` and `resolved_at` are event times.
 pub fn backtest_schema() -> SchemaRef {
-    let all = super::alerts_schema();
-    let indices: Vec<usize> = BACKTEST_COLUMNS
-        .iter()
-        .map(|n| all.index_of(n).expect("an alerts column"))
-        .collect();
-    Arc::new(all.project(&indices).expect("indices are in range"))
+    let ts = crate::model::ts_type;
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("labels", DataType::Utf8, false),
+        Field::new("transition", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("at", ts(), false),
+        Field::new("fired_at", ts(), true),
+        Field::new("resolved_at", ts(), true),
+        Field::new("observation_count", DataType::Int64, false),
+        Field::new("window_start", ts(), true),
+        Field::new("window_end", ts(), true),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("late", DataType::Boolean, false),
+        Field::new("notified", DataType::Boolean, false),
+    ]))
 }
 
 /// Schema of `EXPLAIN CONTINUOUS QUERY`: one row per fact.
 pub fn explain_schema() -> SchemaRef {
-    use arrow::datatypes::{DataType, Field, Schema};
     Arc::new(Schema::new(vec![
         Field::new("item", DataType::Utf8, false),
         Field::new("value", DataType::Utf8, false),
@@ -59,7 +56,9 @@ pub fn explain_schema() -> SchemaRef {
 }
 
 /// Replays `cq` over the stored `logs` rows with `from_us <= timestamp < to_us` (µs since
-/// the epoch) and returns the alerts that would have fired ([`backtest_schema`]).
+/// the epoch) and returns every transition the alert state machine makes
+/// ([`backtest_schema`]). The input ends at `to_us`: windows still open then are closed
+/// with what they hold, and the condition is judged up to `to_us`.
 pub async fn backtest(
     cq: &CreateContinuousQuery,
     version: u64,
@@ -69,14 +68,15 @@ pub async fn backtest(
 ) -> Result<RecordBatch, CqError> {
     let spec = spec_from(cq)?;
     let mut runtime = ContinuousQuery::new(spec).await?;
-    let rule = AlertRule::new(cq, version, runtime.shape(), runtime.plan.output_schema())?;
+    let rule = AlertRule::for_runtime(cq, version, &runtime)?;
     let sql = format!(
         "SELECT * FROM logs WHERE timestamp >= to_timestamp_micros({from_us}) \
          AND timestamp < to_timestamp_micros({to_us}) ORDER BY timestamp"
     );
     let want = crate::model::logs_schema();
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
-    let mut alerts: BTreeMap<String, Alert> = BTreeMap::new();
+    let mut book = AlertBook::default();
+    let mut transitions: Vec<Transition> = Vec::new();
     let mut clock = from_us;
     let mut n: u64 = 0;
     while let Some(batch) = stream.next().await {
@@ -108,10 +108,10 @@ pub async fn backtest(
             let outputs = runtime.process("backtest", Position::Wal { seq: n }, &slice, clock)?;
             if let Some(rule) = &rule {
                 for out in &outputs {
-                    rule.apply(out, &mut alerts, clock)?;
+                    transitions.extend(rule.observe(out, &mut book, clock)?);
                 }
                 if let Some(w) = runtime.watermark() {
-                    rule.resolve(&mut alerts, w, clock);
+                    transitions.extend(rule.advance(&mut book, w, clock));
                 }
             }
         }
@@ -119,17 +119,47 @@ pub async fn backtest(
     let outputs = runtime.finish()?;
     if let Some(rule) = &rule {
         for out in &outputs {
-            rule.apply(out, &mut alerts, clock)?;
+            transitions.extend(rule.observe(out, &mut book, clock)?);
         }
+        transitions.extend(rule.advance(&mut book, to_us, clock));
     }
-    let mut list: Vec<&Alert> = alerts.values().collect();
-    list.sort_by(|a, b| (a.fired_at, &a.alert_id).cmp(&(b.fired_at, &b.alert_id)));
-    let all = alerts_batch(list.into_iter())?;
-    let indices: Vec<usize> = BACKTEST_COLUMNS
-        .iter()
-        .map(|n| all.schema().index_of(n))
-        .collect::<Result<_, _>>()?;
-    Ok(all.project(&indices)?)
+    Ok(transitions_batch(&transitions)?)
+}
+
+/// `transitions` as one batch of [`backtest_schema`], in the order they happened.
+fn transitions_batch(t: &[Transition]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let s = |f: &dyn Fn(&Transition) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(t.iter().map(f)))
+    };
+    let ts = |f: &dyn Fn(&Transition) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter(t.iter().map(f)).with_timezone("UTC"))
+    };
+    RecordBatch::try_new(
+        backtest_schema(),
+        vec![
+            s(&|t| &t.alert.alert_id),
+            s(&|t| &t.alert.fingerprint),
+            s(&|t| &t.alert.labels),
+            s(&|t| t.kind.as_str()),
+            s(&|t| &t.alert.severity),
+            s(&|t| &t.alert.state),
+            ts(&|t| Some(t.at)),
+            ts(&|t| t.alert.episode.fired_event),
+            ts(&|t| t.alert.episode.resolved_event),
+            Arc::new(Int64Array::from_iter_values(t.iter().map(|t| {
+                i64::try_from(t.alert.observation_count).unwrap_or(i64::MAX)
+            }))),
+            ts(&|t| t.alert.window_start),
+            ts(&|t| t.alert.window_end),
+            s(&|t| &t.alert.value),
+            Arc::new(BooleanArray::from_iter(
+                t.iter().map(|t| Some(t.alert.late)),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                t.iter().map(|t| Some(t.notifies())),
+            )),
+        ],
+    )
 }
 
 /// `EXPLAIN CONTINUOUS QUERY`: what the runtime would do with `cq`, one `(item, value)`
@@ -138,7 +168,7 @@ pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>
     let spec = spec_from(cq)?;
     let runtime = ContinuousQuery::new(spec.clone()).await?;
     let plan = &runtime.plan;
-    let rule = AlertRule::new(cq, 1, plan.shape(), plan.output_schema())?;
+    let rule = AlertRule::for_runtime(cq, 1, &runtime)?;
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
     let windowed = plan.shape() == QueryShape::Windowed;
@@ -227,6 +257,9 @@ pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>
         }
         None => push("instance key", "none (no ALERT clause)".into()),
     }
+    if let Some(rule) = &rule {
+        push("alert lifecycle", lifecycle(rule, windowed));
+    }
     push(
         "watermark",
         format!(
@@ -286,6 +319,37 @@ pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>
     };
     push("worst-case alert latency", latency);
     Ok(rows)
+}
+
+/// The alert state machine's settings, in words.
+fn lifecycle(rule: &AlertRule, windowed: bool) -> String {
+    let us = |v: i64| human(Duration::from_micros(v.unsigned_abs()));
+    if let Some(d) = rule.absent_us {
+        return format!(
+            "rows are heartbeats: a key without rows for {} gets an absent alert, \
+             resolved when it has rows again",
+            us(d)
+        );
+    }
+    let mut parts = vec![match rule.pending {
+        Pending::None => "fires at the first qualifying row".to_string(),
+        Pending::Micros(d) => format!("pending until true for {}", us(d)),
+        Pending::Windows(n) => format!("pending until {n} qualifying windows"),
+    }];
+    parts.push(if windowed {
+        "false when the window after the last qualifying one closes without a row for the key"
+            .to_string()
+    } else {
+        format!("false after {} without a match", us(rule.resolve_after_us))
+    });
+    if rule.keep_firing_us > 0 {
+        parts.push(format!("kept firing {} after", us(rule.keep_firing_us)));
+    }
+    parts.push(format!(
+        "repeats at most every {} of event time; a severity increase is sent at once",
+        us(rule.cooldown_us)
+    ));
+    parts.join("; ")
 }
 
 /// `90s` → `1m 30s`.

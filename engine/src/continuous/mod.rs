@@ -40,6 +40,7 @@ mod alerts;
 mod backtest;
 mod checkpoint;
 pub(crate) mod feed;
+mod lifecycle;
 mod notify;
 mod plan;
 mod registry;

@@ -1,6 +1,6 @@
-//! NOTIFY delivery (CONTINUOUS_QUERIES.md §5.4–§5.6): entering FIRING and RESOLVED each
-//! produce one `alert_events` row per WEBHOOK channel, whose `event_id` (a hash of alert
-//! id, transition, severity and channel) is the `Idempotency-Key` of an Alertmanager-style
+//! NOTIFY delivery (CONTINUOUS_QUERIES.md §5.4–§5.6): each notifying transition (fired,
+//! escalated, repeated, resolved) produces one `alert_events` row per WEBHOOK channel, whose
+//! `event_id` (a hash of the transition id and channel) is the `Idempotency-Key` of an Alertmanager-style
 //! POST. Delivery runs on its own thread with exponential backoff and records each outcome
 //! in the event; events are checkpointed with the alerts, and a restart retries every event
 //! not yet `delivered` (at-least-once; the receiver dedupes by the key).
@@ -16,6 +16,7 @@ use logsphere_sql::Channel;
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, hex_hash};
+use super::lifecycle::{Transition, TransitionKind};
 
 /// One row of the `alert_events` system table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +24,8 @@ pub struct AlertEvent {
     pub event_id: String,
     pub alert_id: String,
     pub cq_name: String,
-    /// `fired`, `resolved` (a transition, one per channel) or `delivery` (one attempt).
+    /// `fired`, `escalated`, `repeated`, `resolved` (a transition, one per channel) or
+    /// `delivery` (one attempt).
     pub kind: String,
     /// E.g. `webhook http://…`.
     pub channel: String,
@@ -178,10 +180,12 @@ pub(crate) fn payload(alert: &Alert, status: &str) -> String {
     .to_string()
 }
 
-/// Records a transition event for every channel not recorded yet (dedupe by event id, so a
-/// replay finds the same ids) and returns the new ones to deliver.
-pub(crate) fn record_transitions<'a>(
-    alerts: impl Iterator<Item = &'a Alert>,
+/// Records an event per channel for every transition that notifies (entering FIRING, a
+/// severity increase, a COOLDOWN repeat, RESOLVED), deduped by event id (a hash of the
+/// transition id and the channel, so a replay finds the same ids), and returns the new ones
+/// to deliver.
+pub(crate) fn record_transitions(
+    transitions: &[Transition],
     hooks: &[Webhook],
     events: &Events,
     now_us: i64,
@@ -191,40 +195,34 @@ pub(crate) fn record_transitions<'a>(
     }
     let mut events = events.lock().unwrap_or_else(|p| p.into_inner());
     let mut due = Vec::new();
-    for alert in alerts {
-        let mut transitions = vec!["fired"];
-        if alert.state == "resolved" {
-            transitions.push("resolved");
-        }
-        for kind in transitions {
-            for hook in hooks {
-                let channel = hook.channel();
-                let event_id = hex_hash(&[&alert.alert_id, kind, &alert.severity, &channel]);
-                if events.contains_key(&event_id) {
-                    continue;
-                }
-                let status = if kind == "fired" {
-                    "firing"
-                } else {
-                    "resolved"
-                };
-                events.insert(
-                    event_id.clone(),
-                    AlertEvent {
-                        event_id: event_id.clone(),
-                        alert_id: alert.alert_id.clone(),
-                        cq_name: alert.cq_name.clone(),
-                        kind: kind.into(),
-                        channel,
-                        status: "pending".into(),
-                        attempts: 0,
-                        last_error: None,
-                        at: now_us,
-                        payload: payload(alert, status),
-                    },
-                );
-                due.push((hook.clone(), event_id));
+    for t in transitions.iter().filter(|t| t.notifies()) {
+        let status = if t.kind == TransitionKind::Resolved {
+            "resolved"
+        } else {
+            "firing"
+        };
+        for hook in hooks {
+            let channel = hook.channel();
+            let event_id = hex_hash(&[&t.id, &channel]);
+            if events.contains_key(&event_id) {
+                continue;
             }
+            events.insert(
+                event_id.clone(),
+                AlertEvent {
+                    event_id: event_id.clone(),
+                    alert_id: t.alert.alert_id.clone(),
+                    cq_name: t.alert.cq_name.clone(),
+                    kind: t.kind.as_str().into(),
+                    channel,
+                    status: "pending".into(),
+                    attempts: 0,
+                    last_error: None,
+                    at: now_us,
+                    payload: payload(&t.alert, status),
+                },
+            );
+            due.push((hook.clone(), event_id));
         }
     }
     due

@@ -17,7 +17,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::{Alert, AlertRule, alerts_batch, hex_hash};
+use super::alerts::{Alert, AlertRule, alerts_batch, body_with_severity, hex_hash};
+use super::lifecycle::{AlertBook, Heartbeat, Transition, TransitionKind};
 use super::notify::{AlertEvent, Events, Webhook, events_batch};
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
@@ -53,9 +54,15 @@ pub struct CqDefinition {
     pub from_seq: u64,
 }
 
+/// The definitions, and the alerts of dropped CQs: in one file, so a DROP that removes a
+/// definition and keeps its (now resolved) alerts is one atomic replace.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DefinitionsFile {
     queries: Vec<CqDefinition>,
+    #[serde(default)]
+    dropped_alerts: Vec<Alert>,
+    #[serde(default)]
+    dropped_events: Vec<AlertEvent>,
 }
 
 /// What `CREATE CONTINUOUS QUERY` did.
@@ -72,9 +79,13 @@ struct LiveCq {
     def: CqDefinition,
     runtime: ContinuousQuery,
     rule: Option<AlertRule>,
-    alerts: BTreeMap<String, Alert>,
+    book: AlertBook,
+    /// `alert_retention`: resolved alerts older than this are forgotten.
+    retention: Duration,
     /// WEBHOOK channels of NOTIFY.
     hooks: Vec<Webhook>,
+    /// CREATE OR REPLACE: the old version's channels, told of its `rule_replaced` alerts.
+    replaced_hooks: Vec<Webhook>,
     /// `alert_events` rows of this CQ, shared with its delivery threads.
     events: Events,
     checkpoint_interval: Duration,
@@ -99,6 +110,10 @@ struct Inner {
     failed: BTreeMap<String, (CqDefinition, String)>,
     /// The highest WAL sequence number seen by the CQ task.
     last_seq: u64,
+    /// Alerts of dropped CQs (resolved `rule_dropped`), kept for their retention.
+    dropped: BTreeMap<String, Alert>,
+    /// `alert_events` of dropped CQs, still shared with delivery threads.
+    dropped_events: Events,
 }
 
 /// The engine's continuous queries.
@@ -160,18 +175,9 @@ pub fn spec_from(cq: &CreateContinuousQuery) -> Result<CqSpec, CqError> {
     if !cq.event_time.value.eq_ignore_ascii_case("timestamp") {
         return unsupported("EVENT TIME other than `timestamp`");
     }
-    if let Some(alert) = &cq.alert {
-        if alert.for_.is_some() {
-            return unsupported("ALERT (FOR …)");
-        }
-        if alert.keep_firing_for.is_some() {
-            return unsupported("ALERT (KEEP FIRING FOR …)");
-        }
-        if alert.absent_for.is_some() {
-            return unsupported("ALERT (ABSENT FOR …)");
-        }
-    }
-    let mut spec = CqSpec::new(cq.body_sql.clone());
+    // A SEVERITY expression runs as a hidden output column of the body.
+    let body = body_with_severity(cq)?.unwrap_or_else(|| cq.body_sql.clone());
+    let mut spec = CqSpec::new(body);
     spec.watermark = cq.watermark;
     spec.allowed_lateness = cq.allowed_lateness;
     spec.on_late = match cq.on_late {
@@ -208,6 +214,9 @@ struct CheckpointHeader {
     alerts: Vec<Alert>,
     #[serde(default)]
     events: Vec<AlertEvent>,
+    /// ABSENT FOR: the last rows per key.
+    #[serde(default)]
+    heartbeats: BTreeMap<String, Heartbeat>,
 }
 
 const CKPT_MAGIC: &[u8] = b"LSCQF1";
@@ -216,7 +225,7 @@ impl LiveCq {
     async fn build(def: CqDefinition, checkpoint: Option<&[u8]>) -> Result<Self, CqError> {
         let cq = parse_create(&def.sql_text)?;
         let spec = spec_from(&cq)?;
-        let (runtime, seq, alerts, events) = match checkpoint {
+        let (runtime, seq, book, events) = match checkpoint {
             Some(bytes) => {
                 let (header, state) = decode_checkpoint(bytes)?;
                 if header.version != def.version {
@@ -226,32 +235,23 @@ impl LiveCq {
                     )));
                 }
                 let runtime = ContinuousQuery::restore(spec, state).await?;
-                let alerts = header
-                    .alerts
-                    .into_iter()
-                    .map(|a| (a.alert_id.clone(), a))
-                    .collect();
+                let book = AlertBook::new(header.alerts, header.heartbeats, def.version);
                 let events = header
                     .events
                     .into_iter()
                     .map(|e| (e.event_id.clone(), e))
                     .collect();
-                (runtime, header.seq, alerts, events)
+                (runtime, header.seq, book, events)
             }
             None => (
                 ContinuousQuery::new(spec).await?,
                 def.from_seq.saturating_sub(1),
-                BTreeMap::new(),
+                AlertBook::default(),
                 BTreeMap::new(),
             ),
         };
-        let rule = AlertRule::new(
-            &cq,
-            def.version,
-            runtime.shape(),
-            runtime.plan.output_schema(),
-        )?;
-        let last_fired = alerts.values().map(|a: &Alert| a.last_seen).max();
+        let rule = AlertRule::for_runtime(&cq, def.version, &runtime)?;
+        let last_fired = book.alerts.values().map(|a: &Alert| a.fired_at).max();
         let hooks = Webhook::from_channels(&cq.notify);
         let events: Events = std::sync::Arc::new(Mutex::new(events));
         // At-least-once: what a previous run recorded but did not deliver is sent again.
@@ -260,12 +260,14 @@ impl LiveCq {
         }
         Ok(Self {
             hooks,
+            replaced_hooks: Vec::new(),
             events,
             checkpoint_interval: cq.checkpoint_interval(),
             def,
             runtime,
             rule,
-            alerts,
+            book,
+            retention: cq.alert_retention(),
             last_checkpoint: Instant::now(),
             last_checkpoint_at: None,
             seq,
@@ -276,6 +278,8 @@ impl LiveCq {
         })
     }
 
+    /// Folds `outputs` into the alerts, then moves the state machine to the watermark, and
+    /// records and starts delivery of what notifies.
     fn handle(&mut self, outputs: Result<Vec<CqOutput>, CqError>, now_us: i64) {
         let outputs = match outputs {
             Ok(o) => o,
@@ -288,34 +292,32 @@ impl LiveCq {
         let Some(rule) = &self.rule else {
             return;
         };
+        let mut transitions = Vec::new();
         for out in &outputs {
-            match rule.apply(out, &mut self.alerts, now_us) {
-                Ok(new) => {
-                    if new > 0 {
-                        tracing::info!(cq = %self.def.name, new, kind = ?out.kind, "alerts fired");
-                    }
-                    self.last_fired = Some(now_us);
-                }
+            match rule.observe(out, &mut self.book, now_us) {
+                Ok(t) => transitions.extend(t),
                 Err(e) => self.error = Some(e.to_string()),
             }
         }
-        if !outputs.is_empty() {
-            self.notify(now_us);
+        if let Some(w) = self.runtime.watermark() {
+            transitions.extend(rule.advance(&mut self.book, w, now_us));
         }
+        let fired = transitions
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Fired)
+            .count();
+        if fired > 0 {
+            tracing::info!(cq = %self.def.name, fired, "alerts fired");
+        }
+        if transitions.iter().any(Transition::notifies) {
+            self.last_fired = Some(now_us);
+        }
+        self.notify(&transitions, now_us);
     }
 
-    /// Records and starts delivery of FIRING / RESOLVED transitions of this version.
-    fn notify(&mut self, now_us: i64) {
-        let version = self.def.version;
-        let due = super::notify::record_transitions(
-            self.alerts.values().filter(|a| a.cq_version == version),
-            &self.hooks,
-            &self.events,
-            now_us,
-        );
-        for (hook, id) in due {
-            super::notify::deliver(Arc::clone(&self.events), hook, id);
-        }
+    /// Records and starts delivery of the notifying `transitions`.
+    fn notify(&mut self, transitions: &[Transition], now_us: i64) {
+        notify_on(&self.events, &self.hooks, transitions, now_us);
     }
 
     fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
@@ -324,7 +326,8 @@ impl LiveCq {
             name: self.def.name.clone(),
             version: self.def.version,
             seq: self.seq,
-            alerts: self.alerts.values().cloned().collect(),
+            alerts: self.book.alerts.values().cloned().collect(),
+            heartbeats: self.book.heartbeats.clone(),
             events: self
                 .events
                 .lock()
@@ -344,6 +347,31 @@ impl LiveCq {
         self.last_checkpoint_at = Some(now_us);
         self.checkpointed_seq = self.seq;
         Ok(())
+    }
+}
+
+/// The event time a CQ has reached (its watermark, else its newest observation), for
+/// transitions that no row causes (DROP, REPLACE).
+fn event_now(live: &LiveCq) -> i64 {
+    live.runtime
+        .watermark()
+        .filter(|w| *w > i64::MIN)
+        .or_else(|| live.book.alerts.values().map(|a| a.last_event).max())
+        .unwrap_or_default()
+}
+
+/// Forgets events of forgotten alerts, except (when `in_flight` may be delivered still)
+/// transitions not yet delivered.
+fn prune_events(events: &Events, alerts: &BTreeMap<String, Alert>, in_flight: bool) {
+    events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, e| alerts.contains_key(&e.alert_id) || (in_flight && e.status == "pending"));
+}
+
+fn notify_on(events: &Events, hooks: &[Webhook], transitions: &[Transition], now_us: i64) {
+    for (hook, id) in super::notify::record_transitions(transitions, hooks, events, now_us) {
+        super::notify::deliver(Arc::clone(events), hook, id);
     }
 }
 
@@ -379,7 +407,20 @@ impl ContinuousQueries {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DefinitionsFile::default(),
             Err(e) => return Err(storage(&defs_path, e)),
         };
-        let mut inner = Inner::default();
+        let mut inner = Inner {
+            dropped: file
+                .dropped_alerts
+                .into_iter()
+                .map(|a| (a.alert_id.clone(), a))
+                .collect(),
+            dropped_events: Arc::new(Mutex::new(
+                file.dropped_events
+                    .into_iter()
+                    .map(|e| (e.event_id.clone(), e))
+                    .collect(),
+            )),
+            ..Inner::default()
+        };
         for def in file.queries {
             let path = checkpoint_path(&ckpt_dir, &def.name);
             let checkpoint = match std::fs::read(&path) {
@@ -455,6 +496,14 @@ impl ContinuousQueries {
                 .map(|l| l.def.clone())
                 .chain(inner.failed.values().map(|(d, _)| d.clone()))
                 .collect(),
+            dropped_alerts: inner.dropped.values().cloned().collect(),
+            dropped_events: inner
+                .dropped_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| storage(&self.defs_path, e))?;
         atomic_write(&self.defs_path, &bytes).map_err(|e| storage(&self.defs_path, e))
@@ -501,9 +550,11 @@ impl ContinuousQueries {
         let old_failed = inner.failed.remove(&name);
         let old = inner.live.insert(name.clone(), live);
         let outcome = if let Some(old) = old {
-            // A new version starts with fresh state; the old version's alerts stay listed.
+            // A new version starts with fresh state; the old version's alerts stay listed
+            // (and are resolved `rule_replaced` once the new definition is stored).
             let l = inner.live.get_mut(&name).expect("just inserted");
-            l.alerts.extend(old.alerts);
+            l.book.alerts.extend(old.book.alerts);
+            l.replaced_hooks = old.hooks;
             let old_events =
                 std::mem::take(&mut *old.events.lock().unwrap_or_else(|p| p.into_inner()));
             l.events
@@ -527,15 +578,24 @@ impl ContinuousQueries {
         self.update_hold(&inner);
         let dir = self.ckpt_dir.clone();
         if let Some(l) = inner.live.get_mut(&name) {
+            let version = l.def.version;
+            let at = event_now(l);
+            let replaced =
+                l.book
+                    .close_all(|a| a.cq_version == version, "rule_replaced", at, now_us);
+            let hooks = std::mem::take(&mut l.replaced_hooks);
+            notify_on(&l.events, &hooks, &replaced, now_us);
             l.checkpoint(&dir, now_us)?;
         }
         self.update_hold(&inner);
         Ok(outcome)
     }
 
-    /// `DROP CONTINUOUS QUERY [IF EXISTS]`; returns whether one was dropped. Its alerts go
-    /// with it.
+    /// `DROP CONTINUOUS QUERY [IF EXISTS]`; returns whether one was dropped. Its pending
+    /// and firing alerts resolve with reason `rule_dropped` (notified on its channels once,
+    /// with retries) and stay listed, with its events, for their retention.
     pub fn drop_query(&self, name: &str, if_exists: bool) -> Result<bool, CqError> {
+        let now_us = super::now_us();
         let mut inner = self.lock();
         if let Some(failed) = inner.failed.remove(name) {
             if let Err(e) = self.save_definitions(&inner) {
@@ -551,10 +611,42 @@ impl ContinuousQueries {
                 Err(CqError::NotFound(name.to_string()))
             };
         };
+        // Resolve copies, so a failed save leaves the CQ as it was.
+        let mut closing = AlertBook::new(
+            old.book.alerts.values().cloned(),
+            BTreeMap::new(),
+            old.def.version,
+        );
+        let resolved = closing.close_all(|_| false, "rule_dropped", event_now(&old), now_us);
+        let kept_before = inner.dropped.clone();
+        inner.dropped.extend(closing.alerts);
+        let old_events: Vec<AlertEvent> = old
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let events_before = {
+            let mut dropped = inner
+                .dropped_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let before = dropped.clone();
+            dropped.extend(old_events.into_iter().map(|e| (e.event_id.clone(), e)));
+            before
+        };
         if let Err(e) = self.save_definitions(&inner) {
+            inner.dropped = kept_before;
+            *inner
+                .dropped_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = events_before;
             inner.live.insert(name.to_string(), old);
             return Err(e);
         }
+        let events = Arc::clone(&inner.dropped_events);
+        notify_on(&events, &old.hooks, &resolved, now_us);
         self.update_hold(&inner);
         let path = checkpoint_path(&self.ckpt_dir, name);
         match std::fs::remove_file(&path) {
@@ -670,18 +762,16 @@ impl ContinuousQueries {
             let outputs = live
                 .runtime
                 .process("wal", Position::Wal { seq }, batch, now_us);
+            // `handle` also advances the alert state machine to the batch's watermark, as
+            // BACKTEST and the WAL replay on open do, not only on the next 250 ms tick;
+            // otherwise whether a later match folds into the old alert or fires a new one
+            // would depend on ingest speed.
             live.handle(outputs, now_us);
-            // The batch moved the watermark: resolve per-row alerts now, as BACKTEST and the
-            // WAL replay on open do, not only on the next 250 ms tick; otherwise whether a
-            // later match folds into the old alert or fires a new one depends on ingest speed.
-            if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
-                rule.resolve(&mut live.alerts, w, now_us);
-                live.notify(now_us);
-            }
         }
     }
 
-    /// A timer tick: moves watermarks on the wall clock and writes due checkpoints.
+    /// A timer tick: moves watermarks on the wall clock (closing windows, resolving and
+    /// opening alerts), forgets alerts past their retention and writes due checkpoints.
     pub fn tick(&self, now_us: i64) {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
@@ -690,10 +780,10 @@ impl ContinuousQueries {
             if live.def.state == CqState::Running && !live.catching_up {
                 let outputs = live.runtime.advance(now_us);
                 live.handle(outputs, now_us);
-                if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
-                    rule.resolve(&mut live.alerts, w, now_us);
-                    live.notify(now_us);
-                }
+            }
+            let retention = i64::try_from(live.retention.as_micros()).unwrap_or(i64::MAX);
+            if live.book.prune(retention, now_us) > 0 {
+                prune_events(&live.events, &live.book.alerts, true);
             }
             if live.last_checkpoint.elapsed() >= live.checkpoint_interval
                 && let Err(e) = live.checkpoint(&dir, now_us)
@@ -701,6 +791,17 @@ impl ContinuousQueries {
                 tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
                 live.error = Some(e.to_string());
             }
+        }
+        let retention =
+            i64::try_from(logsphere_sql::DEFAULT_ALERT_RETENTION.as_micros()).unwrap_or(i64::MAX);
+        let before = inner.dropped.len();
+        inner.dropped.retain(|_, a| {
+            a.resolved_at
+                .is_none_or(|r| r.saturating_add(retention) >= now_us)
+        });
+        if inner.dropped.len() != before {
+            // A dropped CQ's undelivered events are not retried (its channels are gone).
+            prune_events(&inner.dropped_events, &inner.dropped, false);
         }
         self.update_hold(&inner);
     }
@@ -721,7 +822,13 @@ impl ContinuousQueries {
     /// The `alerts` system table, now.
     pub fn alerts_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let inner = self.lock();
-        alerts_batch(inner.live.values().flat_map(|l| l.alerts.values()))
+        alerts_batch(
+            inner
+                .live
+                .values()
+                .flat_map(|l| l.book.alerts.values())
+                .chain(inner.dropped.values()),
+        )
     }
 
     /// The `alert_events` system table, now.
@@ -730,8 +837,10 @@ impl ContinuousQueries {
         let events: Vec<AlertEvent> = inner
             .live
             .values()
-            .flat_map(|l| {
-                l.events
+            .map(|l| &l.events)
+            .chain(std::iter::once(&inner.dropped_events))
+            .flat_map(|events| {
+                events
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .values()
@@ -834,7 +943,7 @@ impl ContinuousQueries {
                 int(&|x| x.runtime.metrics().late_rows_updated),
                 int(&|x| x.runtime.metrics().late_rows_dropped),
                 int(&|x| x.runtime.live_keys() as u64),
-                int(&|x| x.alerts.len() as u64),
+                int(&|x| x.book.alerts.len() as u64),
                 ts(&|x| x.last_fired),
                 ts(&|x| x.last_checkpoint_at),
                 int(&|x| x.seq),

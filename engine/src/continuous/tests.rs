@@ -11,18 +11,18 @@ use super::*;
 use crate::model::logs_schema;
 
 /// A minute boundary in November 2023.
-const BASE: i64 = 28_333_333 * 60_000_000;
-const SEC: i64 = 1_000_000;
+pub(crate) const BASE: i64 = 28_333_333 * 60_000_000;
+pub(crate) const SEC: i64 = 1_000_000;
 
 #[derive(Debug, Clone)]
-struct Row {
+pub(crate) struct Row {
     ts: i64,
     level: &'static str,
     source: &'static str,
     message: String,
 }
 
-fn row(ts: i64, level: &'static str, source: &'static str) -> Row {
+pub(crate) fn row(ts: i64, level: &'static str, source: &'static str) -> Row {
     Row {
         ts,
         level,
@@ -31,7 +31,7 @@ fn row(ts: i64, level: &'static str, source: &'static str) -> Row {
     }
 }
 
-fn batch(rows: &[Row]) -> RecordBatch {
+pub(crate) fn batch(rows: &[Row]) -> RecordBatch {
     let ts = || {
         TimestampMicrosecondArray::from(rows.iter().map(|r| r.ts).collect::<Vec<_>>())
             .with_timezone("UTC")
@@ -617,7 +617,7 @@ async fn engine_sessions_have_the_window_functions_and_feed_the_runtime() {
 }
 
 /// The `alerts` rows as (alert_id, observation_count, value).
-fn alert_rows(queries: &ContinuousQueries) -> Vec<(String, i64, String)> {
+pub(crate) fn alert_rows(queries: &ContinuousQueries) -> Vec<(String, i64, String)> {
     let b = queries.alerts_batch().unwrap();
     let text = |i: usize| {
         b.column(i)
@@ -644,7 +644,7 @@ fn alert_rows(queries: &ContinuousQueries) -> Vec<(String, i64, String)> {
         .collect()
 }
 
-fn create_statement(sql: &str) -> logsphere_sql::CreateContinuousQuery {
+pub(crate) fn create_statement(sql: &str) -> logsphere_sql::CreateContinuousQuery {
     match logsphere_sql::parse_statements(sql).unwrap().remove(0) {
         logsphere_sql::Statement::CreateContinuousQuery(cq) => *cq,
         other => panic!("not a CREATE: {other:?}"),

@@ -350,6 +350,7 @@ fn cq_options(entries: Vec<Entry>) -> Result<(Vec<(String, Expr)>, CqOptions), P
             "idle_timeout" => options.idle_timeout = duration()?,
             "max_ingest_delay" => options.max_ingest_delay = duration()?,
             "max_notify_delay" => options.max_notify_delay = duration()?,
+            "alert_retention" => options.alert_retention = duration()?,
             _ => {
                 return Err(ParseError::at(
                     key_at,

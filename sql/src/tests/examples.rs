@@ -238,7 +238,7 @@ fn clauses_in_any_order_and_the_later_ones() {
     let cq = create(
         "create continuous query q
            with (max_keys = 10000, CHECKPOINT_INTERVAL = interval '30 seconds', idle_timeout = '1m',
-                 max_ingest_delay = INTERVAL '15' SECOND)
+                 max_ingest_delay = INTERVAL '15' SECOND, alert_retention = '2 days')
            mode shadow
            comment 'c'
            start from earliest
@@ -253,6 +253,7 @@ fn clauses_in_any_order_and_the_later_ones() {
     assert_eq!(cq.checkpoint_interval(), Duration::from_secs(30));
     assert_eq!(cq.idle_timeout(), Some(mins(1)));
     assert_eq!(cq.max_ingest_delay(), Some(Duration::from_secs(15)));
+    assert_eq!(cq.alert_retention(), Duration::from_secs(2 * 86_400));
     assert_eq!(
         cq.with_options
             .iter()
@@ -262,7 +263,8 @@ fn clauses_in_any_order_and_the_later_ones() {
             "max_keys",
             "checkpoint_interval",
             "idle_timeout",
-            "max_ingest_delay"
+            "max_ingest_delay",
+            "alert_retention"
         ]
     );
     assert_eq!(cq.mode, Mode::Shadow);
@@ -288,6 +290,7 @@ fn event_time_alert_defaults_and_qualified_names() {
     assert_eq!(cq.emit, Some(EmitPolicy::OnUpdate));
     assert_eq!(cq.start_from, StartFrom::Now);
     assert_eq!(cq.checkpoint_interval(), crate::DEFAULT_CHECKPOINT_INTERVAL);
+    assert_eq!(cq.alert_retention(), crate::DEFAULT_ALERT_RETENTION);
     assert_eq!(
         cq.body_sql,
         "WITH e AS (SELECT * FROM logs) SELECT * FROM e"
