@@ -18,7 +18,7 @@ use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, alerts_batch, hex_hash};
-use super::notify::{AlertEvent, Events, Webhook, events_batch};
+use super::notify::{AlertEvent, Events, Notifier, NotifyChannel, NotifyConfig, events_batch};
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
 
@@ -73,10 +73,11 @@ struct LiveCq {
     runtime: ContinuousQuery,
     rule: Option<AlertRule>,
     alerts: BTreeMap<String, Alert>,
-    /// WEBHOOK channels of NOTIFY.
-    hooks: Vec<Webhook>,
-    /// `alert_events` rows of this CQ, shared with its delivery threads.
+    /// The deliverable channels of NOTIFY (WEBHOOK, KAFKA).
+    channels: Vec<NotifyChannel>,
+    /// `alert_events` rows of this CQ, shared with the delivery service.
     events: Events,
+    notifier: Arc<Notifier>,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
     last_checkpoint_at: Option<i64>,
@@ -105,6 +106,8 @@ pub struct ContinuousQueries {
     inner: Mutex<Inner>,
     /// Told the first WAL sequence number a restart would replay, whenever it may change.
     wal_hold: OnceLock<WalHold>,
+    /// Delivers every CQ's NOTIFY events.
+    notifier: Arc<Notifier>,
 }
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
@@ -209,9 +212,17 @@ struct CheckpointHeader {
 const CKPT_MAGIC: &[u8] = b"LSCQF1";
 
 impl LiveCq {
-    async fn build(def: CqDefinition, checkpoint: Option<&[u8]>) -> Result<Self, CqError> {
+    async fn build(
+        def: CqDefinition,
+        checkpoint: Option<&[u8]>,
+        notifier: &Arc<Notifier>,
+    ) -> Result<Self, CqError> {
         let cq = parse_create(&def.sql_text)?;
         let spec = spec_from(&cq)?;
+        let channels = NotifyChannel::from_channels(&cq.notify, notifier.config())?;
+        for channel in &channels {
+            notifier.check(channel)?;
+        }
         let (runtime, seq, alerts, events) = match checkpoint {
             Some(bytes) => {
                 let (header, state) = decode_checkpoint(bytes)?;
@@ -248,15 +259,13 @@ impl LiveCq {
             runtime.plan.output_schema(),
         )?;
         let last_fired = alerts.values().map(|a: &Alert| a.last_seen).max();
-        let hooks = Webhook::from_channels(&cq.notify);
         let events: Events = std::sync::Arc::new(Mutex::new(events));
         // At-least-once: what a previous run recorded but did not deliver is sent again.
-        for (hook, id) in super::notify::undelivered(&events, &hooks) {
-            super::notify::deliver(Arc::clone(&events), hook, id);
-        }
+        notifier.dispatch(&events, &channels, super::now_us());
         Ok(Self {
-            hooks,
+            channels,
             events,
+            notifier: Arc::clone(notifier),
             checkpoint_interval: cq.checkpoint_interval(),
             def,
             runtime,
@@ -304,17 +313,30 @@ impl LiveCq {
         let version = self.def.version;
         let due = super::notify::record_transitions(
             self.alerts.values().filter(|a| a.cq_version == version),
-            &self.hooks,
+            &self.channels,
             &self.events,
             now_us,
         );
-        for (hook, id) in due {
-            super::notify::deliver(Arc::clone(&self.events), hook, id);
+        if !due.is_empty() {
+            self.notifier
+                .dispatch(&self.events, &self.channels, super::now_us());
         }
     }
 
     fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
         let state = self.runtime.checkpoint()?;
+        let listed: std::collections::HashSet<&str> = self
+            .alerts
+            .values()
+            .filter(|a| a.cq_version == self.def.version)
+            .map(|a| a.alert_id.as_str())
+            .collect();
+        super::notify::prune(
+            &mut self.events.lock().unwrap_or_else(|p| p.into_inner()),
+            &listed,
+            self.notifier.config().retention,
+            super::now_us(),
+        );
         let header = CheckpointHeader {
             name: self.def.name.clone(),
             version: self.def.version,
@@ -363,9 +385,16 @@ fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl ContinuousQueries {
-    /// Loads the definitions in `data_dir` and restores each CQ from its checkpoint. A CQ
-    /// that cannot be restored starts fresh and reports why in its `error` column.
+    /// [`Self::open_with`] the default NOTIFY delivery settings.
     pub async fn open(data_dir: &Path) -> Result<Self, CqError> {
+        Self::open_with(data_dir, &NotifyConfig::default()).await
+    }
+
+    /// Loads the definitions in `data_dir` and restores each CQ from its checkpoint. A CQ
+    /// that cannot be restored starts fresh and reports why in its `error` column. Starts
+    /// the NOTIFY delivery service with `notify`.
+    pub async fn open_with(data_dir: &Path, notify: &NotifyConfig) -> Result<Self, CqError> {
+        let notifier = Arc::new(Notifier::new(notify));
         let defs_path = data_dir.join("continuous_queries.json");
         let ckpt_dir = data_dir.join("continuous");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| storage(&ckpt_dir, e))?;
@@ -382,11 +411,11 @@ impl ContinuousQueries {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(storage(&path, e)),
             };
-            let live = match LiveCq::build(def.clone(), checkpoint.as_deref()).await {
+            let live = match LiveCq::build(def.clone(), checkpoint.as_deref(), &notifier).await {
                 Ok(live) => live,
                 Err(e) if checkpoint.is_some() => {
                     tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
-                    match LiveCq::build(def.clone(), None).await {
+                    match LiveCq::build(def.clone(), None, &notifier).await {
                         Ok(mut live) => {
                             live.error = Some(format!("checkpoint not restored: {e}"));
                             live
@@ -412,6 +441,7 @@ impl ContinuousQueries {
             ckpt_dir,
             inner: Mutex::new(inner),
             wal_hold: OnceLock::new(),
+            notifier,
         })
     }
 
@@ -483,7 +513,7 @@ impl ContinuousQueries {
             created_at: now_us,
             from_seq: 0,
         };
-        let mut live = LiveCq::build(def, None).await?;
+        let mut live = LiveCq::build(def, None, &self.notifier).await?;
         let mut inner = self.lock();
         let taken = inner.live.contains_key(&name) || inner.failed.contains_key(&name);
         if taken != existing.is_some() {
@@ -627,6 +657,8 @@ impl ContinuousQueries {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
         for live in inner.live.values_mut() {
+            // Retries and re-queued failures come due here, and events a full queue left.
+            self.notifier.dispatch(&live.events, &live.channels, now_us);
             if live.def.state == CqState::Running {
                 let outputs = live.runtime.advance(now_us);
                 live.handle(outputs, now_us);
