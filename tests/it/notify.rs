@@ -337,6 +337,7 @@ async fn a_receiver_that_never_answers_holds_neither_alerts_nor_threads() {
     let pending = "SELECT count(*) FROM alert_events WHERE kind = 'fired' AND status = 'pending'";
     assert_eq!(wait_i64(&client, pending, 5, |n| n == 40).await, 40);
     let after = threads(pid);
+    eprintln!("threads: {before} before, {after} with 40 undeliverable events; alerts in {took:?}");
     assert!(
         after <= before + 4,
         "threads grew from {before} to {after} with 40 undeliverable events"

@@ -169,7 +169,8 @@ fn tls_fixture() -> (Arc<rustls::ServerConfig>, tempfile::TempDir) {
         .signed_by(&key, &issuer)
         .expect("server certificate");
     let dir = tempfile::tempdir().expect("temp dir");
-    write(&dir.path().join("ca.pem"), ca_cert.pem().as_bytes());
+    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_cert.der().to_vec()));
+    write(&dir.path().join("ca.pem"), ca_pem.as_bytes());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -74,6 +74,7 @@ pub struct NotifyConfig {
     /// After a channel's fast retries fail, the event is `failed` and re-queued after this,
     /// doubling per attempt up to `requeue_max`...
     pub requeue_after: Duration,
+    /// ...the longest gap between re-queued attempts...
     pub requeue_max: Duration,
     /// ...until this long after it was recorded: then it stays `failed` for good.
     pub give_up_after: Duration,
