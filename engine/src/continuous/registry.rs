@@ -87,6 +87,9 @@ struct LiveCq {
     checkpointed_seq: u64,
     last_fired: Option<i64>,
     error: Option<String>,
+    /// Resumed and re-reading the WAL from where it paused: live entries wait until the
+    /// catch-up reaches them (see feed.rs).
+    catching_up: bool,
 }
 
 #[derive(Default)]
@@ -108,6 +111,7 @@ pub struct ContinuousQueries {
     wal_hold: OnceLock<WalHold>,
     /// Delivers every CQ's NOTIFY events.
     notifier: Arc<Notifier>,
+    feed: OnceLock<std::sync::Arc<super::feed::Feed>>,
 }
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
@@ -277,6 +281,7 @@ impl LiveCq {
             checkpointed_seq: seq,
             last_fired,
             error: None,
+            catching_up: false,
         })
     }
 
@@ -442,6 +447,7 @@ impl ContinuousQueries {
             inner: Mutex::new(inner),
             wal_hold: OnceLock::new(),
             notifier,
+            feed: OnceLock::new(),
         })
     }
 
@@ -588,22 +594,54 @@ impl ContinuousQueries {
         }
     }
 
-    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`.
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`. A resumed CQ re-reads the WAL from
+    /// where it paused (its WAL hold kept those entries), so a pause skips nothing.
     pub fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
-        let mut inner = self.lock();
-        let live = inner
-            .live
-            .get_mut(name)
-            .ok_or_else(|| CqError::NotFound(name.to_string()))?;
-        let before = live.def.state;
-        live.def.state = state;
-        if let Err(e) = self.save_definitions(&inner) {
-            if let Some(l) = inner.live.get_mut(name) {
-                l.def.state = before;
+        let resume_from = {
+            let mut inner = self.lock();
+            let live = inner
+                .live
+                .get_mut(name)
+                .ok_or_else(|| CqError::NotFound(name.to_string()))?;
+            let before = live.def.state;
+            live.def.state = state;
+            let resumed = before != CqState::Running && state == CqState::Running;
+            let from = live.seq + 1;
+            if resumed {
+                live.catching_up = true;
             }
-            return Err(e);
+            if let Err(e) = self.save_definitions(&inner) {
+                if let Some(l) = inner.live.get_mut(name) {
+                    l.def.state = before;
+                    l.catching_up = false;
+                }
+                return Err(e);
+            }
+            resumed.then_some(from)
+        };
+        // Not under the registry lock: the feed's lock is taken first when it goes live.
+        if let (Some(from), Some(feed)) = (resume_from, self.feed.get()) {
+            feed.rewind(from);
         }
         Ok(())
+    }
+
+    /// Connects the feed that RESUME rewinds.
+    pub(crate) fn set_feed(&self, feed: std::sync::Arc<super::feed::Feed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// The feed is live again: resumed CQs take live entries from now on. With `error`
+    /// (the catch-up failed), the CQs that were catching up record it.
+    pub(crate) fn caught_up(&self, error: Option<&str>) {
+        for live in self.lock().live.values_mut() {
+            if live.def.state == CqState::Running
+                && let Some(e) = error
+            {
+                live.error = Some(format!("WAL entries skipped: {e}"));
+            }
+            live.catching_up = false;
+        }
     }
 
     /// The parsed definition of `name` and its version (for BACKTEST and EXPLAIN by name).
@@ -634,21 +672,42 @@ impl ContinuousQueries {
     }
 
     /// Feeds one durable WAL entry's `logs` rows to every running CQ that has not seen it.
+    /// A paused CQ keeps its position (and its WAL hold), so RESUME continues from it.
     pub fn process(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
+        self.feed_entry(seq, batch, now_us, false);
+    }
+
+    /// Like [`Self::process`], for an entry read back from the WAL by a catch-up, which also
+    /// feeds resumed CQs re-reading from where they paused.
+    pub(crate) fn process_caught_up(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
+        self.feed_entry(seq, batch, now_us, true);
+    }
+
+    fn feed_entry(&self, seq: u64, batch: &RecordBatch, now_us: i64, from_wal: bool) {
         let mut inner = self.lock();
         inner.last_seq = inner.last_seq.max(seq);
         for live in inner.live.values_mut() {
-            if seq <= live.seq {
+            if seq <= live.seq
+                || live.def.state != CqState::Running
+                || (live.catching_up && !from_wal)
+            {
                 continue;
             }
             live.seq = seq;
-            if live.def.state != CqState::Running || batch.num_rows() == 0 {
+            if batch.num_rows() == 0 {
                 continue;
             }
             let outputs = live
                 .runtime
                 .process("wal", Position::Wal { seq }, batch, now_us);
             live.handle(outputs, now_us);
+            // The batch moved the watermark: resolve per-row alerts now, as BACKTEST and the
+            // WAL replay on open do, not only on the next 250 ms tick; otherwise whether a
+            // later match folds into the old alert or fires a new one depends on ingest speed.
+            if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
+                rule.resolve(&mut live.alerts, w, now_us);
+                live.notify(now_us);
+            }
         }
     }
 
@@ -659,7 +718,8 @@ impl ContinuousQueries {
         for live in inner.live.values_mut() {
             // Retries and re-queued failures come due here, and events a full queue left.
             self.notifier.dispatch(&live.events, &live.channels, now_us);
-            if live.def.state == CqState::Running {
+            // A catching-up CQ's clock is its entries' ingest time, not the wall clock.
+            if live.def.state == CqState::Running && !live.catching_up {
                 let outputs = live.runtime.advance(now_us);
                 live.handle(outputs, now_us);
                 if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
