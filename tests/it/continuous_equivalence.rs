@@ -108,7 +108,7 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
                 push(&mut rng, ts, "ERROR", source);
             }
             for _ in 0..rng.random_range(0..15) {
-                let level: &str = *["INFO", "WARN", "DEBUG"]
+                let level: &str = ["INFO", "WARN", "DEBUG"]
                     .choose(&mut rng)
                     .unwrap_or(&"INFO");
                 let ts = start + rng.random_range(0..60_000);
