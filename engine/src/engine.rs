@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub wal_segment_bytes: u64,
     /// Fault injection for crash tests: pause between writing Parquet and committing it.
     pub fault_flush_pause: Option<Duration>,
+    /// NOTIFY delivery: threads, queue, retry policy, retention, Kafka brokers.
+    pub notify: crate::continuous::NotifyConfig,
     /// WAL entries queued for the continuous queries before they catch up from the WAL
     /// instead (continuous/feed.rs).
     pub cq_feed_capacity: usize,
@@ -53,6 +55,7 @@ impl EngineConfig {
             max_hot_rows: 4_000_000,
             wal_segment_bytes: 64 * 1024 * 1024,
             fault_flush_pause: None,
+            notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
         }
     }
@@ -159,15 +162,14 @@ impl Engine {
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);
         let keys_loaded = keys.load(&mut idempotency)?;
-        let continuous =
-            Arc::new(
-                ContinuousQueries::open(dir)
-                    .await
-                    .map_err(|e| EngineError::Catalog {
-                        path: dir.join("continuous_queries.json"),
-                        reason: e.to_string(),
-                    })?,
-            );
+        let continuous = Arc::new(
+            ContinuousQueries::open_with(dir, &config.notify)
+                .await
+                .map_err(|e| EngineError::Catalog {
+                    path: dir.join("continuous_queries.json"),
+                    reason: e.to_string(),
+                })?,
+        );
         let cq_replay_from = continuous.replay_from();
         let mut cq_replay = Vec::new();
         let started = Instant::now();

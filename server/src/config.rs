@@ -19,6 +19,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Hot buffer and tiering knobs.
     pub storage: StorageConfig,
+    /// Delivery of continuous queries' NOTIFY channels.
+    pub notify: NotifyConfig,
 }
 
 /// `[pg]`: the PostgreSQL wire protocol listener.
@@ -65,6 +67,57 @@ pub struct StorageConfig {
     pub wal_segment_bytes: u64,
 }
 
+/// `[notify]`: how NOTIFY (WEBHOOK, KAFKA) events are delivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Brokers (`host:port,…`) for `KAFKA 'topic'` channels without `WITH (brokers = …)`.
+    pub kafka_brokers: Option<String>,
+    /// Delivery threads shared by every continuous query.
+    pub workers: usize,
+    /// Attempts waiting for a thread; beyond it events wait in `alert_events`.
+    pub queue_capacity: usize,
+    /// After a channel's fast retries fail: first re-queue delay (doubling)...
+    pub requeue_after_secs: u64,
+    /// ...up to this delay...
+    pub requeue_max_secs: u64,
+    /// ...until this long after the event was recorded; then it is failed for good.
+    pub give_up_after_secs: u64,
+    /// Settled events' attempt rows are removed this long after their last change.
+    pub event_retention_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        let d = logsphere_engine::continuous::NotifyConfig::default();
+        Self {
+            kafka_brokers: None,
+            workers: d.workers,
+            queue_capacity: d.queue,
+            requeue_after_secs: d.requeue_after.as_secs(),
+            requeue_max_secs: d.requeue_max.as_secs(),
+            give_up_after_secs: d.give_up_after.as_secs(),
+            event_retention_secs: d.retention.as_secs(),
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// The engine's delivery settings.
+    pub fn to_engine(&self) -> logsphere_engine::continuous::NotifyConfig {
+        use std::time::Duration;
+        logsphere_engine::continuous::NotifyConfig {
+            workers: self.workers,
+            queue: self.queue_capacity,
+            kafka_brokers: self.kafka_brokers.clone(),
+            requeue_after: Duration::from_secs(self.requeue_after_secs),
+            requeue_max: Duration::from_secs(self.requeue_max_secs),
+            give_up_after: Duration::from_secs(self.give_up_after_secs),
+            retention: Duration::from_secs(self.event_retention_secs),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -72,6 +125,7 @@ impl Default for Config {
             pg: PgConfig::default(),
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -141,6 +195,25 @@ impl Config {
         }
         if self.http.max_record_bytes == 0 || self.http.max_body_bytes == 0 {
             bail!("http.max_record_bytes and http.max_body_bytes must be at least 1");
+        }
+        let n = &self.notify;
+        if !(1..=256).contains(&n.workers) {
+            bail!("notify.workers = {} must be between 1 and 256", n.workers);
+        }
+        if n.queue_capacity == 0 {
+            bail!("notify.queue_capacity must be at least 1");
+        }
+        if n.requeue_after_secs == 0 || n.requeue_max_secs < n.requeue_after_secs {
+            bail!(
+                "notify.requeue_after_secs must be at least 1 and notify.requeue_max_secs at \
+                 least notify.requeue_after_secs"
+            );
+        }
+        if n.kafka_brokers
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
+            bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
         Ok(())
     }

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Address of the HTTP ingest listener [default: 127.0.0.1:8080].
     #[arg(long, env = "LOGSPHERE_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// Kafka brokers (host:port,…) for NOTIFY (KAFKA 'topic') channels [config: notify.kafka_brokers].
+    #[arg(long, env = "LOGSPHERE_NOTIFY_KAFKA_BROKERS")]
+    notify_kafka_brokers: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +88,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(a) = args.http_listen {
         cfg.http.listen = a;
     }
+    if let Some(b) = &args.notify_kafka_brokers {
+        cfg.notify.kafka_brokers = Some(b.clone());
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -97,6 +103,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.max_hot_rows = cfg.storage.flush_max_rows.saturating_mul(4);
     engine_cfg.wal_segment_bytes = cfg.storage.wal_segment_bytes;
     engine_cfg.fault_flush_pause = fault_flush_pause()?;
+    engine_cfg.notify = cfg.notify.to_engine();
     let pg_listener = tokio::net::TcpListener::bind(cfg.pg.listen)
         .await
         .with_context(|| format!("cannot listen on pg.listen = {}", cfg.pg.listen))?;

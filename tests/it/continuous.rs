@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logsphere_tests::Server;
+use logsphere_tests::receiver::Receiver;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-/// Seed rule A (CONTINUOUS_QUERIES.md §6 example 1), as written there.
+/// Seed rule A (CONTINUOUS_QUERIES.md §6 example 1), as written there but for the KAFKA
+/// channel, which needs brokers (tests/it/notify.rs has it as written).
 const RULE_A: &str = "CREATE CONTINUOUS QUERY critical_log_alert
   ALERT (
     SEVERITY 'critical',
@@ -17,7 +19,7 @@ const RULE_A: &str = "CREATE CONTINUOUS QUERY critical_log_alert
     LABELS (team = 'sre'),
     ANNOTATIONS (summary = '{log_level} from {source}: {message}')
   )
-  NOTIFY (TABLE alerts, KAFKA 'logsphere.alerts',
+  NOTIFY (TABLE alerts,
           WEBHOOK 'https://hooks.example.com/pager' WITH (timeout = '5s'))
   WITH (checkpoint_interval = '1s')
 AS SELECT timestamp, source, log_level, message
@@ -687,84 +689,6 @@ async fn explain_continuous_query_shows_emit_policy_key_and_latency() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
-}
-
-/// A tiny HTTP receiver on 127.0.0.1: records `(Idempotency-Key, body)` of every request
-/// and answers 500 to the first `fail_first`, then 200.
-struct Receiver {
-    url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
-}
-
-impl Receiver {
-    fn start(fail_first: usize) -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let mut served = 0;
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() || !line.starts_with("POST ") {
-                    continue;
-                }
-                let (mut key, mut len) = (String::new(), 0usize);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = h.split_once(':') {
-                        match name.trim().to_ascii_lowercase().as_str() {
-                            "idempotency-key" => key = value.trim().to_string(),
-                            "content-length" => len = value.trim().parse().unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                }
-                let mut body = vec![0; len];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                log.lock().unwrap().push((key, body));
-                served += 1;
-                let status = if served <= fail_first {
-                    "500 Internal Server Error"
-                } else {
-                    "200 OK"
-                };
-                let _ = stream.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                );
-            }
-        });
-        Self { url, seen }
-    }
-
-    fn requests(&self) -> Vec<(String, serde_json::Value)> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Waits (at most 20 s) until `done` holds for the requests so far; returns them.
-    async fn wait(
-        &self,
-        done: impl Fn(&[(String, serde_json::Value)]) -> bool,
-    ) -> Vec<(String, serde_json::Value)> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.requests();
-            if done(&got) || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 fn rule_a_to(url: &str) -> String {

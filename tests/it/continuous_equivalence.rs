@@ -108,7 +108,7 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
                 push(&mut rng, ts, "ERROR", source);
             }
             for _ in 0..rng.random_range(0..15) {
-                let level: &str = *["INFO", "WARN", "DEBUG"]
+                let level: &str = ["INFO", "WARN", "DEBUG"]
                     .choose(&mut rng)
                     .unwrap_or(&"INFO");
                 let ts = start + rng.random_range(0..60_000);
@@ -252,7 +252,11 @@ async fn live_alerts_equal_backtest_over_random_streams() {
                 "seed {seed} (LOGSPHERE_TEST_SEED={seed}), {name}: live alerts (left) differ \
                  from {sql} (right)"
             );
-            eprintln!("seed {seed} {name}: {} equal, e.g. {:?}", batch.len(), batch.first());
+            eprintln!(
+                "seed {seed} {name}: {} equal, e.g. {:?}",
+                batch.len(),
+                batch.first()
+            );
             compared.0 += 1;
             compared.1 += batch.len();
         }

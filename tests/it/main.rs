@@ -4,6 +4,7 @@ mod continuous_crash;
 mod continuous_equivalence;
 mod crash;
 mod ingest;
+mod notify;
 mod pgwire;
 mod services;
 mod slt;

@@ -142,7 +142,9 @@ async fn load_fixture(server: &Server) {
 
 #[tokio::test]
 async fn slt_files() {
-    let server = Server::start();
+    // §6's seed rule A has a KAFKA channel, which CREATE refuses without brokers. No
+    // record reaches the CQs, so nothing is produced; nothing listens there either.
+    let server = Server::start_with_config("[notify]\nkafka_brokers = \"127.0.0.1:1\"\n");
     load_fixture(&server).await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

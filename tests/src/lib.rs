@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests: the real `logsphere` binary on free
 //! ports with its own data directory, and the endpoints of the local services.
 
+pub mod receiver;
 pub mod services;
 
 use std::io::Read;
@@ -153,6 +154,11 @@ impl Server {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The server's process id (`None` while it is stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The PostgreSQL port.

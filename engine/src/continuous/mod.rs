@@ -48,7 +48,7 @@ mod runtime;
 
 pub use alerts::{Alert, alerts_schema};
 pub use backtest::{backtest, backtest_schema, explain, explain_schema};
-pub use notify::{AlertEvent, alert_events_schema};
+pub use notify::{AlertEvent, NotifyConfig, alert_events_schema};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
 pub use runtime::ContinuousQuery;
@@ -301,6 +301,9 @@ pub enum CqError {
     /// Definitions or checkpoints could not be stored or loaded.
     #[error("continuous query storage: {0}")]
     Storage(String),
+    /// A NOTIFY channel cannot work as written (an option, URL, CA file or Kafka brokers).
+    #[error("{0}")]
+    Notify(String),
 }
 
 #[cfg(test)]

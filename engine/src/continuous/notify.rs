@@ -1,9 +1,11 @@
 //! NOTIFY delivery (CONTINUOUS_QUERIES.md §5.4–§5.6): each notifying transition (fired,
-//! escalated, repeated, resolved) produces one `alert_events` row per WEBHOOK channel, whose
-//! `event_id` (a hash of the transition id and channel) is the `Idempotency-Key` of an Alertmanager-style
-//! POST. Delivery runs on its own thread with exponential backoff and records each outcome
-//! in the event; events are checkpointed with the alerts, and a restart retries every event
-//! not yet `delivered` (at-least-once; the receiver dedupes by the key).
+//! escalated, repeated, resolved) produces one `alert_events` row per channel (WEBHOOK,
+//! KAFKA), whose `event_id` (a hash of the transition id and channel) is the webhook's
+//! `Idempotency-Key` and a Kafka header. The rows are the source of truth: a bounded
+//! delivery service ([`Notifier`], `notify/service.rs`) picks the due ones, attempts each
+//! once on one of a few worker threads, and records the outcome and the next attempt in the
+//! row; a restart (events are checkpointed with the alerts) just finds the rows again
+//! (at-least-once; the receiver dedupes by the key, a compacted topic by the fingerprint key).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,15 +13,21 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::sql::sqlparser::ast::{Expr, Value};
-use logsphere_sql::Channel;
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, hex_hash};
 use super::lifecycle::{Transition, TransitionKind};
 
+mod channel;
+mod kafka;
+mod service;
+mod webhook;
+
+pub(crate) use channel::NotifyChannel;
+pub(crate) use service::{Notifier, prune};
+
 /// One row of the `alert_events` system table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
     pub event_id: String,
     pub alert_id: String,
@@ -27,99 +35,72 @@ pub struct AlertEvent {
     /// `fired`, `escalated`, `repeated`, `resolved` (a transition, one per channel) or
     /// `delivery` (one attempt).
     pub kind: String,
-    /// E.g. `webhook http://…`.
+    /// E.g. `webhook http://…`, `kafka <topic>`.
     pub channel: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending` (fast retries), `delivered`, or `failed` (re-queued while `next_attempt`
+    /// is set, failed for good once it is not).
     pub status: String,
     pub attempts: u64,
     pub last_error: Option<String>,
     /// Wall-clock µs of the last change.
     pub at: i64,
-    /// The JSON body to POST (transitions only; not shown in the table).
+    /// The JSON body to send (transitions only, until settled; not shown in the table).
     #[serde(default)]
     pub payload: String,
+    /// The alert's fingerprint: the Kafka message key (not shown in the table).
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Wall-clock µs the transition was recorded (delivery gives up `give_up_after` later).
+    #[serde(default)]
+    pub created_at: i64,
+    /// Wall-clock µs of the next delivery attempt; `None` once settled (delivered, failed for
+    /// good) and for `delivery` rows. Rows from before this field are due at once.
+    #[serde(default = "due_now")]
+    pub next_attempt: Option<i64>,
+}
+
+fn due_now() -> Option<i64> {
+    Some(0)
+}
+
+/// How NOTIFY delivery runs: shared by every CQ of an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Delivery threads (each holds one attempt at a time).
+    pub workers: usize,
+    /// Attempts waiting for a worker; when full, due events wait in `alert_events` for the
+    /// next sweep (every 250 ms) instead of blocking the CQ.
+    pub queue: usize,
+    /// Brokers for `KAFKA` channels without `WITH (brokers = …)`.
+    pub kafka_brokers: Option<String>,
+    /// After a channel's fast retries fail, the event is `failed` and re-queued after this,
+    /// doubling per attempt up to `requeue_max`...
+    pub requeue_after: Duration,
+    /// ...the longest gap between re-queued attempts...
+    pub requeue_max: Duration,
+    /// ...until this long after it was recorded: then it stays `failed` for good.
+    pub give_up_after: Duration,
+    /// Settled events' attempt rows, and the rows of alerts no longer delivered to, are
+    /// removed this long after their last change.
+    pub retention: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            queue: 1024,
+            kafka_brokers: None,
+            requeue_after: Duration::from_secs(30),
+            requeue_max: Duration::from_secs(600),
+            give_up_after: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Shared between a CQ and its delivery threads, checkpointed with its alerts.
 pub(crate) type Events = Arc<Mutex<BTreeMap<String, AlertEvent>>>;
-
-/// A `WEBHOOK 'url' WITH (timeout = '5s', retries = N)` channel.
-#[derive(Debug, Clone)]
-pub(crate) struct Webhook {
-    pub url: String,
-    pub timeout: Duration,
-    pub retries: u32,
-}
-
-const DEFAULT_RETRIES: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-impl Webhook {
-    /// The WEBHOOK channels of a NOTIFY list (KAFKA and TABLE are not delivered yet).
-    pub(crate) fn from_channels(channels: &[Channel]) -> Vec<Self> {
-        channels
-            .iter()
-            .filter_map(|c| match c {
-                Channel::Webhook { url, options } => {
-                    let mut hook = Webhook {
-                        url: url.clone(),
-                        timeout: Duration::from_secs(5),
-                        retries: DEFAULT_RETRIES,
-                    };
-                    for (k, v) in options {
-                        let text = literal(v);
-                        match k.to_ascii_lowercase().as_str() {
-                            "timeout" => {
-                                if let Some(d) = text.as_deref().and_then(parse_duration) {
-                                    hook.timeout = d;
-                                }
-                            }
-                            "retries" => {
-                                if let Some(n) = text.and_then(|t| t.parse().ok()) {
-                                    hook.retries = n;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    Some(hook)
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub(crate) fn channel(&self) -> String {
-        format!("webhook {}", self.url)
-    }
-}
-
-fn literal(e: &Expr) -> Option<String> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
-            Value::Number(n, _) => Some(n.clone()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `5s`, `500ms`, `2m`, `5 seconds`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (n, unit) = t.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit.trim() {
-        "ms" | "millisecond" | "milliseconds" => n / 1000.0,
-        "s" | "sec" | "second" | "seconds" => n,
-        "m" | "min" | "minute" | "minutes" => n * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
 
 fn rfc3339(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
@@ -186,11 +167,11 @@ pub(crate) fn payload(alert: &Alert, status: &str) -> String {
 /// to deliver.
 pub(crate) fn record_transitions(
     transitions: &[Transition],
-    hooks: &[Webhook],
+    channels: &[NotifyChannel],
     events: &Events,
     now_us: i64,
-) -> Vec<(Webhook, String)> {
-    if hooks.is_empty() {
+) -> Vec<(NotifyChannel, String)> {
+    if channels.is_empty() {
         return Vec::new();
     }
     let mut events = events.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,8 +182,9 @@ pub(crate) fn record_transitions(
         } else {
             "firing"
         };
-        for hook in hooks {
-            let channel = hook.channel();
+        let kind = t.kind.as_str();
+        for target in channels {
+            let channel = target.name();
             let event_id = hex_hash(&[&t.id, &channel]);
             if events.contains_key(&event_id) {
                 continue;
@@ -213,120 +195,22 @@ pub(crate) fn record_transitions(
                     event_id: event_id.clone(),
                     alert_id: t.alert.alert_id.clone(),
                     cq_name: t.alert.cq_name.clone(),
-                    kind: t.kind.as_str().into(),
+                    kind: kind.into(),
                     channel,
                     status: "pending".into(),
                     attempts: 0,
                     last_error: None,
                     at: now_us,
-                    payload: payload(&t.alert, status),
+                    payload: target.payload(&t.alert, &event_id, kind, status),
+                    fingerprint: t.alert.fingerprint.clone(),
+                    created_at: now_us,
+                    next_attempt: Some(now_us),
                 },
             );
-            due.push((hook.clone(), event_id));
+            due.push((target.clone(), event_id));
         }
     }
     due
-}
-
-/// The transition events not yet delivered (to retry after a restart).
-pub(crate) fn undelivered(events: &Events, hooks: &[Webhook]) -> Vec<(Webhook, String)> {
-    let events = events.lock().unwrap_or_else(|p| p.into_inner());
-    events
-        .values()
-        .filter(|e| e.kind != "delivery" && e.status != "delivered")
-        .filter_map(|e| {
-            hooks
-                .iter()
-                .find(|h| h.channel() == e.channel)
-                .map(|h| (h.clone(), e.event_id.clone()))
-        })
-        .collect()
-}
-
-/// Delivers `event_id` on its own thread, retrying with backoff, recording each attempt.
-pub(crate) fn deliver(events: Events, hook: Webhook, event_id: String) {
-    let spawned = std::thread::Builder::new()
-        .name("cq-webhook".into())
-        .spawn(move || deliver_blocking(&events, &hook, &event_id));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start webhook delivery");
-    }
-}
-
-fn deliver_blocking(events: &Events, hook: &Webhook, event_id: &str) {
-    let lock = || events.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((body, mut attempts)) = lock()
-        .get(event_id)
-        .map(|e| (e.payload.clone(), e.attempts))
-    else {
-        return;
-    };
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(hook.timeout))
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 0..=hook.retries {
-        if attempt > 0 {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        let result = agent
-            .post(&hook.url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", event_id)
-            .send(body.as_bytes());
-        let error = match result {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("HTTP {}", r.status())),
-            Err(e) => Some(e.to_string()),
-        };
-        attempts += 1;
-        let now = super::now_us();
-        let mut events = lock();
-        let delivered = error.is_none();
-        let delivery_id = hex_hash(&[event_id, "delivery", &attempts.to_string()]);
-        let (alert_id, cq_name, channel) = match events.get_mut(event_id) {
-            Some(e) => {
-                e.attempts = attempts;
-                e.at = now;
-                e.last_error = error.clone();
-                e.status = if delivered {
-                    "delivered"
-                } else if attempt == hook.retries {
-                    "failed"
-                } else {
-                    "pending"
-                }
-                .into();
-                (e.alert_id.clone(), e.cq_name.clone(), e.channel.clone())
-            }
-            None => return,
-        };
-        events.insert(
-            delivery_id.clone(),
-            AlertEvent {
-                event_id: delivery_id,
-                alert_id,
-                cq_name,
-                kind: "delivery".into(),
-                channel,
-                status: if delivered { "delivered" } else { "failed" }.into(),
-                attempts,
-                last_error: error.clone(),
-                at: now,
-                payload: String::new(),
-            },
-        );
-        drop(events);
-        match error {
-            None => return,
-            Some(e) => {
-                tracing::warn!(url = %hook.url, event_id, attempts, error = %e, "webhook delivery failed")
-            }
-        }
-    }
 }
 
 /// Schema of the `alert_events` system table.
@@ -341,6 +225,7 @@ pub fn alert_events_schema() -> SchemaRef {
         Field::new("attempts", DataType::Int64, false),
         Field::new("last_error", DataType::Utf8, true),
         Field::new("at", crate::model::ts_type(), false),
+        Field::new("next_attempt", crate::model::ts_type(), true),
     ]))
 }
 
@@ -370,6 +255,13 @@ pub(crate) fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, arrow::
                 TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.at))
                     .with_timezone("UTC"),
             ),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(events.iter().map(|e| e.next_attempt))
+                    .with_timezone("UTC"),
+            ),
         ],
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, alerts_batch, body_with_severity, hex_hash};
 use super::lifecycle::{AlertBook, Heartbeat, Transition, TransitionKind};
-use super::notify::{AlertEvent, Events, Webhook, events_batch};
+use super::notify::{AlertEvent, Events, Notifier, NotifyChannel, NotifyConfig, events_batch};
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
 
@@ -82,12 +82,13 @@ struct LiveCq {
     book: AlertBook,
     /// `alert_retention`: resolved alerts older than this are forgotten.
     retention: Duration,
-    /// WEBHOOK channels of NOTIFY.
-    hooks: Vec<Webhook>,
+    /// The deliverable channels of NOTIFY (WEBHOOK, KAFKA).
+    channels: Vec<NotifyChannel>,
     /// CREATE OR REPLACE: the old version's channels, told of its `rule_replaced` alerts.
-    replaced_hooks: Vec<Webhook>,
-    /// `alert_events` rows of this CQ, shared with its delivery threads.
+    replaced_channels: Vec<NotifyChannel>,
+    /// `alert_events` rows of this CQ, shared with the delivery service.
     events: Events,
+    notifier: Arc<Notifier>,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
     last_checkpoint_at: Option<i64>,
@@ -112,8 +113,11 @@ struct Inner {
     last_seq: u64,
     /// Alerts of dropped CQs (resolved `rule_dropped`), kept for their retention.
     dropped: BTreeMap<String, Alert>,
-    /// `alert_events` of dropped CQs, still shared with delivery threads.
+    /// `alert_events` of dropped CQs, still shared with the delivery service.
     dropped_events: Events,
+    /// The channels of CQs dropped since the start, so their `rule_dropped` notices are
+    /// retried (not after a restart: the channel configuration went with the definition).
+    dropped_channels: Vec<NotifyChannel>,
 }
 
 /// The engine's continuous queries.
@@ -123,6 +127,8 @@ pub struct ContinuousQueries {
     inner: Mutex<Inner>,
     /// Told the first WAL sequence number a restart would replay, whenever it may change.
     wal_hold: OnceLock<WalHold>,
+    /// The NOTIFY delivery service shared by every CQ.
+    notifier: Arc<Notifier>,
     feed: OnceLock<std::sync::Arc<super::feed::Feed>>,
 }
 
@@ -222,9 +228,17 @@ struct CheckpointHeader {
 const CKPT_MAGIC: &[u8] = b"LSCQF1";
 
 impl LiveCq {
-    async fn build(def: CqDefinition, checkpoint: Option<&[u8]>) -> Result<Self, CqError> {
+    async fn build(
+        def: CqDefinition,
+        checkpoint: Option<&[u8]>,
+        notifier: &Arc<Notifier>,
+    ) -> Result<Self, CqError> {
         let cq = parse_create(&def.sql_text)?;
         let spec = spec_from(&cq)?;
+        let channels = NotifyChannel::from_channels(&cq.notify, notifier.config())?;
+        for channel in &channels {
+            notifier.check(channel)?;
+        }
         let (runtime, seq, book, events) = match checkpoint {
             Some(bytes) => {
                 let (header, state) = decode_checkpoint(bytes)?;
@@ -252,16 +266,14 @@ impl LiveCq {
         };
         let rule = AlertRule::for_runtime(&cq, def.version, &runtime)?;
         let last_fired = book.alerts.values().map(|a: &Alert| a.fired_at).max();
-        let hooks = Webhook::from_channels(&cq.notify);
         let events: Events = std::sync::Arc::new(Mutex::new(events));
         // At-least-once: what a previous run recorded but did not deliver is sent again.
-        for (hook, id) in super::notify::undelivered(&events, &hooks) {
-            super::notify::deliver(Arc::clone(&events), hook, id);
-        }
+        notifier.dispatch(&events, &channels, super::now_us());
         Ok(Self {
-            hooks,
-            replaced_hooks: Vec::new(),
+            channels,
+            replaced_channels: Vec::new(),
             events,
+            notifier: Arc::clone(notifier),
             checkpoint_interval: cq.checkpoint_interval(),
             def,
             runtime,
@@ -317,11 +329,30 @@ impl LiveCq {
 
     /// Records and starts delivery of the notifying `transitions`.
     fn notify(&mut self, transitions: &[Transition], now_us: i64) {
-        notify_on(&self.events, &self.hooks, transitions, now_us);
+        notify_on(
+            &self.notifier,
+            &self.events,
+            &self.channels,
+            transitions,
+            now_us,
+        );
     }
 
     fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
         let state = self.runtime.checkpoint()?;
+        let listed: std::collections::HashSet<&str> = self
+            .book
+            .alerts
+            .values()
+            .filter(|a| a.cq_version == self.def.version)
+            .map(|a| a.alert_id.as_str())
+            .collect();
+        super::notify::prune(
+            &mut self.events.lock().unwrap_or_else(|p| p.into_inner()),
+            &listed,
+            self.notifier.config().retention,
+            super::now_us(),
+        );
         let header = CheckpointHeader {
             name: self.def.name.clone(),
             version: self.def.version,
@@ -369,9 +400,18 @@ fn prune_events(events: &Events, alerts: &BTreeMap<String, Alert>, in_flight: bo
         .retain(|_, e| alerts.contains_key(&e.alert_id) || (in_flight && e.status == "pending"));
 }
 
-fn notify_on(events: &Events, hooks: &[Webhook], transitions: &[Transition], now_us: i64) {
-    for (hook, id) in super::notify::record_transitions(transitions, hooks, events, now_us) {
-        super::notify::deliver(Arc::clone(events), hook, id);
+/// Records the notifying `transitions` as `alert_events` per channel and hands what is due
+/// to the delivery service.
+fn notify_on(
+    notifier: &Notifier,
+    events: &Events,
+    channels: &[NotifyChannel],
+    transitions: &[Transition],
+    now_us: i64,
+) {
+    let due = super::notify::record_transitions(transitions, channels, events, now_us);
+    if !due.is_empty() {
+        notifier.dispatch(events, channels, super::now_us());
     }
 }
 
@@ -396,9 +436,16 @@ fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl ContinuousQueries {
-    /// Loads the definitions in `data_dir` and restores each CQ from its checkpoint. A CQ
-    /// that cannot be restored starts fresh and reports why in its `error` column.
+    /// [`Self::open_with`] the default NOTIFY delivery settings.
     pub async fn open(data_dir: &Path) -> Result<Self, CqError> {
+        Self::open_with(data_dir, &NotifyConfig::default()).await
+    }
+
+    /// Loads the definitions in `data_dir` and restores each CQ from its checkpoint. A CQ
+    /// that cannot be restored starts fresh and reports why in its `error` column. Starts
+    /// the NOTIFY delivery service with `notify`.
+    pub async fn open_with(data_dir: &Path, notify: &NotifyConfig) -> Result<Self, CqError> {
+        let notifier = Arc::new(Notifier::new(notify));
         let defs_path = data_dir.join("continuous_queries.json");
         let ckpt_dir = data_dir.join("continuous");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| storage(&ckpt_dir, e))?;
@@ -428,11 +475,11 @@ impl ContinuousQueries {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(storage(&path, e)),
             };
-            let live = match LiveCq::build(def.clone(), checkpoint.as_deref()).await {
+            let live = match LiveCq::build(def.clone(), checkpoint.as_deref(), &notifier).await {
                 Ok(live) => live,
                 Err(e) if checkpoint.is_some() => {
                     tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
-                    match LiveCq::build(def.clone(), None).await {
+                    match LiveCq::build(def.clone(), None, &notifier).await {
                         Ok(mut live) => {
                             live.error = Some(format!("checkpoint not restored: {e}"));
                             live
@@ -458,6 +505,7 @@ impl ContinuousQueries {
             ckpt_dir,
             inner: Mutex::new(inner),
             wal_hold: OnceLock::new(),
+            notifier,
             feed: OnceLock::new(),
         })
     }
@@ -538,7 +586,7 @@ impl ContinuousQueries {
             created_at: now_us,
             from_seq: 0,
         };
-        let mut live = LiveCq::build(def, None).await?;
+        let mut live = LiveCq::build(def, None, &self.notifier).await?;
         let mut inner = self.lock();
         let taken = inner.live.contains_key(&name) || inner.failed.contains_key(&name);
         if taken != existing.is_some() {
@@ -554,7 +602,7 @@ impl ContinuousQueries {
             // (and are resolved `rule_replaced` once the new definition is stored).
             let l = inner.live.get_mut(&name).expect("just inserted");
             l.book.alerts.extend(old.book.alerts);
-            l.replaced_hooks = old.hooks;
+            l.replaced_channels = old.channels;
             let old_events =
                 std::mem::take(&mut *old.events.lock().unwrap_or_else(|p| p.into_inner()));
             l.events
@@ -583,8 +631,15 @@ impl ContinuousQueries {
             let replaced =
                 l.book
                     .close_all(|a| a.cq_version == version, "rule_replaced", at, now_us);
-            let hooks = std::mem::take(&mut l.replaced_hooks);
-            notify_on(&l.events, &hooks, &replaced, now_us);
+            // The old version's channels deliver its `rule_replaced` notices; the events are
+            // this CQ's now, so the new version's ticks retry them on those channels too.
+            let old_channels = std::mem::take(&mut l.replaced_channels);
+            notify_on(&l.notifier, &l.events, &old_channels, &replaced, now_us);
+            for c in old_channels {
+                if !l.channels.iter().any(|k| k.name() == c.name()) {
+                    l.channels.push(c);
+                }
+            }
             l.checkpoint(&dir, now_us)?;
         }
         self.update_hold(&inner);
@@ -646,7 +701,12 @@ impl ContinuousQueries {
             return Err(e);
         }
         let events = Arc::clone(&inner.dropped_events);
-        notify_on(&events, &old.hooks, &resolved, now_us);
+        notify_on(&self.notifier, &events, &old.channels, &resolved, now_us);
+        for c in old.channels {
+            if !inner.dropped_channels.iter().any(|k| k.name() == c.name()) {
+                inner.dropped_channels.push(c);
+            }
+        }
         self.update_hold(&inner);
         let path = checkpoint_path(&self.ckpt_dir, name);
         match std::fs::remove_file(&path) {
@@ -776,6 +836,8 @@ impl ContinuousQueries {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
         for live in inner.live.values_mut() {
+            // Retries and re-queued failures come due here, and events a full queue left.
+            self.notifier.dispatch(&live.events, &live.channels, now_us);
             // A catching-up CQ's clock is its entries' ingest time, not the wall clock.
             if live.def.state == CqState::Running && !live.catching_up {
                 let outputs = live.runtime.advance(now_us);
@@ -794,6 +856,10 @@ impl ContinuousQueries {
         }
         let retention =
             i64::try_from(logsphere_sql::DEFAULT_ALERT_RETENTION.as_micros()).unwrap_or(i64::MAX);
+        if !inner.dropped_channels.is_empty() {
+            self.notifier
+                .dispatch(&inner.dropped_events, &inner.dropped_channels, now_us);
+        }
         let before = inner.dropped.len();
         inner.dropped.retain(|_, a| {
             a.resolved_at

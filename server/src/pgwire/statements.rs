@@ -133,6 +133,7 @@ const SYNTAX_ERROR: &str = "42601";
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
 const DUPLICATE_OBJECT: &str = "42710";
 const INVALID_OBJECT_DEFINITION: &str = "42P17";
+const INVALID_PARAMETER_VALUE: &str = "22023";
 
 /// The SQLSTATE a client can branch on for each continuous-query error.
 fn cq_error(e: &CqError) -> PgWireError {
@@ -140,6 +141,7 @@ fn cq_error(e: &CqError) -> PgWireError {
         CqError::AlreadyExists(_) => DUPLICATE_OBJECT,
         CqError::NotFound(_) => sqlstate::UNDEFINED_OBJECT,
         CqError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
+        CqError::Notify(_) => INVALID_PARAMETER_VALUE,
         CqError::DataFusion(df) => {
             let info = errors::error_info(df);
             return user_error(
@@ -198,11 +200,11 @@ impl LogSphereStatement {
                 if cq
                     .notify
                     .iter()
-                    .any(|c| !matches!(c, logsphere_sql::Channel::Webhook { .. }))
+                    .any(|c| matches!(c, logsphere_sql::Channel::Table(_)))
                 {
                     tracing::warn!(
                         cq = %cq.name,
-                        "NOTIFY TABLE and KAFKA are accepted but not delivered yet (WEBHOOK is); alerts go to the `alerts` table"
+                        "NOTIFY TABLE is accepted but not delivered yet (WEBHOOK and KAFKA are); alerts go to the `alerts` table"
                     );
                 }
                 Ok(Response::Execution(Tag::new("CREATE CONTINUOUS QUERY")))
