@@ -8,7 +8,7 @@
 //! two hours of event time, in the past; `max_ingest_delay` keeps the wall-clock floor out
 //! of the way, so only the event-time watermark closes windows, live as in the backtest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logsphere_tests::Server;
@@ -151,47 +151,41 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
     }
 }
 
-fn ms(t: Option<SystemTime>) -> i64 {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(-1, |d| d.as_millis() as i64)
-}
-
-/// What must agree: per windowed alert (fingerprint, window start, value); per per-row
-/// instance (fingerprint, -1, "<alerts> alerts, <observations> observations").
+/// What must agree: per windowed alert (fingerprint, -1, alert id); per per-row instance
+/// (fingerprint, -1, "<alerts> alerts").
 type Facts = Vec<(String, i64, String)>;
 
+/// The alerts that fired, comparable between live and BACKTEST: windowed rules by alert id
+/// (a hash of the fingerprint and the first window of the episode, so equal ids mean the
+/// same instance fired for the same windows); per-row rules, whose id anchors on the first
+/// *arriving* match, by the number of alerts per fingerprint. `rows` hold `alert_id` and
+/// `fingerprint`; BACKTEST rows are transitions, of which the `fired` ones count.
 fn facts(rows: &[tokio_postgres::Row], per_row: bool) -> Facts {
+    let fired: BTreeSet<(String, String)> = rows
+        .iter()
+        .filter(|r| {
+            r.columns().iter().all(|c| c.name() != "transition")
+                || r.get::<_, String>("transition") == "fired"
+        })
+        .map(|r| (r.get("fingerprint"), r.get("alert_id")))
+        .collect();
     if per_row {
-        let mut by_fp: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for r in rows {
-            let e = by_fp.entry(r.get("fingerprint")).or_default();
-            e.0 += 1;
-            e.1 += r.get::<_, i64>("observation_count");
+        let mut by_fp: BTreeMap<String, i64> = BTreeMap::new();
+        for (fp, _) in &fired {
+            *by_fp.entry(fp.clone()).or_default() += 1;
         }
         return by_fp
             .into_iter()
-            .map(|(fp, (n, obs))| (fp, -1, format!("{n} alerts, {obs} observations")))
+            .map(|(fp, n)| (fp, -1, format!("{n} alerts")))
             .collect();
     }
-    let mut out: Facts = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get("fingerprint"),
-                ms(r.get("window_start")),
-                r.get("value"),
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    fired.into_iter().map(|(fp, id)| (fp, -1, id)).collect()
 }
 
 async fn live(client: &Client, cq: &str, per_row: bool) -> Facts {
     let rows = client
         .query(
-            "SELECT fingerprint, window_start, value, observation_count FROM alerts \
-             WHERE cq_name = $1",
+            "SELECT alert_id, fingerprint FROM alerts WHERE cq_name = $1 AND state <> 'pending'",
             &[&cq],
         )
         .await
