@@ -4,4 +4,5 @@ mod crash;
 mod ingest;
 mod pgwire;
 mod services;
+mod sinks;
 mod slt;
