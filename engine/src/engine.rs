@@ -14,7 +14,8 @@ use tokio::sync::{Notify, watch};
 use crate::EngineError;
 use crate::catalog::LocalCatalog;
 use crate::cold::ColdStore;
-use crate::continuous::{ContinuousQueries, CqInput};
+use crate::continuous::feed::{FEED_CAPACITY, Feed};
+use crate::continuous::{ContinuousQueries, WalReader};
 use crate::hot::{HotEntry, Tiers};
 use crate::idempotency::{Idempotency, KeyFiles, Shared};
 use crate::ingest::{DecodeOptions, decode_body};
@@ -37,6 +38,9 @@ pub struct EngineConfig {
     pub wal_segment_bytes: u64,
     /// Fault injection for crash tests: pause between writing Parquet and committing it.
     pub fault_flush_pause: Option<Duration>,
+    /// WAL entries queued for the continuous queries before they catch up from the WAL
+    /// instead (continuous/feed.rs).
+    pub cq_feed_capacity: usize,
 }
 
 impl EngineConfig {
@@ -49,6 +53,7 @@ impl EngineConfig {
             max_hot_rows: 4_000_000,
             wal_segment_bytes: 64 * 1024 * 1024,
             fault_flush_pause: None,
+            cq_feed_capacity: FEED_CAPACITY,
         }
     }
 }
@@ -110,7 +115,7 @@ pub struct Engine {
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
     continuous: Arc<ContinuousQueries>,
-    cq_input: tokio::sync::mpsc::UnboundedSender<CqInput>,
+    cq_feed: Arc<Feed>,
     stop: watch::Sender<bool>,
     _lock: std::fs::File,
 }
@@ -240,10 +245,14 @@ impl Engine {
             );
         }
         for (seq, logs) in cq_replay {
-            let now = max_ingest_time(&logs).unwrap_or_else(crate::continuous::now_us);
+            let now =
+                crate::continuous::max_ingest_time(&logs).unwrap_or_else(crate::continuous::now_us);
             continuous.process(seq, &logs, now);
         }
-        let (cq_input, cq_rx) = tokio::sync::mpsc::unbounded_channel();
+        let last_seq = wal.next_seq().saturating_sub(1);
+        let (cq_feed, cq_rx) = Feed::new(config.cq_feed_capacity, last_seq);
+        let cq_feed = Arc::new(cq_feed);
+        continuous.set_feed(Arc::clone(&cq_feed));
         let (stop, _) = watch::channel(false);
         let engine = Arc::new(Self {
             config,
@@ -260,7 +269,7 @@ impl Engine {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Arc::new(Notify::new()),
             continuous: Arc::clone(&continuous),
-            cq_input,
+            cq_feed: Arc::clone(&cq_feed),
             stop,
             _lock: lock,
         });
@@ -274,9 +283,25 @@ impl Engine {
             tracing::info!(cq = %name, "resuming an unfinished START FROM backfill from its start");
             engine.spawn_backfill(name, version, plan, hot);
         }
+        let weak = Arc::downgrade(&engine);
+        let read: WalReader = Arc::new(move |from, through, each| {
+            let engine = weak.upgrade().ok_or("the engine is shutting down")?;
+            engine
+                .wal
+                .read_range(from, through, |e| {
+                    let entry = IngestEntry::decode(e.seq, &e.payload)?;
+                    if entry.logs.num_rows() > 0 {
+                        each(e.seq, &entry.logs);
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())
+        });
         tokio::spawn(crate::continuous::run(
             continuous,
+            cq_feed,
             cq_rx,
+            read,
             engine.stop.subscribe(),
         ));
         tokio::spawn(tiering::run_flusher(
@@ -389,12 +414,10 @@ impl Engine {
         let tiers = Arc::clone(&self.tiers);
         let idempotency = Arc::clone(&self.idempotency);
         let (key, logs, dead) = (entry.key, entry.logs, entry.dead_letters);
-        let cq_input = self.cq_input.clone();
+        let cq_feed = Arc::clone(&self.cq_feed);
         let on_durable = move |seq| {
             // Runs on the WAL thread in sequence order: hand the rows off, never evaluate here.
-            if logs.num_rows() > 0 {
-                let _ = cq_input.send((seq, logs.clone()));
-            }
+            cq_feed.offer(seq, (logs.num_rows() > 0).then(|| logs.clone()));
             tiers.insert(HotEntry::new(seq, logs, dead));
             if let (Some(key), Ok(mut idem)) = (key, idempotency.lock()) {
                 idem.durable(seq, key, outcome);
@@ -640,6 +663,11 @@ impl Engine {
         &self.metrics
     }
 
+    /// How often continuous queries fell behind ingest and read the WAL back to catch up.
+    pub fn cq_catch_ups(&self) -> u64 {
+        self.cq_feed.catch_ups()
+    }
+
     /// The WAL's counters.
     pub fn wal_metrics(&self) -> &WalMetrics {
         self.wal.metrics()
@@ -662,14 +690,4 @@ impl Engine {
         // Entries still on their way to the CQ task are after this and replayed on open.
         self.continuous.checkpoint_all(crate::continuous::now_us());
     }
-}
-
-/// The newest `ingest_time` in a `logs` batch: the wall clock when it was ingested, used
-/// as the clock while replaying it into continuous queries.
-pub(crate) fn max_ingest_time(logs: &arrow::array::RecordBatch) -> Option<i64> {
-    let column = logs.column_by_name("ingest_time")?;
-    let column = column
-        .as_any()
-        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()?;
-    arrow::compute::max(column)
 }

@@ -471,6 +471,19 @@ async fn late_rows_that_cross_the_threshold_fire_an_alert_flagged_late() {
         .unwrap()
         .get(0);
     assert_eq!(late_updated, 2);
+
+    // Beyond the allowed lateness: counted as dropped, no alert change, still in `logs`.
+    let too_late = records(3, t - 10 * 60_000, "ERROR", "too-late");
+    server.post_expect(&too_late, 3, 0);
+    let dropped = "SELECT late_rows_dropped FROM continuous_queries WHERE name = 'burst'";
+    assert_eq!(wait_i64(&client, dropped, |n| n >= 3).await, 3);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM logs WHERE source = 'too-late'")
+            .await,
+        3
+    );
+    assert_eq!(wait_i64(&client, count, |n| n >= 1).await, 1);
 }
 
 /// 2026-11-24T10:00:00Z in ms since the epoch.

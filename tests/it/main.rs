@@ -1,8 +1,11 @@
 mod clients;
 mod continuous;
+mod continuous_crash;
+mod continuous_equivalence;
 mod crash;
 mod ingest;
 mod pgwire;
 mod services;
 mod sinks;
 mod slt;
+mod webhook_receiver;

@@ -90,17 +90,29 @@ pub async fn backtest(
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
             .ok_or_else(|| CqError::Input("logs.timestamp is not Timestamp(µs)".into()))?;
-        if let Some(max) = arrow::compute::max(ts) {
-            clock = clock.max(max);
-        }
-        n += 1;
-        let outputs = runtime.process("backtest", Position::Wal { seq: n }, &batch, clock)?;
-        if let Some(rule) = &rule {
-            for out in &outputs {
-                rule.apply(out, &mut alerts, clock)?;
+        // Live, the watermark (and with it RESOLVE AFTER) moves after every ingested request;
+        // one stored batch can span hours. Feed it one second of event time at a time, so a
+        // per-row alert resolves between two episodes as it does live, whatever the size of
+        // DataFusion's batches.
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let second = ts.value(start).div_euclid(1_000_000);
+            let mut end = start + 1;
+            while end < batch.num_rows() && ts.value(end).div_euclid(1_000_000) == second {
+                end += 1;
             }
-            if let Some(w) = runtime.watermark() {
-                rule.resolve(&mut alerts, w, clock);
+            let slice = batch.slice(start, end - start);
+            start = end;
+            clock = clock.max(ts.value(end - 1));
+            n += 1;
+            let outputs = runtime.process("backtest", Position::Wal { seq: n }, &slice, clock)?;
+            if let Some(rule) = &rule {
+                for out in &outputs {
+                    rule.apply(out, &mut alerts, clock)?;
+                }
+                if let Some(w) = runtime.watermark() {
+                    rule.resolve(&mut alerts, w, clock);
+                }
             }
         }
     }

@@ -40,6 +40,7 @@ mod alerts;
 mod backfill;
 mod backtest;
 mod checkpoint;
+pub(crate) mod feed;
 mod notify;
 mod plan;
 mod registry;
@@ -70,25 +71,100 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// Reads WAL entries `from..=through` back from disk, calling the callback with each
+/// entry's sequence number and `logs` rows (entries without rows are skipped).
+pub(crate) type WalReader = std::sync::Arc<
+    dyn Fn(u64, u64, &mut dyn FnMut(u64, &RecordBatch)) -> Result<(), String> + Send + Sync,
+>;
+
 /// The CQ task: feeds WAL entries in sequence order and ticks the wall clock every 250 ms
 /// so windows close and checkpoints are written when input stops. Runs off the WAL thread.
+/// When the feed falls behind (or a CQ resumes) it catches up from the WAL (feed.rs).
 pub(crate) async fn run(
     queries: std::sync::Arc<ContinuousQueries>,
-    mut input: tokio::sync::mpsc::UnboundedReceiver<CqInput>,
+    feed: std::sync::Arc<feed::Feed>,
+    mut input: tokio::sync::mpsc::Receiver<CqInput>,
+    read: WalReader,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
+            _ = stop.changed() => break,
             entry = input.recv() => match entry {
                 Some((seq, batch)) => queries.process(seq, &batch, now_us()),
                 None => break,
             },
+            _ = feed.wanted() => catch_up(&queries, &feed, &mut input, &read).await,
             _ = tick.tick() => queries.tick(now_us()),
-            _ = stop.changed() => break,
         }
     }
+}
+
+/// Drains what the feed sent before it stopped sending, then reads the rest from the WAL
+/// until the feed is live again. Each entry's clock is its ingest time, as in the replay on
+/// open, so the wall-clock floor behaves as it did when the entry arrived.
+async fn catch_up(
+    queries: &std::sync::Arc<ContinuousQueries>,
+    feed: &std::sync::Arc<feed::Feed>,
+    input: &mut tokio::sync::mpsc::Receiver<CqInput>,
+    read: &WalReader,
+) {
+    while let Ok((seq, batch)) = input.try_recv() {
+        queries.process(seq, &batch, now_us());
+    }
+    let (q, f, r) = (
+        std::sync::Arc::clone(queries),
+        std::sync::Arc::clone(feed),
+        std::sync::Arc::clone(read),
+    );
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let mut done = None;
+        let mut entries = 0u64;
+        loop {
+            match f.next(done, || q.caught_up(None)) {
+                feed::Next::Live => return Ok(entries),
+                feed::Next::Read { from, through } => {
+                    tracing::info!(from, through, "continuous queries catching up from the WAL");
+                    r(from, through, &mut |seq, batch| {
+                        entries += 1;
+                        let clock = max_ingest_time(batch).unwrap_or_else(now_us);
+                        q.process_caught_up(seq, batch, clock);
+                    })
+                    .map_err(|e| format!("reading WAL entries {from}..={through}: {e}"))?;
+                    done = Some(through);
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match result {
+        Ok(entries) => tracing::info!(
+            entries,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "continuous queries caught up; live again"
+        ),
+        Err(e) => {
+            // Not silently: the CQs that were catching up say so in their `error` column.
+            tracing::error!(error = %e, "continuous query catch-up failed; going live");
+            feed.give_up(|| queries.caught_up(Some(&e)));
+        }
+    }
+}
+
+/// The newest `ingest_time` in a `logs` batch: the wall clock when it was ingested, used
+/// as the clock while replaying it into continuous queries.
+pub(crate) fn max_ingest_time(logs: &RecordBatch) -> Option<i64> {
+    let column = logs.column_by_name("ingest_time")?;
+    let column = column
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()?;
+    arrow::compute::max(column)
 }
 
 /// What `ON LATE` does with a row that arrives after its window closed but within the

@@ -98,6 +98,9 @@ struct LiveCq {
     /// While a `START FROM` backfill runs: the live entries that arrived meanwhile, fed
     /// after it in sequence order.
     backfill_queue: Option<Vec<(u64, RecordBatch)>>,
+    /// Resumed and re-reading the WAL from where it paused: live entries wait until the
+    /// catch-up reaches them (see feed.rs).
+    catching_up: bool,
 }
 
 #[derive(Default)]
@@ -118,6 +121,7 @@ pub struct ContinuousQueries {
     inner: Mutex<Inner>,
     /// Told the first WAL sequence number a restart would replay, whenever it may change.
     wal_hold: OnceLock<WalHold>,
+    feed: OnceLock<std::sync::Arc<super::feed::Feed>>,
 }
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
@@ -299,6 +303,7 @@ impl LiveCq {
             sinks,
             tables: Arc::clone(tables),
             backfill_queue,
+            catching_up: false,
         })
     }
 
@@ -493,6 +498,7 @@ impl ContinuousQueries {
             tables,
             inner: Mutex::new(inner),
             wal_hold: OnceLock::new(),
+            feed: OnceLock::new(),
         })
     }
 
@@ -692,22 +698,54 @@ impl ContinuousQueries {
         }
     }
 
-    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`.
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`. A resumed CQ re-reads the WAL from
+    /// where it paused (its WAL hold kept those entries), so a pause skips nothing.
     pub fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
-        let mut inner = self.lock();
-        let live = inner
-            .live
-            .get_mut(name)
-            .ok_or_else(|| CqError::NotFound(name.to_string()))?;
-        let before = live.def.state;
-        live.def.state = state;
-        if let Err(e) = self.save_definitions(&inner) {
-            if let Some(l) = inner.live.get_mut(name) {
-                l.def.state = before;
+        let resume_from = {
+            let mut inner = self.lock();
+            let live = inner
+                .live
+                .get_mut(name)
+                .ok_or_else(|| CqError::NotFound(name.to_string()))?;
+            let before = live.def.state;
+            live.def.state = state;
+            let resumed = before != CqState::Running && state == CqState::Running;
+            let from = live.seq + 1;
+            if resumed {
+                live.catching_up = true;
             }
-            return Err(e);
+            if let Err(e) = self.save_definitions(&inner) {
+                if let Some(l) = inner.live.get_mut(name) {
+                    l.def.state = before;
+                    l.catching_up = false;
+                }
+                return Err(e);
+            }
+            resumed.then_some(from)
+        };
+        // Not under the registry lock: the feed's lock is taken first when it goes live.
+        if let (Some(from), Some(feed)) = (resume_from, self.feed.get()) {
+            feed.rewind(from);
         }
         Ok(())
+    }
+
+    /// Connects the feed that RESUME rewinds.
+    pub(crate) fn set_feed(&self, feed: std::sync::Arc<super::feed::Feed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// The feed is live again: resumed CQs take live entries from now on. With `error`
+    /// (the catch-up failed), the CQs that were catching up record it.
+    pub(crate) fn caught_up(&self, error: Option<&str>) {
+        for live in self.lock().live.values_mut() {
+            if live.def.state == CqState::Running
+                && let Some(e) = error
+            {
+                live.error = Some(format!("WAL entries skipped: {e}"));
+            }
+            live.catching_up = false;
+        }
     }
 
     /// The parsed definition of `name` and its version (for BACKTEST and EXPLAIN by name).
@@ -738,11 +776,25 @@ impl ContinuousQueries {
     }
 
     /// Feeds one durable WAL entry's `logs` rows to every running CQ that has not seen it.
+    /// A paused CQ keeps its position (and its WAL hold), so RESUME continues from it.
     pub fn process(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
+        self.feed_entry(seq, batch, now_us, false);
+    }
+
+    /// Like [`Self::process`], for an entry read back from the WAL by a catch-up, which also
+    /// feeds resumed CQs re-reading from where they paused.
+    pub(crate) fn process_caught_up(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
+        self.feed_entry(seq, batch, now_us, true);
+    }
+
+    fn feed_entry(&self, seq: u64, batch: &RecordBatch, now_us: i64, from_wal: bool) {
         let mut inner = self.lock();
         inner.last_seq = inner.last_seq.max(seq);
         for live in inner.live.values_mut() {
-            if seq <= live.seq {
+            if seq <= live.seq
+                || live.def.state != CqState::Running
+                || (live.catching_up && !from_wal)
+            {
                 continue;
             }
             live.seq = seq;
@@ -752,13 +804,20 @@ impl ContinuousQueries {
                 }
                 continue;
             }
-            if live.def.state != CqState::Running || batch.num_rows() == 0 {
+            if batch.num_rows() == 0 {
                 continue;
             }
             let outputs = live
                 .runtime
                 .process("wal", Position::Wal { seq }, batch, now_us);
             live.handle(outputs, now_us);
+            // The batch moved the watermark: resolve per-row alerts now, as BACKTEST and the
+            // WAL replay on open do, not only on the next 250 ms tick; otherwise whether a
+            // later match folds into the old alert or fires a new one depends on ingest speed.
+            if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {
+                rule.resolve(&mut live.alerts, w, now_us);
+                live.notify(now_us);
+            }
         }
     }
 
@@ -813,7 +872,7 @@ impl ContinuousQueries {
         };
         let queue = live.backfill_queue.take().unwrap_or_default();
         for (seq, batch) in queue {
-            let clock = crate::engine::max_ingest_time(&batch).unwrap_or(now_us);
+            let clock = super::max_ingest_time(&batch).unwrap_or(now_us);
             let outputs = live
                 .runtime
                 .process("wal", Position::Wal { seq }, &batch, clock);
@@ -848,7 +907,8 @@ impl ContinuousQueries {
             if live.backfill_queue.is_some() {
                 continue;
             }
-            if live.def.state == CqState::Running {
+            // A catching-up CQ's clock is its entries' ingest time, not the wall clock.
+            if live.def.state == CqState::Running && !live.catching_up {
                 let outputs = live.runtime.advance(now_us);
                 live.handle(outputs, now_us);
                 if let (Some(rule), Some(w)) = (&live.rule, live.runtime.watermark()) {

@@ -165,6 +165,12 @@ impl Wal {
         }
     }
 
+    /// The sequence number the active segment starts at; right after [`Wal::open`], the
+    /// next entry's.
+    pub fn next_seq(&self) -> u64 {
+        self.active_first_seq.load(Ordering::Acquire)
+    }
+
     /// The WAL's counters.
     pub fn metrics(&self) -> &WalMetrics {
         &self.metrics
@@ -188,6 +194,47 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(deleted)
+    }
+
+    /// Reads the entries with `from <= seq <= through` back from disk, in order, one segment
+    /// in memory at a time, for a reader that fell behind (a continuous query catching up).
+    /// Entries up to `through` must be durable and their segments held (see
+    /// `Engine::hold_wal`); a missing entry is an error naming the first one not found.
+    pub fn read_range(
+        &self,
+        from: u64,
+        through: u64,
+        mut each: impl FnMut(ReadEntry) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        if from > through {
+            return Ok(());
+        }
+        let segments = list_segments(&self.dir)?;
+        let mut next = from;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let next_first = segments.get(i + 1).map(|(f, _)| *f);
+            if next_first.is_some_and(|n| n <= next) || *first > through {
+                continue;
+            }
+            let scan = scan_segment(path).map_err(io_err(path))?;
+            for entry in scan.entries {
+                if entry.seq < next || entry.seq > through {
+                    continue;
+                }
+                next = entry.seq + 1;
+                each(entry)?;
+            }
+            if next > through {
+                return Ok(());
+            }
+        }
+        if next <= through {
+            return Err(EngineError::Wal(format!(
+                "entries {next}..={through} are no longer in the WAL at {}",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Stops the WAL thread after every queued append is written and synced.

@@ -14,7 +14,7 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let m = state.engine.metrics();
     let w = state.engine.wal_metrics();
     let (hot_rows, cold_files) = state.engine.tier_stats();
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "logsphere_ingest_requests_total",
             "Ingest requests stored.",
@@ -69,6 +69,11 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             "logsphere_queries_total",
             "SQL queries run.",
             m.queries.load(Relaxed),
+        ),
+        (
+            "logsphere_cq_catch_ups_total",
+            "Times continuous queries fell behind ingest and caught up from the WAL.",
+            state.engine.cq_catch_ups(),
         ),
     ];
     let mut out = String::with_capacity(2048);
