@@ -172,6 +172,10 @@ impl Engine {
         );
         let cq_replay_from = continuous.replay_from();
         let mut cq_replay = Vec::new();
+        // Unfinished START FROM backfills read their hot part back from the WAL.
+        let backfills = continuous.pending_backfills();
+        let mut backfill_hot: Vec<Vec<(u64, arrow::array::RecordBatch)>> =
+            vec![Vec::new(); backfills.len()];
         let started = Instant::now();
         let (wal, report) = Wal::open(
             &dir.join("wal"),
@@ -190,6 +194,11 @@ impl Engine {
                 }
                 if cq_replay_from.is_some_and(|from| e.seq >= from) && entry.logs.num_rows() > 0 {
                     cq_replay.push((e.seq, entry.logs.clone()));
+                }
+                for ((_, _, plan), hot) in backfills.iter().zip(&mut backfill_hot) {
+                    if plan.reads_wal_entry(e.seq) && entry.logs.num_rows() > 0 {
+                        hot.push((e.seq, entry.logs.clone()));
+                    }
                 }
                 tiers.insert(HotEntry::new(e.seq, entry.logs, entry.dead_letters));
                 Ok(())
@@ -272,6 +281,10 @@ impl Engine {
                 engine.hold_wal_for_cqs(from);
             }
         }));
+        for ((name, version, plan), hot) in backfills.into_iter().zip(backfill_hot) {
+            tracing::info!(cq = %name, "resuming an unfinished START FROM backfill from its start");
+            engine.spawn_backfill(name, version, plan, hot);
+        }
         let weak = Arc::downgrade(&engine);
         let read: WalReader = Arc::new(move |from, through, each| {
             let engine = weak.upgrade().ok_or("the engine is shutting down")?;
@@ -453,6 +466,18 @@ impl Engine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        // CQ tables are looked up at planning time: a CQ may create one after this session.
+        if let Some(catalog) = ctx.catalog("logsphere")
+            && let Some(public) = catalog.schema("public")
+        {
+            let schema = crate::query::managed::PublicSchema::new(
+                public,
+                Arc::clone(self.continuous.tables()),
+            );
+            if let Err(e) = catalog.register_schema("public", Arc::new(schema)) {
+                tracing::error!(error = %e, "cannot register the CQ tables");
+            }
+        }
         for (name, table) in &self.tables {
             let table: Arc<dyn datafusion::catalog::TableProvider> = table.clone();
             if let Err(e) = ctx.register_table(*name, table) {
@@ -493,6 +518,95 @@ impl Engine {
     /// The continuous queries and their alerts.
     pub fn continuous(&self) -> &ContinuousQueries {
         &self.continuous
+    }
+
+    /// `CREATE CONTINUOUS QUERY`, with `START FROM` before NOW backfilling from the stored
+    /// logs. Returns once the definition is stored; the backfill runs in the background
+    /// (state `BACKFILL` in `continuous_queries`) and then the CQ continues live.
+    pub async fn create_continuous_query(
+        self: &Arc<Self>,
+        cq: &logsphere_sql::CreateContinuousQuery,
+    ) -> Result<crate::continuous::Created, crate::continuous::CqError> {
+        use crate::continuous::{BackfillPlan, CqError};
+        if cq.start_from == logsphere_sql::StartFrom::Now {
+            return self
+                .continuous
+                .create(cq, crate::continuous::now_us())
+                .await;
+        }
+        // Until the plan is stored, keep the WAL entries it will name from being deleted.
+        let holder = format!("backfill:{}", cq.name);
+        self.hold_wal(&holder, self.tiers.manifest().flushed_seq + 1);
+        let snapshot = Mutex::new(None);
+        let history = |from_us: i64, fed: u64| -> Result<BackfillPlan, CqError> {
+            // The hot tier gets each entry right after the CQ channel does: wait for it to
+            // hold everything CQs were fed, then everything in this snapshot is history.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let s = self.tiers.snapshot();
+                let top = s
+                    .hot
+                    .last()
+                    .map_or(0, |e| e.seq)
+                    .max(s.manifest.flushed_seq);
+                if top >= fed {
+                    let plan = BackfillPlan::new(from_us, &s.manifest, top);
+                    if let Ok(mut slot) = snapshot.lock() {
+                        *slot = Some(s.hot);
+                    }
+                    return Ok(plan);
+                }
+                if Instant::now() > deadline {
+                    return Err(CqError::Storage(format!(
+                        "the hot tier does not hold WAL entry {fed} yet"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let created = self
+            .continuous
+            .create_with_history(cq, crate::continuous::now_us(), Some(&history))
+            .await;
+        self.release_wal(&holder);
+        let created = created?;
+        if created != crate::continuous::Created::Exists {
+            let name = cq.name.to_string();
+            let pending = self.continuous.pending_backfills();
+            let hot = snapshot.into_inner().ok().flatten().unwrap_or_default();
+            if let Some((_, version, plan)) = pending.into_iter().find(|(n, _, _)| *n == name) {
+                let hot = hot
+                    .iter()
+                    .filter(|e| plan.reads_wal_entry(e.seq) && e.logs.num_rows() > 0)
+                    .map(|e| (e.seq, e.logs.clone()))
+                    .collect();
+                self.spawn_backfill(name, version, plan, hot);
+            }
+        }
+        Ok(created)
+    }
+
+    fn spawn_backfill(
+        self: &Arc<Self>,
+        name: String,
+        version: u64,
+        plan: crate::continuous::BackfillPlan,
+        hot: Vec<(u64, arrow::array::RecordBatch)>,
+    ) {
+        let input = crate::continuous::BackfillInput {
+            plan,
+            hot,
+            cold: self.cold.clone(),
+        };
+        let weak = Arc::downgrade(self);
+        let stopped = move || weak.upgrade().is_none_or(|e| e.stopped());
+        tokio::spawn(crate::continuous::run_backfill(
+            Arc::clone(&self.continuous),
+            name,
+            version,
+            input,
+            stopped,
+        ));
     }
 
     /// Keeps the WAL entries continuous queries would replay after a restart.

@@ -354,8 +354,8 @@ async fn continuous_query_definitions_are_managed_over_both_protocols() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "CREATE CONTINUOUS QUERY bad INTO t AS SELECT source FROM logs",
-            SqlState::FEATURE_NOT_SUPPORTED,
+            "CREATE CONTINUOUS QUERY bad INTO logs AS SELECT source FROM logs",
+            SqlState::DUPLICATE_TABLE,
         ),
         (
             "CREATE CONTINUOUS QUERY bad ALERT (DEDUP BY (nope)) AS SELECT source FROM logs",

@@ -367,11 +367,22 @@ async fn sigkill_ten_times_during_windows_keeps_alerts_exactly_once() {
         .map(fired_of)
         .collect();
     let fired_alerts: BTreeSet<&String> = fired.iter().map(|f| &f.1).collect();
-    assert_eq!(fired.len(), rows.len(), "one fired event per alert: {fired:?}");
-    assert_eq!(fired_alerts.len(), rows.len(), "every alert has its fired event");
+    assert_eq!(
+        fired.len(),
+        rows.len(),
+        "one fired event per alert: {fired:?}"
+    );
+    assert_eq!(
+        fired_alerts.len(),
+        rows.len(),
+        "every alert has its fired event"
+    );
     let fired_ids: BTreeSet<String> = fired.iter().map(|f| f.0.clone()).collect();
     let all_ids: BTreeSet<String> = client
-        .query("SELECT event_id FROM alert_events WHERE kind <> 'delivery'", &[])
+        .query(
+            "SELECT event_id FROM alert_events WHERE kind <> 'delivery'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -409,10 +420,16 @@ async fn sigkill_ten_times_during_windows_keeps_alerts_exactly_once() {
         .filter(|(id, _)| id.3 == "firing")
         .flat_map(|(_, k)| k.iter().cloned())
         .collect();
-    assert_eq!(sent_firing, fired_ids, "firing Idempotency-Keys = fired event ids");
+    assert_eq!(
+        sent_firing, fired_ids,
+        "firing Idempotency-Keys = fired event ids"
+    );
     for (id, k) in &keys {
         for key in k {
-            assert!(all_ids.contains(key), "a POST {id:?} for no recorded event: {key}");
+            assert!(
+                all_ids.contains(key),
+                "a POST {id:?} for no recorded event: {key}"
+            );
         }
     }
     eventually("every fired event delivered", &server, || async {

@@ -9,7 +9,7 @@
 //! of the way, so only the event-time watermark closes windows, live as in the backtest.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use logsphere_tests::Server;
 use rand::seq::{IndexedRandom, SliceRandom};

@@ -7,5 +7,6 @@ mod ingest;
 mod notify;
 mod pgwire;
 mod services;
+mod sinks;
 mod slt;
 mod webhook_receiver;

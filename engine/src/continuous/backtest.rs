@@ -211,8 +211,10 @@ pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>
             EmitPolicy::OnThreshold => "ON THRESHOLD",
             EmitPolicy::OnWindowClose => "ON WINDOW CLOSE",
         };
-        let why = if spec.emit.is_some() {
+        let why = if cq.emit.is_some() {
             "given".to_string()
+        } else if cq.into.is_some() {
+            "INTO: each window's final row, at close, then late corrections".to_string()
         } else if !plan.has_having {
             "no HAVING: each window's final row, at close".to_string()
         } else if plan.having_monotone {

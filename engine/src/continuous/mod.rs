@@ -37,6 +37,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 mod alerts;
+mod backfill;
 mod backtest;
 mod checkpoint;
 pub(crate) mod feed;
@@ -45,13 +46,20 @@ mod notify;
 mod plan;
 mod registry;
 mod runtime;
+mod sink;
+mod table_store;
 
 pub use alerts::{Alert, alerts_schema};
+pub use backfill::{BackfillPlan, start_from_us};
 pub use backtest::{backtest, backtest_schema, explain, explain_schema};
 pub use notify::{AlertEvent, NotifyConfig, alert_events_schema};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
 pub use runtime::ContinuousQuery;
+pub use sink::RESERVED_TABLES;
+pub use table_store::{TableStore, UPDATED_AT, table_schema};
+
+pub(crate) use backfill::{BackfillInput, run as run_backfill};
 
 /// One durable WAL entry's `logs` rows, on their way to the CQ task.
 pub(crate) type CqInput = (u64, RecordBatch);
@@ -304,7 +312,16 @@ pub enum CqError {
     /// A NOTIFY channel cannot work as written (an option, URL, CA file or Kafka brokers).
     #[error("{0}")]
     Notify(String),
+    /// An INTO / NOTIFY TABLE table cannot be used as written (a key column missing, a
+    /// name that is not a plain table name).
+    #[error("{0}")]
+    Table(String),
+    /// An INTO / NOTIFY TABLE name is taken: a system table, or a table with other columns.
+    #[error("{0}")]
+    TableExists(String),
 }
 
+#[cfg(test)]
+mod sinks_tests;
 #[cfg(test)]
 mod tests;

@@ -18,8 +18,11 @@ use logsphere_sql::{CreateContinuousQuery, Statement};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, alerts_batch, body_with_severity, hex_hash};
+use super::backfill::BackfillPlan;
 use super::lifecycle::{AlertBook, Heartbeat, Transition, TransitionKind};
 use super::notify::{AlertEvent, Events, Notifier, NotifyChannel, NotifyConfig, events_batch};
+use super::sink::Sink;
+use super::table_store::TableStore;
 use super::{ContinuousQuery, CqError, CqOutput, CqSpec, EmitPolicy, OnLate, Position};
 use crate::catalog::atomic_write;
 
@@ -52,6 +55,9 @@ pub struct CqDefinition {
     pub created_at: i64,
     /// The first WAL sequence number the CQ reads.
     pub from_seq: u64,
+    /// `START FROM` before NOW: what the backfill reads, kept until it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillPlan>,
 }
 
 /// The definitions, and the alerts of dropped CQs: in one file, so a DROP that removes a
@@ -98,6 +104,12 @@ struct LiveCq {
     checkpointed_seq: u64,
     last_fired: Option<i64>,
     error: Option<String>,
+    /// The tables of `INTO` and `NOTIFY (TABLE …)`.
+    sinks: Vec<Sink>,
+    tables: Arc<TableStore>,
+    /// While a `START FROM` backfill runs: the live entries that arrived meanwhile, fed
+    /// after it in sequence order.
+    backfill_queue: Option<Vec<(u64, RecordBatch)>>,
     /// Resumed and re-reading the WAL from where it paused: live entries wait until the
     /// catch-up reaches them (see feed.rs).
     catching_up: bool,
@@ -124,6 +136,7 @@ struct Inner {
 pub struct ContinuousQueries {
     defs_path: PathBuf,
     ckpt_dir: PathBuf,
+    tables: Arc<TableStore>,
     inner: Mutex<Inner>,
     /// Told the first WAL sequence number a restart would replay, whenever it may change.
     wal_hold: OnceLock<WalHold>,
@@ -133,6 +146,10 @@ pub struct ContinuousQueries {
 }
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
+
+/// Fixes a `START FROM` backfill: given the start (µs) and the last WAL sequence number fed
+/// to CQs, the plan whose `cut` is at least that number.
+pub(crate) type History<'a> = dyn Fn(i64, u64) -> Result<BackfillPlan, CqError> + Send + Sync + 'a;
 
 impl std::fmt::Debug for ContinuousQueries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,14 +186,8 @@ pub fn spec_from(cq: &CreateContinuousQuery) -> Result<CqSpec, CqError> {
     if cq.processing_time {
         return unsupported("PROCESSING TIME");
     }
-    if cq.into.is_some() {
-        return unsupported("INTO");
-    }
     if cq.mode != logsphere_sql::Mode::Active {
         return unsupported("MODE SHADOW");
-    }
-    if cq.start_from != logsphere_sql::StartFrom::Now {
-        return unsupported("START FROM other than NOW");
     }
     if !cq.event_time.value.eq_ignore_ascii_case("timestamp") {
         return unsupported("EVENT TIME other than `timestamp`");
@@ -189,10 +200,16 @@ pub fn spec_from(cq: &CreateContinuousQuery) -> Result<CqSpec, CqError> {
     spec.on_late = match cq.on_late {
         logsphere_sql::LateAction::Drop => OnLate::Drop,
         logsphere_sql::LateAction::Update => OnLate::Update,
-        logsphere_sql::LateAction::Recompute => return unsupported("ON LATE RECOMPUTE"),
+        logsphere_sql::LateAction::Recompute => {
+            return unsupported(
+                "ON LATE RECOMPUTE (use ON LATE UPDATE: it corrects the window, and an INTO row, in memory within ALLOWED LATENESS)",
+            );
+        }
         logsphere_sql::LateAction::Into(_) => return unsupported("ON LATE INTO"),
     };
     spec.emit = match cq.emit {
+        // §5.3: a materialised row is written once, when its window is final.
+        None if cq.into.is_some() => Some(EmitPolicy::OnWindowClose),
         None => None,
         Some(logsphere_sql::EmitPolicy::OnThreshold) => Some(EmitPolicy::OnThreshold),
         Some(logsphere_sql::EmitPolicy::OnWindowClose) => Some(EmitPolicy::OnWindowClose),
@@ -232,6 +249,7 @@ impl LiveCq {
         def: CqDefinition,
         checkpoint: Option<&[u8]>,
         notifier: &Arc<Notifier>,
+        tables: &Arc<TableStore>,
     ) -> Result<Self, CqError> {
         let cq = parse_create(&def.sql_text)?;
         let spec = spec_from(&cq)?;
@@ -239,6 +257,8 @@ impl LiveCq {
         for channel in &channels {
             notifier.check(channel)?;
         }
+        // A backfill that did not finish runs again from the start, on fresh state.
+        let checkpoint = checkpoint.filter(|_| def.backfill.is_none());
         let (runtime, seq, book, events) = match checkpoint {
             Some(bytes) => {
                 let (header, state) = decode_checkpoint(bytes)?;
@@ -265,6 +285,11 @@ impl LiveCq {
             ),
         };
         let rule = AlertRule::for_runtime(&cq, def.version, &runtime)?;
+        let sinks = Sink::for_cq(&cq, &runtime.plan)?;
+        let (seq, backfill_queue) = match &def.backfill {
+            Some(plan) => (plan.cut, Some(Vec::new())),
+            None => (seq, None),
+        };
         let last_fired = book.alerts.values().map(|a: &Alert| a.fired_at).max();
         let events: Events = std::sync::Arc::new(Mutex::new(events));
         // At-least-once: what a previous run recorded but did not deliver is sent again.
@@ -286,8 +311,41 @@ impl LiveCq {
             checkpointed_seq: seq,
             last_fired,
             error: None,
+            sinks,
+            tables: Arc::clone(tables),
+            backfill_queue,
             catching_up: false,
         })
+    }
+
+    /// Creates the tables of INTO and NOTIFY TABLE that are missing; returns the ones it
+    /// created.
+    fn ensure_tables(&self) -> Result<Vec<String>, CqError> {
+        let mut created = Vec::new();
+        for sink in &self.sinks {
+            match self.tables.ensure(&sink.table, &sink.schema) {
+                Ok(true) => created.push(sink.table.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    for t in &created {
+                        let _ = self.tables.remove(t);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Upserts this CQ's alert rows into its NOTIFY TABLE tables.
+    fn mirror_alerts(&mut self) {
+        let now = super::now_us();
+        for sink in self.sinks.iter().filter(|s| s.takes_alerts()) {
+            if let Err(e) = sink.write_alerts(&self.tables, self.book.alerts.values(), now) {
+                tracing::warn!(cq = %self.def.name, table = %sink.table, error = %e, "NOTIFY TABLE failed");
+                self.error = Some(e.to_string());
+            }
+        }
     }
 
     /// Folds `outputs` into the alerts, then moves the state machine to the watermark, and
@@ -301,6 +359,15 @@ impl LiveCq {
                 return;
             }
         };
+        let updated_at = super::now_us();
+        for out in &outputs {
+            for sink in &self.sinks {
+                if let Err(e) = sink.write_output(&self.tables, out, updated_at) {
+                    tracing::warn!(cq = %self.def.name, table = %sink.table, error = %e, "INTO failed");
+                    self.error = Some(e.to_string());
+                }
+            }
+        }
         let Some(rule) = &self.rule else {
             return;
         };
@@ -325,6 +392,9 @@ impl LiveCq {
             self.last_fired = Some(now_us);
         }
         self.notify(&transitions, now_us);
+        if !outputs.is_empty() || !transitions.is_empty() {
+            self.mirror_alerts();
+        }
     }
 
     /// Records and starts delivery of the notifying `transitions`.
@@ -339,6 +409,9 @@ impl LiveCq {
     }
 
     fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
+        // The tables first: what the checkpoint covers must be in them after a crash.
+        self.tables
+            .sync(self.sinks.iter().map(|s| s.table.as_str()))?;
         let state = self.runtime.checkpoint()?;
         let listed: std::collections::HashSet<&str> = self
             .book
@@ -449,6 +522,7 @@ impl ContinuousQueries {
         let defs_path = data_dir.join("continuous_queries.json");
         let ckpt_dir = data_dir.join("continuous");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| storage(&ckpt_dir, e))?;
+        let tables = Arc::new(TableStore::open(data_dir)?);
         let file: DefinitionsFile = match std::fs::read(&defs_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| storage(&defs_path, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DefinitionsFile::default(),
@@ -475,11 +549,13 @@ impl ContinuousQueries {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(storage(&path, e)),
             };
-            let live = match LiveCq::build(def.clone(), checkpoint.as_deref(), &notifier).await {
+            let live = match LiveCq::build(def.clone(), checkpoint.as_deref(), &notifier, &tables)
+                .await
+            {
                 Ok(live) => live,
                 Err(e) if checkpoint.is_some() => {
                     tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
-                    match LiveCq::build(def.clone(), None, &notifier).await {
+                    match LiveCq::build(def.clone(), None, &notifier, &tables).await {
                         Ok(mut live) => {
                             live.error = Some(format!("checkpoint not restored: {e}"));
                             live
@@ -497,12 +573,18 @@ impl ContinuousQueries {
                     continue;
                 }
             };
+            if let Err(e) = live.ensure_tables() {
+                tracing::error!(cq = %def.name, error = %e, "continuous query cannot write its tables; listed as FAILED");
+                inner.failed.insert(def.name.clone(), (def, e.to_string()));
+                continue;
+            }
             inner.last_seq = inner.last_seq.max(live.seq);
             inner.live.insert(def.name.clone(), live);
         }
         Ok(Self {
             defs_path,
             ckpt_dir,
+            tables,
             inner: Mutex::new(inner),
             wal_hold: OnceLock::new(),
             notifier,
@@ -521,7 +603,28 @@ impl ContinuousQueries {
     }
 
     fn first_needed(inner: &Inner) -> Option<u64> {
-        inner.live.values().map(|l| l.checkpointed_seq + 1).min()
+        inner
+            .live
+            .values()
+            .map(|l| match &l.def.backfill {
+                Some(plan) => plan.wal_from.min(l.checkpointed_seq + 1),
+                None => l.checkpointed_seq + 1,
+            })
+            .min()
+    }
+
+    /// The managed tables (INTO, NOTIFY TABLE), for queries.
+    pub fn tables(&self) -> &Arc<TableStore> {
+        &self.tables
+    }
+
+    /// The backfills that did not finish before the last shutdown: `(name, version, plan)`.
+    pub(crate) fn pending_backfills(&self) -> Vec<(String, u64, BackfillPlan)> {
+        self.lock()
+            .live
+            .values()
+            .filter_map(|l| Some((l.def.name.clone(), l.def.version, l.def.backfill.clone()?)))
+            .collect()
     }
 
     /// Sets what keeps the WAL entries a restart would replay, and calls it once now.
@@ -558,12 +661,32 @@ impl ContinuousQueries {
     }
 
     /// `CREATE [OR REPLACE] CONTINUOUS QUERY [IF NOT EXISTS]`: validates the body by
-    /// building the runtime, then stores the definition.
+    /// building the runtime, then stores the definition. `START FROM` other than NOW needs
+    /// the stored logs: see [`Self::create_with_history`].
     pub async fn create(
         &self,
         cq: &CreateContinuousQuery,
         now_us: i64,
     ) -> Result<Created, CqError> {
+        self.create_with_history(cq, now_us, None).await
+    }
+
+    /// [`Self::create`] with `history`, which, called under the registry lock with the start
+    /// (µs) and the last WAL sequence number fed to CQs, fixes what a `START FROM`
+    /// backfill reads. The caller then runs the backfill ([`super::backfill::run`]).
+    pub(crate) async fn create_with_history(
+        &self,
+        cq: &CreateContinuousQuery,
+        now_us: i64,
+        history: Option<&History<'_>>,
+    ) -> Result<Created, CqError> {
+        let start = super::backfill::start_from_us(cq).await?;
+        if start.is_some() && history.is_none() {
+            return Err(CqError::Unsupported {
+                sql: cq.body_sql.clone(),
+                reason: "START FROM needs the engine's stored logs".into(),
+            });
+        }
         let name = cq.name.to_string();
         let existing = {
             let inner = self.lock();
@@ -585,16 +708,25 @@ impl ContinuousQueries {
             state: CqState::Running,
             created_at: now_us,
             from_seq: 0,
+            backfill: None,
         };
-        let mut live = LiveCq::build(def, None, &self.notifier).await?;
+        let mut live = LiveCq::build(def, None, &self.notifier, &self.tables).await?;
         let mut inner = self.lock();
         let taken = inner.live.contains_key(&name) || inner.failed.contains_key(&name);
         if taken != existing.is_some() {
             return Err(CqError::AlreadyExists(name));
         }
-        live.def.from_seq = inner.last_seq + 1;
-        live.seq = inner.last_seq;
-        live.checkpointed_seq = inner.last_seq;
+        let mut cut = inner.last_seq;
+        if let (Some(from_us), Some(history)) = (start, history) {
+            let plan = history(from_us, inner.last_seq)?;
+            cut = plan.cut;
+            live.def.backfill = Some(plan);
+            live.backfill_queue = Some(Vec::new());
+        }
+        live.def.from_seq = cut + 1;
+        live.seq = cut;
+        live.checkpointed_seq = cut;
+        let created_tables = live.ensure_tables()?;
         let old_failed = inner.failed.remove(&name);
         let old = inner.live.insert(name.clone(), live);
         let outcome = if let Some(old) = old {
@@ -619,6 +751,9 @@ impl ContinuousQueries {
             inner.live.remove(&name);
             if let Some(f) = old_failed {
                 inner.failed.insert(name, f);
+            }
+            for t in created_tables {
+                let _ = self.tables.remove(&t);
             }
             return Err(e);
         }
@@ -816,6 +951,12 @@ impl ContinuousQueries {
                 continue;
             }
             live.seq = seq;
+            if let Some(queue) = &mut live.backfill_queue {
+                if batch.num_rows() > 0 {
+                    queue.push((seq, batch.clone()));
+                }
+                continue;
+            }
             if batch.num_rows() == 0 {
                 continue;
             }
@@ -830,6 +971,83 @@ impl ContinuousQueries {
         }
     }
 
+    /// Feeds one batch of stored rows to the backfill of `name`; `false` when that backfill
+    /// is no longer wanted (the CQ was dropped or replaced).
+    pub(crate) fn feed_backfill(
+        &self,
+        name: &str,
+        version: u64,
+        batch: &RecordBatch,
+        clock_us: i64,
+    ) -> Result<bool, CqError> {
+        let mut inner = self.lock();
+        let Some(live) = inner.live.get_mut(name) else {
+            return Ok(false);
+        };
+        let Some(plan) = live
+            .def
+            .backfill
+            .as_ref()
+            .filter(|_| live.def.version == version)
+        else {
+            return Ok(false);
+        };
+        let position = Position::Wal { seq: plan.cut };
+        let outputs = live.runtime.process("wal", position, batch, clock_us);
+        if let Err(e) = &outputs {
+            return Err(CqError::Input(e.to_string()));
+        }
+        live.handle(outputs, clock_us);
+        Ok(true)
+    }
+
+    /// Ends the backfill of `name`: feeds the live entries queued meanwhile, checkpoints,
+    /// and only then removes the plan from the stored definition (a crash before that runs
+    /// the backfill again).
+    pub(crate) fn finish_backfill(
+        &self,
+        name: &str,
+        version: u64,
+        error: Option<String>,
+        now_us: i64,
+    ) {
+        let dir = self.ckpt_dir.clone();
+        let mut inner = self.lock();
+        let Some(live) = inner
+            .live
+            .get_mut(name)
+            .filter(|l| l.def.version == version)
+        else {
+            return;
+        };
+        let queue = live.backfill_queue.take().unwrap_or_default();
+        for (seq, batch) in queue {
+            let clock = super::max_ingest_time(&batch).unwrap_or(now_us);
+            let outputs = live
+                .runtime
+                .process("wal", Position::Wal { seq }, &batch, clock);
+            live.handle(outputs, clock);
+        }
+        if let Some(e) = error {
+            live.error = Some(e);
+        }
+        let plan = live.def.backfill.take();
+        if let Err(e) = live.checkpoint(&dir, now_us) {
+            tracing::warn!(cq = %name, error = %e, "checkpoint after backfill failed; a restart backfills again");
+            live.error = Some(e.to_string());
+            live.def.backfill = plan;
+            return;
+        }
+        if let Err(e) = self.save_definitions(&inner) {
+            tracing::warn!(cq = %name, error = %e, "cannot store the finished backfill; a restart backfills again");
+            if let Some(l) = inner.live.get_mut(name) {
+                l.error = Some(e.to_string());
+                l.def.backfill = plan;
+            }
+        }
+        self.update_hold(&inner);
+    }
+
     /// A timer tick: moves watermarks on the wall clock (closing windows, resolving and
     /// opening alerts), forgets alerts past their retention and writes due checkpoints.
     pub fn tick(&self, now_us: i64) {
@@ -838,6 +1056,10 @@ impl ContinuousQueries {
         for live in inner.live.values_mut() {
             // Retries and re-queued failures come due here, and events a full queue left.
             self.notifier.dispatch(&live.events, &live.channels, now_us);
+            // A backfill moves its own event-time clock and is checkpointed when done.
+            if live.backfill_queue.is_some() {
+                continue;
+            }
             // A catching-up CQ's clock is its entries' ingest time, not the wall clock.
             if live.def.state == CqState::Running && !live.catching_up {
                 let outputs = live.runtime.advance(now_us);
@@ -877,6 +1099,10 @@ impl ContinuousQueries {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
         for live in inner.live.values_mut() {
+            if live.backfill_queue.is_some() {
+                // Its definition still holds the backfill plan: a restart runs it again.
+                continue;
+            }
             if let Err(e) = live.checkpoint(&dir, now_us) {
                 tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
                 live.error = Some(e.to_string());
@@ -987,7 +1213,13 @@ impl ContinuousQueries {
             vec![
                 s(&|x| Some(x.def.name.clone())),
                 int(&|x| x.def.version),
-                s(&|x| Some(x.def.state.as_str().to_string())),
+                s(&|x| {
+                    Some(if x.backfill_queue.is_some() {
+                        "BACKFILL".to_string()
+                    } else {
+                        x.def.state.as_str().to_string()
+                    })
+                }),
                 s(&|x| Some(x.def.sql_text.clone())),
                 ts(&|x| Some(x.def.created_at)),
                 s(&|x| {

@@ -1,4 +1,5 @@
 //! SQL over both tiers: the table providers DataFusion plans against.
 
+pub mod managed;
 pub mod system;
 pub mod tables;

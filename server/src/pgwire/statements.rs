@@ -17,7 +17,7 @@ use arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion::arrow::datatypes::SchemaRef;
 use logsphere_engine::continuous::{
     ContinuousQueries, CqError, CqState, Created, alerts_schema, backtest_schema, explain_schema,
-    now_us, queries_schema,
+    queries_schema,
 };
 use logsphere_sql::{AlterAction, CqTarget, CreateContinuousQuery, ShowFilter, Statement};
 use pgwire::api::Type;
@@ -134,6 +134,7 @@ const FEATURE_NOT_SUPPORTED: &str = "0A000";
 const DUPLICATE_OBJECT: &str = "42710";
 const INVALID_OBJECT_DEFINITION: &str = "42P17";
 const INVALID_PARAMETER_VALUE: &str = "22023";
+const DUPLICATE_TABLE: &str = "42P07";
 
 /// The SQLSTATE a client can branch on for each continuous-query error.
 fn cq_error(e: &CqError) -> PgWireError {
@@ -154,6 +155,8 @@ fn cq_error(e: &CqError) -> PgWireError {
             );
         }
         CqError::Arrow(_) | CqError::Input(_) => INVALID_OBJECT_DEFINITION,
+        CqError::Table(_) => INVALID_OBJECT_DEFINITION,
+        CqError::TableExists(_) => DUPLICATE_TABLE,
         CqError::Checkpoint(_) | CqError::Storage(_) => sqlstate::INTERNAL_ERROR,
     };
     user_error(code, e.to_string())
@@ -186,8 +189,9 @@ impl LogSphereStatement {
         let queries = session.engine.continuous();
         match self {
             LogSphereStatement::Create(cq) => {
-                match queries
-                    .create(cq, now_us())
+                match session
+                    .engine
+                    .create_continuous_query(cq)
                     .await
                     .map_err(|e| cq_error(&e))?
                 {
@@ -196,16 +200,6 @@ impl LogSphereStatement {
                         cq = %cq.name,
                         "continuous query exists; IF NOT EXISTS leaves it unchanged"
                     ),
-                }
-                if cq
-                    .notify
-                    .iter()
-                    .any(|c| matches!(c, logsphere_sql::Channel::Table(_)))
-                {
-                    tracing::warn!(
-                        cq = %cq.name,
-                        "NOTIFY TABLE is accepted but not delivered yet (WEBHOOK and KAFKA are); alerts go to the `alerts` table"
-                    );
                 }
                 Ok(Response::Execution(Tag::new("CREATE CONTINUOUS QUERY")))
             }
