@@ -4,18 +4,24 @@
 //!   fsync'd write rate of the same disk, and the server's peak memory.
 //! - `query`: 10 M records ingested and flushed to Parquet, three queries over the
 //!   PostgreSQL protocol, and the same queries with DuckDB over the same Parquet files.
+//! - `cq`: continuous queries: alert latency of the seed rules under open-loop load, ingest
+//!   rate with 0–100 CQs, and the memory of 1 M group keys of CQ state.
 //!
-//! Both print a markdown summary and write it to `benches/results/<name>.md`.
+//! Each prints a markdown summary and writes it to `benches/results/<name>.md`.
 //! See `docs/benchmarks.md` for how to run them and what the numbers mean.
 //!
 //! ```text
 //! cargo build --release -p logsphere-server -p logsphere-benches
 //! $CARGO_TARGET_DIR/release/logsphere-bench ingest --bin $CARGO_TARGET_DIR/release/logsphere
 //! $CARGO_TARGET_DIR/release/logsphere-bench query --bin $CARGO_TARGET_DIR/release/logsphere --reuse
+//! $CARGO_TARGET_DIR/release/logsphere-bench cq --bin $CARGO_TARGET_DIR/release/logsphere
 //! ```
 
+mod cq;
+mod cq_latency;
 mod duckdb;
 mod ingest;
+mod pg;
 mod query;
 mod records;
 mod report;
@@ -37,11 +43,14 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// count(*), a per-minute error histogram and a LIKE search, LogSphere vs DuckDB.
     Query(query::QueryArgs),
+    /// Continuous queries: alert latency, ingest rate with 0–100 CQs, state memory.
+    Cq(cq::CqArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(args) => ingest::run(args),
         Command::Query(args) => query::run(args),
+        Command::Cq(args) => cq::run(args),
     }
 }

@@ -108,12 +108,16 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
                 push(&mut rng, ts, "ERROR", source);
             }
             for _ in 0..rng.random_range(0..15) {
-                let level: &str = ["INFO", "WARN", "DEBUG"]
-                    .choose(&mut rng)
-                    .unwrap_or(&"INFO");
+                let level = ["INFO", "WARN", "DEBUG"][rng.random_range(0..3)];
                 let ts = start + rng.random_range(0..60_000);
                 push(&mut rng, ts, level, source);
             }
+        }
+        // A heartbeat a second keeps event time dense, so a request never spans minutes
+        // and the watermark moves between requests as it does in production.
+        for beat in 0..minutes * 60 {
+            let ts = from_ms + beat * 1000 + rng.random_range(0..1000);
+            push(&mut rng, ts, "INFO", source);
         }
         // CRITICAL episodes: dense inside (gaps of seconds), apart by far more than
         // RESOLVE AFTER plus the watermark, so each is one alert however rows arrive.
@@ -134,7 +138,7 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
     let mut bodies = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
-        let n = rng.random_range(1..=60).min(rest.len());
+        let n = rng.random_range(1..=40).min(rest.len());
         bodies.push(
             rest[..n]
                 .iter()
