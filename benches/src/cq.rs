@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use crate::cq_latency::{self, LatencyRun, OpenLoop, Probe, RULE_A, RULE_B};
 use crate::pg::Pg;
 use crate::records::{Rng, hosts, write_record};
@@ -91,16 +89,9 @@ pub fn run(args: CqArgs) -> anyhow::Result<()> {
         args.batch > 0 && args.senders > 0,
         "--batch and --senders must be positive"
     );
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let work = base.join(format!("logsphere-bench-cq-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let result = run_in(&args, &work);
-    if args.keep {
-        eprintln!("kept {}", work.display());
-    } else if let Err(e) = std::fs::remove_dir_all(&work) {
-        eprintln!("warning: cannot remove {}: {e}", work.display());
-    }
-    result
+    report::in_work_dir(args.dir.as_deref(), "cq", args.keep, |work| {
+        run_in(&args, work)
+    })
 }
 
 fn run_in(args: &CqArgs, work: &Path) -> anyhow::Result<()> {

@@ -100,16 +100,9 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         !args.senders.is_empty() && args.senders.iter().all(|s| *s > 0),
         "--senders must list positive counts"
     );
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let work = base.join(format!("logsphere-bench-ingest-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let result = run_in(&args, &work);
-    if args.keep {
-        eprintln!("kept {}", work.display());
-    } else if let Err(e) = std::fs::remove_dir_all(&work) {
-        eprintln!("warning: cannot remove {}: {e}", work.display());
-    }
-    result
+    report::in_work_dir(args.dir.as_deref(), "ingest", args.keep, |work| {
+        run_in(&args, work)
+    })
 }
 
 fn run_in(args: &IngestArgs, work: &Path) -> anyhow::Result<()> {

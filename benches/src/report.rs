@@ -140,6 +140,27 @@ pub fn write_results(name: &str, content: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `run` in a fresh `<base>/logsphere-bench-<what>-<pid>` directory (`base`: the
+/// system temp dir unless given), removed afterwards unless `keep`.
+pub fn in_work_dir(
+    base: Option<&std::path::Path>,
+    what: &str,
+    keep: bool,
+    run: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let base = base.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    let work = base.join(format!("logsphere-bench-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let result = run(&work);
+    if keep {
+        eprintln!("kept {}", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("warning: cannot remove {}: {e}", work.display());
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
