@@ -25,6 +25,10 @@ pub enum EngineError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
+    #[error("Cassandra: {context}: {reason}")]
+    Cassandra { context: String, reason: String },
+    #[error("Kafka: {context}: {reason}")]
+    Kafka { context: String, reason: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
 }

@@ -16,13 +16,16 @@
 //! ```
 
 pub mod catalog;
+pub mod cluster;
 pub mod cold;
 pub mod continuous;
 pub mod hot;
 pub mod ingest;
 pub mod model;
 pub mod query;
-pub mod wal;
+pub mod source;
+
+pub use source::wal;
 
 mod engine;
 mod error;

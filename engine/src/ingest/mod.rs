@@ -120,8 +120,62 @@ fn decode_array(body: &[u8], b: &mut Builders<'_>) {
     }
 }
 
+/// Decodes records one at a time (a Kafka message each), with metadata to keep.
+pub struct RecordDecoder<'a> {
+    b: Builders<'a>,
+}
+
+/// What became of one record given to [`RecordDecoder::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFate {
+    /// It is a row of `logs`.
+    Accepted,
+    /// It is a row of `dead_letters`.
+    Rejected,
+}
+
+impl<'a> RecordDecoder<'a> {
+    /// A decoder stamping `ingest_time_us` on every row.
+    pub fn new(ingest_time_us: i64, opts: &'a DecodeOptions) -> Self {
+        Self {
+            b: Builders::new(ingest_time_us, opts),
+        }
+    }
+
+    /// Decodes one record. `topic`, when given, is the `topic` column whatever the record
+    /// says (a `topic` field then stays in `attributes`); `extra` fields are added to
+    /// `attributes` (e.g. the Kafka partition and offset). `position` names the record on
+    /// its dead letter.
+    pub fn record(
+        &mut self,
+        raw: &[u8],
+        position: &str,
+        topic: Option<&str>,
+        extra: Vec<(String, Value)>,
+    ) -> RecordFate {
+        let before = self.b.dl_origin.len();
+        self.b.forced_topic = topic.map(str::to_string);
+        self.b.extra = extra;
+        self.b.record(raw, position);
+        self.b.forced_topic = None;
+        self.b.extra = Vec::new();
+        if self.b.dl_origin.len() > before {
+            RecordFate::Rejected
+        } else {
+            RecordFate::Accepted
+        }
+    }
+
+    /// The decoded batches.
+    pub fn finish(self) -> Decoded {
+        self.b.finish()
+    }
+}
+
 struct Builders<'a> {
     opts: &'a DecodeOptions,
+    forced_topic: Option<String>,
+    extra: Vec<(String, Value)>,
     ingest_time_us: i64,
     ts: TimestampMicrosecondBuilder,
     level: StringBuilder,
@@ -139,6 +193,8 @@ impl<'a> Builders<'a> {
     fn new(ingest_time_us: i64, opts: &'a DecodeOptions) -> Self {
         Self {
             opts,
+            forced_topic: None,
+            extra: Vec::new(),
             ingest_time_us,
             ts: TimestampMicrosecondBuilder::new(),
             level: StringBuilder::new(),
@@ -212,11 +268,17 @@ impl<'a> Builders<'a> {
         };
         let message = take_text(&mut obj, &["message", "msg"]);
         let source = take_text(&mut obj, &["source", "host", "hostname"]);
-        let topic = take_first(&mut obj, &["topic"])
-            .map(|(_, v)| value_text(v))
-            .unwrap_or_else(|| self.opts.default_topic.clone());
+        let topic = match &self.forced_topic {
+            Some(t) => t.clone(),
+            None => take_first(&mut obj, &["topic"])
+                .map(|(_, v)| value_text(v))
+                .unwrap_or_else(|| self.opts.default_topic.clone()),
+        };
         if let Some(raw) = raw_level {
             obj.insert("raw_level".into(), raw);
+        }
+        for (k, v) in &self.extra {
+            obj.insert(k.clone(), v.clone());
         }
         let attributes = serde_json::to_string(&obj).map_err(|e| format!("attributes: {e}"))?;
         self.ts.append_value(ts);

@@ -1,0 +1,1 @@
+//! The Cassandra hot tier (cluster mode). Being written.
