@@ -6,5 +6,5 @@
 
 pub mod local;
 
-pub use local::{ColdFile, LocalCatalog, Manifest};
 pub(crate) use local::atomic_write;
+pub use local::{ColdFile, LocalCatalog, Manifest};

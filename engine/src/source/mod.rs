@@ -81,8 +81,11 @@ pub struct PartitionProgress {
 pub trait ProgressStore: Send + Sync + fmt::Debug + 'static {
     /// Takes ownership of `partition` for node `owner`: bumps the fencing epoch with a
     /// compare-and-set and returns it with the offset to resume from.
-    async fn claim(&self, partition: &PartitionId, owner: &str)
-    -> Result<PartitionClaim, EngineError>;
+    async fn claim(
+        &self,
+        partition: &PartitionId,
+        owner: &str,
+    ) -> Result<PartitionClaim, EngineError>;
 
     /// Moves progress to `next_offset` if `epoch` still owns the partition. `Ok(false)`
     /// means another node claimed it since: the caller must stop and drop what it buffered.
