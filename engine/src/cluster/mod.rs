@@ -3,6 +3,8 @@
 //! The settings here are the engine's view of `[cluster]`, `[kafka]` and `[cassandra]` in
 //! `logsphere.toml`; the server validates them and names the key of a bad value.
 
+pub mod produce;
+
 use std::time::Duration;
 
 /// Everything cluster mode needs to run.
