@@ -140,8 +140,13 @@ pub(super) async fn append_with(
     for rows in chunks(dead, mode) {
         jobs.push(Job::Dead(rows));
     }
-    futures::stream::iter(jobs)
+    // Futures built up front: a `map` closure over `Job<'_>` trips the compiler's
+    // higher-ranked lifetime check inside the `Send` future of `append`.
+    let writes: Vec<_> = jobs
+        .into_iter()
         .map(|job| run(shared, w, job, &batch.partition))
+        .collect();
+    futures::stream::iter(writes)
         .buffer_unordered(shared.max_in_flight)
         .try_collect::<Vec<()>>()
         .await?;
