@@ -128,8 +128,7 @@ impl Layout {
 
     /// The bucket holding time `us`: its start, in µs.
     fn bucket(&self, us: i64) -> i64 {
-        us.div_euclid(self.bucket_us)
-            .saturating_mul(self.bucket_us)
+        us.div_euclid(self.bucket_us).saturating_mul(self.bucket_us)
     }
 
     /// The shard a Kafka partition writes: stable across processes and versions.
@@ -194,7 +193,8 @@ impl CassandraStore {
         }
         let session = open_session(config, write_consistency).await?;
         let keyspace = schema::migrate(&session, config).await?;
-        let writes = write::WriteStatements::prepare(&session, &keyspace, write_consistency, config.ttl)
+        let writes =
+            write::WriteStatements::prepare(&session, &keyspace, write_consistency, config.ttl)
                 .await?;
         let progress = progress::ProgressStatements::prepare(
             &session,
@@ -248,7 +248,9 @@ async fn open_session(
 ) -> Result<Session, EngineError> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.datacenter {
-        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
     }
     let profile = ExecutionProfile::builder()
         .load_balancing_policy(policy.build())

@@ -44,9 +44,8 @@ impl ProgressStatements {
         read: Consistency,
     ) -> Result<Self, EngineError> {
         let key = "consumer_group = ? AND topic = ? AND kpart = ?";
-        let select = format!(
-            "SELECT next_offset, epoch, owner, updated_us FROM {ks}.progress WHERE {key}"
-        );
+        let select =
+            format!("SELECT next_offset, epoch, owner, updated_us FROM {ks}.progress WHERE {key}");
         let mut read_serial = prepare(session, &select).await?;
         read_serial.set_consistency(Consistency::LocalSerial);
         let mut read_plain = prepare(session, &select).await?;
@@ -117,7 +116,11 @@ pub(super) async fn claim(
     owner: &str,
 ) -> Result<PartitionClaim, EngineError> {
     let s = &shared.progress;
-    let key = (shared.group.as_str(), partition.topic.as_str(), partition.partition);
+    let key = (
+        shared.group.as_str(),
+        partition.topic.as_str(),
+        partition.partition,
+    );
     let context = || format!("claiming {partition} for {owner}");
     for attempt in 0..CLAIM_ATTEMPTS {
         let current = read(&shared.session, &s.read_serial, key)
@@ -126,7 +129,10 @@ pub(super) async fn claim(
         let (applied, claim) = match current {
             None => {
                 let values = (key.0, key.1, key.2, owner, now_us());
-                let r = shared.session.execute_unpaged(&s.insert_first, values).await;
+                let r = shared
+                    .session
+                    .execute_unpaged(&s.insert_first, values)
+                    .await;
                 let claim = PartitionClaim {
                     epoch: 1,
                     next_offset: None,
@@ -188,8 +194,12 @@ pub(super) async fn advance(
         .session
         .execute_unpaged(&shared.progress.advance, values)
         .await;
-    let applied = applied(r)
-        .map_err(|e| err(format!("advancing {partition} to {next_offset} (epoch {epoch})"), e))?;
+    let applied = applied(r).map_err(|e| {
+        err(
+            format!("advancing {partition} to {next_offset} (epoch {epoch})"),
+            e,
+        )
+    })?;
     if !applied {
         CassandraMetrics::add(&shared.metrics.lwt_conflicts, 1);
         tracing::warn!(topic = %partition.topic, partition = partition.partition, epoch, next_offset, "progress fenced: another node claimed the partition");

@@ -187,13 +187,11 @@ fn string_equality(e: &Expr) -> Option<(&'static str, String)> {
         (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
         _ => return None,
     };
-    let column = PUSHED_EQUALITIES
-        .into_iter()
-        .find(|p| *p == column.name)?;
+    let column = PUSHED_EQUALITIES.into_iter().find(|p| *p == column.name)?;
     match literal {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-            Some((column, s.clone()))
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some((column, s.clone())),
         _ => None,
     }
 }
@@ -401,7 +399,12 @@ impl DisplayAs for CassandraScanExec {
             shards
         )?;
         if let (Some(first), Some(last)) = (self.buckets.first(), self.buckets.last()) {
-            write!(f, ", buckets={}..={}", micros_text(*first), micros_text(*last))?;
+            write!(
+                f,
+                ", buckets={}..={}",
+                micros_text(*first),
+                micros_text(*last)
+            )?;
         }
         if !matches!(t, DisplayFormatType::TreeRender) {
             write!(f, ", cql={}", self.cql)?;

@@ -49,7 +49,9 @@ fn identifier(key: &str, name: &str) -> Result<String, EngineError> {
     } else {
         Err(err(
             key,
-            format!("{name:?} is not a valid keyspace name (a letter, then up to 47 letters, digits or _)"),
+            format!(
+                "{name:?} is not a valid keyspace name (a letter, then up to 47 letters, digits or _)"
+            ),
         ))
     }
 }
@@ -57,10 +59,7 @@ fn identifier(key: &str, name: &str) -> Result<String, EngineError> {
 fn create_keyspace(keyspace: &str, config: &CassandraConfig) -> Result<String, EngineError> {
     let rf = config.replication_factor;
     if rf == 0 {
-        return Err(err(
-            "cassandra.replication_factor",
-            "must be at least 1",
-        ));
+        return Err(err("cassandra.replication_factor", "must be at least 1"));
     }
     let replication = match config.replication_strategy.as_str() {
         "SimpleStrategy" => format!("{{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"),

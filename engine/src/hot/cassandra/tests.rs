@@ -224,7 +224,9 @@ async fn connect_twice_is_idempotent() {
     again.ping().await.expect("ping");
     let mut bad = c.clone();
     bad.write_consistency = "LOCAL_QUORAM".into();
-    let e = CassandraStore::connect(&bad, "g").await.expect_err("bad CL");
+    let e = CassandraStore::connect(&bad, "g")
+        .await
+        .expect_err("bad CL");
     assert!(e.to_string().contains("LOCAL_QUORAM"), "{e}");
     drop_keyspace(&a).await;
 }
@@ -276,7 +278,10 @@ async fn append_and_read_back() {
     assert_eq!(count(&ctx, "SELECT count(*) FROM logs_hot").await, 40);
     assert_eq!(count(&ctx, "SELECT count(*) FROM dead_letters").await, 3);
     assert_eq!(store.metrics().rows_written.load(Ordering::Relaxed), 80);
-    assert_eq!(store.metrics().dead_letters_written.load(Ordering::Relaxed), 6);
+    assert_eq!(
+        store.metrics().dead_letters_written.load(Ordering::Relaxed),
+        6
+    );
     drop_keyspace(&store).await;
 }
 
@@ -333,7 +338,9 @@ async fn filtered_query() {
         .iter()
         .flat_map(|b| {
             let a = b.column(0).as_string::<i32>();
-            (0..a.len()).map(|i| a.value(i).to_string()).collect::<Vec<_>>()
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
     let want: Vec<String> = rows
@@ -429,15 +436,27 @@ async fn write_throughput() {
         .map(|(i, m)| (T0 + i as i64 * 5_000, "info", m.as_str(), "web-1"))
         .collect();
     for (mode, partition) in [(WriteMode::Single, 0), (WriteMode::Batched, 1)] {
-        let batch = sourced("bench", partition, logs_batch(&rows, "bench"), dead_batch(&[]), 0);
+        let batch = sourced(
+            "bench",
+            partition,
+            logs_batch(&rows, "bench"),
+            dead_batch(&[]),
+            0,
+        );
         let start = Instant::now();
         write::append_with(&store.shared, &batch, mode)
             .await
             .expect("append");
         let secs = start.elapsed().as_secs_f64();
-        println!("{mode:?}: {n} rows in {secs:.2} s = {:.0} rows/s", n as f64 / secs);
+        println!(
+            "{mode:?}: {n} rows in {secs:.2} s = {:.0} rows/s",
+            n as f64 / secs
+        );
     }
     let ctx = context(&store).await;
-    assert_eq!(count(&ctx, "SELECT count(*) FROM logs_hot").await, 2 * n as i64);
+    assert_eq!(
+        count(&ctx, "SELECT count(*) FROM logs_hot").await,
+        2 * n as i64
+    );
     drop_keyspace(&store).await;
 }

@@ -52,7 +52,18 @@ type LogValues<'a> = (
 );
 
 /// Values of one `dead_letters` row.
-type DeadValues<'a> = (i64, i16, i64, &'a str, i32, i64, &'a str, &'a str, &'a [u8], &'a str);
+type DeadValues<'a> = (
+    i64,
+    i16,
+    i64,
+    &'a str,
+    i32,
+    i64,
+    &'a str,
+    &'a str,
+    &'a [u8],
+    &'a str,
+);
 
 /// How rows are sent; batches by partition unless measuring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +102,7 @@ impl WriteStatements {
             "INSERT INTO {ks}.dead_letters (bucket, shard, ingest_time, topic, kpart, koffset, \
              origin, reason, raw, raw_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
-        let register =
-            format!("INSERT INTO {ks}.buckets (kind, bucket) VALUES (?, ?) USING TTL ?");
+        let register = format!("INSERT INTO {ks}.buckets (kind, bucket) VALUES (?, ?) USING TTL ?");
         let marker_ttl = i32::try_from(ttl.as_secs() + REGISTER_REFRESH.as_secs())
             .map_err(|_| err("cassandra.ttl", format!("{ttl:?} is too long")))?;
         let mut statements = Vec::new();
@@ -151,7 +161,10 @@ pub(super) async fn append_with(
         .try_collect::<Vec<()>>()
         .await?;
     CassandraMetrics::add(&shared.metrics.rows_written, batch.logs.num_rows());
-    CassandraMetrics::add(&shared.metrics.dead_letters_written, batch.dead_letters.num_rows());
+    CassandraMetrics::add(
+        &shared.metrics.dead_letters_written,
+        batch.dead_letters.num_rows(),
+    );
     Ok(())
 }
 
@@ -301,7 +314,12 @@ fn dead_values<'a>(
     shard: i16,
 ) -> Result<Vec<(usize, DeadValues<'a>)>, EngineError> {
     let b = &batch.dead_letters;
-    check_offsets(batch, "dead_letters", b.num_rows(), batch.dead_offsets.len())?;
+    check_offsets(
+        batch,
+        "dead_letters",
+        b.num_rows(),
+        batch.dead_offsets.len(),
+    )?;
     let ingest = micros(b, "ingest_time")?;
     let origin = strings(b, "origin")?;
     let reason = strings(b, "reason")?;
@@ -351,7 +369,10 @@ fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, EngineErr
         .ok_or_else(|| err("append", format!("batch has no column {name:?}")))
 }
 
-fn micros<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a TimestampMicrosecondArray, EngineError> {
+fn micros<'a>(
+    b: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a TimestampMicrosecondArray, EngineError> {
     column(b, name)?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .ok_or_else(|| err("append", format!("column {name:?} is not a µs timestamp")))
