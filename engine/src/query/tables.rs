@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result, ScalarValue};
@@ -11,7 +11,9 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Cast, Expr, Operator, TableProviderFilterPushDown, TryCast,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -288,10 +290,23 @@ fn is_column(e: &Expr, column: &str) -> bool {
     matches!(e, Expr::Column(c) if c.name == column)
 }
 
-/// A timestamp literal in microseconds.
+/// A timestamp literal in microseconds, or a cast of a literal (e.g. of a string) to a
+/// timestamp that the optimizer left unfolded.
 fn micros(e: &Expr) -> Option<i64> {
-    let Expr::Literal(v, _) = e else { return None };
-    match v {
+    let v = match e {
+        Expr::Literal(v, _) => v.clone(),
+        Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field })
+            if matches!(field.data_type(), DataType::Timestamp(..)) =>
+        {
+            let Expr::Literal(v, _) = expr.as_ref() else {
+                return None;
+            };
+            v.cast_to(&DataType::Timestamp(TimeUnit::Microsecond, None))
+                .ok()?
+        }
+        _ => return None,
+    };
+    match &v {
         ScalarValue::TimestampMicrosecond(Some(v), _) => Some(*v),
         ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1000)),
         ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1000),

@@ -322,6 +322,12 @@ async fn filtered_query() {
     let (all, _) = explained_partitions(&ctx, "SELECT count(*) FROM logs_hot").await;
     assert!(filtered < all, "{filtered} !< {all}:\n{plan}");
     assert_eq!(all, 6 * 4, "6 buckets (T0..T0+46 min) × 4 shards");
+    let cast = format!(
+        "SELECT count(*) FROM logs_hot WHERE timestamp > CAST('{}' AS TIMESTAMP)",
+        rfc3339(hi)
+    );
+    assert_eq!(count(&ctx, &cast).await, 19, "{cast}");
+    assert!(explained_partitions(&ctx, &cast).await.0 < all);
 
     let expected = rows.iter().filter(|r| r.3 == "x").count() as i64 + 1;
     let by_source = "SELECT count(*) FROM logs_hot WHERE source = 'x'";
@@ -459,4 +465,25 @@ async fn write_throughput() {
         2 * n as i64
     );
     drop_keyspace(&store).await;
+}
+
+#[test]
+fn time_range_reads_casts_of_string_literals() {
+    use arrow::datatypes::{DataType, TimeUnit};
+    use datafusion::prelude::{cast, col, lit};
+
+    use crate::query::tables::TimeRange;
+
+    let text = rfc3339(T0);
+    let to_ns = DataType::Timestamp(TimeUnit::Nanosecond, None);
+    let e = col("timestamp")
+        .gt_eq(cast(lit(text.as_str()), to_ns))
+        .and(
+            col("timestamp").lt(lit(datafusion::common::ScalarValue::TimestampSecond(
+                Some(T0 / 1_000_000 + 60),
+                None,
+            ))),
+        );
+    let r = TimeRange::from_filters(&[e], "timestamp");
+    assert_eq!((r.lo, r.hi), (T0, (T0 / 1_000_000 + 60) * 1_000_000));
 }

@@ -5,9 +5,10 @@
 //! rows is written, so a scan that enumerates buckets never misses a written row.
 //!
 //! Rows of one Cassandra partition go out as unlogged batches of at most
-//! [`BATCH_BYTES`]. Measured against the test Cassandra 5 (one node, 2 shared cores,
-//! 20,000 rows of ~200 bytes over 3 buckets, 256 in flight, debug build):
-//! single-row concurrent inserts ~4,100 rows/s, per-partition batches ~21,000 rows/s
+//! [`BATCH_BYTES`]. Measured against the test Cassandra 5 (one node on 2 cores shared
+//! with two builds, 5,000 rows of ~190 bytes in one partition, 256 in flight, debug build):
+//! single-row concurrent inserts 3,400–4,500 rows/s, per-partition batches 24,000–59,000
+//! rows/s over repeated runs
 //! (see `tests::write_throughput`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
