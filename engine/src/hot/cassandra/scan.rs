@@ -197,6 +197,7 @@ fn string_equality(e: &Expr) -> Option<(&'static str, String)> {
 }
 
 /// The prepared statement for `cql`, prepared once and kept (at the read consistency, paged).
+/// The cache stays small: one text per projection and set of pushed equalities.
 async fn statement(shared: &Shared, cql: &str) -> Result<PreparedStatement, EngineError> {
     let cached = shared
         .scan_statements
@@ -260,7 +261,15 @@ impl TableProvider for CassandraTable {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let columns: Vec<&str> = indices.iter().map(|i| spec.columns[*i]).collect();
+        let columns: Vec<&str> = indices
+            .iter()
+            .map(|i| {
+                spec.columns
+                    .get(*i)
+                    .copied()
+                    .ok_or_else(|| DataFusionError::Plan(format!("{}: no column {i}", spec.table)))
+            })
+            .collect::<Result<_>>()?;
         let equalities = self.equalities(filters);
         let cql = select_cql(&self.shared.keyspace, spec, &columns, &equalities);
         let prepared = statement(&self.shared, &cql).await.map_err(external)?;

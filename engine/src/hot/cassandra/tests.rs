@@ -402,6 +402,26 @@ async fn progress_is_fenced() {
 }
 
 #[tokio::test]
+async fn racing_claims_both_win_in_turn() {
+    let c = config(100);
+    let a = CassandraStore::connect(&c, "grp").await.expect("connect a");
+    let b = CassandraStore::connect(&c, "grp").await.expect("connect b");
+    let p = PartitionId {
+        topic: "race".into(),
+        partition: 0,
+    };
+    let (ca, cb) = tokio::join!(a.claim(&p, "node-a"), b.claim(&p, "node-b"));
+    let mut epochs = [ca.expect("a claims").epoch, cb.expect("b claims").epoch];
+    epochs.sort();
+    assert_eq!(epochs, [1, 2]);
+    let listed = a.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].epoch, 2);
+    assert_eq!(listed[0].next_offset, -1, "never advanced");
+    drop_keyspace(&a).await;
+}
+
+#[tokio::test]
 async fn reads_every_page() {
     let store = CassandraStore::connect(&config(7), "g")
         .await

@@ -1,7 +1,8 @@
 //! [`HotStore::append`](crate::hot::HotStore::append): rows keyed by their Kafka identity.
 //!
 //! A row's primary key is (bucket, shard, time, topic, partition, offset), so a redelivered
-//! batch rewrites the same rows. The bucket is registered in `buckets` before any of its
+//! batch rewrites the same rows. The key's topic is the Kafka topic of the batch (the
+//! decoder sets each row's `topic` column to it). The bucket is registered in `buckets` before any of its
 //! rows is written, so a scan that enumerates buckets never misses a written row.
 //!
 //! Rows of one Cassandra partition go out as unlogged batches of at most
