@@ -334,6 +334,17 @@ async fn filtered_query() {
     assert_eq!(count(&ctx, by_source).await, expected);
     let (_, plan) = explained_partitions(&ctx, by_source).await;
     assert!(plan.contains("source = ? ALLOW FILTERING"), "{plan}");
+    let by_topic = "SELECT count(*) FROM logs_hot WHERE topic = 'app' AND log_level = 'warn'";
+    assert_eq!(count(&ctx, by_topic).await, 1);
+    let (_, plan) = explained_partitions(&ctx, by_topic).await;
+    assert!(plan.contains("topic = ?"), "{plan}");
+    let dead = format!(
+        "SELECT count(*) FROM dead_letters WHERE ingest_time >= '{}'",
+        rfc3339(T0 + 20 * MINUTE)
+    );
+    assert_eq!(count(&ctx, &dead).await, 2, "{dead}");
+    let (dead_partitions, plan) = explained_partitions(&ctx, &dead).await;
+    assert_eq!(dead_partitions, 2 * 4, "{plan}");
     let both = format!(
         "SELECT message FROM logs_hot WHERE source = 'x' AND log_level = 'error' \
          AND timestamp >= '{}' ORDER BY message",
