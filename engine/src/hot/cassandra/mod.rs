@@ -7,7 +7,8 @@
 //!   (bucket, shard) partitions a time filter allows.
 //!
 //! Timestamps are stored as `bigint` microseconds: CQL `timestamp` has only millisecond
-//! precision and the model's timestamps must round-trip exactly.
+//! precision and the model's timestamps must round-trip exactly. The layout, with a worked
+//! example, is in `cassandra.md` beside this module.
 
 mod progress;
 mod scan;
