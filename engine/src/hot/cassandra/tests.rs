@@ -453,7 +453,15 @@ async fn reads_every_page() {
     );
     let (partitions, plan) = explained_partitions(&ctx, "SELECT * FROM logs_hot").await;
     assert_eq!(partitions, 4, "one bucket × 4 shards:\n{plan}");
-    assert!(store.metrics().rows_read.load(Ordering::Relaxed) >= 500);
+    let read = store.metrics().rows_read.load(Ordering::Relaxed);
+    assert!(read >= 500);
+    let limited = query(&ctx, "SELECT message FROM logs_hot LIMIT 5").await;
+    assert_eq!(limited.iter().map(RecordBatch::num_rows).sum::<usize>(), 5);
+    let read_for_limit = store.metrics().rows_read.load(Ordering::Relaxed) - read;
+    assert!(
+        read_for_limit <= 4 * 5,
+        "the limit stops each scan partition: {read_for_limit}"
+    );
     drop_keyspace(&store).await;
 }
 
