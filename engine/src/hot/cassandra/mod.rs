@@ -4,12 +4,13 @@
 //! - [`write`]: [`HotStore::append`], idempotent by each row's Kafka identity.
 //! - [`progress`]: [`ProgressStore`], fenced by an epoch bumped with lightweight transactions.
 //! - [`scan`]: `logs` and `dead_letters` as DataFusion tables, reading only the
-//!   (bucket, shard) partitions a time filter allows.
+//!   (bucket, shard) partitions a time filter allows; [`exec`] reads them.
 //!
 //! Timestamps are stored as `bigint` microseconds: CQL `timestamp` has only millisecond
 //! precision and the model's timestamps must round-trip exactly. The layout, with a worked
 //! example, is in `cassandra.md` beside this module.
 
+mod exec;
 mod progress;
 mod scan;
 mod schema;
@@ -33,7 +34,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::Semaphore;
 
-pub use scan::{CassandraScanExec, CassandraTable};
+pub use exec::CassandraScanExec;
+pub use scan::CassandraTable;
 
 use crate::EngineError;
 use crate::cluster::CassandraConfig;

@@ -6,40 +6,25 @@
 //! `ALLOW FILTERING`, which Cassandra 5 accepts when the partition key is fully bound (it
 //! filters within the one partition, see `tests::filtered_query`). Every filter is still
 //! answered `Inexact`: strict time bounds are read inclusively and DataFusion re-checks.
+//! The plan that reads is [`CassandraScanExec`](super::exec::CassandraScanExec).
 
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, RecordBatch, RecordBatchOptions, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, ScalarValue, project_schema};
 use datafusion::datasource::TableType;
-use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
-};
-use futures::{StreamExt, TryStreamExt};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::TryStreamExt;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
-use tokio::sync::mpsc::Sender;
 
-use super::{CassandraMetrics, Shared, err, prepare};
+use super::exec::{CassandraScanExec, Read};
+use super::{Shared, err, prepare};
 use crate::EngineError;
 use crate::query::tables::{TableKind, TimeRange};
-
-/// Rows per Arrow batch a scan emits, at most.
-const BATCH_ROWS: usize = 8192;
 
 /// Columns whose equality with a string literal is pushed into the CQL (`logs` only).
 const PUSHED_EQUALITIES: [&str; 3] = ["source", "log_level", "topic"];
@@ -220,7 +205,7 @@ async fn statement(shared: &Shared, cql: &str) -> Result<PreparedStatement, Engi
     Ok(p)
 }
 
-fn external(e: EngineError) -> DataFusionError {
+pub(super) fn external(e: EngineError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
@@ -321,281 +306,4 @@ fn select_cql(
         cql.push_str(" ALLOW FILTERING");
     }
     cql
-}
-
-/// What every output partition of a scan needs to read its share of Cassandra partitions.
-#[derive(Clone)]
-struct Read {
-    shared: Arc<Shared>,
-    statement: PreparedStatement,
-    /// Inclusive bounds on the clustering time column.
-    time: (i64, i64),
-    /// Values of the pushed equalities, in CQL order.
-    equalities: Vec<String>,
-    /// The projected output schema.
-    schema: SchemaRef,
-    limit: Option<usize>,
-}
-
-/// Reads (bucket, shard) partitions of one Cassandra table, paged, as Arrow batches.
-pub struct CassandraScanExec {
-    table: &'static str,
-    cql: String,
-    read: Read,
-    buckets: Vec<i64>,
-    partitions: Vec<(i64, i16)>,
-    outputs: usize,
-    properties: Arc<PlanProperties>,
-}
-
-impl fmt::Debug for CassandraScanExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CassandraScanExec")
-            .field("table", &self.table)
-            .field("partitions", &self.partitions.len())
-            .field("cql", &self.cql)
-            .finish()
-    }
-}
-
-impl CassandraScanExec {
-    fn new(
-        table: &'static str,
-        cql: String,
-        read: Read,
-        buckets: Vec<i64>,
-        partitions: Vec<(i64, i16)>,
-        outputs: usize,
-    ) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&read.schema)),
-            Partitioning::UnknownPartitioning(outputs),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            table,
-            cql,
-            read,
-            buckets,
-            partitions,
-            outputs,
-            properties: Arc::new(properties),
-        }
-    }
-
-    /// Number of Cassandra partitions (buckets × shards) the scan reads.
-    pub fn cassandra_partitions(&self) -> usize {
-        self.partitions.len()
-    }
-}
-
-fn micros_text(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| us.to_string())
-}
-
-impl DisplayAs for CassandraScanExec {
-    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let shards = self.read.shared.layout.shards;
-        write!(
-            f,
-            "CassandraScanExec: table={}, partitions={} ({} buckets x {} shards)",
-            self.table,
-            self.partitions.len(),
-            self.buckets.len(),
-            shards
-        )?;
-        if let (Some(first), Some(last)) = (self.buckets.first(), self.buckets.last()) {
-            write!(
-                f,
-                ", buckets={}..={}",
-                micros_text(*first),
-                micros_text(*last)
-            )?;
-        }
-        if !matches!(t, DisplayFormatType::TreeRender) {
-            write!(f, ", cql={}", self.cql)?;
-        }
-        Ok(())
-    }
-}
-
-impl ExecutionPlan for CassandraScanExec {
-    fn name(&self) -> &str {
-        "CassandraScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let share: Vec<(i64, i16)> = self
-            .partitions
-            .iter()
-            .skip(partition)
-            .step_by(self.outputs)
-            .copied()
-            .collect();
-        let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.read.schema), 2);
-        let tx = builder.tx();
-        let read = self.read.clone();
-        builder.spawn(async move { read.run(share, tx).await });
-        Ok(builder.build())
-    }
-}
-
-impl Read {
-    /// Reads `partitions` in turn, sending batches of at most [`BATCH_ROWS`] rows.
-    async fn run(self, partitions: Vec<(i64, i16)>, tx: Sender<Result<RecordBatch>>) -> Result<()> {
-        let mut rows = Rows::new(&self.schema);
-        let mut sent = 0usize;
-        let limit = self.limit.unwrap_or(usize::MAX);
-        for (bucket, shard) in partitions {
-            let mut stream = self.partition(bucket, shard).await.map_err(external)?;
-            while let Some(row) = stream.next().await {
-                let row = row.map_err(|e| {
-                    external(err(format!("reading partition ({bucket}, {shard})"), e))
-                })?;
-                rows.push(row);
-                CassandraMetrics::add(&self.shared.metrics.rows_read, 1);
-                let done = sent + rows.len() >= limit;
-                if rows.len() >= BATCH_ROWS || done {
-                    sent += rows.len();
-                    let batch = rows.finish(&self.schema)?;
-                    if tx.send(Ok(batch)).await.is_err() || done {
-                        return Ok(()); // the consumer is gone, or the limit is met
-                    }
-                }
-            }
-        }
-        if rows.len() > 0 {
-            let batch = rows.finish(&self.schema)?;
-            let _ = tx.send(Ok(batch)).await;
-        }
-        Ok(())
-    }
-
-    /// The rows of one (bucket, shard) partition, paged.
-    async fn partition(
-        &self,
-        bucket: i64,
-        shard: i16,
-    ) -> Result<
-        impl futures::Stream<Item = Result<Row, scylla::errors::NextRowError>> + use<>,
-        EngineError,
-    > {
-        let mut values = vec![
-            CqlValue::BigInt(bucket),
-            CqlValue::SmallInt(shard),
-            CqlValue::BigInt(self.time.0),
-            CqlValue::BigInt(self.time.1),
-        ];
-        values.extend(self.equalities.iter().cloned().map(CqlValue::Text));
-        let context = || format!("reading partition ({bucket}, {shard})");
-        self.shared
-            .session
-            .execute_iter(self.statement.clone(), values)
-            .await
-            .map_err(|e| err(context(), e))?
-            .rows_stream::<Row>()
-            .map_err(|e| err(context(), e))
-    }
-}
-
-/// Arrow builders for the projected columns of scanned rows.
-struct Rows {
-    columns: Vec<Column>,
-    len: usize,
-}
-
-enum Column {
-    Micros(TimestampMicrosecondBuilder, DataType),
-    Text(StringBuilder),
-    Bytes(BinaryBuilder),
-}
-
-impl Rows {
-    fn new(schema: &SchemaRef) -> Self {
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| match f.data_type() {
-                DataType::Timestamp(..) => {
-                    Column::Micros(TimestampMicrosecondBuilder::new(), f.data_type().clone())
-                }
-                DataType::Binary => Column::Bytes(BinaryBuilder::new()),
-                _ => Column::Text(StringBuilder::new()),
-            })
-            .collect();
-        Self { columns, len: 0 }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Appends one row; a missing value becomes the type's empty value (columns are
-    /// non-null in the model, and every write sets them all).
-    fn push(&mut self, row: Row) {
-        self.len += 1;
-        for (column, value) in self.columns.iter_mut().zip(row.columns) {
-            match (column, value) {
-                (Column::Micros(b, _), Some(CqlValue::BigInt(v))) => b.append_value(v),
-                (Column::Micros(b, _), _) => b.append_value(0),
-                (Column::Text(b), Some(CqlValue::Text(v) | CqlValue::Ascii(v))) => {
-                    b.append_value(v)
-                }
-                (Column::Text(b), _) => b.append_value(""),
-                (Column::Bytes(b), Some(CqlValue::Blob(v))) => b.append_value(v),
-                (Column::Bytes(b), _) => b.append_value([]),
-            }
-        }
-    }
-
-    /// The rows so far as a batch; the builders start over.
-    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = self
-            .columns
-            .iter_mut()
-            .map(|c| -> Result<ArrayRef> {
-                Ok(match c {
-                    Column::Micros(b, t) => Arc::new(b.finish().with_data_type(t.clone())),
-                    Column::Text(b) => Arc::new(b.finish()),
-                    Column::Bytes(b) => Arc::new(b.finish()),
-                })
-            })
-            .collect::<Result<_>>()?;
-        let options = RecordBatchOptions::new().with_row_count(Some(self.len));
-        self.len = 0;
-        Ok(RecordBatch::try_new_with_options(
-            Arc::clone(schema),
-            arrays,
-            &options,
-        )?)
-    }
 }
