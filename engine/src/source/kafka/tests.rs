@@ -146,8 +146,7 @@ async fn produce(topic: &str, recs: Vec<Rec>) -> Vec<(Identity, Rec)> {
         .set("linger.ms", "5")
         .create()
         .expect("producer");
-    let mut out = Vec::new();
-    for rec in recs {
+    let sends = recs.iter().map(|rec| {
         let headers = OwnedHeaders::new().insert(Header {
             key: "trace",
             value: Some("t-1"),
@@ -159,16 +158,16 @@ async fn produce(topic: &str, recs: Vec<Rec>) -> Vec<(Identity, Rec)> {
         if let Some(key) = &rec.key {
             record = record.key(key);
         }
-        let delivery = producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("delivered");
-        out.push((
-            (topic.to_string(), delivery.partition, delivery.offset),
-            rec,
-        ));
-    }
-    out
+        producer.send(record, Duration::from_secs(10))
+    });
+    let deliveries = futures::future::join_all(sends).await;
+    recs.into_iter()
+        .zip(deliveries)
+        .map(|(rec, d)| {
+            let d = d.expect("delivered");
+            ((topic.to_string(), d.partition, d.offset), rec)
+        })
+        .collect()
 }
 
 fn pid(topic: &str, partition: i32) -> PartitionId {
