@@ -273,11 +273,21 @@ async fn stores_every_record_once_with_kafka_attributes() {
     let mut recs = goods(3, 1000, 0);
     recs.extend(malformed(3));
     let produced = produce(&topic, recs).await;
+    let dead_topic = unique("once-dead");
+    create_topic(&dead_topic, 1).await;
+    let mut config = config(&topic, &group);
+    config.dead_letter_topic = Some(dead_topic.clone());
     let (hot, progress) = (FakeHot::new(), FakeProgress::new());
-    let source = start(&config(&topic, &group), "node-1", &hot, &progress).await;
+    let source = start(&config, "node-1", &hot, &progress).await;
 
     wait_caught_up(&topic, 3, &progress).await;
     assert_exact(&hot, &produced);
+    wait_until(
+        "dead letters in their topic",
+        Duration::from_secs(20),
+        || watermarks(&dead_topic, 1) == vec![5],
+    )
+    .await;
     hot.with_rows(|rows| {
         for ((_, partition, offset), rec) in &produced {
             let id = (topic.clone(), *partition, *offset);
@@ -504,4 +514,23 @@ async fn two_members_split_partitions_and_take_over() {
         "a partition that moved twice was claimed three times"
     );
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regex_subscription_discovers_new_topics() {
+    let (prefix, group) = (unique("regex"), unique("regex-group"));
+    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
+    let source = start(
+        &config(&format!("^{prefix}-.*"), &group),
+        "node-1",
+        &hot,
+        &progress,
+    )
+    .await;
+    let topic = format!("{prefix}-late");
+    create_topic(&topic, 2).await;
+    let produced = produce(&topic, goods(2, 50, 0)).await;
+    wait_caught_up(&topic, 2, &progress).await;
+    assert_exact(&hot, &produced);
+    source.stop().await;
 }
