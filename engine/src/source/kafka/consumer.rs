@@ -186,6 +186,8 @@ fn commit_stored(consumer: &SourceConsumer, shared: &Shared) {
     if shared.offsets_stored.swap(false, Ordering::AcqRel)
         && let Err(e) = consumer.commit_consumer_state(CommitMode::Async)
     {
+        // Try again at the next interval rather than wait for the next batch.
+        shared.offsets_stored.store(true, Ordering::Release);
         debug!(source = "kafka", error = %e, "committing stored offsets failed");
     }
 }

@@ -68,6 +68,10 @@ impl KafkaSource {
         mut opts: DecodeOptions,
     ) -> Result<KafkaSource, EngineError> {
         validate(config)?;
+        let runtime = Handle::try_current().map_err(|e| EngineError::Kafka {
+            context: format!("starting the source of group '{}'", config.group),
+            reason: format!("not inside a Tokio runtime: {e}"),
+        })?;
         opts.max_record_bytes = config.max_record_bytes;
         let dead_letters = match &config.dead_letter_topic {
             Some(_) => Some(LogProducer::new(&config.brokers, DEAD_LETTER_TIMEOUT)?),
@@ -80,7 +84,7 @@ impl KafkaSource {
             progress,
             opts,
             dead_letters,
-            Handle::current(),
+            runtime,
         ));
         let consumer = consumer::subscribe(&shared)?;
         let shutdown = Arc::new(AtomicBool::new(false));

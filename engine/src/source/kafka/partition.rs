@@ -158,6 +158,7 @@ impl PartitionTask {
             None if self.shared.config.auto_offset_reset == "latest" => Offset::End,
             None => Offset::Beginning,
         };
+        let mut delay = Duration::from_millis(20);
         loop {
             let consumer = self.consumer.clone();
             let (topic, partition) = (self.id.topic.clone(), self.id.partition);
@@ -175,9 +176,10 @@ impl PartitionTask {
                     warn!(source = "kafka", partition = %self.id, error = %e, "seek task failed")
                 }
             }
-            if !self.sleep_unless_stopped(Duration::from_millis(20)).await {
+            if !self.sleep_unless_stopped(delay).await {
                 return false;
             }
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -365,5 +367,13 @@ impl PartitionTask {
             }
         }
         tpl
+    }
+}
+
+impl Drop for PartitionTask {
+    /// Also runs when a task is aborted after the drain bound: the paused gauge and the
+    /// consumer's pause state must not outlive it.
+    fn drop(&mut self) {
+        self.resume_if_paused();
     }
 }

@@ -447,14 +447,18 @@ async fn a_failing_hot_store_pauses_then_resumes_without_loss() {
     hot.fail_for(Duration::from_secs(3));
     let produced = produce(&topic, goods(3, 200, 0)).await;
     let ends = watermarks(&topic, 3);
-    let mut saw_paused = false;
+    let (mut saw_paused, mut saw_lag) = (false, false);
     let start = Instant::now();
     while !(0..3).all(|p| progress.next_offset(&pid(&topic, p)) == Some(ends[p as usize])) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "no catch-up after the outage"
         );
-        saw_paused |= source.status().iter().any(|s| s.paused);
+        let status = source.status();
+        saw_paused |= status.iter().any(|s| s.paused);
+        saw_lag |= status
+            .iter()
+            .any(|s| s.paused && s.lag_seconds.is_some_and(|l| l >= 1.0));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
