@@ -465,6 +465,10 @@ async fn a_failing_hot_store_pauses_then_resumes_without_loss() {
         saw_paused,
         "status never showed a paused partition during the outage"
     );
+    assert!(
+        saw_lag,
+        "status never showed the time lag growing during the outage"
+    );
     let m = source.metrics();
     assert!(m.write_retries.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_eq!(
