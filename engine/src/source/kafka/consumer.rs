@@ -117,10 +117,26 @@ impl ConsumerContext for SourceContext {
     /// off before any fetch can reach the main queue, and revoked ones are drained while
     /// still assigned.
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => self.assign(partition_ids(tpl)),
-            Rebalance::Revoke(tpl) => self.revoke(partition_ids(tpl)),
-            Rebalance::Error(e) => warn!(source = "kafka", error = %e, "rebalance error"),
+        let (ids, assigned) = match rebalance {
+            Rebalance::Assign(tpl) => (partition_ids(tpl), true),
+            Rebalance::Revoke(tpl) => (partition_ids(tpl), false),
+            Rebalance::Error(e) => {
+                warn!(source = "kafka", error = %e, "rebalance error");
+                return;
+            }
+        };
+        // librdkafka may deliver empty lists with the cooperative protocol.
+        if ids.is_empty() {
+            return;
+        }
+        self.shared
+            .metrics
+            .rebalances
+            .fetch_add(1, Ordering::Relaxed);
+        if assigned {
+            self.assign(ids);
+        } else {
+            self.revoke(ids);
         }
     }
 
@@ -133,14 +149,6 @@ impl ConsumerContext for SourceContext {
 
 impl SourceContext {
     fn assign(&self, ids: Vec<PartitionId>) {
-        // librdkafka may deliver empty lists with the cooperative protocol.
-        if ids.is_empty() {
-            return;
-        }
-        self.shared
-            .metrics
-            .rebalances
-            .fetch_add(1, Ordering::Relaxed);
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             error!(
                 source = "kafka",
@@ -155,13 +163,6 @@ impl SourceContext {
     }
 
     fn revoke(&self, ids: Vec<PartitionId>) {
-        if ids.is_empty() {
-            return;
-        }
-        self.shared
-            .metrics
-            .rebalances
-            .fetch_add(1, Ordering::Relaxed);
         info!(source = "kafka", partitions = ?ids, "partitions revoked");
         self.shared.stop_partitions(&ids);
         // Mirror the last progress of the drained partitions while they are still ours.

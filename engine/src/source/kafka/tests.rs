@@ -79,6 +79,25 @@ async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
+/// A fresh topic of `partitions`, a fresh group, and empty stores.
+struct Fixture {
+    topic: String,
+    group: String,
+    hot: Arc<FakeHot>,
+    progress: Arc<FakeProgress>,
+}
+
+async fn fixture(what: &str, partitions: i32) -> Fixture {
+    let topic = unique(what);
+    create_topic(&topic, partitions).await;
+    Fixture {
+        topic,
+        group: unique(&format!("{what}-group")),
+        hot: FakeHot::new(),
+        progress: FakeProgress::new(),
+    }
+}
+
 /// What a produced record should become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -229,11 +248,22 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 
 /// Waits until every partition's durable progress reaches its high watermark.
 async fn wait_caught_up(topic: &str, partitions: i32, progress: &FakeProgress) {
-    let ends = watermarks(topic, partitions);
+    let all: Vec<i32> = (0..partitions).collect();
+    wait_partitions_caught_up(topic, &all, progress).await;
+}
+
+/// Waits until the durable progress of `partitions` reaches their high watermarks.
+async fn wait_partitions_caught_up(topic: &str, partitions: &[i32], progress: &FakeProgress) {
+    let n = partitions.iter().max().map_or(0, |p| p + 1);
+    let ends = watermarks(topic, n);
     wait_until(
         "progress to reach the high watermarks",
         Duration::from_secs(60),
-        || (0..partitions).all(|p| progress.next_offset(&pid(topic, p)) == Some(ends[p as usize])),
+        || {
+            partitions
+                .iter()
+                .all(|p| progress.next_offset(&pid(topic, *p)) == Some(ends[*p as usize]))
+        },
     )
     .await;
 }
@@ -268,8 +298,12 @@ fn assert_exact(hot: &FakeHot, produced: &[(Identity, Rec)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_every_record_once_with_kafka_attributes() {
-    let (topic, group) = (unique("once"), unique("once-group"));
-    create_topic(&topic, 3).await;
+    let Fixture {
+        topic,
+        group,
+        hot,
+        progress,
+    } = fixture("once", 3).await;
     let mut recs = goods(3, 1000, 0);
     recs.extend(malformed(3));
     let produced = produce(&topic, recs).await;
@@ -277,7 +311,6 @@ async fn stores_every_record_once_with_kafka_attributes() {
     create_topic(&dead_topic, 1).await;
     let mut config = config(&topic, &group);
     config.dead_letter_topic = Some(dead_topic.clone());
-    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
     let source = start(&config, "node-1", &hot, &progress).await;
 
     wait_caught_up(&topic, 3, &progress).await;
@@ -347,9 +380,12 @@ async fn stores_every_record_once_with_kafka_attributes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_stored_progress() {
-    let (topic, group) = (unique("restart"), unique("restart-group"));
-    create_topic(&topic, 3).await;
-    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
+    let Fixture {
+        topic,
+        group,
+        hot,
+        progress,
+    } = fixture("restart", 3).await;
     let config = config(&topic, &group);
     let mut produced = produce(&topic, goods(3, 100, 0)).await;
     let source = start(&config, "node-1", &hot, &progress).await;
@@ -380,9 +416,12 @@ async fn restart_resumes_from_stored_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_owner_stops_writing_the_partition() {
-    let (topic, group) = (unique("fence"), unique("fence-group"));
-    create_topic(&topic, 2).await;
-    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
+    let Fixture {
+        topic,
+        group,
+        hot,
+        progress,
+    } = fixture("fence", 2).await;
     produce(&topic, goods(2, 50, 0)).await;
     let source = start(&config(&topic, &group), "node-a", &hot, &progress).await;
     wait_caught_up(&topic, 2, &progress).await;
@@ -399,13 +438,7 @@ async fn a_fenced_owner_stops_writing_the_partition() {
             == 1
     })
     .await;
-    let ends = watermarks(&topic, 2);
-    wait_until(
-        "the other partition to go on",
-        Duration::from_secs(20),
-        || progress.next_offset(&p1) == Some(ends[1]),
-    )
-    .await;
+    wait_partitions_caught_up(&topic, &[1], &progress).await;
 
     let appends = hot.appends_to(&p0);
     produce(&topic, goods(2, 20, 200)).await;
@@ -422,21 +455,18 @@ async fn a_fenced_owner_stops_writing_the_partition() {
         vec![p1.clone()],
         "status lists only what the node still owns"
     );
-    let ends = watermarks(&topic, 2);
-    wait_until(
-        "the other partition to go on",
-        Duration::from_secs(20),
-        || progress.next_offset(&p1) == Some(ends[1]),
-    )
-    .await;
+    wait_partitions_caught_up(&topic, &[1], &progress).await;
     source.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_hot_store_pauses_then_resumes_without_loss() {
-    let (topic, group) = (unique("down"), unique("down-group"));
-    create_topic(&topic, 3).await;
-    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
+    let Fixture {
+        topic,
+        group,
+        hot,
+        progress,
+    } = fixture("down", 3).await;
     let source = start(&config(&topic, &group), "node-1", &hot, &progress).await;
     wait_until("the assignment", Duration::from_secs(30), || {
         let s = source.status();
@@ -483,9 +513,12 @@ async fn a_failing_hot_store_pauses_then_resumes_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_split_partitions_and_take_over() {
-    let (topic, group) = (unique("pair"), unique("pair-group"));
-    create_topic(&topic, 4).await;
-    let (hot, progress) = (FakeHot::new(), FakeProgress::new());
+    let Fixture {
+        topic,
+        group,
+        hot,
+        progress,
+    } = fixture("pair", 4).await;
     let config = config(&topic, &group);
     let a = start(&config, "node-a", &hot, &progress).await;
     wait_until(
