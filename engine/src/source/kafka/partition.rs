@@ -26,6 +26,9 @@ use crate::source::{PartitionClaim, PartitionId, SourcedBatch};
 /// Longest wait between two looks at the partition queue (guards a missed wake-up).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// Progress advances at most this often per partition (see [`Checkpoint`]).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One owned partition's loop and everything it needs.
 pub(super) struct PartitionTask {
     pub(super) queue: PartitionQueue<SourceContext>,
@@ -48,6 +51,43 @@ enum Exit {
     Stopped,
     /// Another owner claimed the partition.
     Fenced,
+}
+
+/// What [`PartitionTask::collect`] ended with.
+enum Collected<'a> {
+    /// Records to write.
+    Batch(Box<PendingBatch<'a>>),
+    /// Nothing arrived before progress was due to be advanced.
+    Idle,
+    /// Revoked or shut down; nothing read is kept.
+    Stopped,
+}
+
+/// Written but not yet durable progress: progress is a lightweight transaction, so it
+/// advances at most once per [`PROGRESS_INTERVAL`] (a crash replays at most that much,
+/// idempotently), and at once when the partition goes idle after it.
+struct Checkpoint {
+    /// The offset after the last written record, when progress does not cover it yet.
+    pending: Option<i64>,
+    /// When progress last advanced.
+    last: Instant,
+}
+
+impl Checkpoint {
+    fn new() -> Self {
+        Self {
+            pending: None,
+            last: Instant::now(),
+        }
+    }
+
+    fn due_at(&self) -> Option<Instant> {
+        self.pending.map(|_| self.last + PROGRESS_INTERVAL)
+    }
+
+    fn is_due(&self) -> bool {
+        self.due_at().is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Exponential backoff between retries of a failed write.
@@ -89,12 +129,29 @@ impl PartitionTask {
         if !self.seek(claim.next_offset).await {
             return Exit::Stopped;
         }
+        let mut checkpoint = Checkpoint::new();
+        let exit = self.consume_from(&claim, &mut checkpoint).await;
+        if exit == Exit::Stopped {
+            // Revoked or shutting down: one attempt to make what was written durable, so
+            // the next owner does not write it again.
+            let _ = self.advance(&claim, &mut checkpoint, false).await;
+        }
+        exit
+    }
+
+    async fn consume_from(&self, claim: &PartitionClaim, checkpoint: &mut Checkpoint) -> Exit {
         let mut expected = claim.next_offset;
         loop {
-            let Some(batch) = self.collect(&mut expected).await else {
-                return Exit::Stopped;
+            let step = match self.collect(&mut expected, checkpoint.due_at()).await {
+                Collected::Batch(batch) => self.write(*batch, checkpoint).await,
+                Collected::Idle => Ok(()),
+                Collected::Stopped => Err(Exit::Stopped),
             };
-            if let Some(exit) = self.write(batch, &claim).await {
+            let step = match step {
+                Ok(()) if checkpoint.is_due() => self.advance(claim, checkpoint, true).await,
+                other => other,
+            };
+            if let Err(exit) = step {
                 return exit;
             }
         }
@@ -184,9 +241,14 @@ impl PartitionTask {
     }
 
     /// Reads until the batch holds `batch_records` records or `partition_buffer_bytes`,
-    /// or `linger` passed since its first record. `None` when stopped: the buffer is
-    /// dropped, and the next owner reads those records again from durable progress.
-    async fn collect(&self, expected: &mut Option<i64>) -> Option<PendingBatch<'_>> {
+    /// or `linger` passed since its first record; [`Collected::Idle`] when nothing came
+    /// before `checkpoint_due`. When stopped the buffer is dropped, and the next owner
+    /// reads those records again from durable progress.
+    async fn collect(
+        &self,
+        expected: &mut Option<i64>,
+        checkpoint_due: Option<Instant>,
+    ) -> Collected<'_> {
         let config = &self.shared.config;
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut batch = PendingBatch::new(&self.id, &self.shared.opts, now_us);
@@ -221,25 +283,40 @@ impl PartitionTask {
                     .records_consumed
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if full(&batch) || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Some(batch);
+            let now = Instant::now();
+            if full(&batch) || deadline.is_some_and(|d| now >= d) {
+                return Collected::Batch(Box::new(batch));
             }
             if self.stopped() {
-                return None;
+                return Collected::Stopped;
             }
-            let wait = Instant::now() + IDLE_POLL;
-            let wait = deadline.map_or(wait, |d| d.min(wait));
+            let idle_until = if batch.len() == 0 {
+                checkpoint_due
+            } else {
+                None
+            };
+            if idle_until.is_some_and(|d| now >= d) {
+                return Collected::Idle;
+            }
+            let wait = [deadline, idle_until]
+                .into_iter()
+                .flatten()
+                .fold(now + IDLE_POLL, Instant::min);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = sleep_until(wait) => {}
-                _ = self.until_stopped() => return None,
+                _ = self.until_stopped() => return Collected::Stopped,
             }
         }
     }
 
-    /// Writes the batch, then advances progress over it (the batch is the contiguous run
-    /// of offsets after the last progress). `Some(exit)` ends the task.
-    async fn write(&self, pending: PendingBatch<'_>, claim: &PartitionClaim) -> Option<Exit> {
+    /// Writes the batch to the hot store (retrying while it fails); its offsets become
+    /// the checkpoint's pending progress.
+    async fn write(
+        &self,
+        pending: PendingBatch<'_>,
+        checkpoint: &mut Checkpoint,
+    ) -> Result<(), Exit> {
         let batch = pending.finish();
         let hot = &self.shared.hot;
         if self
@@ -247,36 +324,60 @@ impl PartitionTask {
             .await
             .is_none()
         {
-            return Some(Exit::Stopped);
-        }
-        let progress = &self.shared.progress;
-        let owner = self
-            .retry("advancing progress", || {
-                progress.advance(&self.id, claim.epoch, batch.next_offset)
-            })
-            .await;
-        match owner {
-            None => return Some(Exit::Stopped),
-            Some(false) => {
-                self.shared.metrics.fenced.fetch_add(1, Ordering::Relaxed);
-                self.state.set_fenced();
-                warn!(source = "kafka", partition = %self.id, epoch = claim.epoch,
-                      "fenced: another node claimed the partition; its buffer is dropped");
-                return Some(Exit::Fenced);
-            }
-            Some(true) => {}
+            return Err(Exit::Stopped);
         }
         self.resume_if_paused();
-        self.state.written(batch.next_offset);
+        self.state.appended();
+        checkpoint.pending = Some(batch.next_offset);
         let m = &self.shared.metrics;
         m.records_written
             .fetch_add(batch.logs.num_rows() as u64, Ordering::Relaxed);
         m.dead_letters
             .fetch_add(batch.dead_letters.num_rows() as u64, Ordering::Relaxed);
         m.batches_written.fetch_add(1, Ordering::Relaxed);
-        self.store_offset(batch.next_offset);
         self.produce_dead_letters(&batch);
-        None
+        Ok(())
+    }
+
+    /// Advances durable progress over everything written (always a contiguous run of
+    /// offsets from the last progress), retrying while the store fails when `retry`.
+    /// A refused advance means another owner claimed the partition: fenced.
+    async fn advance(
+        &self,
+        claim: &PartitionClaim,
+        checkpoint: &mut Checkpoint,
+        retry: bool,
+    ) -> Result<(), Exit> {
+        let Some(next) = checkpoint.pending.take() else {
+            return Ok(());
+        };
+        let progress = &self.shared.progress;
+        let advanced = if retry {
+            self.retry("advancing progress", || {
+                progress.advance(&self.id, claim.epoch, next)
+            })
+            .await
+        } else {
+            progress.advance(&self.id, claim.epoch, next).await.ok()
+        };
+        match advanced {
+            None if retry => Err(Exit::Stopped),
+            None => Ok(()),
+            Some(false) => {
+                self.shared.metrics.fenced.fetch_add(1, Ordering::Relaxed);
+                self.state.set_fenced();
+                warn!(source = "kafka", partition = %self.id, epoch = claim.epoch,
+                      "fenced: another node claimed the partition; its buffer is dropped");
+                Err(Exit::Fenced)
+            }
+            Some(true) => {
+                self.resume_if_paused();
+                self.state.advanced(next);
+                self.store_offset(next);
+                checkpoint.last = Instant::now();
+                Ok(())
+            }
+        }
     }
 
     /// Mirrors progress into the group's offsets (committed by the consumer thread) so

@@ -38,8 +38,8 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     /// Records behind: `high_watermark - next_offset`.
     pub lag_records: Option<i64>,
-    /// Seconds between now and the Kafka timestamp of the first record not yet written;
-    /// `0` when caught up.
+    /// Seconds between now and the Kafka timestamp of the first record read but not yet
+    /// written to the hot store; `0` when nothing read is waiting.
     pub lag_seconds: Option<f64>,
     /// Whether fetching is paused because writes are failing.
     pub paused: bool,
@@ -77,9 +77,14 @@ impl PartitionState {
             .store(claim.next_offset.unwrap_or(-1), Ordering::Relaxed);
     }
 
-    pub(super) fn written(&self, next_offset: i64) {
-        self.next_offset.store(next_offset, Ordering::Relaxed);
+    /// The batch read so far is in the hot store: nothing read waits any more.
+    pub(super) fn appended(&self) {
         self.pending_since_ms.store(NONE, Ordering::Relaxed);
+    }
+
+    /// Durable progress moved to `next_offset`.
+    pub(super) fn advanced(&self, next_offset: i64) {
+        self.next_offset.store(next_offset, Ordering::Relaxed);
     }
 
     /// Notes the timestamp of the first record of a new batch (lag in seconds).
@@ -118,10 +123,11 @@ impl PartitionState {
             _ => None,
         };
         let pending = self.pending_since_ms.load(Ordering::Relaxed);
-        let lag_seconds = match lag_records {
-            Some(0) => Some(0.0),
-            _ if pending != NONE => Some(((now_ms - pending).max(0)) as f64 / 1000.0),
-            _ => None,
+        let lag_seconds = if pending == NONE {
+            // Nothing read is waiting to be written.
+            0.0
+        } else {
+            (now_ms - pending).max(0) as f64 / 1000.0
         };
         PartitionStatus {
             partition,
@@ -129,7 +135,7 @@ impl PartitionState {
             next_offset,
             high_watermark,
             lag_records,
-            lag_seconds,
+            lag_seconds: Some(lag_seconds),
             paused: self.is_paused(),
         }
     }
