@@ -6,8 +6,8 @@
 //!   partition task claims the partition (bumping its fencing epoch), seeks to its
 //!   progress, then loops: read up to `batch_records` or `linger`, decode once into Arrow
 //!   ([`crate::ingest::RecordDecoder`]), [`HotStore::append`] (idempotent by
-//!   (topic, partition, offset)), advance progress over the written batch. A stale owner's
-//!   advance is refused (fenced) and its task stops.
+//!   (topic, partition, offset)), and advance progress over what was written (at most once
+//!   a second). A stale owner's advance is refused (fenced) and its task stops.
 //! - Progress is mirrored to the group's committed offsets so `kafka-consumer-groups
 //!   --describe` shows true lag; those offsets are never read back.
 //! - Each partition has its own librdkafka queue (split before the assignment is applied)
@@ -18,8 +18,9 @@
 //!   one batch (`partition_buffer_bytes`); while writes fail the partition is paused and
 //!   retried with backoff, then resumed.
 //!
-//! Requires a multi-threaded Tokio runtime in production: rebalance callbacks block the
-//! consumer thread while partition tasks (on the runtime) drain.
+//! `kafka.md` beside this file walks through a partition's life, a crash, and the memory
+//! bound. Partition tasks need a multi-threaded Tokio runtime in production: rebalance
+//! callbacks block the consumer thread while the tasks (on the runtime) drain.
 
 mod assignment;
 mod batch;
