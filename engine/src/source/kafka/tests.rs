@@ -343,6 +343,7 @@ async fn stores_every_record_once_with_kafka_attributes() {
             );
             assert_eq!(a["raw_level"], "warning");
         }
+        assert!(rows.largest_append <= 200, "a batch over batch_records");
         let reasons: Vec<&String> = rows.dead.values().collect();
         assert!(
             reasons.iter().any(|r| r.contains("over the limit")),

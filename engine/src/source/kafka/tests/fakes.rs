@@ -37,6 +37,8 @@ pub struct HotRows {
     pub writes: HashMap<Identity, usize>,
     /// Every successful append: partition and first offset.
     pub appends: Vec<(PartitionId, i64)>,
+    /// The most records one append carried.
+    pub largest_append: usize,
 }
 
 /// A hot store in memory that can be told to fail for a while.
@@ -112,6 +114,8 @@ impl HotStore for FakeHot {
             .copied()
             .unwrap_or(batch.next_offset);
         rows.appends.push((p.clone(), first));
+        let records = batch.log_offsets.len() + batch.dead_offsets.len();
+        rows.largest_append = rows.largest_append.max(records);
         Ok(())
     }
 
