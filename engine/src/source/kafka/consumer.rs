@@ -36,7 +36,7 @@ const STATISTICS_INTERVAL_MS: &str = "1000";
 /// committed or stored automatically; the group only assigns partitions (cooperatively,
 /// so a rebalance moves only the partitions that change owner). Once partition queues are
 /// split librdkafka prefetches up to `queued.max.messages.kbytes` *per partition*, hence
-/// the explicit cap and a `queued.min.messages` of one batch instead of 100 000.
+/// the explicit cap and a `queued.min.messages` of two batches instead of 100 000.
 pub(super) fn client_config(config: &KafkaConfig, node_id: &str) -> ClientConfig {
     let ms = |d: Duration| d.as_millis().to_string();
     let mut c = ClientConfig::new();
@@ -55,7 +55,7 @@ pub(super) fn client_config(config: &KafkaConfig, node_id: &str) -> ClientConfig
         )
         .set(
             "queued.min.messages",
-            config.batch_records.max(1).to_string(),
+            queued_min_messages(config).to_string(),
         )
         .set("session.timeout.ms", ms(config.session_timeout))
         .set("heartbeat.interval.ms", ms(config.session_timeout / 3))
@@ -65,6 +65,11 @@ pub(super) fn client_config(config: &KafkaConfig, node_id: &str) -> ClientConfig
         )
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     c
+}
+
+/// Two batches: the next one is fetched while one is being written.
+fn queued_min_messages(config: &KafkaConfig) -> usize {
+    config.batch_records.saturating_mul(2).clamp(1, 10_000_000)
 }
 
 /// Creates the consumer and subscribes it to the configured topics (`^…` are regexes).

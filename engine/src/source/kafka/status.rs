@@ -38,8 +38,8 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     /// Records behind: `high_watermark - next_offset`.
     pub lag_records: Option<i64>,
-    /// Seconds between now and the Kafka timestamp of the first record read but not yet
-    /// written to the hot store; `0` when nothing read is waiting.
+    /// Seconds between now and the Kafka timestamp of the first record not yet written
+    /// (while it is still unfetched, of the last batch written); `0` when caught up.
     pub lag_seconds: Option<f64>,
     /// Whether fetching is paused because writes are failing.
     pub paused: bool,
@@ -55,6 +55,8 @@ pub(super) struct PartitionState {
     next_offset: AtomicI64,
     /// Kafka timestamp (ms) of the first record read but not yet written.
     pending_since_ms: AtomicI64,
+    /// Kafka timestamp (ms) of the first record of the last batch written.
+    written_since_ms: AtomicI64,
     paused: AtomicBool,
     /// Another owner claimed the partition: it is no longer this node's.
     fenced: AtomicBool,
@@ -66,6 +68,7 @@ impl PartitionState {
             epoch: AtomicI64::new(-1),
             next_offset: AtomicI64::new(-1),
             pending_since_ms: AtomicI64::new(NONE),
+            written_since_ms: AtomicI64::new(NONE),
             paused: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
         }
@@ -79,7 +82,10 @@ impl PartitionState {
 
     /// The batch read so far is in the hot store: nothing read waits any more.
     pub(super) fn appended(&self) {
-        self.pending_since_ms.store(NONE, Ordering::Relaxed);
+        let first = self.pending_since_ms.swap(NONE, Ordering::Relaxed);
+        if first != NONE {
+            self.written_since_ms.store(first, Ordering::Relaxed);
+        }
     }
 
     /// Durable progress moved to `next_offset`.
@@ -122,12 +128,16 @@ impl PartitionState {
             (Some(hw), Some(next)) => Some((hw - next).max(0)),
             _ => None,
         };
+        let since = |ms: i64| Some((now_ms - ms).max(0) as f64 / 1000.0);
         let pending = self.pending_since_ms.load(Ordering::Relaxed);
-        let lag_seconds = if pending == NONE {
-            // Nothing read is waiting to be written.
-            0.0
-        } else {
-            (now_ms - pending).max(0) as f64 / 1000.0
+        let written = self.written_since_ms.load(Ordering::Relaxed);
+        let lag_seconds = match lag_records {
+            _ if pending != NONE => since(pending),
+            Some(0) => Some(0.0),
+            // Behind, but the next records are not fetched yet: they are at least as old
+            // as the last batch written was.
+            Some(_) if written != NONE => since(written),
+            _ => None,
         };
         PartitionStatus {
             partition,
@@ -135,7 +145,7 @@ impl PartitionState {
             next_offset,
             high_watermark,
             lag_records,
-            lag_seconds: Some(lag_seconds),
+            lag_seconds,
             paused: self.is_paused(),
         }
     }
