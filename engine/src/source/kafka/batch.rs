@@ -1,0 +1,113 @@
+//! One partition's batch in the making: Kafka messages decoded into Arrow as they arrive,
+//! with the offset of every row kept for the record's identity.
+
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
+use serde_json::Value;
+
+use crate::ingest::{DecodeOptions, RecordDecoder, RecordFate};
+use crate::source::{PartitionId, SourcedBatch};
+
+/// Records read from one partition and not yet written.
+pub(super) struct PendingBatch<'a> {
+    partition: &'a PartitionId,
+    decoder: RecordDecoder<'a>,
+    log_offsets: Vec<i64>,
+    dead_offsets: Vec<i64>,
+    next_offset: i64,
+    bytes: usize,
+}
+
+impl<'a> PendingBatch<'a> {
+    /// An empty batch whose rows are stamped with `ingest_time_us`.
+    pub(super) fn new(
+        partition: &'a PartitionId,
+        opts: &'a DecodeOptions,
+        ingest_time_us: i64,
+    ) -> Self {
+        Self {
+            partition,
+            decoder: RecordDecoder::new(ingest_time_us, opts),
+            log_offsets: Vec::new(),
+            dead_offsets: Vec::new(),
+            next_offset: -1,
+            bytes: 0,
+        }
+    }
+
+    /// Records in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.log_offsets.len() + self.dead_offsets.len()
+    }
+
+    /// Payload bytes in the batch (what the partition buffer bound counts).
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Decodes `msg` into the batch: its `topic` column is the Kafka topic, and its Kafka
+    /// coordinates, key, timestamp and headers become `kafka_*` attributes.
+    pub(super) fn push(&mut self, msg: &BorrowedMessage<'_>) {
+        let raw = msg.payload().unwrap_or_default();
+        let offset = msg.offset();
+        let position = format!("{} offset {offset}", self.partition);
+        let fate = self.decoder.record(
+            raw,
+            &position,
+            Some(&self.partition.topic),
+            kafka_attributes(msg),
+        );
+        match fate {
+            RecordFate::Accepted => self.log_offsets.push(offset),
+            RecordFate::Rejected => self.dead_offsets.push(offset),
+        }
+        self.next_offset = offset + 1;
+        self.bytes += raw.len();
+    }
+
+    /// The decoded batch, ready for the hot store.
+    pub(super) fn finish(self) -> SourcedBatch {
+        let decoded = self.decoder.finish();
+        SourcedBatch {
+            partition: self.partition.clone(),
+            logs: decoded.logs,
+            log_offsets: self.log_offsets,
+            dead_letters: decoded.dead_letters,
+            dead_offsets: self.dead_offsets,
+            next_offset: self.next_offset,
+        }
+    }
+}
+
+/// The Kafka timestamp of `msg` in milliseconds, when the broker or producer set one.
+pub(super) fn timestamp_ms(msg: &BorrowedMessage<'_>) -> Option<i64> {
+    msg.timestamp().to_millis()
+}
+
+/// `kafka_partition`, `kafka_offset`, `kafka_key`, `kafka_timestamp_ms` and one
+/// `kafka_header_<name>` per header (values as lossy UTF-8, `null` when absent).
+fn kafka_attributes(msg: &BorrowedMessage<'_>) -> Vec<(String, Value)> {
+    let mut extra = vec![
+        ("kafka_partition".to_string(), Value::from(msg.partition())),
+        ("kafka_offset".to_string(), Value::from(msg.offset())),
+    ];
+    if let Some(key) = msg.key() {
+        extra.push((
+            "kafka_key".to_string(),
+            Value::from(String::from_utf8_lossy(key).into_owned()),
+        ));
+    }
+    if let Some(ts) = timestamp_ms(msg) {
+        extra.push(("kafka_timestamp_ms".to_string(), Value::from(ts)));
+    }
+    if let Some(headers) = msg.headers() {
+        for header in headers.iter() {
+            let value = header
+                .value
+                .map(|v| Value::from(String::from_utf8_lossy(v).into_owned()))
+                .unwrap_or(Value::Null);
+            extra.push((format!("kafka_header_{}", header.key), value));
+        }
+    }
+    extra
+}
