@@ -27,6 +27,7 @@ mod batch;
 mod consumer;
 mod partition;
 mod status;
+mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
