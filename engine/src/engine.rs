@@ -12,7 +12,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::sync::{Notify, watch};
 
 use crate::EngineError;
+use datafusion::catalog::TableProvider;
+
 use crate::catalog::LocalCatalog;
+use crate::cluster::Cluster;
 use crate::cold::ColdStore;
 use crate::continuous::feed::{FEED_CAPACITY, Feed};
 use crate::continuous::{ContinuousQueries, WalReader};
@@ -43,6 +46,10 @@ pub struct EngineConfig {
     /// WAL entries queued for the continuous queries before they catch up from the WAL
     /// instead (continuous/feed.rs).
     pub cq_feed_capacity: usize,
+    /// Cluster mode (Kafka in, Cassandra hot) when set; embedded otherwise.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Decoding limits for the records the Kafka source reads (cluster mode).
+    pub decode: DecodeOptions,
 }
 
 impl EngineConfig {
@@ -57,6 +64,8 @@ impl EngineConfig {
             fault_flush_pause: None,
             notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
+            cluster: None,
+            decode: DecodeOptions::default(),
         }
     }
 }
@@ -114,7 +123,9 @@ pub struct Engine {
     wal_holds: Mutex<HashMap<String, u64>>,
     metrics: EngineMetrics,
     runtime: Arc<RuntimeEnv>,
-    tables: Vec<(&'static str, Arc<TierTable>)>,
+    tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
+    /// Cluster mode's Kafka source, Cassandra store and producer.
+    cluster: Option<Arc<Cluster>>,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
     continuous: Arc<ContinuousQueries>,
@@ -216,25 +227,11 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "WAL replayed"
         );
-        let tables = vec![
-            ("logs", TierScope::Both, TableKind::Logs),
-            ("logs_hot", TierScope::Hot, TableKind::Logs),
-            ("logs_cold", TierScope::Cold, TableKind::Logs),
-            ("dead_letters", TierScope::Both, TableKind::DeadLetters),
-        ]
-        .into_iter()
-        .map(|(name, scope, kind)| {
-            (
-                name,
-                Arc::new(TierTable::new(
-                    kind,
-                    scope,
-                    Arc::clone(&tiers),
-                    cold.clone(),
-                )),
-            )
-        })
-        .collect();
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::start(c.clone(), config.decode.clone())?),
+            None => None,
+        };
+        let tables = register_tables(&tiers, &cold, cluster.as_ref());
         // Every CQ resumes from its checkpoint: the WAL entries after it are fed again
         // (alerts are upserted by deterministic id, so this adds no duplicates).
         if let Some(from) = cq_replay_from {
@@ -268,6 +265,7 @@ impl Engine {
             metrics: EngineMetrics::default(),
             runtime: Arc::new(RuntimeEnv::default()),
             tables,
+            cluster,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Arc::new(Notify::new()),
             continuous: Arc::clone(&continuous),
@@ -327,6 +325,9 @@ impl Engine {
         key: Option<String>,
         opts: DecodeOptions,
     ) -> Result<IngestOutcome, EngineError> {
+        if let Some(cluster) = &self.cluster {
+            return self.produce(cluster, &body).await;
+        }
         let Some(key) = key else {
             return self.ingest_new(body, None, opts).await;
         };
@@ -354,6 +355,21 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Cluster mode: the records go to Kafka; the answer waits for the brokers' ack, and
+    /// decoding happens where they are consumed (so `accepted` counts records produced).
+    async fn produce(&self, cluster: &Cluster, body: &[u8]) -> Result<IngestOutcome, EngineError> {
+        let produced = cluster.produce(body).await?;
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .records_accepted
+            .fetch_add(produced as u64, Ordering::Relaxed);
+        Ok(IngestOutcome {
+            accepted: produced,
+            rejected: 0,
+            replayed: false,
+        })
     }
 
     /// The answer to a repeated request: the first one's, flagged as a replay.
@@ -450,6 +466,13 @@ impl Engine {
 
     /// Flushes the whole hot buffer to Parquet now; returns the rows moved.
     pub async fn flush(&self) -> Result<u64, EngineError> {
+        if self.cluster.is_some() {
+            return Err(EngineError::Unsupported(
+                "flush is embedded-only: in cluster mode the hot tier is Cassandra, and \
+                 tiering to the cold store arrives with the HDFS cold tier"
+                    .into(),
+            ));
+        }
         tiering::flush(self).await
     }
 
@@ -479,8 +502,7 @@ impl Engine {
             }
         }
         for (name, table) in &self.tables {
-            let table: Arc<dyn datafusion::catalog::TableProvider> = table.clone();
-            if let Err(e) = ctx.register_table(*name, table) {
+            if let Err(e) = ctx.register_table(*name, Arc::clone(table)) {
                 tracing::error!(table = name, error = %e, "cannot register table");
             }
         }
@@ -504,6 +526,16 @@ impl Engine {
                 ContinuousQueries::queries_batch,
             ),
         ];
+        if let Some(cluster) = &self.cluster {
+            let cluster = Arc::clone(cluster);
+            let table = crate::query::system::SnapshotTable::new(
+                crate::cluster::runtime::partitions_schema(),
+                move || cluster.partitions_batch(),
+            );
+            if let Err(e) = ctx.register_table("kafka_partitions", Arc::new(table)) {
+                tracing::error!(table = "kafka_partitions", error = %e, "cannot register table");
+            }
+        }
         for (name, schema, queries, snapshot) in system {
             let table =
                 crate::query::system::SnapshotTable::new(schema, move || snapshot(&queries));
@@ -513,6 +545,11 @@ impl Engine {
         }
         logsphere_udfs::register_all(&ctx);
         ctx
+    }
+
+    /// Cluster mode's parts; `None` embedded.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The continuous queries and their alerts.
@@ -528,6 +565,14 @@ impl Engine {
         cq: &logsphere_sql::CreateContinuousQuery,
     ) -> Result<crate::continuous::Created, crate::continuous::CqError> {
         use crate::continuous::{BackfillPlan, CqError};
+        if self.cluster.is_some() {
+            return Err(CqError::Unsupported {
+                sql: cq.name.to_string(),
+                reason: "continuous queries do not run in cluster mode yet (they read the \
+                         embedded WAL; running them over Kafka partitions is the next cluster step)"
+                    .into(),
+            });
+        }
         if cq.start_from == logsphere_sql::StartFrom::Now {
             return self
                 .continuous
@@ -686,10 +731,68 @@ impl Engine {
 
     /// Stops the flusher and closes the WAL after every acknowledged append is synced.
     pub async fn shutdown(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+        }
         let _ = self.stop.send(true);
         let _guard = self.flush_lock.lock().await;
         self.wal.close();
         // Entries still on their way to the CQ task are after this and replayed on open.
         self.continuous.checkpoint_all(crate::continuous::now_us());
     }
+}
+
+/// `logs`, `logs_hot`, `logs_cold` and `dead_letters`: the embedded tiers, or in cluster
+/// mode the Cassandra hot tier in place of the in-memory one.
+fn register_tables(
+    tiers: &Arc<Tiers>,
+    cold: &ColdStore,
+    cluster: Option<&Arc<Cluster>>,
+) -> Vec<(&'static str, Arc<dyn TableProvider>)> {
+    let tier = |kind, scope| -> Arc<dyn TableProvider> {
+        Arc::new(TierTable::new(kind, scope, Arc::clone(tiers), cold.clone()))
+    };
+    let Some(cluster) = cluster else {
+        return vec![
+            ("logs", tier(TableKind::Logs, TierScope::Both)),
+            ("logs_hot", tier(TableKind::Logs, TierScope::Hot)),
+            ("logs_cold", tier(TableKind::Logs, TierScope::Cold)),
+            (
+                "dead_letters",
+                tier(TableKind::DeadLetters, TierScope::Both),
+            ),
+        ];
+    };
+    let union = |kind, parts| -> Arc<dyn TableProvider> {
+        let schema = match kind {
+            TableKind::Logs => crate::model::logs_schema(),
+            TableKind::DeadLetters => crate::model::dead_letters_schema(),
+        };
+        Arc::new(crate::query::union::UnionTable::new(schema, parts))
+    };
+    let hot_logs = cluster.hot_table(TableKind::Logs);
+    vec![
+        (
+            "logs",
+            union(
+                TableKind::Logs,
+                vec![
+                    Arc::clone(&hot_logs),
+                    tier(TableKind::Logs, TierScope::Cold),
+                ],
+            ),
+        ),
+        ("logs_hot", hot_logs),
+        ("logs_cold", tier(TableKind::Logs, TierScope::Cold)),
+        (
+            "dead_letters",
+            union(
+                TableKind::DeadLetters,
+                vec![
+                    cluster.hot_table(TableKind::DeadLetters),
+                    tier(TableKind::DeadLetters, TierScope::Cold),
+                ],
+            ),
+        ),
+    ]
 }

@@ -31,4 +31,7 @@ pub enum EngineError {
     Kafka { context: String, reason: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The operation exists in one mode only (e.g. `POST /v1/flush` is embedded-only).
+    #[error("{0}")]
+    Unsupported(String),
 }

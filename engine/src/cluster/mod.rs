@@ -4,6 +4,9 @@
 //! `logsphere.toml`; the server validates them and names the key of a bad value.
 
 pub mod produce;
+pub mod runtime;
+
+pub use runtime::Cluster;
 
 use std::time::Duration;
 

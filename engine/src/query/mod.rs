@@ -3,3 +3,4 @@
 pub mod managed;
 pub mod system;
 pub mod tables;
+pub mod union;
