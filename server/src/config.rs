@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+pub mod cluster;
+
 /// The whole configuration of `logsphere serve`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +23,12 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Delivery of continuous queries' NOTIFY channels.
     pub notify: NotifyConfig,
+    /// Cluster mode: this node.
+    pub cluster: cluster::ClusterSection,
+    /// Cluster mode: the Kafka topics consumed.
+    pub kafka: cluster::KafkaSection,
+    /// Cluster mode: the Cassandra hot tier.
+    pub cassandra: cluster::CassandraSection,
 }
 
 /// `[pg]`: the PostgreSQL wire protocol listener.
@@ -126,6 +134,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
             notify: NotifyConfig::default(),
+            cluster: cluster::ClusterSection::default(),
+            kafka: cluster::KafkaSection::default(),
+            cassandra: cluster::CassandraSection::default(),
         }
     }
 }
@@ -215,7 +226,22 @@ impl Config {
         {
             bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
+        cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
         Ok(())
+    }
+
+    /// Cluster mode's settings when `kafka.brokers` and `cassandra.contact_points` are set
+    /// (call after [`Config::validate`]).
+    pub fn cluster_mode(&self) -> Option<logsphere_engine::cluster::ClusterConfig> {
+        let on = cluster::validate(&self.cluster, &self.kafka, &self.cassandra).ok()?;
+        on.then(|| {
+            cluster::to_engine(
+                &self.cluster,
+                &self.kafka,
+                &self.cassandra,
+                self.http.max_record_bytes,
+            )
+        })
     }
 }
 

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server. With no configuration it runs embedded: a local WAL and local Parquet.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a log file (or stdin) to a LogSphere server over HTTP, with progress and retries.
     Ship(ship::ShipArgs),
 }
@@ -49,6 +49,105 @@ struct ServeArgs {
     /// Kafka brokers (host:port,…) for NOTIFY (KAFKA 'topic') channels [config: notify.kafka_brokers].
     #[arg(long, env = "LOGSPHERE_NOTIFY_KAFKA_BROKERS")]
     notify_kafka_brokers: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Cluster mode: with Kafka brokers and Cassandra contact points, `serve` consumes Kafka
+/// into Cassandra instead of running embedded. Each flag overrides its config key.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// This node's name in kafka_partitions [config: cluster.node_id; default: host name].
+    #[arg(long, env = "LOGSPHERE_NODE_ID")]
+    node_id: Option<String>,
+    /// Kafka bootstrap brokers, host:port,… [config: kafka.brokers].
+    #[arg(long, env = "LOGSPHERE_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Topics to consume, comma-separated; `^…` entries are regexes [config: kafka.topics].
+    #[arg(long, env = "LOGSPHERE_KAFKA_TOPICS", value_delimiter = ',')]
+    kafka_topics: Option<Vec<String>>,
+    /// Consumer group [config: kafka.group; default: logsphere].
+    #[arg(long, env = "LOGSPHERE_KAFKA_GROUP")]
+    kafka_group: Option<String>,
+    /// librdkafka prefetch cap per partition, KiB [config: kafka.fetch_queue_kbytes].
+    #[arg(long, env = "LOGSPHERE_KAFKA_FETCH_QUEUE_KBYTES")]
+    kafka_fetch_queue_kbytes: Option<usize>,
+    /// LogSphere's buffer per partition, bytes [config: kafka.partition_buffer_bytes].
+    #[arg(long, env = "LOGSPHERE_KAFKA_PARTITION_BUFFER_BYTES")]
+    kafka_partition_buffer_bytes: Option<usize>,
+    /// Cassandra contact points, host:port,… [config: cassandra.contact_points].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA", value_delimiter = ',')]
+    cassandra: Option<Vec<String>>,
+    /// Keyspace [config: cassandra.keyspace; default: logsphere].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_KEYSPACE")]
+    cassandra_keyspace: Option<String>,
+    /// SimpleStrategy or NetworkTopologyStrategy [config: cassandra.replication_strategy].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_REPLICATION_STRATEGY")]
+    cassandra_replication_strategy: Option<String>,
+    /// Replication factor [config: cassandra.replication_factor].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_REPLICATION_FACTOR")]
+    cassandra_replication_factor: Option<u32>,
+    /// Local datacenter [config: cassandra.datacenter].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_DATACENTER")]
+    cassandra_datacenter: Option<String>,
+    /// Write consistency, e.g. LOCAL_QUORUM [config: cassandra.write_consistency].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_WRITE_CONSISTENCY")]
+    cassandra_write_consistency: Option<String>,
+    /// Read consistency [config: cassandra.read_consistency].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_READ_CONSISTENCY")]
+    cassandra_read_consistency: Option<String>,
+    /// Hot-tier TTL, seconds [config: cassandra.ttl_secs].
+    #[arg(long, env = "LOGSPHERE_CASSANDRA_TTL_SECS")]
+    cassandra_ttl_secs: Option<u64>,
+}
+
+impl ClusterArgs {
+    /// Puts every flag that was given over the config file's value.
+    fn apply(&self, cfg: &mut Config) {
+        fn set<T: Clone>(slot: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *slot = v.clone();
+            }
+        }
+        if self.node_id.is_some() {
+            cfg.cluster.node_id = self.node_id.clone();
+        }
+        if self.kafka_brokers.is_some() {
+            cfg.kafka.brokers = self.kafka_brokers.clone();
+        }
+        set(&mut cfg.kafka.topics, &self.kafka_topics);
+        set(&mut cfg.kafka.group, &self.kafka_group);
+        set(
+            &mut cfg.kafka.fetch_queue_kbytes,
+            &self.kafka_fetch_queue_kbytes,
+        );
+        set(
+            &mut cfg.kafka.partition_buffer_bytes,
+            &self.kafka_partition_buffer_bytes,
+        );
+        set(&mut cfg.cassandra.contact_points, &self.cassandra);
+        set(&mut cfg.cassandra.keyspace, &self.cassandra_keyspace);
+        set(
+            &mut cfg.cassandra.replication_strategy,
+            &self.cassandra_replication_strategy,
+        );
+        set(
+            &mut cfg.cassandra.replication_factor,
+            &self.cassandra_replication_factor,
+        );
+        if self.cassandra_datacenter.is_some() {
+            cfg.cassandra.datacenter = self.cassandra_datacenter.clone();
+        }
+        set(
+            &mut cfg.cassandra.write_consistency,
+            &self.cassandra_write_consistency,
+        );
+        set(
+            &mut cfg.cassandra.read_consistency,
+            &self.cassandra_read_consistency,
+        );
+        set(&mut cfg.cassandra.ttl_secs, &self.cassandra_ttl_secs);
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Ship(_) => Ok(()),
     }
 }
@@ -91,6 +190,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(b) = &args.notify_kafka_brokers {
         cfg.notify.kafka_brokers = Some(b.clone());
     }
+    args.cluster.apply(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -104,6 +204,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.wal_segment_bytes = cfg.storage.wal_segment_bytes;
     engine_cfg.fault_flush_pause = fault_flush_pause()?;
     engine_cfg.notify = cfg.notify.to_engine();
+    engine_cfg.cluster = cfg.cluster_mode();
+    engine_cfg.decode = logsphere_engine::ingest::DecodeOptions {
+        max_record_bytes: cfg.http.max_record_bytes,
+        default_topic: cfg.kafka.ingest_topic.clone(),
+        origin: "kafka".into(),
+    };
     let pg_listener = tokio::net::TcpListener::bind(cfg.pg.listen)
         .await
         .with_context(|| format!("cannot listen on pg.listen = {}", cfg.pg.listen))?;
@@ -126,10 +232,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.http.clone(),
         shutdown_rx,
     ));
-    tracing::info!(
-        pg = %cfg.pg.listen, http = %cfg.http.listen, data_dir = %cfg.data_dir.display(),
-        "logsphere ready"
-    );
+    match engine.cluster().map(|c| c.config()) {
+        Some(c) => tracing::info!(
+            pg = %cfg.pg.listen, http = %cfg.http.listen, node_id = %c.node_id,
+            kafka = %c.kafka.brokers, cassandra = %c.cassandra.contact_points.join(","),
+            "logsphere listening (cluster mode; /healthz says when Kafka and Cassandra answer)"
+        ),
+        None => tracing::info!(
+            pg = %cfg.pg.listen, http = %cfg.http.listen, data_dir = %cfg.data_dir.display(),
+            "logsphere ready"
+        ),
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down: answering requests in flight");
     let _ = shutdown_tx.send(true);

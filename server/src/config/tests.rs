@@ -29,3 +29,98 @@ fn public_listen_without_users_is_refused() {
         "{msg}"
     );
 }
+
+fn cluster_error(toml: &str) -> String {
+    let cfg = Config::from_toml(toml).expect("parses");
+    format!("{:#}", cfg.validate().expect_err("refused"))
+}
+
+const CLUSTER: &str =
+    "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[cassandra]\ncontact_points = [\"127.0.0.1:9042\"]\n";
+
+#[test]
+fn kafka_and_cassandra_switch_on_cluster_mode() {
+    let cfg = Config::from_toml(CLUSTER).expect("parses");
+    cfg.validate().expect("valid");
+    let c = cfg.cluster_mode().expect("cluster mode");
+    assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+    assert_eq!(c.kafka.topics, vec!["logs".to_string()]);
+    assert_eq!(c.kafka.group, "logsphere");
+    assert_eq!(
+        c.cassandra.contact_points,
+        vec!["127.0.0.1:9042".to_string()]
+    );
+    assert!(!c.node_id.is_empty());
+    assert!(
+        Config::default().cluster_mode().is_none(),
+        "embedded by default"
+    );
+}
+
+#[test]
+fn half_a_cluster_config_names_the_missing_key() {
+    let msg = cluster_error("[kafka]\nbrokers = \"k:9092\"\n");
+    assert!(msg.contains("cassandra.contact_points"), "{msg}");
+    let msg = cluster_error("[cassandra]\ncontact_points = [\"c:9042\"]\n");
+    assert!(msg.contains("kafka.brokers"), "{msg}");
+}
+
+#[test]
+fn bad_cluster_values_name_their_key() {
+    for (extra, key) in [
+        (
+            "[cassandra]\nwrite_consistency = \"MOSTLY\"\n",
+            "cassandra.write_consistency",
+        ),
+        (
+            "[cassandra]\nread_consistency = \"ANY\"\n",
+            "cassandra.read_consistency",
+        ),
+        (
+            "[cassandra]\nkeyspace = \"1bad-name\"\n",
+            "cassandra.keyspace",
+        ),
+        (
+            "[cassandra]\nreplication_strategy = \"NetworkTopologyStrategy\"\n",
+            "cassandra.datacenter",
+        ),
+        (
+            "[cassandra]\nreplication_factor = 0\n",
+            "cassandra.replication_factor",
+        ),
+        ("[cassandra]\nttl_secs = 10\n", "cassandra.ttl_secs"),
+        (
+            "[kafka]\nauto_offset_reset = \"middle\"\n",
+            "kafka.auto_offset_reset",
+        ),
+        ("[kafka]\ntopics = []\n", "kafka.topics"),
+        (
+            "[kafka]\nfetch_queue_kbytes = 1\n",
+            "kafka.fetch_queue_kbytes",
+        ),
+        ("[kafka]\ningest_topic = \"^re.*\"\n", "kafka.ingest_topic"),
+        ("[cluster]\nnode_id = \" \"\n", "cluster.node_id"),
+    ] {
+        // The same table twice is a TOML error: merge the extra keys into CLUSTER's tables.
+        let toml = merge(CLUSTER, extra);
+        let msg = cluster_error(&toml);
+        assert!(msg.contains(key), "{extra:?}: {msg}");
+    }
+    let err = Config::from_toml("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
+    assert!(format!("{err:#}").contains("brokerz"), "{err:#}");
+}
+
+/// `base` with the keys of `extra` added under their tables.
+fn merge(base: &str, extra: &str) -> String {
+    let mut v: toml::Table = toml::from_str(base).expect("base");
+    let e: toml::Table = toml::from_str(extra).expect("extra");
+    for (table, keys) in e {
+        let slot = v
+            .entry(table)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let (Some(slot), toml::Value::Table(keys)) = (slot.as_table_mut(), keys) {
+            slot.extend(keys);
+        }
+    }
+    toml::to_string(&v).expect("serialize")
+}

@@ -8,6 +8,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use logsphere_engine::source::kafka::PartitionStatus;
+
 use super::HttpState;
 
 pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -101,5 +103,98 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
         );
     }
+    if let Some(cluster) = state.engine.cluster() {
+        render_kafka(cluster, &mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Cluster mode: the Kafka source's counters and each owned partition's progress and lag.
+fn render_kafka(cluster: &logsphere_engine::cluster::Cluster, out: &mut String) {
+    if let Some(k) = cluster.kafka_metrics() {
+        let counters = [
+            (
+                "logsphere_kafka_records_consumed_total",
+                "Kafka records read.",
+                k.records_consumed.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_records_written_total",
+                "Kafka records written to Cassandra.",
+                k.records_written.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_dead_letters_total",
+                "Kafka records stored as dead letters.",
+                k.dead_letters.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_batches_written_total",
+                "Batches written to Cassandra.",
+                k.batches_written.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_write_retries_total",
+                "Batch writes retried.",
+                k.write_retries.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_fenced_total",
+                "Partitions dropped because another node claimed them.",
+                k.fenced.load(Relaxed),
+            ),
+            (
+                "logsphere_kafka_rebalances_total",
+                "Consumer group rebalances seen.",
+                k.rebalances.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+    }
+    let partitions = cluster.local_partitions();
+    type Gauge<'a> = (
+        &'a str,
+        &'a str,
+        &'a dyn Fn(&PartitionStatus) -> Option<f64>,
+    );
+    let series: [Gauge; 4] = [
+        (
+            "logsphere_kafka_partition_next_offset",
+            "First offset not yet written to Cassandra.",
+            &|p| Some(p.next_offset as f64),
+        ),
+        (
+            "logsphere_kafka_partition_lag_records",
+            "Records behind the high watermark.",
+            &|p| p.lag_records.map(|l| l as f64),
+        ),
+        (
+            "logsphere_kafka_partition_lag_seconds",
+            "Age of the oldest record not yet written.",
+            &|p| p.lag_seconds,
+        ),
+        (
+            "logsphere_kafka_partition_paused",
+            "1 while the partition is paused by back-pressure.",
+            &|p| Some(if p.paused { 1.0 } else { 0.0 }),
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in &partitions {
+            if let Some(v) = value(p) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
+                    p.partition.topic.replace('"', "\\\""),
+                    p.partition.partition
+                );
+            }
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/logs", post(ingest))
         .route("/v1/flush", post(flush))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state);
@@ -115,9 +115,26 @@ async fn ingest(
     }
 }
 
+/// `200 ok` when the node can serve; in cluster mode `503` with what it waits for
+/// (Cassandra or Kafka not answering yet).
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    match state.engine.cluster() {
+        None => "ok\n".into_response(),
+        Some(cluster) => match cluster.ping().await {
+            Ok(()) => "ok\n".into_response(),
+            Err(waiting) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {waiting}\n"),
+            )
+                .into_response(),
+        },
+    }
+}
+
 async fn flush(State(state): State<Arc<HttpState>>) -> Response {
     match state.engine.flush().await {
         Ok(rows) => axum::Json(json!({ "flushed_rows": rows })).into_response(),
+        Err(e @ EngineError::Unsupported(_)) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("flush failed: {e}"),
