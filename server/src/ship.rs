@@ -1,5 +1,6 @@
 //! `logsphere ship`: send a file or stdin to a LogSphere HTTP endpoint, with retries that
-//! never store a batch twice (each batch carries a stable `Idempotency-Key`).
+//! never store a batch twice (each batch carries a stable `Idempotency-Key`), or with
+//! `--kafka` straight to a Kafka topic (cluster mode), through an idempotent producer.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -39,9 +40,13 @@ pub struct ShipArgs {
     /// `log_level` of text lines.
     #[arg(long, default_value = "INFO")]
     pub level: String,
-    /// `topic` of records that name none.
+    /// `topic` of records that name none; with `--kafka`, the Kafka topic [default: logs].
     #[arg(long)]
     pub topic: Option<String>,
+    /// Produce to these Kafka brokers (host:port,…) instead of HTTP: cluster mode, where
+    /// LogSphere consumes the topic. Idempotent producer, acks=all, lz4, batching.
+    #[arg(long, env = "LOGSPHERE_SHIP_KAFKA")]
+    pub kafka: Option<String>,
     /// Keep reading as the file grows, and across rotation (like `tail -F`).
     #[arg(long)]
     pub follow: bool,
@@ -106,9 +111,21 @@ impl Input {
     }
 }
 
+/// Where batches go.
+enum Target {
+    Http {
+        agent: ureq::Agent,
+        url: String,
+    },
+    Kafka {
+        producer: logsphere_engine::cluster::produce::LogProducer,
+        topic: String,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
 struct Shipper {
-    agent: ureq::Agent,
-    url: String,
+    target: Target,
     max_retries: u32,
     run_id: String,
     batches: u64,
@@ -124,32 +141,16 @@ impl Shipper {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = self
-                .agent
-                .post(&self.url)
-                .header("Content-Type", "application/x-ndjson")
-                .header("Idempotency-Key", &key)
-                .send(body);
-            let retry_reason = match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.body_mut().read_to_string().unwrap_or_default();
-                    if status == 200 {
-                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                        self.accepted += v["accepted"].as_u64().unwrap_or(0);
-                        self.rejected += v["rejected"].as_u64().unwrap_or(0);
-                        self.batches += 1;
-                        self.lines += lines;
-                        self.bytes += body.len() as u64;
-                        return Ok(());
-                    }
-                    if status == 429 || status >= 500 {
-                        format!("HTTP {status}: {text}")
-                    } else {
-                        bail!("{} refused the batch: HTTP {status}: {text}", self.url);
-                    }
+            let retry_reason = match self.attempt(body, &key)? {
+                Ok((accepted, rejected)) => {
+                    self.accepted += accepted;
+                    self.rejected += rejected;
+                    self.batches += 1;
+                    self.lines += lines;
+                    self.bytes += body.len() as u64;
+                    return Ok(());
                 }
-                Err(e) => e.to_string(),
+                Err(reason) => reason,
             };
             if self.max_retries != 0 && attempt > self.max_retries {
                 bail!("giving up on a batch after {attempt} attempts: {retry_reason}");
@@ -159,6 +160,54 @@ impl Shipper {
             );
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Shipper {
+    /// One try: `Ok(Ok((accepted, rejected)))` when stored, `Ok(Err(reason))` when worth
+    /// retrying, `Err` when the batch is refused for good.
+    fn attempt(&self, body: &[u8], key: &str) -> anyhow::Result<Result<(u64, u64), String>> {
+        match &self.target {
+            Target::Http { agent, url } => {
+                let result = agent
+                    .post(url)
+                    .header("Content-Type", "application/x-ndjson")
+                    .header("Idempotency-Key", key)
+                    .send(body);
+                match result {
+                    Ok(mut resp) => {
+                        let status = resp.status().as_u16();
+                        let text = resp.body_mut().read_to_string().unwrap_or_default();
+                        if status == 200 {
+                            let v: serde_json::Value =
+                                serde_json::from_str(&text).unwrap_or_default();
+                            return Ok(Ok((
+                                v["accepted"].as_u64().unwrap_or(0),
+                                v["rejected"].as_u64().unwrap_or(0),
+                            )));
+                        }
+                        if status == 429 || status >= 500 {
+                            Ok(Err(format!("HTTP {status}: {text}")))
+                        } else {
+                            bail!("{url} refused the batch: HTTP {status}: {text}");
+                        }
+                    }
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
+            Target::Kafka {
+                producer,
+                topic,
+                runtime,
+            } => {
+                // Records are decoded where LogSphere consumes them: all count as accepted
+                // here, and undecodable ones show up in dead_letters.
+                match runtime.block_on(producer.send_body(topic, body)) {
+                    Ok(n) => Ok(Ok((n as u64, 0))),
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
         }
     }
 }
@@ -211,18 +260,8 @@ impl Progress {
 
 /// Runs `logsphere ship`.
 pub fn run(args: ShipArgs) -> anyhow::Result<()> {
-    let mut url = format!("{}/v1/logs", args.to.trim_end_matches('/'));
-    if let Some(t) = &args.topic {
-        url.push_str("?topic=");
-        url.push_str(&urlencode(t));
-    }
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build();
     let mut shipper = Shipper {
-        agent: ureq::Agent::new_with_config(config),
-        url,
+        target: target(&args)?,
         max_retries: args.max_retries,
         run_id: uuid::Uuid::new_v4().simple().to_string(),
         batches: 0,
@@ -314,6 +353,41 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The HTTP endpoint, or with `--kafka` a producer to the topic.
+fn target(args: &ShipArgs) -> anyhow::Result<Target> {
+    if let Some(brokers) = &args.kafka {
+        if brokers.trim().is_empty() {
+            bail!("--kafka is empty: give host:port[,host:port…]");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        // Created inside the runtime: librdkafka's delivery futures need it.
+        let producer = runtime.block_on(async {
+            logsphere_engine::cluster::produce::LogProducer::new(brokers, Duration::from_secs(60))
+        })?;
+        return Ok(Target::Kafka {
+            producer,
+            topic: args.topic.clone().unwrap_or_else(|| "logs".into()),
+            runtime,
+        });
+    }
+    let mut url = format!("{}/v1/logs", args.to.trim_end_matches('/'));
+    if let Some(t) = &args.topic {
+        url.push_str("?topic=");
+        url.push_str(&urlencode(t));
+    }
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build();
+    Ok(Target::Http {
+        agent: ureq::Agent::new_with_config(config),
+        url,
+    })
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
