@@ -1,4 +1,5 @@
 mod clients;
+mod cluster;
 mod continuous;
 mod continuous_crash;
 mod continuous_equivalence;
