@@ -7,6 +7,9 @@
 //! - `cq`: continuous queries: alert latency of the seed rules under open-loop load, ingest
 //!   rate with 0–100 CQs, and the memory of 1 M group keys of CQ state.
 //!
+//! - `cluster`: cluster mode, Kafka → Cassandra records/s next to an rdkafka count-only
+//!   consumer and a scylla write loop, produce → visible latency, RSS on a backlog.
+//!
 //! Each prints a markdown summary and writes it to `benches/results/<name>.md`.
 //! See `docs/benchmarks.md` for how to run them and what the numbers mean.
 //!
@@ -17,6 +20,7 @@
 //! $CARGO_TARGET_DIR/release/logsphere-bench cq --bin $CARGO_TARGET_DIR/release/logsphere
 //! ```
 
+mod cluster;
 mod cq;
 mod cq_latency;
 mod duckdb;
@@ -45,6 +49,8 @@ enum Command {
     Query(query::QueryArgs),
     /// Continuous queries: alert latency, ingest rate with 0–100 CQs, state memory.
     Cq(cq::CqArgs),
+    /// Cluster mode: Kafka → Cassandra vs rdkafka and scylla alone, visibility latency, RSS.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(args),
         Command::Query(args) => query::run(args),
         Command::Cq(args) => cq::run(args),
+        Command::Cluster(args) => cluster::run(args),
     }
 }

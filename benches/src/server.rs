@@ -52,13 +52,23 @@ impl Server {
     /// Starts `bin serve` on `data_dir` with [`CONFIG_TOML`] (written to `work_dir`), and waits
     /// until both listeners answer (WAL replay of a reused dataset can take a while).
     pub fn start(bin: &Path, work_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_config(bin, work_dir, data_dir, CONFIG_TOML)
+    }
+
+    /// Starts `bin serve` with `config_toml` as its config file.
+    pub fn start_with_config(
+        bin: &Path,
+        work_dir: &Path,
+        data_dir: &Path,
+        config_toml: &str,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             bin.is_file(),
             "--bin {} is not a file; build it with `cargo build --release -p logsphere-server`",
             bin.display()
         );
         let config = work_dir.join("logsphere.toml");
-        std::fs::write(&config, CONFIG_TOML)
+        std::fs::write(&config, config_toml)
             .with_context(|| format!("cannot write {}", config.display()))?;
         let log = work_dir.join("server.log");
         let log_file = std::fs::File::create(&log)

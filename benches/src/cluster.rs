@@ -1,0 +1,472 @@
+//! `cluster`: Kafka → Cassandra in cluster mode, next to what the services give without
+//! LogSphere, on the same services in the same run.
+//!
+//! 1. A backlog of `--records` 200-byte records is produced to a topic of `--partitions`.
+//! 2. Peer (a): an rdkafka consumer that only counts the backlog's messages.
+//! 3. Peer (b): a scylla-driver loop writing the same number of rows of LogSphere's row shape
+//!    (partition (bucket, shard), clustering (ts, topic, partition, offset)) at the same
+//!    consistency, `--in-flight` statements at once.
+//! 4. LogSphere (release binary, cluster mode, a fresh group and keyspace) catches up on the
+//!    backlog: records/s from ready to caught up, and its peak RSS while it does.
+//! 5. Produce → visible: a steady `--rate` records/s for `--latency-seconds`; a marker every
+//!    100 records carries its send time; a poller sees each marker in `logs_hot`.
+//!
+//! The figure that matters is LogSphere ÷ min(a, b).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+
+use crate::pg::Pg;
+use crate::records::{RECORD_BYTES, Rng, hosts, write_record};
+use crate::report::{self, Table, percentile, thousands};
+use crate::server::{Memory, Server};
+
+/// Arguments of `logsphere-bench cluster`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The `logsphere` binary to benchmark (e.g. $CARGO_TARGET_DIR/release/logsphere).
+    #[arg(long)]
+    bin: PathBuf,
+    /// Kafka bootstrap brokers.
+    #[arg(long, env = "LOGSPHERE_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// Cassandra contact point.
+    #[arg(
+        long,
+        env = "LOGSPHERE_TEST_CASSANDRA",
+        default_value = "127.0.0.1:9042"
+    )]
+    cassandra: String,
+    /// Records in the backlog (the RSS figure is for this backlog).
+    #[arg(long, default_value_t = 5_000_000)]
+    records: u64,
+    /// Partitions of the backlog topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Consistency of the writes, LogSphere's and the scylla loop's.
+    #[arg(long, default_value = "LOCAL_QUORUM")]
+    consistency: String,
+    /// Statements in flight in the scylla loop (LogSphere's cassandra.max_in_flight default).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Produce → visible: records/s of the steady load.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Produce → visible: seconds of steady load.
+    #[arg(long, default_value_t = 60)]
+    latency_seconds: u64,
+    /// Directory for the server's data directory [default: the system temp dir].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Results go to benches/results/<name>.md.
+    #[arg(long, default_value = "cluster")]
+    name: String,
+    /// Keep the temporary directory afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Runs `logsphere-bench cluster`.
+pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.records > 0 && args.partitions > 0 && args.rate > 0,
+        "--records, --partitions and --rate must be positive"
+    );
+    report::in_work_dir(args.dir.as_deref(), "cluster", args.keep, |work| {
+        run_in(&args, work)
+    })
+}
+
+fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start tokio")?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let backlog = format!("bench_backlog_{stamp}");
+    let live = format!("bench_live_{stamp}");
+    runtime.block_on(create_topics(
+        &args.kafka,
+        &[(&backlog, args.partitions), (&live, args.partitions)],
+    ))?;
+
+    let t = Instant::now();
+    produce_backlog(&args.kafka, &backlog, args.records)?;
+    let produce_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "cluster: produced {} records to {backlog} in {produce_secs:.1}s",
+        thousands(args.records)
+    );
+
+    let consume_secs = count_only(&args.kafka, &backlog, args.records)?;
+    eprintln!("cluster: (a) rdkafka count-only consumer: {consume_secs:.1}s");
+    let scylla_secs = runtime.block_on(scylla_loop(args, stamp))?;
+    eprintln!("cluster: (b) scylla write loop: {scylla_secs:.1}s");
+
+    let toml = format!(
+        "[cluster]\nnode_id = \"bench\"\n[kafka]\nbrokers = \"{}\"\ntopics = [\"{backlog}\", \"{live}\"]\n\
+         group = \"bench_{stamp}\"\ningest_topic = \"{live}\"\n[cassandra]\ncontact_points = [\"{}\"]\n\
+         keyspace = \"bench_ls_{stamp}\"\nwrite_consistency = \"{}\"\nread_consistency = \"{}\"\n",
+        args.kafka, args.cassandra, args.consistency, args.consistency
+    );
+    let server = Server::start_with_config(&args.bin, work, &work.join("data"), &toml)?;
+    let started = Instant::now();
+    let pg = Pg::connect(&server)?;
+    let mut peak = Memory::default();
+    let mut last_report = Instant::now();
+    loop {
+        let done = pg
+            .query_i64(&format!(
+                "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) FROM kafka_partitions \
+                 WHERE topic = '{backlog}'"
+            ))
+            .unwrap_or(0);
+        let m = server.memory()?;
+        peak.hwm_kib = peak.hwm_kib.max(m.hwm_kib);
+        peak.rss_kib = peak.rss_kib.max(m.rss_kib);
+        if done as u64 >= args.records {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "cluster: LogSphere at {}/{} records, {:.0}/s, {}",
+                thousands(done as u64),
+                thousands(args.records),
+                done as f64 / started.elapsed().as_secs_f64(),
+                m.describe()
+            );
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "LogSphere did not catch up within an hour; log:\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logsphere_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "cluster: LogSphere caught up in {logsphere_secs:.1}s, {}",
+        peak.describe()
+    );
+
+    let latencies = visible_latency(args, &server, &live)?;
+    server.stop()?;
+
+    let rate = |secs: f64| args.records as f64 / secs.max(1e-9);
+    let (a, b, ls) = (rate(consume_secs), rate(scylla_secs), rate(logsphere_secs));
+    let mut t = Table::new(&["path", "records/s", "÷ LogSphere"]);
+    for (name, r) in [
+        ("(a) rdkafka consumer, count only", a),
+        ("(b) scylla loop, same rows and consistency", b),
+        ("LogSphere: Kafka → Cassandra, progress fenced", ls),
+    ] {
+        t.row(vec![
+            name.into(),
+            thousands(r as u64),
+            format!("{:.2}", r / ls),
+        ]);
+    }
+    let mut sorted = latencies.clone();
+    sorted.sort_unstable();
+    let summary = format!(
+        "# Cluster mode: Kafka → Cassandra\n\n{}\n\nBacklog: {} records of {RECORD_BYTES} bytes, \
+         {} partitions, consistency {}, produced in {produce_secs:.1}s.\n\n{}\n\
+         **LogSphere ÷ min(a, b) = {:.2}** (goal ≥ 0.8).\n\n\
+         LogSphere RSS while catching up on the backlog: {}.\n\n\
+         Produce → visible in `SELECT` at {} records/s for {}s: {} markers, p50 {} ms, p99 {} ms, \
+         max {} ms.\n",
+        report::machine(),
+        thousands(args.records),
+        args.partitions,
+        args.consistency,
+        t.markdown(),
+        ls / a.min(b),
+        peak.describe(),
+        thousands(args.rate),
+        args.latency_seconds,
+        sorted.len(),
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 99.0),
+        sorted.last().copied().unwrap_or(0),
+    );
+    println!("{summary}");
+    let path = report::write_results(&args.name, &summary)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("kafka admin client")?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .context("create topics")?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .context("kafka producer")
+}
+
+/// Sends `record` to `topic`, waiting for room in the producer's queue.
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, record: &[u8]) {
+    let mut msg = BaseRecord::<(), [u8]>::to(topic).payload(record);
+    loop {
+        match p.send(msg) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                msg = back;
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn produce_backlog(brokers: &str, topic: &str, n: u64) -> anyhow::Result<()> {
+    let p = producer(brokers)?;
+    let hosts = hosts();
+    let mut rng = Rng::new(7);
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut line = Vec::with_capacity(RECORD_BYTES + 16);
+    for i in 0..n {
+        line.clear();
+        write_record(&mut line, now_us - (n - i) as i64 * 10, &mut rng, &hosts);
+        let record = line.strip_suffix(b"\n").unwrap_or(&line);
+        send(&p, topic, record);
+        if i % 1_000_000 == 999_999 {
+            eprintln!("cluster: produced {} records", thousands(i + 1));
+        }
+    }
+    p.flush(Timeout::After(Duration::from_secs(120)))
+        .context("flush the backlog")?;
+    Ok(())
+}
+
+/// Peer (a): the seconds an rdkafka consumer takes to read `n` messages and count them.
+fn count_only(brokers: &str, topic: &str, n: u64) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}_count_only"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("kafka consumer")?;
+    consumer.subscribe(&[topic]).context("subscribe")?;
+    let started = Instant::now();
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.context("consume")?;
+            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len) as u64;
+            count += 1;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "count-only consumer read {count} of {n} in 30 min"
+        );
+    }
+    eprintln!("cluster: (a) read {} bytes", thousands(bytes));
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Peer (b): the seconds a scylla-driver loop takes to write `records` rows of LogSphere's
+/// row shape, `in_flight` prepared inserts at once.
+async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<f64> {
+    use scylla::client::session_builder::SessionBuilder;
+    use scylla::statement::Consistency;
+    let session = Arc::new(
+        SessionBuilder::new()
+            .known_node(&args.cassandra)
+            .build()
+            .await
+            .context("connect to Cassandra")?,
+    );
+    let ks = format!("bench_peer_{stamp}");
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE {ks} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ),
+            &[],
+        )
+        .await
+        .context("create keyspace")?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {ks}.logs (bucket bigint, shard smallint, ts bigint, topic text, \
+                 kpart int, koffset bigint, source text, log_level text, message text, \
+                 attributes text, ingest_time bigint, \
+                 PRIMARY KEY ((bucket, shard), ts, topic, kpart, koffset)) \
+                 WITH compaction = {{'class': 'TimeWindowCompactionStrategy'}}"
+            ),
+            &[],
+        )
+        .await
+        .context("create table")?;
+    session
+        .await_schema_agreement()
+        .await
+        .context("schema agreement")?;
+    let mut insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.logs (bucket, shard, ts, topic, kpart, koffset, source, log_level, \
+             message, attributes, ingest_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .await
+        .context("prepare")?;
+    let consistency = match args.consistency.to_ascii_uppercase().as_str() {
+        "ONE" => Consistency::One,
+        "QUORUM" => Consistency::Quorum,
+        "ALL" => Consistency::All,
+        _ => Consistency::LocalQuorum,
+    };
+    insert.set_consistency(consistency);
+    let hosts = hosts();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let partitions = args.partitions.max(1) as u64;
+    let started = Instant::now();
+    let results = futures::stream::iter(0..args.records)
+        .map(|i| {
+            let session = Arc::clone(&session);
+            let insert = insert.clone();
+            let host = hosts[(i % hosts.len() as u64) as usize].clone();
+            async move {
+                let ts = now_us - (args.records - i) as i64 * 10;
+                let kpart = (i % partitions) as i32;
+                let values = (
+                    ts - ts.rem_euclid(600_000_000),
+                    (kpart % 8) as i16,
+                    ts,
+                    "bench",
+                    kpart,
+                    i as i64,
+                    host,
+                    "INFO",
+                    format!("GET /api/orders/{i} 200 12ms {}", "x".repeat(96)),
+                    "{}",
+                    now_us,
+                );
+                session.execute_unpaged(&insert, values).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(args.in_flight.max(1))
+        .fold((0u64, None), |(n, err), r| async move {
+            match r {
+                Ok(()) => (n + 1, err),
+                Err(e) => (n, err.or(Some(e.to_string()))),
+            }
+        })
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    if let (n, Some(e)) = results {
+        anyhow::bail!("scylla loop: {n} rows written, then: {e}");
+    }
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
+        .await;
+    Ok(secs)
+}
+
+/// Produce → visible: ms from a marker's send to the first `SELECT` that returns it.
+fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::Result<Vec<u64>> {
+    let p = producer(&args.kafka)?;
+    let pg = Pg::connect(server)?;
+    let hosts = hosts();
+    let mut rng = Rng::new(11);
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let started = Instant::now();
+    let total = args.rate * args.latency_seconds;
+    let mut line = Vec::with_capacity(RECORD_BYTES + 16);
+    let mut next_poll = Instant::now();
+    let mut i = 0u64;
+    while i < total
+        || (seen.len() < sent.len() && started.elapsed().as_secs() < args.latency_seconds + 60)
+    {
+        // Open loop: send whatever the schedule says is due by now.
+        let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while i < due {
+            let now_us = chrono::Utc::now().timestamp_micros();
+            if i.is_multiple_of(100) {
+                let marker = serde_json::json!({
+                    "timestamp": now_us, "source": "bench-marker", "level": "INFO",
+                    "message": format!("marker {i}"),
+                })
+                .to_string();
+                sent.insert(i, Instant::now());
+                send(&p, topic, marker.as_bytes());
+            } else {
+                line.clear();
+                write_record(&mut line, now_us, &mut rng, &hosts);
+                send(&p, topic, line.strip_suffix(b"\n").unwrap_or(&line));
+            }
+            i += 1;
+        }
+        p.poll(Duration::ZERO);
+        if Instant::now() >= next_poll {
+            next_poll = Instant::now() + Duration::from_millis(50);
+            let since = chrono::Utc::now() - chrono::Duration::seconds(30);
+            let rows = pg.query(&format!(
+                "SELECT message FROM logs_hot WHERE topic = '{topic}' AND source = 'bench-marker' \
+                 AND timestamp >= TIMESTAMP '{}'",
+                since.format("%Y-%m-%d %H:%M:%S%.6f")
+            ))?;
+            let at = Instant::now();
+            for row in rows {
+                let message: String = row.try_get(0).context("marker message")?;
+                if let Some(id) = message.strip_prefix("marker ").and_then(|s| s.parse().ok())
+                    && let Some(t) = sent.get(&id)
+                {
+                    seen.entry(id)
+                        .or_insert_with(|| at.duration_since(*t).as_millis() as u64);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    anyhow::ensure!(
+        seen.len() == sent.len(),
+        "{} of {} markers never became visible",
+        sent.len() - seen.len(),
+        sent.len()
+    );
+    Ok(seen.into_values().collect())
+}
