@@ -476,6 +476,31 @@ async fn kcat_rsyslog_and_malformed_records() {
         .status()
         .expect("run kcat (scripts/test installs Debian's kafkacat)");
     assert!(status.success(), "kcat failed");
+    // `logsphere ship --kafka`: the producer each server runs.
+    let shipped = dir.path().join("ship.ndjson");
+    std::fs::write(
+        &shipped,
+        "{\"message\":\"shipped one\",\"source\":\"shipper\"}\n\
+         {\"message\":\"shipped two\",\"source\":\"shipper\"}\n",
+    )
+    .expect("write ship input");
+    let out = Command::new(logsphere_tests::binary())
+        .args([
+            "ship",
+            "--quiet",
+            "--kafka",
+            &names.brokers,
+            "--topic",
+            &topic,
+        ])
+        .arg(&shipped)
+        .output()
+        .expect("run logsphere ship");
+    assert!(
+        out.status.success(),
+        "ship --kafka: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An empty message and binary bytes, which a line tool cannot send.
     let p = producer(&names.brokers);
     for payload in [&b""[..], &[0xff, 0xfe, 0x00, 0x01][..]] {
@@ -504,6 +529,13 @@ async fn kcat_rsyslog_and_malformed_records() {
         &node,
         "SELECT count(*) FROM logs WHERE source = 'kcat'",
         3,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_count(
+        &node,
+        "SELECT count(*) FROM logs WHERE source = 'shipper'",
+        2,
         Duration::from_secs(60),
     )
     .await;
@@ -560,8 +592,9 @@ async fn kcat_rsyslog_and_malformed_records() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    // Offsets 1 (not JSON), 3 (bad timestamp), 4 (oversized), 6 (empty), 7 (binary).
-    for offset in [1, 3, 4, 6, 7] {
+    // Offsets 1 (not JSON), 3 (bad timestamp), 4 (oversized), 8 (empty), 9 (binary):
+    // kcat sent 0..=5, ship 6 and 7.
+    for offset in [1, 3, 4, 8, 9] {
         assert!(
             dead.iter().any(
                 |(origin, _, _)| origin.contains(&format!("{topic}/0@{offset}"))
@@ -584,6 +617,69 @@ async fn kcat_rsyslog_and_malformed_records() {
         dead.iter()
             .any(|(_, _, raw)| raw.starts_with(b"this is not json")),
         "{dead:?}"
+    );
+}
+
+/// A node whose Cassandra does not answer starts anyway, retries with a log line naming
+/// what it waits for, and `/healthz` answers 503 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_cassandra_is_retried_and_not_ready() {
+    let _serial = SERIAL.lock().await;
+    let names = Names {
+        cassandra: format!("127.0.0.1:{}", logsphere_tests::free_port()),
+        ..Names::new()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("logsphere.toml");
+    std::fs::write(&config, names.config("lonely", &["nowhere"], "")).expect("write config");
+    let http = logsphere_tests::free_port();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(logsphere_tests::binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--pg-listen")
+        .arg(format!("127.0.0.1:{}", logsphere_tests::free_port()))
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{http}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn logsphere");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = None;
+    while Instant::now() < deadline {
+        if let Ok(mut r) = agent
+            .get(&format!("http://127.0.0.1:{http}/healthz"))
+            .call()
+        {
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            if body.contains("waiting for Cassandra") {
+                answer = Some((r.status().as_u16(), body));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let (status, body) = answer.unwrap_or_else(|| panic!("no not-ready answer; log:\n{log}"));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&names.cassandra),
+        "names the contact point: {body}"
+    );
+    assert!(
+        log.contains("waiting for Cassandra"),
+        "log says what it waits for:\n{log}"
     );
 }
 
