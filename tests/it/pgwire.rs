@@ -24,6 +24,11 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 }
 
 fn psql(server: &Server, command: &str) -> String {
+    psql_with(server, &[], command)
+}
+
+/// psql with extra options (`-A` for unaligned output) before `-c command`.
+fn psql_with(server: &Server, options: &[&str], command: &str) -> String {
     let out = Command::new("/usr/bin/psql")
         .args([
             "-X",
@@ -33,9 +38,9 @@ fn psql(server: &Server, command: &str) -> String {
             &server.pg_port().to_string(),
             "-U",
             "logsphere",
-            "-c",
-            command,
         ])
+        .args(options)
+        .args(["-c", command])
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql runs");
@@ -347,4 +352,64 @@ async fn continuous_query_statements_are_recognised_on_both_protocols() {
         .await
         .unwrap();
     assert_eq!(simple_rows(&rows), vec![vec![Some("0".to_owned())]]);
+}
+
+/// The column names of a simple query's RowDescription.
+fn simple_columns(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                Some(cols.iter().map(|c| c.name().to_owned()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn output_columns_are_named_as_postgresql_names_them() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let cases: &[(&str, &[&str])] = &[
+        ("SELECT count(*) FROM logs", &["count"]),
+        (
+            "SELECT min(logs.timestamp), MAX(timestamp) FROM logs",
+            &["min", "max"],
+        ),
+        ("SELECT now()", &["now"]),
+        ("SELECT 1 + 1, 'x'", &["?column?", "?column?"]),
+        ("SELECT current_setting('TimeZone')", &["current_setting"]),
+        ("SELECT count(*) AS n FROM logs", &["n"]),
+        (
+            "SELECT x, x * 2 FROM (VALUES (1)) AS t(x)",
+            &["x", "?column?"],
+        ),
+        (
+            "SELECT count(*), count(source) FROM logs",
+            &["count", "count"],
+        ),
+    ];
+    for (sql, expected) in cases {
+        let messages = client.simple_query(sql).await.unwrap();
+        assert_eq!(simple_columns(&messages), *expected, "simple {sql}");
+        assert_eq!(simple_rows(&messages).len(), 1, "simple {sql}");
+        // Describe (prepare) and the rows of Execute must agree.
+        let statement = client.prepare(sql).await.unwrap();
+        let described: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(described, *expected, "describe {sql}");
+        let rows = client.query(&statement, &[]).await.unwrap();
+        let returned: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+        assert_eq!(returned, *expected, "execute {sql}");
+    }
+    let out = psql_with(
+        &server,
+        &["-A"],
+        "SELECT count(*), now(), 1 + 1, count(*) AS total FROM logs",
+    );
+    assert_eq!(
+        out.lines().next(),
+        Some("count|now|?column?|total"),
+        "{out}"
+    );
 }

@@ -11,11 +11,13 @@
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
+//! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping.
 
 mod auth;
 mod catalog;
+mod column_names;
 mod connection;
 mod errors;
 mod extended;

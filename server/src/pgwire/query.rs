@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow_pg::datatypes::df::encode_dataframe;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -20,11 +19,14 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::types::format::FormatOptions;
 
+use super::column_names;
 use super::errors::{self, sqlstate, user_error};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
@@ -49,6 +51,9 @@ pub(crate) struct PlannedQuery {
     param_types: Vec<Option<DataType>>,
     /// The command tag (`SELECT`, `EXPLAIN`, `SHOW`).
     tag: &'static str,
+    /// PostgreSQL's name for each output column where it differs from DataFusion's (see
+    /// [`column_names`]); empty when every name is DataFusion's.
+    names: Vec<Option<String>>,
 }
 
 /// A session statement and what it does.
@@ -131,6 +136,7 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
         Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",
         _ => "SELECT",
     };
+    let query = matches!(statement, Statement::Query(_)).then(|| statement.clone());
     let state = session.ctx.state();
     let plan = state
         .statement_to_plan(DFStatement::Statement(Box::new(statement)))
@@ -138,10 +144,14 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
         .map_err(|e| errors::datafusion_error(&e))?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
+    let names = query
+        .and_then(|q| column_names::output_names(&q, plan.schema().fields().len()))
+        .unwrap_or_default();
     Ok(Prepared::Plan(PlannedQuery {
         plan,
         param_types,
         tag,
+        names,
     }))
 }
 
@@ -434,9 +444,9 @@ impl PlannedQuery {
         &self.param_types
     }
 
-    /// The result columns, in `format`.
+    /// The result columns, in `format`: what Describe reports and the rows carry.
     pub(crate) fn result_fields(&self, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-        arrow_schema_to_pg_fields(self.plan.schema().as_arrow(), format, None)
+        pg_fields(self.plan.schema().as_arrow(), format, None, &self.names)
     }
 
     /// Binds `params` (already decoded from the wire) and runs the plan.
@@ -471,7 +481,7 @@ impl PlannedQuery {
             .execute_logical_plan(plan)
             .await
             .map_err(|e| errors::datafusion_error(&e))?;
-        encode_rows(session, df, format, self.tag).await
+        encode_named_rows(session, df, format, self.tag, &self.names).await
     }
 
     /// Casts each decoded parameter to the type the plan expects (a client may send a
@@ -519,15 +529,68 @@ pub(crate) async fn encode_rows(
     format: &Format,
     tag: &str,
 ) -> PgWireResult<Response> {
+    encode_named_rows(session, df, format, tag, &[]).await
+}
+
+/// [`encode_rows`], naming column `i` `names[i]` where that is `Some`.
+async fn encode_named_rows(
+    session: &Session,
+    df: datafusion::dataframe::DataFrame,
+    format: &Format,
+    tag: &str,
+    names: &[Option<String>],
+) -> PgWireResult<Response> {
     let format_options = Arc::new(lock(&session.vars).format_options());
-    let mut response = encode_dataframe(df, format, Some(format_options))
+    let fields = Arc::new(pg_fields(
+        df.schema().as_arrow(),
+        format,
+        Some(format_options),
+        names,
+    )?);
+    let batches = df
+        .execute_stream()
         .await
-        .map_err(|mut e| {
-            errors::normalise(&mut e);
-            e
-        })?;
+        .map_err(|e| errors::datafusion_error(&e))?;
+    let row_fields = Arc::clone(&fields);
+    let rows = batches
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
+                Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
+                Err(e) => Box::new(std::iter::once(Err(errors::datafusion_error(&e)))),
+            };
+            futures::stream::iter(rows)
+        })
+        .flatten();
+    let mut response = QueryResponse::new(fields, rows);
     response.set_command_tag(tag);
     Ok(Response::Query(response))
+}
+
+/// The RowDescription of an Arrow schema, renamed by `names` (see [`column_names`]).
+fn pg_fields(
+    schema: &datafusion::arrow::datatypes::Schema,
+    format: &Format,
+    options: Option<Arc<FormatOptions>>,
+    names: &[Option<String>],
+) -> PgWireResult<Vec<FieldInfo>> {
+    let fields = arrow_schema_to_pg_fields(schema, format, options)?;
+    Ok(fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, field)| match names.get(i) {
+            Some(Some(name)) => FieldInfo::new(
+                name.clone(),
+                field.table_id(),
+                field.column_id(),
+                field.datatype().clone(),
+                field.format(),
+            )
+            .with_format_options(Arc::clone(field.format_options()))
+            .with_type_size(field.type_size())
+            .with_type_modifier(field.type_modifier()),
+            _ => field,
+        })
+        .collect())
 }
 
 fn bad_parameter(e: &datafusion::error::DataFusionError) -> PgWireError {
