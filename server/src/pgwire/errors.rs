@@ -20,6 +20,7 @@ pub(crate) mod sqlstate {
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const DATA_EXCEPTION: &str = "22000";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
     pub const DIVISION_BY_ZERO: &str = "22012";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
@@ -130,6 +131,12 @@ fn sqlstate_of(root: &DataFusionError, message: &str) -> &'static str {
         DataFusionError::ResourcesExhausted(_) => sqlstate::OUT_OF_MEMORY,
         DataFusionError::Configuration(_) => sqlstate::INVALID_PARAMETER_VALUE,
         DataFusionError::Plan(_) | DataFusionError::Execution(_) => classify_message(message),
+        DataFusionError::External(e)
+            if e.downcast_ref::<logsphere_udfs::pg_datetime::FormatError>()
+                .is_some() =>
+        {
+            sqlstate::INVALID_DATETIME_FORMAT
+        }
         _ => sqlstate::INTERNAL_ERROR,
     }
 }
