@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use futures::TryStreamExt;
 use logsphere_tests::Server;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -148,7 +149,12 @@ async fn errors_carry_their_sqlstate() {
         ("DROP TABLE logs", &SqlState::READ_ONLY_SQL_TRANSACTION),
         (
             "COPY (SELECT 1) TO '/tmp/logsphere-copy.csv'",
-            &SqlState::READ_ONLY_SQL_TRANSACTION,
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        ("COPY logs FROM STDIN", &SqlState::READ_ONLY_SQL_TRANSACTION),
+        (
+            "SELECT to_timestamp('2026-13-01', 'YYYY-MM-DD')",
+            &SqlState::INVALID_DATETIME_FORMAT,
         ),
     ];
     for (sql, expected) in cases {
@@ -412,4 +418,68 @@ async fn output_columns_are_named_as_postgresql_names_them() {
         Some("count|now|?column?|total"),
         "{out}"
     );
+}
+
+/// What `COPY … TO STDOUT` sends, as text.
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> String {
+    let chunks: Vec<_> = client
+        .copy_out(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    String::from_utf8(chunks.concat()).expect("utf-8")
+}
+
+#[tokio::test]
+async fn copy_to_stdout_writes_csv_and_text() {
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"message\":\"disk, full\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"info\",\"message\":\"said \\\"hi\\\"\\tthere\",\"host\":\"web-2\"}\n",
+    );
+    server.post_expect(body.as_bytes(), 2, 0);
+    let client = server.pg_client().await;
+
+    let csv = copy_out(
+        &client,
+        "COPY (SELECT source, message, count(*) FROM logs GROUP BY 1, 2 ORDER BY 1) TO STDOUT (FORMAT csv, HEADER)",
+    )
+    .await;
+    assert_eq!(
+        csv,
+        "source,message,count\nweb-1,\"disk, full\",1\nweb-2,\"said \"\"hi\"\"\tthere\",1\n"
+    );
+    let text = copy_out(
+        &client,
+        "COPY (SELECT source, message, NULL AS nothing FROM logs ORDER BY timestamp) TO STDOUT",
+    )
+    .await;
+    assert_eq!(
+        text,
+        "web-1\tdisk, full\t\\N\nweb-2\tsaid \"hi\"\\tthere\t\\N\n"
+    );
+    // A table, in the pre-9.0 spelling; every row, a header line first.
+    let table = copy_out(&client, "COPY logs TO STDOUT WITH CSV HEADER").await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("timestamp,"), "{table}");
+    // The simple protocol reports the row count in the COPY tag, and the session lives on.
+    let out = psql(&server, "COPY (SELECT 1 UNION ALL SELECT 2) TO STDOUT");
+    assert_eq!(out, "1\n2\n");
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // psql's \copy: the file is written on the client side from COPY … TO STDOUT.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("errors.csv");
+    psql(
+        &server,
+        &format!(
+            "\\copy (SELECT source, log_level FROM logs ORDER BY timestamp) TO '{}' CSV HEADER",
+            file.display()
+        ),
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written, "source,log_level\nweb-1,ERROR\nweb-2,INFO\n");
 }

@@ -67,7 +67,7 @@ impl QueryParser for StatementParser {
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(match statement {
             Prepared::Plan(planned) => planned.param_wire_types(),
-            Prepared::Local(_) | Prepared::LogSphere(_) => Vec::new(),
+            Prepared::Local(_) | Prepared::LogSphere(_) | Prepared::Copy(_) => Vec::new(),
         })
     }
 
@@ -138,6 +138,12 @@ impl ExtendedQueryHandler for QueryHandler {
                 planned
                     .execute(&self.session, params, &portal.result_column_format)
                     .await
+            }
+            Prepared::Copy(copy) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                copy.execute(&self.session).await
             }
         }
     }

@@ -8,6 +8,7 @@
 //! - `connection`: the per-connection handlers and session set-up;
 //! - `auth`: startup, SCRAM-SHA-256, the ParameterStatus sent after login;
 //! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
+//! - `copy`: `COPY … TO STDOUT` in text and CSV;
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
@@ -19,6 +20,7 @@ mod auth;
 mod catalog;
 mod column_names;
 mod connection;
+mod copy;
 mod errors;
 mod extended;
 mod query;

@@ -27,6 +27,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::types::format::FormatOptions;
 
 use super::column_names;
+use super::copy::{self, CopyOut};
 use super::errors::{self, sqlstate, user_error};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
@@ -41,6 +42,8 @@ pub(crate) enum Prepared {
     LogSphere(LogSphereStatement),
     /// A DataFusion plan, possibly with `$n` placeholders.
     Plan(PlannedQuery),
+    /// `COPY … TO STDOUT` of a planned query.
+    Copy(CopyOut),
 }
 
 /// A planned query and the types of its `$1..$n` parameters.
@@ -130,6 +133,16 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
     if let Some(local) = classify_local(&statement)? {
         return Ok(Prepared::Local(local));
     }
+    if let Some(copy) = copy::classify(&statement) {
+        let (query, format) = copy?;
+        let planned = plan(session, query).await?;
+        return Ok(Prepared::Copy(CopyOut::new(planned, format)));
+    }
+    Ok(Prepared::Plan(plan(session, statement).await?))
+}
+
+/// Plans a query under the read-only rules.
+async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
@@ -147,12 +160,12 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
     let names = query
         .and_then(|q| column_names::output_names(&q, plan.schema().fields().len()))
         .unwrap_or_default();
-    Ok(Prepared::Plan(PlannedQuery {
+    Ok(PlannedQuery {
         plan,
         param_types,
         tag,
         names,
-    }))
+    })
 }
 
 /// Statements the connection answers itself, without DataFusion.
@@ -715,6 +728,8 @@ impl Prepared {
             Prepared::Local(local) => Ok(local.result_fields()),
             Prepared::LogSphere(statement) => statement.result_fields(format),
             Prepared::Plan(planned) => planned.result_fields(format),
+            // Like PostgreSQL: a COPY describes as NoData; its columns come in CopyOutResponse.
+            Prepared::Copy(_) => Ok(Vec::new()),
         }
     }
 }

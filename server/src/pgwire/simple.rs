@@ -115,6 +115,7 @@ impl QueryHandler {
                     .execute(&self.session, None, &Format::UnifiedText)
                     .await
             }
+            Prepared::Copy(copy) => copy.execute(&self.session).await,
         }
     }
 }
