@@ -483,3 +483,44 @@ async fn copy_to_stdout_writes_csv_and_text() {
     let written = std::fs::read_to_string(&file).unwrap();
     assert_eq!(written, "source,log_level\nweb-1,ERROR\nweb-2,INFO\n");
 }
+
+#[tokio::test]
+async fn savepoints_are_accepted_inside_a_transaction() {
+    let server = Server::start();
+    let mut client = server.pg_client().await;
+    // tokio-postgres nests with SAVEPOINT / RELEASE / ROLLBACK TO, as psqlODBC does.
+    let mut tx = client.transaction().await.unwrap();
+    {
+        let inner = tx.savepoint("s1").await.unwrap();
+        let row = inner
+            .query_one("SELECT count(*) FROM logs", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 0);
+        inner.commit().await.unwrap();
+    }
+    {
+        let inner = tx.savepoint("s2").await.unwrap();
+        inner.rollback().await.unwrap();
+    }
+    tx.batch_execute("SAVEPOINT a; RELEASE a; SAVEPOINT b; ROLLBACK TO b; ROLLBACK TO SAVEPOINT b; RELEASE SAVEPOINT b")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let out = psql_with(
+        &server,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "SAVEPOINT x",
+            "-c",
+            "ROLLBACK TO SAVEPOINT x",
+            "-c",
+            "RELEASE x",
+        ],
+        "COMMIT",
+    );
+    assert_eq!(out, "BEGIN\nSAVEPOINT\nROLLBACK\nRELEASE\nCOMMIT\n");
+}
