@@ -523,4 +523,24 @@ async fn savepoints_are_accepted_inside_a_transaction() {
         "COMMIT",
     );
     assert_eq!(out, "BEGIN\nSAVEPOINT\nROLLBACK\nRELEASE\nCOMMIT\n");
+
+    // Outside a transaction block PostgreSQL refuses them, on both protocols.
+    for sql in [
+        "SAVEPOINT x",
+        "RELEASE SAVEPOINT x",
+        "ROLLBACK TO SAVEPOINT x",
+    ] {
+        let simple = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            simple.code(),
+            Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION),
+            "{sql}"
+        );
+        let extended = client.execute(sql, &[]).await.expect_err(sql);
+        assert_eq!(
+            extended.code(),
+            Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION),
+            "{sql}"
+        );
+    }
 }

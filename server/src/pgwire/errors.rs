@@ -25,6 +25,7 @@ pub(crate) mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const OUT_OF_MEMORY: &str = "53200";

@@ -112,13 +112,14 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let failed = matches!(client.transaction_status(), TransactionStatus::Error);
+        let status = client.transaction_status();
+        let failed = matches!(status, TransactionStatus::Error);
         match &portal.statement.statement {
             Prepared::Local(local) => {
                 if failed && !local.ends_transaction() {
                     return Err(in_failed_transaction());
                 }
-                let outcome = local.execute(&self.session, failed)?;
+                let outcome = local.execute(&self.session, status)?;
                 report_parameters(client, outcome.reports).await?;
                 Ok(outcome.response)
             }

@@ -24,6 +24,7 @@ use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::response::TransactionStatus;
 use pgwire::types::format::FormatOptions;
 
 use super::column_names;
@@ -76,6 +77,9 @@ pub(crate) enum Local {
     /// Accepted and ignored (nothing to do in a read-only, non-transactional server);
     /// answered with this command tag.
     Ack(&'static str),
+    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO` (the command tag): no-ops, but only inside a
+    /// transaction block, as in PostgreSQL.
+    Savepoint(&'static str),
 }
 
 /// What running a statement produced: the response, and parameters that changed and must
@@ -189,9 +193,9 @@ fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
         } => Local::Rollback,
         Statement::Rollback {
             savepoint: Some(_), ..
-        } => Local::Ack("ROLLBACK"),
-        Statement::Savepoint { .. } => Local::Ack("SAVEPOINT"),
-        Statement::ReleaseSavepoint { .. } => Local::Ack("RELEASE"),
+        } => Local::Savepoint("ROLLBACK"),
+        Statement::Savepoint { .. } => Local::Savepoint("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Local::Savepoint("RELEASE"),
         Statement::Discard {
             object_type: DiscardObject::ALL,
         } => Local::DiscardAll,
@@ -620,13 +624,14 @@ impl Local {
         }
     }
 
-    /// Runs the statement against the connection's state. `in_failed_transaction`: the
-    /// current transaction has failed, so COMMIT ends it as ROLLBACK.
+    /// Runs the statement against the connection's state, given the transaction status
+    /// before it (in a failed transaction, COMMIT ends it as ROLLBACK).
     pub(crate) fn execute(
         &self,
         session: &Session,
-        in_failed_transaction: bool,
+        status: TransactionStatus,
     ) -> PgWireResult<Outcome> {
+        let in_failed_transaction = matches!(status, TransactionStatus::Error);
         let outcome = match self {
             Local::Set(assignments) => {
                 let mut reports = Vec::new();
@@ -687,6 +692,18 @@ impl Local {
             Local::Commit => Response::TransactionEnd(Tag::new("COMMIT")).into(),
             Local::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")).into(),
             Local::Ack(tag) => Response::Execution(Tag::new(tag)).into(),
+            Local::Savepoint(tag) if matches!(status, TransactionStatus::Idle) => {
+                let statement = match *tag {
+                    "ROLLBACK" => "ROLLBACK TO SAVEPOINT",
+                    "RELEASE" => "RELEASE SAVEPOINT",
+                    other => other,
+                };
+                return Err(user_error(
+                    sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                    format!("{statement} can only be used in transaction blocks"),
+                ));
+            }
+            Local::Savepoint(tag) => Response::Execution(Tag::new(tag)).into(),
         };
         Ok(outcome)
     }

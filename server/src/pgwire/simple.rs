@@ -103,7 +103,7 @@ impl QueryHandler {
         }
         match query::prepare(&self.session, statement).await? {
             Prepared::Local(local) => {
-                let outcome = local.execute(&self.session, failed)?;
+                let outcome = local.execute(&self.session, status)?;
                 report_parameters(client, outcome.reports).await?;
                 Ok(outcome.response)
             }
