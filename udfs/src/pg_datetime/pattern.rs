@@ -248,7 +248,7 @@ impl Pattern {
         let mut rest = template;
         let mut fill = false;
         while !rest.is_empty() {
-            if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("FM") {
+            if starts_with_ignore_case(rest, "FM") {
                 fill = true;
                 rest = &rest[2..];
                 continue;
@@ -275,20 +275,12 @@ impl Pattern {
                 rest = &quoted[end.min(quoted.len())..];
                 continue;
             }
-            if let Some((token, field)) = NAMED.iter().find(|(t, _)| rest.starts_with(t)) {
-                items.push(Item::Field {
-                    field: *field,
-                    fill,
-                });
-                fill = false;
-                rest = &rest[token.len()..];
-                continue;
-            }
-            if let Some((token, field)) = NUMERIC.iter().find(|(t, _)| {
-                rest.len() >= t.len()
-                    && rest.is_char_boundary(t.len())
-                    && rest[..t.len()].eq_ignore_ascii_case(t)
-            }) {
+            let pattern = NAMED.iter().find(|(t, _)| rest.starts_with(t)).or_else(|| {
+                NUMERIC
+                    .iter()
+                    .find(|(t, _)| starts_with_ignore_case(rest, t))
+            });
+            if let Some((token, field)) = pattern {
                 items.push(Item::Field {
                     field: *field,
                     fill,
@@ -461,10 +453,7 @@ impl Pattern {
     ) -> Result<(usize, &'a str), FormatError> {
         for (i, name) in names.iter().enumerate() {
             let candidate = if short { &name[..3] } else { name };
-            if rest.len() >= candidate.len()
-                && rest.is_char_boundary(candidate.len())
-                && rest[..candidate.len()].eq_ignore_ascii_case(candidate)
-            {
+            if starts_with_ignore_case(rest, candidate) {
                 return Ok((i, &rest[candidate.len()..]));
             }
         }
@@ -474,10 +463,7 @@ impl Pattern {
     /// `UTC`, `GMT`, `Z`, or a numeric offset `+HH`, `+HH:MM`, `-HHMM`.
     fn read_zone<'a>(&self, rest: &'a str) -> Result<(i32, &'a str), FormatError> {
         for name in ["UTC", "GMT", "Z"] {
-            if rest.len() >= name.len()
-                && rest.is_char_boundary(name.len())
-                && rest[..name.len()].eq_ignore_ascii_case(name)
-            {
+            if starts_with_ignore_case(rest, name) {
                 return Ok((0, &rest[name.len()..]));
             }
         }
@@ -562,6 +548,12 @@ impl Pattern {
             pattern: self.text.clone(),
         }
     }
+}
+
+/// Whether `text` starts with the ASCII `prefix`, in any case.
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 fn push_literal(items: &mut Vec<Item>, text: &str) {

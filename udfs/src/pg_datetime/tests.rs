@@ -92,6 +92,19 @@ fn to_timestamp_names_the_pattern_on_bad_input() {
     assert!(err.to_string().contains("HH12:MI"), "{err}");
 }
 
+#[test]
+fn non_ascii_text_is_literal_both_ways() {
+    let t = Utc.from_utc_datetime(&at(2026, 12, 5, 17, 7, 9, 0));
+    assert_eq!(Pattern::new("aé DD – Mé").format(&t), "aé 05 – Mé");
+    assert_eq!(
+        Pattern::new("DD.MM.YYYY à HH24h").read("05.12.2026 à 17h"),
+        Ok((at(2026, 12, 5, 17, 0, 0, 0), None))
+    );
+    assert!(Pattern::new("YYYY-MM-DD").read("2026-é-05").is_err());
+    assert!(Pattern::new("Mon").read("é").is_err());
+    assert!(Pattern::new("TZ").read("+é").is_err());
+}
+
 async fn one(sql: &str) -> Result<String> {
     let ctx = SessionContext::new();
     crate::register_all(&ctx);
