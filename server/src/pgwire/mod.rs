@@ -10,6 +10,7 @@
 //! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
 //! - `copy`: `COPY … TO STDOUT` in text and CSV;
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
+//! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
@@ -24,6 +25,7 @@ mod copy;
 mod errors;
 mod extended;
 mod query;
+mod rows;
 mod session;
 mod simple;
 mod statements;

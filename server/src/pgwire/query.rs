@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::into_pg_type;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -19,17 +19,16 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use futures::StreamExt;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::response::TransactionStatus;
-use pgwire::types::format::FormatOptions;
 
 use super::column_names;
 use super::copy::{self, CopyOut};
 use super::errors::{self, sqlstate, user_error};
+use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
 
@@ -537,77 +536,6 @@ impl PlannedQuery {
         }
         Ok(ParamValues::List(out))
     }
-}
-
-/// Streams a DataFrame's rows in `format`, with the session's date and number formats.
-pub(crate) async fn encode_rows(
-    session: &Session,
-    df: datafusion::dataframe::DataFrame,
-    format: &Format,
-    tag: &str,
-) -> PgWireResult<Response> {
-    encode_named_rows(session, df, format, tag, &[]).await
-}
-
-/// [`encode_rows`], naming column `i` `names[i]` where that is `Some`.
-async fn encode_named_rows(
-    session: &Session,
-    df: datafusion::dataframe::DataFrame,
-    format: &Format,
-    tag: &str,
-    names: &[Option<String>],
-) -> PgWireResult<Response> {
-    let format_options = Arc::new(lock(&session.vars).format_options());
-    let fields = Arc::new(pg_fields(
-        df.schema().as_arrow(),
-        format,
-        Some(format_options),
-        names,
-    )?);
-    let batches = df
-        .execute_stream()
-        .await
-        .map_err(|e| errors::datafusion_error(&e))?;
-    let row_fields = Arc::clone(&fields);
-    let rows = batches
-        .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
-                Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
-                Err(e) => Box::new(std::iter::once(Err(errors::datafusion_error(&e)))),
-            };
-            futures::stream::iter(rows)
-        })
-        .flatten();
-    let mut response = QueryResponse::new(fields, rows);
-    response.set_command_tag(tag);
-    Ok(Response::Query(response))
-}
-
-/// The RowDescription of an Arrow schema, renamed by `names` (see [`column_names`]).
-fn pg_fields(
-    schema: &datafusion::arrow::datatypes::Schema,
-    format: &Format,
-    options: Option<Arc<FormatOptions>>,
-    names: &[Option<String>],
-) -> PgWireResult<Vec<FieldInfo>> {
-    let fields = arrow_schema_to_pg_fields(schema, format, options)?;
-    Ok(fields
-        .into_iter()
-        .enumerate()
-        .map(|(i, field)| match names.get(i) {
-            Some(Some(name)) => FieldInfo::new(
-                name.clone(),
-                field.table_id(),
-                field.column_id(),
-                field.datatype().clone(),
-                field.format(),
-            )
-            .with_format_options(Arc::clone(field.format_options()))
-            .with_type_size(field.type_size())
-            .with_type_modifier(field.type_modifier()),
-            _ => field,
-        })
-        .collect())
 }
 
 fn bad_parameter(e: &datafusion::error::DataFusionError) -> PgWireError {
