@@ -527,6 +527,24 @@ async fn savepoints_are_accepted_inside_a_transaction() {
     );
     assert_eq!(out, "BEGIN\nSAVEPOINT\nROLLBACK\nRELEASE\nCOMMIT\n");
 
+    // psqlODBC's error recovery: a failed statement, ROLLBACK TO, and the transaction
+    // goes on, on both protocols.
+    client.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    assert!(client.batch_execute("SELECT * FROM nope").await.is_err());
+    let refused = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT s")
+        .await
+        .unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(client.query("SELECT * FROM nope", &[]).await.is_err());
+    let refused = client.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.execute("ROLLBACK TO s", &[]).await.unwrap();
+    assert_eq!(client.query("SELECT 1", &[]).await.unwrap().len(), 1);
+    client.batch_execute("COMMIT").await.unwrap();
+
     // Outside a transaction block PostgreSQL refuses them, on both protocols.
     for sql in [
         "SAVEPOINT x",

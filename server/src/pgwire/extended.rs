@@ -14,8 +14,8 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::ExtendedQueryHandler;
 use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::Execute;
@@ -97,6 +97,16 @@ impl ExtendedQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let _busy = self.activity.begin()?;
+        // As in the simple protocol: `ROLLBACK TO SAVEPOINT` leaves a failed state.
+        if matches!(client.transaction_status(), TransactionStatus::Error) {
+            let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+            if let Some(Entry::Value(portal)) = client.portal_store().get_portal(name)
+                && let Prepared::Local(local) = &portal.statement.statement
+                && local.rolls_back_to_savepoint()
+            {
+                client.set_transaction_status(TransactionStatus::Transaction);
+            }
+        }
         self._on_execute(client, message).await
     }
 

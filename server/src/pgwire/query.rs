@@ -171,6 +171,17 @@ async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQu
     })
 }
 
+/// `ROLLBACK TO [SAVEPOINT] x`: in a failed transaction, it makes the transaction usable again.
+pub(crate) fn rolls_back_to_savepoint(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Rollback {
+            savepoint: Some(_),
+            ..
+        }
+    )
+}
+
 /// Statements the connection answers itself, without DataFusion.
 fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
     let local = match statement {
@@ -639,6 +650,11 @@ impl Local {
     /// Whether the statement may run in a failed transaction (it ends the transaction).
     pub(crate) fn ends_transaction(&self) -> bool {
         matches!(self, Local::Commit | Local::Rollback)
+    }
+
+    /// Whether the statement is `ROLLBACK TO SAVEPOINT`, which leaves a failed state.
+    pub(crate) fn rolls_back_to_savepoint(&self) -> bool {
+        matches!(self, Local::Savepoint("ROLLBACK"))
     }
 }
 
