@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use futures::TryStreamExt;
 use logsphere_tests::Server;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -24,6 +25,11 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 }
 
 fn psql(server: &Server, command: &str) -> String {
+    psql_with(server, &[], command)
+}
+
+/// psql with extra options (`-A` for unaligned output) before `-c command`.
+fn psql_with(server: &Server, options: &[&str], command: &str) -> String {
     let out = Command::new("/usr/bin/psql")
         .args([
             "-X",
@@ -33,9 +39,9 @@ fn psql(server: &Server, command: &str) -> String {
             &server.pg_port().to_string(),
             "-U",
             "logsphere",
-            "-c",
-            command,
         ])
+        .args(options)
+        .args(["-c", command])
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql runs");
@@ -143,7 +149,12 @@ async fn errors_carry_their_sqlstate() {
         ("DROP TABLE logs", &SqlState::READ_ONLY_SQL_TRANSACTION),
         (
             "COPY (SELECT 1) TO '/tmp/logsphere-copy.csv'",
-            &SqlState::READ_ONLY_SQL_TRANSACTION,
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        ("COPY logs FROM STDIN", &SqlState::READ_ONLY_SQL_TRANSACTION),
+        (
+            "SELECT to_timestamp('2026-13-01', 'YYYY-MM-DD')",
+            &SqlState::INVALID_DATETIME_FORMAT,
         ),
     ];
     for (sql, expected) in cases {
@@ -347,4 +358,210 @@ async fn continuous_query_statements_are_recognised_on_both_protocols() {
         .await
         .unwrap();
     assert_eq!(simple_rows(&rows), vec![vec![Some("0".to_owned())]]);
+}
+
+/// The column names of a simple query's RowDescription.
+fn simple_columns(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                Some(cols.iter().map(|c| c.name().to_owned()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn output_columns_are_named_as_postgresql_names_them() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let cases: &[(&str, &[&str])] = &[
+        ("SELECT count(*) FROM logs", &["count"]),
+        (
+            "SELECT min(logs.timestamp), MAX(timestamp) FROM logs",
+            &["min", "max"],
+        ),
+        ("SELECT now()", &["now"]),
+        ("SELECT 1 + 1, 'x'", &["?column?", "?column?"]),
+        ("SELECT current_setting('TimeZone')", &["current_setting"]),
+        ("SELECT count(*) AS n FROM logs", &["n"]),
+        (
+            "SELECT x, x * 2 FROM (VALUES (1)) AS t(x)",
+            &["x", "?column?"],
+        ),
+        (
+            "SELECT count(*), count(source) FROM logs",
+            &["count", "count"],
+        ),
+    ];
+    for (sql, expected) in cases {
+        let messages = client.simple_query(sql).await.unwrap();
+        assert_eq!(simple_columns(&messages), *expected, "simple {sql}");
+        assert_eq!(simple_rows(&messages).len(), 1, "simple {sql}");
+        // Describe (prepare) and the rows of Execute must agree.
+        let statement = client.prepare(sql).await.unwrap();
+        let described: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(described, *expected, "describe {sql}");
+        let rows = client.query(&statement, &[]).await.unwrap();
+        let returned: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+        assert_eq!(returned, *expected, "execute {sql}");
+    }
+    let out = psql_with(
+        &server,
+        &["-A"],
+        "SELECT count(*), now(), 1 + 1, count(*) AS total FROM logs",
+    );
+    assert_eq!(
+        out.lines().next(),
+        Some("count|now|?column?|total"),
+        "{out}"
+    );
+}
+
+/// What `COPY … TO STDOUT` sends, as text.
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> String {
+    let chunks: Vec<_> = client
+        .copy_out(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    String::from_utf8(chunks.concat()).expect("utf-8")
+}
+
+#[tokio::test]
+async fn copy_to_stdout_writes_csv_and_text() {
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"message\":\"disk, full\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"info\",\"message\":\"said \\\"hi\\\"\\tthere\",\"host\":\"web-2\"}\n",
+    );
+    server.post_expect(body.as_bytes(), 2, 0);
+    let client = server.pg_client().await;
+
+    let csv = copy_out(
+        &client,
+        "COPY (SELECT source, message, count(*) FROM logs GROUP BY 1, 2 ORDER BY 1) TO STDOUT (FORMAT csv, HEADER)",
+    )
+    .await;
+    assert_eq!(
+        csv,
+        "source,message,count\nweb-1,\"disk, full\",1\nweb-2,\"said \"\"hi\"\"\tthere\",1\n"
+    );
+    let text = copy_out(
+        &client,
+        "COPY (SELECT source, message, NULL AS nothing FROM logs ORDER BY timestamp) TO STDOUT",
+    )
+    .await;
+    assert_eq!(
+        text,
+        "web-1\tdisk, full\t\\N\nweb-2\tsaid \"hi\"\\tthere\t\\N\n"
+    );
+    // A table, in the pre-9.0 spelling; every row, a header line first.
+    let table = copy_out(&client, "COPY logs TO STDOUT WITH CSV HEADER").await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("timestamp,"), "{table}");
+    // Over the simple protocol too, and the session lives on afterwards.
+    let out = psql(
+        &server,
+        "COPY (SELECT x FROM (VALUES (1), (2)) AS t(x) ORDER BY x) TO STDOUT",
+    );
+    assert_eq!(out, "1\n2\n");
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // psql's \copy: the file is written on the client side from COPY … TO STDOUT.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("errors.csv");
+    psql(
+        &server,
+        &format!(
+            "\\copy (SELECT source, log_level FROM logs ORDER BY timestamp) TO '{}' CSV HEADER",
+            file.display()
+        ),
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written, "source,log_level\nweb-1,ERROR\nweb-2,INFO\n");
+}
+
+#[tokio::test]
+async fn savepoints_are_accepted_inside_a_transaction() {
+    let server = Server::start();
+    let mut client = server.pg_client().await;
+    // tokio-postgres nests with SAVEPOINT / RELEASE / ROLLBACK TO, as psqlODBC does.
+    let mut tx = client.transaction().await.unwrap();
+    {
+        let inner = tx.savepoint("s1").await.unwrap();
+        let row = inner
+            .query_one("SELECT count(*) FROM logs", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 0);
+        inner.commit().await.unwrap();
+    }
+    {
+        let inner = tx.savepoint("s2").await.unwrap();
+        inner.rollback().await.unwrap();
+    }
+    tx.batch_execute("SAVEPOINT a; RELEASE a; SAVEPOINT b; ROLLBACK TO b; ROLLBACK TO SAVEPOINT b; RELEASE SAVEPOINT b")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let out = psql_with(
+        &server,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "SAVEPOINT x",
+            "-c",
+            "ROLLBACK TO SAVEPOINT x",
+            "-c",
+            "RELEASE x",
+        ],
+        "COMMIT",
+    );
+    assert_eq!(out, "BEGIN\nSAVEPOINT\nROLLBACK\nRELEASE\nCOMMIT\n");
+
+    // psqlODBC's error recovery: a failed statement, ROLLBACK TO, and the transaction
+    // goes on, on both protocols.
+    client.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    assert!(client.batch_execute("SELECT * FROM nope").await.is_err());
+    let refused = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT s")
+        .await
+        .unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(client.query("SELECT * FROM nope", &[]).await.is_err());
+    let refused = client.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.execute("ROLLBACK TO s", &[]).await.unwrap();
+    assert_eq!(client.query("SELECT 1", &[]).await.unwrap().len(), 1);
+    client.batch_execute("COMMIT").await.unwrap();
+
+    // Outside a transaction block PostgreSQL refuses them, on both protocols.
+    for sql in [
+        "SAVEPOINT x",
+        "RELEASE SAVEPOINT x",
+        "ROLLBACK TO SAVEPOINT x",
+    ] {
+        let simple = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            simple.code(),
+            Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION),
+            "{sql}"
+        );
+        let extended = client.execute(sql, &[]).await.expect_err(sql);
+        assert_eq!(
+            extended.code(),
+            Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION),
+            "{sql}"
+        );
+    }
 }

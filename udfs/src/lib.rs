@@ -6,6 +6,9 @@
 //!   (strings unquoted, other values as JSON); NULL when absent or not JSON.
 //! - `level_rank(log_level)`: 0 for TRACE … 5 for CRITICAL, so `level_rank(log_level) >= 3`
 //!   means "WARN or worse"; NULL for anything else.
+//! - `to_timestamp(text, template)` and `to_char(timestamp, template)` with PostgreSQL
+//!   templates (`YYYY-MM-DD HH24:MI:SS.US`), DataFusion's chrono formats otherwise (see
+//!   [`pg_datetime`]).
 //! - `TUMBLE(table, time_col, size [, offset])` and `HOP(table, time_col, slide, size
 //!   [, offset])`: window table functions adding `window_start` and `window_end`
 //!   (see [`window`]); registered by [`register_window_functions`].
@@ -27,6 +30,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 
+pub mod pg_datetime;
 pub mod window;
 
 pub use window::register_window_functions;
@@ -56,6 +60,8 @@ pub fn all() -> Vec<ScalarUDF> {
             Volatility::Immutable,
             Arc::new(level_rank),
         ),
+        ScalarUDF::new_from_impl(pg_datetime::ToTimestamp::new()),
+        ScalarUDF::new_from_impl(pg_datetime::ToChar::new()),
     ]
 }
 

@@ -20,10 +20,12 @@ pub(crate) mod sqlstate {
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const DATA_EXCEPTION: &str = "22000";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
     pub const DIVISION_BY_ZERO: &str = "22012";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const OUT_OF_MEMORY: &str = "53200";
@@ -130,6 +132,12 @@ fn sqlstate_of(root: &DataFusionError, message: &str) -> &'static str {
         DataFusionError::ResourcesExhausted(_) => sqlstate::OUT_OF_MEMORY,
         DataFusionError::Configuration(_) => sqlstate::INVALID_PARAMETER_VALUE,
         DataFusionError::Plan(_) | DataFusionError::Execution(_) => classify_message(message),
+        DataFusionError::External(e)
+            if e.downcast_ref::<logsphere_udfs::pg_datetime::FormatError>()
+                .is_some() =>
+        {
+            sqlstate::INVALID_DATETIME_FORMAT
+        }
         _ => sqlstate::INTERNAL_ERROR,
     }
 }

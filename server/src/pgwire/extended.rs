@@ -14,8 +14,8 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::ExtendedQueryHandler;
 use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::Execute;
@@ -67,7 +67,7 @@ impl QueryParser for StatementParser {
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(match statement {
             Prepared::Plan(planned) => planned.param_wire_types(),
-            Prepared::Local(_) | Prepared::LogSphere(_) => Vec::new(),
+            Prepared::Local(_) | Prepared::LogSphere(_) | Prepared::Copy(_) => Vec::new(),
         })
     }
 
@@ -97,6 +97,16 @@ impl ExtendedQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let _busy = self.activity.begin()?;
+        // As in the simple protocol: `ROLLBACK TO SAVEPOINT` leaves a failed state.
+        if matches!(client.transaction_status(), TransactionStatus::Error) {
+            let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+            if let Some(Entry::Value(portal)) = client.portal_store().get_portal(name)
+                && let Prepared::Local(local) = &portal.statement.statement
+                && local.rolls_back_to_savepoint()
+            {
+                client.set_transaction_status(TransactionStatus::Transaction);
+            }
+        }
         self._on_execute(client, message).await
     }
 
@@ -112,13 +122,14 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let failed = matches!(client.transaction_status(), TransactionStatus::Error);
+        let status = client.transaction_status();
+        let failed = matches!(status, TransactionStatus::Error);
         match &portal.statement.statement {
             Prepared::Local(local) => {
                 if failed && !local.ends_transaction() {
                     return Err(in_failed_transaction());
                 }
-                let outcome = local.execute(&self.session, failed)?;
+                let outcome = local.execute(&self.session, status)?;
                 report_parameters(client, outcome.reports).await?;
                 Ok(outcome.response)
             }
@@ -138,6 +149,12 @@ impl ExtendedQueryHandler for QueryHandler {
                 planned
                     .execute(&self.session, params, &portal.result_column_format)
                     .await
+            }
+            Prepared::Copy(copy) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                copy.execute(&self.session).await
             }
         }
     }

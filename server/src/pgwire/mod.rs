@@ -8,18 +8,24 @@
 //! - `connection`: the per-connection handlers and session set-up;
 //! - `auth`: startup, SCRAM-SHA-256, the ParameterStatus sent after login;
 //! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
+//! - `copy`: `COPY … TO STDOUT` in text and CSV;
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
+//! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
+//! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping.
 
 mod auth;
 mod catalog;
+mod column_names;
 mod connection;
+mod copy;
 mod errors;
 mod extended;
 mod query;
+mod rows;
 mod session;
 mod simple;
 mod statements;

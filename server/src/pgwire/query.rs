@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow_pg::datatypes::df::encode_dataframe;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
+use arrow_pg::datatypes::into_pg_type;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -24,8 +23,12 @@ use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::response::TransactionStatus;
 
+use super::column_names;
+use super::copy::{self, CopyOut};
 use super::errors::{self, sqlstate, user_error};
+use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
 
@@ -39,6 +42,8 @@ pub(crate) enum Prepared {
     LogSphere(LogSphereStatement),
     /// A DataFusion plan, possibly with `$n` placeholders.
     Plan(PlannedQuery),
+    /// `COPY … TO STDOUT` of a planned query.
+    Copy(CopyOut),
 }
 
 /// A planned query and the types of its `$1..$n` parameters.
@@ -49,6 +54,9 @@ pub(crate) struct PlannedQuery {
     param_types: Vec<Option<DataType>>,
     /// The command tag (`SELECT`, `EXPLAIN`, `SHOW`).
     tag: &'static str,
+    /// PostgreSQL's name for each output column where it differs from DataFusion's (see
+    /// [`column_names`]); empty when every name is DataFusion's.
+    names: Vec<Option<String>>,
 }
 
 /// A session statement and what it does.
@@ -68,6 +76,9 @@ pub(crate) enum Local {
     /// Accepted and ignored (nothing to do in a read-only, non-transactional server);
     /// answered with this command tag.
     Ack(&'static str),
+    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO` (the command tag): no-ops, but only inside a
+    /// transaction block, as in PostgreSQL.
+    Savepoint(&'static str),
 }
 
 /// What running a statement produced: the response, and parameters that changed and must
@@ -125,12 +136,23 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
     if let Some(local) = classify_local(&statement)? {
         return Ok(Prepared::Local(local));
     }
+    if let Some(copy) = copy::classify(&statement) {
+        let (query, format) = copy?;
+        let planned = plan(session, query).await?;
+        return Ok(Prepared::Copy(CopyOut::new(planned, format)));
+    }
+    Ok(Prepared::Plan(plan(session, statement).await?))
+}
+
+/// Plans a query under the read-only rules.
+async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
         Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",
         _ => "SELECT",
     };
+    let query = matches!(statement, Statement::Query(_)).then(|| statement.clone());
     let state = session.ctx.state();
     let plan = state
         .statement_to_plan(DFStatement::Statement(Box::new(statement)))
@@ -138,11 +160,26 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
         .map_err(|e| errors::datafusion_error(&e))?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
-    Ok(Prepared::Plan(PlannedQuery {
+    let names = query
+        .and_then(|q| column_names::output_names(&q, plan.schema().fields().len()))
+        .unwrap_or_default();
+    Ok(PlannedQuery {
         plan,
         param_types,
         tag,
-    }))
+        names,
+    })
+}
+
+/// `ROLLBACK TO [SAVEPOINT] x`: in a failed transaction, it makes the transaction usable again.
+pub(crate) fn rolls_back_to_savepoint(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Rollback {
+            savepoint: Some(_),
+            ..
+        }
+    )
 }
 
 /// Statements the connection answers itself, without DataFusion.
@@ -166,9 +203,9 @@ fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
         } => Local::Rollback,
         Statement::Rollback {
             savepoint: Some(_), ..
-        } => Local::Ack("ROLLBACK"),
-        Statement::Savepoint { .. } => Local::Ack("SAVEPOINT"),
-        Statement::ReleaseSavepoint { .. } => Local::Ack("RELEASE"),
+        } => Local::Savepoint("ROLLBACK"),
+        Statement::Savepoint { .. } => Local::Savepoint("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Local::Savepoint("RELEASE"),
         Statement::Discard {
             object_type: DiscardObject::ALL,
         } => Local::DiscardAll,
@@ -434,9 +471,9 @@ impl PlannedQuery {
         &self.param_types
     }
 
-    /// The result columns, in `format`.
+    /// The result columns, in `format`: what Describe reports and the rows carry.
     pub(crate) fn result_fields(&self, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-        arrow_schema_to_pg_fields(self.plan.schema().as_arrow(), format, None)
+        pg_fields(self.plan.schema().as_arrow(), format, None, &self.names)
     }
 
     /// Binds `params` (already decoded from the wire) and runs the plan.
@@ -471,7 +508,7 @@ impl PlannedQuery {
             .execute_logical_plan(plan)
             .await
             .map_err(|e| errors::datafusion_error(&e))?;
-        encode_rows(session, df, format, self.tag).await
+        encode_named_rows(session, df, format, self.tag, &self.names).await
     }
 
     /// Casts each decoded parameter to the type the plan expects (a client may send a
@@ -512,24 +549,6 @@ impl PlannedQuery {
     }
 }
 
-/// Streams a DataFrame's rows in `format`, with the session's date and number formats.
-pub(crate) async fn encode_rows(
-    session: &Session,
-    df: datafusion::dataframe::DataFrame,
-    format: &Format,
-    tag: &str,
-) -> PgWireResult<Response> {
-    let format_options = Arc::new(lock(&session.vars).format_options());
-    let mut response = encode_dataframe(df, format, Some(format_options))
-        .await
-        .map_err(|mut e| {
-            errors::normalise(&mut e);
-            e
-        })?;
-    response.set_command_tag(tag);
-    Ok(Response::Query(response))
-}
-
 fn bad_parameter(e: &datafusion::error::DataFusionError) -> PgWireError {
     user_error(sqlstate::INVALID_PARAMETER_VALUE, e.message().into_owned())
 }
@@ -544,13 +563,14 @@ impl Local {
         }
     }
 
-    /// Runs the statement against the connection's state. `in_failed_transaction`: the
-    /// current transaction has failed, so COMMIT ends it as ROLLBACK.
+    /// Runs the statement against the connection's state, given the transaction status
+    /// before it (in a failed transaction, COMMIT ends it as ROLLBACK).
     pub(crate) fn execute(
         &self,
         session: &Session,
-        in_failed_transaction: bool,
+        status: TransactionStatus,
     ) -> PgWireResult<Outcome> {
+        let in_failed_transaction = matches!(status, TransactionStatus::Error);
         let outcome = match self {
             Local::Set(assignments) => {
                 let mut reports = Vec::new();
@@ -611,6 +631,18 @@ impl Local {
             Local::Commit => Response::TransactionEnd(Tag::new("COMMIT")).into(),
             Local::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")).into(),
             Local::Ack(tag) => Response::Execution(Tag::new(tag)).into(),
+            Local::Savepoint(tag) if matches!(status, TransactionStatus::Idle) => {
+                let statement = match *tag {
+                    "ROLLBACK" => "ROLLBACK TO SAVEPOINT",
+                    "RELEASE" => "RELEASE SAVEPOINT",
+                    other => other,
+                };
+                return Err(user_error(
+                    sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                    format!("{statement} can only be used in transaction blocks"),
+                ));
+            }
+            Local::Savepoint(tag) => Response::Execution(Tag::new(tag)).into(),
         };
         Ok(outcome)
     }
@@ -618,6 +650,11 @@ impl Local {
     /// Whether the statement may run in a failed transaction (it ends the transaction).
     pub(crate) fn ends_transaction(&self) -> bool {
         matches!(self, Local::Commit | Local::Rollback)
+    }
+
+    /// Whether the statement is `ROLLBACK TO SAVEPOINT`, which leaves a failed state.
+    pub(crate) fn rolls_back_to_savepoint(&self) -> bool {
+        matches!(self, Local::Savepoint("ROLLBACK"))
     }
 }
 
@@ -652,6 +689,8 @@ impl Prepared {
             Prepared::Local(local) => Ok(local.result_fields()),
             Prepared::LogSphere(statement) => statement.result_fields(format),
             Prepared::Plan(planned) => planned.result_fields(format),
+            // Like PostgreSQL: a COPY describes as NoData; its columns come in CopyOutResponse.
+            Prepared::Copy(_) => Ok(Vec::new()),
         }
     }
 }

@@ -31,6 +31,14 @@ impl SimpleQueryHandler for QueryHandler {
     {
         // Held until the last row is sent: results stream while pgwire writes them.
         let _busy = self.activity.begin()?;
+        // `ROLLBACK TO SAVEPOINT` ends a failed transaction's failed state. pgwire derives
+        // the status from the responses and has none for that, so set it before running.
+        if matches!(client.transaction_status(), TransactionStatus::Error)
+            && query::parse(&self.parser, &query.query)
+                .is_ok_and(|s| s.first().is_some_and(query::rolls_back_to_savepoint))
+        {
+            client.set_transaction_status(TransactionStatus::Transaction);
+        }
         self._on_query(client, query).await
     }
 
@@ -103,7 +111,7 @@ impl QueryHandler {
         }
         match query::prepare(&self.session, statement).await? {
             Prepared::Local(local) => {
-                let outcome = local.execute(&self.session, failed)?;
+                let outcome = local.execute(&self.session, status)?;
                 report_parameters(client, outcome.reports).await?;
                 Ok(outcome.response)
             }
@@ -115,6 +123,7 @@ impl QueryHandler {
                     .execute(&self.session, None, &Format::UnifiedText)
                     .await
             }
+            Prepared::Copy(copy) => copy.execute(&self.session).await,
         }
     }
 }

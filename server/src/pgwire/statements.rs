@@ -235,7 +235,7 @@ impl LogSphereStatement {
                     .sql(sql)
                     .await
                     .map_err(|e| errors::datafusion_error(&e))?;
-                super::query::encode_rows(session, df, format, "SHOW").await
+                super::rows::encode_rows(session, df, format, "SHOW").await
             }
             LogSphereStatement::Explain(target) => {
                 let (cq, _) = resolve(queries, target)?;
@@ -258,7 +258,7 @@ impl LogSphereStatement {
                     .ctx
                     .read_batch(batch)
                     .map_err(|e| errors::datafusion_error(&e))?;
-                super::query::encode_rows(session, df, format, "EXPLAIN").await
+                super::rows::encode_rows(session, df, format, "EXPLAIN").await
             }
             LogSphereStatement::Backtest { target, from, to } => {
                 let (cq, version) = resolve(queries, target)?;
@@ -274,7 +274,7 @@ impl LogSphereStatement {
                     .ctx
                     .read_batch(batch)
                     .map_err(|e| errors::datafusion_error(&e))?;
-                super::query::encode_rows(session, df, format, "BACKTEST").await
+                super::rows::encode_rows(session, df, format, "BACKTEST").await
             }
         }
     }

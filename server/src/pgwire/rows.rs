@@ -1,0 +1,85 @@
+//! DataFusion results as PostgreSQL rows: the RowDescription (with PostgreSQL's column names,
+//! see `column_names`) and the DataRows, encoded by arrow-pg with the session's formats.
+
+use std::sync::Arc;
+
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use futures::StreamExt;
+use pgwire::api::portal::Format;
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::error::PgWireResult;
+use pgwire::types::format::FormatOptions;
+
+use super::errors;
+use super::session::{Session, lock};
+
+/// Streams a DataFrame's rows in `format`, with the session's date and number formats.
+pub(crate) async fn encode_rows(
+    session: &Session,
+    df: datafusion::dataframe::DataFrame,
+    format: &Format,
+    tag: &str,
+) -> PgWireResult<Response> {
+    encode_named_rows(session, df, format, tag, &[]).await
+}
+
+/// [`encode_rows`], naming column `i` `names[i]` where that is `Some`.
+pub(crate) async fn encode_named_rows(
+    session: &Session,
+    df: datafusion::dataframe::DataFrame,
+    format: &Format,
+    tag: &str,
+    names: &[Option<String>],
+) -> PgWireResult<Response> {
+    let format_options = Arc::new(lock(&session.vars).format_options());
+    let fields = Arc::new(pg_fields(
+        df.schema().as_arrow(),
+        format,
+        Some(format_options),
+        names,
+    )?);
+    let batches = df
+        .execute_stream()
+        .await
+        .map_err(|e| errors::datafusion_error(&e))?;
+    let row_fields = Arc::clone(&fields);
+    let rows = batches
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
+                Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
+                Err(e) => Box::new(std::iter::once(Err(errors::datafusion_error(&e)))),
+            };
+            futures::stream::iter(rows)
+        })
+        .flatten();
+    let mut response = QueryResponse::new(fields, rows);
+    response.set_command_tag(tag);
+    Ok(Response::Query(response))
+}
+
+/// The RowDescription of an Arrow schema, renamed by `names` (see [`super::column_names`]).
+pub(crate) fn pg_fields(
+    schema: &datafusion::arrow::datatypes::Schema,
+    format: &Format,
+    options: Option<Arc<FormatOptions>>,
+    names: &[Option<String>],
+) -> PgWireResult<Vec<FieldInfo>> {
+    let fields = arrow_schema_to_pg_fields(schema, format, options)?;
+    Ok(fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, field)| match names.get(i) {
+            Some(Some(name)) => FieldInfo::new(
+                name.clone(),
+                field.table_id(),
+                field.column_id(),
+                field.datatype().clone(),
+                field.format(),
+            )
+            .with_format_options(Arc::clone(field.format_options()))
+            .with_type_size(field.type_size())
+            .with_type_modifier(field.type_modifier()),
+            _ => field,
+        })
+        .collect())
+}
