@@ -93,19 +93,41 @@ impl PartitionTask {
         exit
     }
 
+    /// Reads and writes with one batch of overlap: while a batch is written to the hot
+    /// store, the next one is read and decoded, so decoding is off the write's critical
+    /// path. Batches are still written one after another in offset order, and progress only
+    /// ever covers written ones.
     async fn consume_from(&self, claim: &PartitionClaim, checkpoint: &mut Checkpoint) -> Exit {
         let mut expected = claim.next_offset;
+        let mut ready: Option<Box<PendingBatch<'_>>> = None;
         loop {
-            let step = match self.collect(&mut expected, checkpoint.due_at()).await {
-                Collected::Batch(batch) => self.write(*batch, checkpoint).await,
-                Collected::Idle => Ok(()),
-                Collected::Stopped => Err(Exit::Stopped),
+            let (written, collected) = match ready.take() {
+                Some(batch) => {
+                    // Give up collecting soon if nothing comes, so an idle partition does
+                    // not hold back the progress of the batch being written.
+                    let idle = Some(Instant::now() + self.shared.config.linger);
+                    tokio::join!(
+                        self.write(*batch, checkpoint),
+                        self.collect(&mut expected, idle)
+                    )
+                }
+                None => (
+                    Ok(()),
+                    self.collect(&mut expected, checkpoint.due_at()).await,
+                ),
             };
-            let step = match step {
-                Ok(()) if checkpoint.is_due() => self.advance(claim, checkpoint, true).await,
-                other => other,
-            };
-            if let Err(exit) = step {
+            if let Err(exit) = written {
+                return exit;
+            }
+            match collected {
+                Collected::Batch(batch) => ready = Some(batch),
+                Collected::Idle => {}
+                // A batch read but not written is dropped: the next owner reads it again.
+                Collected::Stopped => return Exit::Stopped,
+            }
+            if checkpoint.is_due()
+                && let Err(exit) = self.advance(claim, checkpoint, true).await
+            {
                 return exit;
             }
         }
