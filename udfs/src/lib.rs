@@ -9,6 +9,8 @@
 //! - `to_timestamp(text, template)` and `to_char(timestamp, template)` with PostgreSQL
 //!   templates (`YYYY-MM-DD HH24:MI:SS.US`), DataFusion's chrono formats otherwise (see
 //!   [`pg_datetime`]).
+//! - `length(bytea)` / `octet_length(bytea)`: bytes, as in PostgreSQL (text unchanged;
+//!   see [`bytes`]).
 //! - `TUMBLE(table, time_col, size [, offset])` and `HOP(table, time_col, slide, size
 //!   [, offset])`: window table functions adding `window_start` and `window_end`
 //!   (see [`window`]); registered by [`register_window_functions`].
@@ -30,6 +32,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 
+pub mod bytes;
 pub mod pg_datetime;
 pub mod window;
 
@@ -62,6 +65,8 @@ pub fn all() -> Vec<ScalarUDF> {
         ),
         ScalarUDF::new_from_impl(pg_datetime::ToTimestamp::new()),
         ScalarUDF::new_from_impl(pg_datetime::ToChar::new()),
+        ScalarUDF::new_from_impl(bytes::ByteAwareLength::length()),
+        ScalarUDF::new_from_impl(bytes::ByteAwareLength::octet_length()),
     ]
 }
 
