@@ -763,12 +763,8 @@ fn register_tables(
             ),
         ];
     };
-    let union = |kind, parts| -> Arc<dyn TableProvider> {
-        let schema = match kind {
-            TableKind::Logs => crate::model::logs_schema(),
-            TableKind::DeadLetters => crate::model::dead_letters_schema(),
-        };
-        Arc::new(crate::query::union::UnionTable::new(schema, parts))
+    let union = |kind: TableKind, parts| -> Arc<dyn TableProvider> {
+        Arc::new(crate::query::union::UnionTable::new(kind.schema(), parts))
     };
     let hot_logs = cluster.hot_table(TableKind::Logs);
     vec![

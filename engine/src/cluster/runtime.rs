@@ -141,10 +141,7 @@ impl Cluster {
     pub fn hot_table(self: &Arc<Self>, kind: TableKind) -> Arc<dyn TableProvider> {
         Arc::new(HotTable {
             kind,
-            schema: match kind {
-                TableKind::Logs => crate::model::logs_schema(),
-                TableKind::DeadLetters => crate::model::dead_letters_schema(),
-            },
+            schema: kind.schema(),
             cluster: Arc::clone(self),
         })
     }
@@ -331,17 +328,28 @@ async fn refresh_partitions(cluster: Arc<Cluster>, metadata: Arc<BaseConsumer>) 
         match running.store.list().await {
             Ok(progress) => {
                 let client = Arc::clone(&metadata);
+                // This node's own partitions get their watermark from the source's
+                // statistics (`partitions_batch` merges them): ask Kafka only for the rest.
+                let local: Vec<_> = running
+                    .source
+                    .status()
+                    .into_iter()
+                    .map(|s| s.partition)
+                    .collect();
                 let rows = tokio::task::spawn_blocking(move || {
                     progress
                         .into_iter()
                         .map(|p| {
-                            let high_watermark = client
-                                .fetch_watermarks(
-                                    &p.partition.topic,
-                                    p.partition.partition,
-                                    Duration::from_secs(2),
-                                )
-                                .ok()
+                            let owned_here = local.contains(&p.partition);
+                            let high_watermark = (!owned_here)
+                                .then(|| {
+                                    client.fetch_watermarks(
+                                        &p.partition.topic,
+                                        p.partition.partition,
+                                        Duration::from_secs(2),
+                                    )
+                                })
+                                .and_then(Result::ok)
                                 .map(|(_, high)| high);
                             PartitionRow {
                                 progress: p,

@@ -31,6 +31,16 @@ pub enum TableKind {
     DeadLetters,
 }
 
+impl TableKind {
+    /// The Arrow schema of this table, the same in every tier and mode.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Self::Logs => crate::model::logs_schema(),
+            Self::DeadLetters => crate::model::dead_letters_schema(),
+        }
+    }
+}
+
 /// Which tiers a provider reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierScope {
@@ -63,10 +73,7 @@ impl fmt::Debug for TierTable {
 impl TierTable {
     /// A provider for `kind` over `scope`.
     pub fn new(kind: TableKind, scope: TierScope, tiers: Arc<Tiers>, cold: ColdStore) -> Self {
-        let schema = match kind {
-            TableKind::Logs => crate::model::logs_schema(),
-            TableKind::DeadLetters => crate::model::dead_letters_schema(),
-        };
+        let schema = kind.schema();
         Self {
             kind,
             scope,

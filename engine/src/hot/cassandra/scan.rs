@@ -82,10 +82,7 @@ impl fmt::Debug for CassandraTable {
 
 impl CassandraTable {
     pub(super) fn new(shared: Arc<Shared>, kind: TableKind) -> Self {
-        let schema = match kind {
-            TableKind::Logs => crate::model::logs_schema(),
-            TableKind::DeadLetters => crate::model::dead_letters_schema(),
-        };
+        let schema = kind.schema();
         Self {
             shared,
             kind,

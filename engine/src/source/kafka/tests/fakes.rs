@@ -12,7 +12,6 @@ use datafusion::datasource::MemTable;
 
 use crate::EngineError;
 use crate::hot::HotStore;
-use crate::model::{dead_letters_schema, logs_schema};
 use crate::query::tables::TableKind;
 use crate::source::{PartitionClaim, PartitionId, PartitionProgress, ProgressStore, SourcedBatch};
 
@@ -120,11 +119,7 @@ impl HotStore for FakeHot {
     }
 
     fn table(&self, kind: TableKind) -> Arc<dyn TableProvider> {
-        let schema = match kind {
-            TableKind::Logs => logs_schema(),
-            TableKind::DeadLetters => dead_letters_schema(),
-        };
-        Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap())
+        Arc::new(MemTable::try_new(kind.schema(), vec![vec![]]).unwrap())
     }
 }
 
