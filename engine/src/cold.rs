@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -25,11 +27,17 @@ pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// Where cold files live and how they are written.
 #[derive(Debug, Clone)]
 pub struct ColdStore {
+    /// The store rooted at the cold root: paths are `logs/date=…/…`.
     store: Arc<dyn ObjectStore>,
-    /// `file:///…/cold/` (always ends with `/`).
+    /// The store DataFusion reads through, registered under [`Self::base_url`] (for HDFS the
+    /// whole file system, for local disk the file system root).
+    reader: Arc<dyn ObjectStore>,
+    /// `scheme://authority` the reader is registered for.
+    base_url: url::Url,
+    /// `file:///…/cold/` or `hdfs://nn:9000/…/` (always ends with `/`).
     root_url: String,
-    /// The local directory behind `store`, for fsync.
-    local_root: PathBuf,
+    /// The local directory behind `store`, for fsync (local stores only).
+    local_root: Option<PathBuf>,
 }
 
 impl ColdStore {
@@ -45,11 +53,102 @@ impl ColdStore {
         })?;
         let store = LocalFileSystem::new_with_prefix(&root)?;
         let root_url = format!("file://{}/", root.display());
+        let base_url = url::Url::parse("file:///").map_err(|e| bad_url(&root_url, e))?;
         Ok(Self {
             store: Arc::new(store),
+            reader: Arc::new(LocalFileSystem::new()),
+            base_url,
             root_url,
-            local_root: root,
+            local_root: Some(root),
         })
+    }
+
+    /// The cold store a URL names: `file:///dir` (local disk) or `hdfs://namenode:port/dir`
+    /// (native HDFS; `core-site.xml`/`hdfs-site.xml` are read from `HADOOP_CONF_DIR` when
+    /// it is set, so a logical name service works too). `key` names the setting in errors.
+    pub fn open(url: &str, key: &str) -> Result<Self, EngineError> {
+        let parsed = url::Url::parse(url).map_err(|e| EngineError::Config {
+            key: key.into(),
+            reason: format!("{url:?} is not a URL: {e}"),
+        })?;
+        match parsed.scheme() {
+            "file" => {
+                let path = parsed.to_file_path().map_err(|()| EngineError::Config {
+                    key: key.into(),
+                    reason: format!("{url:?} is not an absolute local path"),
+                })?;
+                Self::local(&path)
+            }
+            "hdfs" | "viewfs" => {
+                let authority = match parsed.port() {
+                    Some(port) => format!(
+                        "{}://{}:{port}",
+                        parsed.scheme(),
+                        parsed.host_str().unwrap_or_default()
+                    ),
+                    None => format!(
+                        "{}://{}",
+                        parsed.scheme(),
+                        parsed.host_str().unwrap_or_default()
+                    ),
+                };
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(EngineError::Config {
+                        key: key.into(),
+                        reason: format!("{url:?} names no namenode (hdfs://host:port/path)"),
+                    });
+                }
+                let hdfs = hdfs_native_object_store::HdfsObjectStoreBuilder::new()
+                    .with_url(authority.clone())
+                    .build()
+                    .map_err(|e| EngineError::Config {
+                        key: key.into(),
+                        reason: format!("cannot set up the HDFS client for {authority}: {e}"),
+                    })?;
+                let hdfs: Arc<dyn ObjectStore> = Arc::new(hdfs);
+                let prefix = parsed.path().trim_matches('/').to_string();
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::clone(&hdfs)
+                } else {
+                    Arc::new(PrefixStore::new(Arc::clone(&hdfs), prefix.as_str()))
+                };
+                let root_url = if prefix.is_empty() {
+                    format!("{authority}/")
+                } else {
+                    format!("{authority}/{prefix}/")
+                };
+                let base_url = url::Url::parse(&authority).map_err(|e| bad_url(&authority, e))?;
+                Ok(Self {
+                    store,
+                    reader: hdfs,
+                    base_url,
+                    root_url,
+                    local_root: None,
+                })
+            }
+            other => Err(EngineError::Config {
+                key: key.into(),
+                reason: format!(
+                    "{url:?}: the {other}:// scheme is not supported; use file:///path or \
+                     hdfs://namenode:port/path"
+                ),
+            }),
+        }
+    }
+
+    /// The cold root as a URL, ending with `/` (what other tools are pointed at).
+    pub fn root_url(&self) -> &str {
+        &self.root_url
+    }
+
+    /// The store rooted at the cold root (paths like `logs/date=…/hour=…/x.parquet`).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Makes the files of this store readable by DataFusion sessions that use `runtime`.
+    pub fn register(&self, runtime: &RuntimeEnv) {
+        runtime.register_object_store(&self.base_url, Arc::clone(&self.reader));
     }
 
     /// The table URL DataFusion reads one file through.
@@ -75,20 +174,17 @@ impl ColdStore {
         writer.write(batch)?;
         writer.close()?;
         let bytes = buf.len() as u64;
-        self.store.put(&ObjectPath::from(path), buf.into()).await?;
-        // object_store's local put renames a finished temporary file into place; fsync the
-        // file and its directory so the catalog never names a file a power cut could lose.
-        let local = self.local_root.join(path);
-        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
-        sync(&local).map_err(|source| EngineError::Io {
-            path: local.clone(),
-            source,
-        })?;
-        if let Some(dir) = local.parent() {
-            sync(dir).map_err(|source| EngineError::Io {
-                path: dir.into(),
-                source,
+        // Both stores write a temporary file and rename it into place, so a reader never
+        // sees half a file; names are never reused (HDFS renames would overwrite).
+        self.store
+            .put(&ObjectPath::from(path), buf.into())
+            .await
+            .map_err(|e| EngineError::Cold {
+                context: format!("writing {}{path}", self.root_url),
+                reason: e.to_string(),
             })?;
+        if let Some(root) = &self.local_root {
+            Self::fsync(&root.join(path))?;
         }
         let (min_ts, max_ts) = crate::hot::timestamps(batch, time_col)
             .and_then(|t| Some((*t.iter().min()?, *t.iter().max()?)))
@@ -100,6 +196,23 @@ impl ColdStore {
             rows: batch.num_rows() as u64,
             bytes,
         })
+    }
+
+    /// fsyncs a finished local file and its directory, so the catalog never names a file
+    /// a power cut could lose.
+    fn fsync(local: &Path) -> Result<(), EngineError> {
+        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+        sync(local).map_err(|source| EngineError::Io {
+            path: local.into(),
+            source,
+        })?;
+        if let Some(dir) = local.parent() {
+            sync(dir).map_err(|source| EngineError::Io {
+                path: dir.into(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Deletes files under the table prefixes that `manifest` does not name.
@@ -126,5 +239,12 @@ impl ColdStore {
             }
         }
         Ok(removed)
+    }
+}
+
+fn bad_url(url: &str, e: url::ParseError) -> EngineError {
+    EngineError::Catalog {
+        path: PathBuf::from(url),
+        reason: format!("not a URL: {e}"),
     }
 }

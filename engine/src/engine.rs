@@ -46,6 +46,8 @@ pub struct EngineConfig {
     /// WAL entries queued for the continuous queries before they catch up from the WAL
     /// instead (continuous/feed.rs).
     pub cq_feed_capacity: usize,
+    /// The cold tier's URL (`file:///…`, `hdfs://namenode:port/…`); `None`: `<data_dir>/cold`.
+    pub cold_url: Option<String>,
     /// Cluster mode (Kafka in, Cassandra hot) when set; embedded otherwise.
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Decoding limits for the records the Kafka source reads (cluster mode).
@@ -64,6 +66,7 @@ impl EngineConfig {
             fault_flush_pause: None,
             notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
+            cold_url: None,
             cluster: None,
             decode: DecodeOptions::default(),
         }
@@ -167,8 +170,17 @@ impl Engine {
         }
         let catalog = LocalCatalog::new(dir);
         let manifest = catalog.load()?;
-        let cold = ColdStore::local(&dir.join("cold"))?;
-        let orphans = cold.remove_orphans(&manifest).await?;
+        let cold = match &config.cold_url {
+            Some(url) => ColdStore::open(url, "cold.url")?,
+            None => ColdStore::local(&dir.join("cold"))?,
+        };
+        // In cluster mode the manifest that names the shared cold files is in Cassandra, and
+        // its tierer removes the debris; the local manifest knows none of them.
+        let orphans = if config.cluster.is_none() {
+            cold.remove_orphans(&manifest).await?
+        } else {
+            0
+        };
         let tiers = Arc::new(Tiers::new(manifest.clone()));
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);

@@ -25,6 +25,10 @@ pub enum EngineError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
+    #[error("{key}: {reason}")]
+    Config { key: String, reason: String },
+    #[error("cold store: {context}: {reason}")]
+    Cold { context: String, reason: String },
     #[error("Cassandra: {context}: {reason}")]
     Cassandra { context: String, reason: String },
     #[error("Kafka: {context}: {reason}")]

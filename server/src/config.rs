@@ -21,6 +21,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Hot buffer and tiering knobs.
     pub storage: StorageConfig,
+    /// Where the cold tier's Parquet files live.
+    pub cold: ColdConfig,
     /// Delivery of continuous queries' NOTIFY channels.
     pub notify: NotifyConfig,
     /// Cluster mode: this node.
@@ -73,6 +75,15 @@ pub struct StorageConfig {
     pub flush_max_rows: usize,
     /// Roll over to a new WAL segment past this size.
     pub wal_segment_bytes: u64,
+}
+
+/// `[cold]`: the cold tier.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdConfig {
+    /// `file:///path` or `hdfs://namenode:port/path`. Embedded default: `<data_dir>/cold`.
+    /// Cluster mode needs it: every node reads the files the manifest in Cassandra names.
+    pub url: Option<String>,
 }
 
 /// `[notify]`: how NOTIFY (WEBHOOK, KAFKA) events are delivered.
@@ -133,6 +144,7 @@ impl Default for Config {
             pg: PgConfig::default(),
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
+            cold: ColdConfig::default(),
             notify: NotifyConfig::default(),
             cluster: cluster::ClusterSection::default(),
             kafka: cluster::KafkaSection::default(),
@@ -226,7 +238,20 @@ impl Config {
         {
             bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
-        cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
+        let cluster = cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
+        match self.cold.url.as_deref().map(str::trim) {
+            Some(url) => {
+                let scheme = url.split("://").next().unwrap_or_default();
+                if !url.contains("://") || !["file", "hdfs", "viewfs"].contains(&scheme) {
+                    bail!("cold.url = {url:?} must be file:///path or hdfs://namenode:port/path");
+                }
+            }
+            None if cluster => bail!(
+                "cold.url is not set: cluster mode keeps the cold tier where every node reads \
+                 it, e.g. hdfs://namenode:9000/logsphere (--cold / LOGSPHERE_COLD)"
+            ),
+            None => {}
+        }
         Ok(())
     }
 

@@ -46,6 +46,10 @@ struct ServeArgs {
     /// Address of the HTTP ingest listener [default: 127.0.0.1:8080].
     #[arg(long, env = "LOGSPHERE_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// The cold tier: file:///path or hdfs://namenode:port/path [config: cold.url;
+    /// default: <data-dir>/cold; needed in cluster mode].
+    #[arg(long, env = "LOGSPHERE_COLD")]
+    cold: Option<String>,
     /// Kafka brokers (host:port,…) for NOTIFY (KAFKA 'topic') channels [config: notify.kafka_brokers].
     #[arg(long, env = "LOGSPHERE_NOTIFY_KAFKA_BROKERS")]
     notify_kafka_brokers: Option<String>,
@@ -187,6 +191,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(a) = args.http_listen {
         cfg.http.listen = a;
     }
+    if let Some(c) = &args.cold {
+        cfg.cold.url = Some(c.clone());
+    }
     if let Some(b) = &args.notify_kafka_brokers {
         cfg.notify.kafka_brokers = Some(b.clone());
     }
@@ -204,6 +211,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.wal_segment_bytes = cfg.storage.wal_segment_bytes;
     engine_cfg.fault_flush_pause = fault_flush_pause()?;
     engine_cfg.notify = cfg.notify.to_engine();
+    engine_cfg.cold_url = cfg.cold.url.clone();
     engine_cfg.cluster = cfg.cluster_mode();
     engine_cfg.decode = logsphere_engine::ingest::DecodeOptions {
         max_record_bytes: cfg.http.max_record_bytes,

@@ -31,6 +31,8 @@ struct Names {
     brokers: String,
     cassandra: String,
     keyspace: String,
+    /// This test's own directory on the shared HDFS.
+    cold: String,
     group: String,
 }
 
@@ -40,6 +42,11 @@ impl Names {
             brokers: service_endpoint("LOGSPHERE_TEST_KAFKA"),
             cassandra: service_endpoint("LOGSPHERE_TEST_CASSANDRA"),
             keyspace: unique_name("it"),
+            cold: format!(
+                "{}/{}",
+                service_endpoint("LOGSPHERE_TEST_HDFS"),
+                unique_name("cold")
+            ),
             group: unique_name("group"),
         }
     }
@@ -65,6 +72,9 @@ fetch_queue_kbytes = 1024
 contact_points = ["{cassandra}"]
 keyspace = "{keyspace}"
 request_timeout_ms = 5000
+
+[cold]
+url = "{cold}"
 {extra}
 "#,
             brokers = self.brokers,
@@ -73,6 +83,7 @@ request_timeout_ms = 5000
             ingest = topics.first().map_or("logs", |t| t.trim_matches('"')),
             cassandra = self.cassandra,
             keyspace = self.keyspace,
+            cold = self.cold,
         )
     }
 

@@ -99,6 +99,7 @@ impl TierTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.cold.register(state.runtime_env());
         let urls = files
             .iter()
             .map(|f| self.cold.file_url(&f.path))
