@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use datafusion::datasource::listing::ListingTableUrl;
@@ -20,6 +21,9 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::EngineError;
 use crate::catalog::{ColdFile, Manifest};
+
+/// The default of [`ColdStore::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Rows per Parquet row group: big enough for fast scans, small enough to prune.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -38,6 +42,9 @@ pub struct ColdStore {
     root_url: String,
     /// The local directory behind `store`, for fsync (local stores only).
     local_root: Option<PathBuf>,
+    /// How long one write may take before it counts as failed (a hung namenode or
+    /// datanode must not hang tiering: the round fails and is retried).
+    timeout: Duration,
 }
 
 impl ColdStore {
@@ -60,6 +67,7 @@ impl ColdStore {
             base_url,
             root_url,
             local_root: Some(root),
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -124,6 +132,7 @@ impl ColdStore {
                     base_url,
                     root_url,
                     local_root: None,
+                    timeout: DEFAULT_TIMEOUT,
                 })
             }
             other => Err(EngineError::Config {
@@ -134,6 +143,17 @@ impl ColdStore {
                 ),
             }),
         }
+    }
+
+    /// The same store with another time limit per write.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long one write or listing may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The cold root as a URL, ending with `/` (what other tools are pointed at).
@@ -176,13 +196,20 @@ impl ColdStore {
         let bytes = buf.len() as u64;
         // Both stores write a temporary file and rename it into place, so a reader never
         // sees half a file; names are never reused (HDFS renames would overwrite).
-        self.store
-            .put(&ObjectPath::from(path), buf.into())
-            .await
-            .map_err(|e| EngineError::Cold {
-                context: format!("writing {}{path}", self.root_url),
-                reason: e.to_string(),
-            })?;
+        let context = || format!("writing {}{path}", self.root_url);
+        tokio::time::timeout(
+            self.timeout,
+            self.store.put(&ObjectPath::from(path), buf.into()),
+        )
+        .await
+        .map_err(|_| EngineError::Cold {
+            context: context(),
+            reason: format!("no answer within {:?}", self.timeout),
+        })?
+        .map_err(|e| EngineError::Cold {
+            context: context(),
+            reason: e.to_string(),
+        })?;
         if let Some(root) = &self.local_root {
             Self::fsync(&root.join(path))?;
         }

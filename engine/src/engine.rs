@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub cq_feed_capacity: usize,
     /// The cold tier's URL (`file:///…`, `hdfs://namenode:port/…`); `None`: `<data_dir>/cold`.
     pub cold_url: Option<String>,
+    /// How long one cold-store write may take before the flush or round fails (and is
+    /// retried).
+    pub cold_timeout: Duration,
     /// Cluster mode (Kafka in, Cassandra hot) when set; embedded otherwise.
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Decoding limits for the records the Kafka source reads (cluster mode).
@@ -67,6 +70,7 @@ impl EngineConfig {
             notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
             cold_url: None,
+            cold_timeout: crate::cold::DEFAULT_TIMEOUT,
             cluster: None,
             decode: DecodeOptions::default(),
         }
@@ -175,7 +179,8 @@ impl Engine {
         let cold = match &config.cold_url {
             Some(url) => ColdStore::open(url, "cold.url")?,
             None => ColdStore::local(&dir.join("cold"))?,
-        };
+        }
+        .with_timeout(config.cold_timeout);
         // In cluster mode the manifest that names the shared cold files is in Cassandra, and
         // its tierer removes the debris; the local manifest knows none of them.
         let orphans = if config.cluster.is_none() {

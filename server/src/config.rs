@@ -78,12 +78,24 @@ pub struct StorageConfig {
 }
 
 /// `[cold]`: the cold tier.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ColdConfig {
     /// `file:///path` or `hdfs://namenode:port/path`. Embedded default: `<data_dir>/cold`.
     /// Cluster mode needs it: every node reads the files the manifest in Cassandra names.
     pub url: Option<String>,
+    /// Seconds one write to the cold store may take before the flush or tiering round
+    /// fails and is retried (a hung namenode must not hang tiering).
+    pub timeout_secs: u64,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_secs: logsphere_engine::cold::DEFAULT_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 /// `[notify]`: how NOTIFY (WEBHOOK, KAFKA) events are delivered.
@@ -239,6 +251,9 @@ impl Config {
             bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
         let cluster = cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
+        if self.cold.timeout_secs == 0 {
+            bail!("cold.timeout_secs must be at least 1");
+        }
         match self.cold.url.as_deref().map(str::trim) {
             Some(url) => {
                 let scheme = url.split("://").next().unwrap_or_default();

@@ -212,6 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.fault_flush_pause = fault_flush_pause()?;
     engine_cfg.notify = cfg.notify.to_engine();
     engine_cfg.cold_url = cfg.cold.url.clone();
+    engine_cfg.cold_timeout = Duration::from_secs(cfg.cold.timeout_secs);
     engine_cfg.cluster = cfg.cluster_mode();
     engine_cfg.decode = logsphere_engine::ingest::DecodeOptions {
         max_record_bytes: cfg.http.max_record_bytes,

@@ -697,15 +697,20 @@ async fn unreachable_cassandra_is_retried_and_not_ready() {
 }
 
 fn cassandra_pid() -> u32 {
+    service_pid("cassandra")
+}
+
+/// The PID of a local service that `scripts/services` started.
+fn service_pid(name: &str) -> u32 {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::var("LOGSPHERE_SERVICES_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| root.join("target/services"));
-    let pidfile = dir.join("run/cassandra.pid");
+    let pidfile = dir.join(format!("run/{name}.pid"));
     std::fs::read_to_string(&pidfile)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Cassandra PID in {}", pidfile.display()))
+        .unwrap_or_else(|| panic!("no {name} PID in {}", pidfile.display()))
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -291,7 +291,7 @@ async fn write_moving(
             .collect();
         for hour in due {
             if let Some((batches, _)) = pending.remove(&hour) {
-                let file = write_hour(engine, kind, dir, &schema, hour, &batches).await?;
+                let file = write_hour(engine, store, kind, dir, &schema, hour, &batches).await?;
                 written.push(file.clone());
                 files.push(file);
             }
@@ -307,7 +307,7 @@ async fn write_moving(
         }
     }
     for (hour, (batches, _)) in std::mem::take(&mut pending) {
-        let file = write_hour(engine, kind, dir, &schema, hour, &batches).await?;
+        let file = write_hour(engine, store, kind, dir, &schema, hour, &batches).await?;
         written.push(file.clone());
         files.push(file);
     }
@@ -316,6 +316,7 @@ async fn write_moving(
 
 async fn write_hour(
     engine: &Engine,
+    store: &CassandraStore,
     kind: TableKind,
     dir: &str,
     schema: &arrow::datatypes::SchemaRef,
@@ -334,6 +335,18 @@ async fn write_hour(
     );
     let file = engine.cold.write(&path, &sorted, 0).await?;
     tracing::debug!(file = %file.path, rows = file.rows, "tiering: wrote cold file");
+    // A long round renews its lease after every file; losing it ends the round (the other
+    // node's commit would win the compare-and-set anyway).
+    if let Some(cluster) = engine.cluster() {
+        let owner = &cluster.config().node_id;
+        if let Lease::Held(other) = store.tiering_lease(owner, LEASE_SECS).await? {
+            let e = EngineError::Cassandra {
+                context: "tiering".into(),
+                reason: format!("lost the tiering lease to node {other:?} mid-round"),
+            };
+            return Err(e);
+        }
+    }
     Ok(file)
 }
 
@@ -362,14 +375,18 @@ async fn remove_debris(cold: &ColdStore, manifest: &Manifest) {
         .collect();
     let now = chrono::Utc::now();
     for prefix in ["logs", "dead_letters"] {
-        let listed: Vec<_> = match cold
+        let listing = cold
             .store()
             .list(Some(&ObjectPath::from(prefix)))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-        {
+            .collect::<Vec<_>>();
+        let listed = match tokio::time::timeout(cold.timeout(), listing).await {
+            Ok(l) => l.into_iter().collect::<Result<Vec<_>, _>>(),
+            Err(_) => {
+                tracing::warn!(prefix, "listing the cold tier for debris timed out");
+                return;
+            }
+        };
+        let listed: Vec<_> = match listed {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(prefix, error = %e, "cannot list the cold tier for debris");

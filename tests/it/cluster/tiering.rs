@@ -11,7 +11,10 @@ use logsphere_tests::services::unique_name;
 use logsphere_tests::{Server, ServerOptions};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::{Names, SERIAL, SOURCES, create_topics, per_source, producer, wait_for_count};
+use super::{
+    Names, SERIAL, SOURCES, create_topics, per_source, producer, service_pid, signal,
+    wait_for_count,
+};
 
 /// Config for nodes that tier only when told to (`POST /v1/flush`).
 const MANUAL: &str = "\n[storage]\nflush_interval_secs = 3600\n";
@@ -384,4 +387,87 @@ async fn two_nodes_racing_to_tier_commit_each_row_once() {
         );
         assert_eq!(per_source(n, "logs").await, want_sources(0..produced));
     }
+}
+
+/// Resumes a SIGSTOPped process when dropped, even when the test fails first.
+struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// HDFS frozen (SIGSTOP: a hung namenode and datanodes) during a round: the round fails
+/// within the cold store's timeout and says so, ingest into Cassandra goes on, nothing is
+/// lost; once HDFS answers again the next round moves everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hdfs_down_during_a_round_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("tier_hdfs");
+    create_topics(&names.brokers, &[&topic], 2).await;
+    // `timeout_secs` lands in the [cold] section the config ends with.
+    let node = names.node("n1", &[&topic], &format!("timeout_secs = 5\n{MANUAL}"));
+    let p = producer(&names.brokers);
+    const BASE_S: u64 = 1_764_300_000;
+    produce(&p, &[&topic], 0..5_000, BASE_S).await;
+    wait_for_count(
+        &node,
+        "SELECT count(*) FROM logs",
+        5_000,
+        Duration::from_secs(120),
+    )
+    .await;
+    let frozen = Frozen(service_pid("hdfs"));
+    signal(frozen.0, "STOP");
+    let url = node.http_url();
+    let round = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&format!("{url}/v1/flush"))
+            .send_empty()
+            .expect("POST /v1/flush");
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        )
+    });
+    // Ingest goes on while the round hangs on HDFS.
+    produce(&p, &[&topic], 5_000..8_000, BASE_S).await;
+    wait_for_count(
+        &node,
+        "SELECT count(*) FROM logs_hot",
+        8_000,
+        Duration::from_secs(120),
+    )
+    .await;
+    let (status, body) = round.await.expect("flush thread");
+    assert_eq!(status, 503, "the round fails while HDFS hangs: {body}");
+    assert!(body.contains("no answer within"), "{body}");
+    let client = node.pg_client().await;
+    let row = client
+        .query_one("SELECT failures, last_error, cold_rows FROM tiering", &[])
+        .await
+        .expect("tiering table");
+    assert!(row.get::<_, i64>(0) >= 1, "the failure is counted");
+    assert!(row.get::<_, Option<String>>(1).is_some(), "and shown");
+    assert_eq!(row.get::<_, i64>(2), 0, "nothing was committed");
+    drop(frozen);
+    assert_eq!(flush(&node).await, 8_000, "the next round moves everything");
+    assert_eq!(node.query_i64("SELECT count(*) FROM logs").await, 8_000);
+    assert_eq!(
+        node.query_i64("SELECT count(*) FROM logs_cold").await,
+        8_000
+    );
+    assert_eq!(per_source(&node, "logs").await, want_sources(0..8_000));
+    let row = client
+        .query_one("SELECT last_error FROM tiering", &[])
+        .await
+        .expect("tiering table");
+    assert_eq!(row.get::<_, Option<String>>(0), None, "recovered");
 }
