@@ -120,8 +120,13 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
     let toml = format!(
         "[cluster]\nnode_id = \"bench\"\n[kafka]\nbrokers = \"{}\"\ntopics = [\"{backlog}\", \"{live}\"]\n\
          group = \"bench_{stamp}\"\ningest_topic = \"{live}\"\n[cassandra]\ncontact_points = [\"{}\"]\n\
-         keyspace = \"bench_ls_{stamp}\"\nwrite_consistency = \"{}\"\nread_consistency = \"{}\"\n",
-        args.kafka, args.cassandra, args.consistency, args.consistency
+         keyspace = \"bench_ls_{stamp}\"\nwrite_consistency = \"{}\"\nread_consistency = \"{}\"\n\
+         [cold]\nurl = \"file://{}\"\n",
+        args.kafka,
+        args.cassandra,
+        args.consistency,
+        args.consistency,
+        work.join("cold").display()
     );
     let server = Server::start_with_config(&args.bin, work, &work.join("data"), &toml)?;
     let started = Instant::now();

@@ -35,8 +35,8 @@ fn cluster_error(toml: &str) -> String {
     format!("{:#}", cfg.validate().expect_err("refused"))
 }
 
-const CLUSTER: &str =
-    "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[cassandra]\ncontact_points = [\"127.0.0.1:9042\"]\n";
+const CLUSTER: &str = "[cold]\nurl = \"hdfs://127.0.0.1:9000/logsphere\"\n\
+    [kafka]\nbrokers = \"127.0.0.1:9092\"\n[cassandra]\ncontact_points = [\"127.0.0.1:9042\"]\n";
 
 #[test]
 fn kafka_and_cassandra_switch_on_cluster_mode() {
@@ -123,4 +123,23 @@ fn merge(base: &str, extra: &str) -> String {
         }
     }
     toml::to_string(&v).expect("serialize")
+}
+
+#[test]
+fn cluster_mode_needs_a_cold_url() {
+    let toml = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[cassandra]\ncontact_points = [\"127.0.0.1:9042\"]\n";
+    let msg = cluster_error(toml);
+    assert!(msg.contains("cold.url"), "{msg}");
+}
+
+#[test]
+fn cold_url_scheme_and_timeout_are_checked() {
+    let msg = cluster_error("[cold]\nurl = \"s3://bucket/logs\"\n");
+    assert!(msg.contains("cold.url") && msg.contains("s3://"), "{msg}");
+    let msg = cluster_error("[cold]\nurl = \"/var/lib/cold\"\n");
+    assert!(msg.contains("cold.url"), "{msg}");
+    let msg = cluster_error("[cold]\ntimeout_secs = 0\n");
+    assert!(msg.contains("cold.timeout_secs"), "{msg}");
+    let cfg = Config::from_toml("[cold]\nurl = \"file:///tmp/cold\"\n").expect("parses");
+    cfg.validate().expect("a file URL is valid");
 }
