@@ -24,6 +24,7 @@ mod cluster;
 mod cq;
 mod cq_latency;
 mod duckdb;
+mod hdfs;
 mod ingest;
 mod pg;
 mod query;

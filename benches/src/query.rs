@@ -17,7 +17,7 @@ use crate::duckdb;
 use crate::ingest::post_logs;
 use crate::records::{self, Dataset, SOURCES};
 use crate::report::{self, Table, median, thousands};
-use crate::server::{Memory, Server};
+use crate::server::{CONFIG_TOML, Memory, Server};
 
 /// Arguments of `logsphere-bench query`.
 #[derive(Debug, clap::Args)]
@@ -50,6 +50,10 @@ pub struct QueryArgs {
     /// Results go to benches/results/<name>.md.
     #[arg(long, default_value = "query")]
     name: String,
+    /// Put the cold tier on this store (e.g. hdfs://127.0.0.1:9000/bench) instead of the
+    /// data directory; DuckDB then reads a local copy of the same files.
+    #[arg(long)]
+    cold: Option<String>,
 }
 
 /// What setup left in the data directory, so `--reuse` knows what it has.
@@ -105,6 +109,18 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let data_dir = work.join("data");
     let meta_path = work.join("dataset.json");
     let reusable = Meta::load(&meta_path).filter(|m| m.rows == args.rows && data_dir.is_dir());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start tokio")?;
+    let cold_url = args
+        .cold
+        .as_ref()
+        .map(|u| format!("{}/query-{}", u.trim_end_matches('/'), args.rows));
+    let config = match &cold_url {
+        Some(url) => format!("{CONFIG_TOML}[cold]\nurl = \"{url}\"\n"),
+        None => CONFIG_TOML.to_string(),
+    };
 
     let (server, meta, reused, startup) = match (args.reuse, reusable) {
         (true, Some(meta)) => {
@@ -114,7 +130,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
                 work.display()
             );
             let t = Instant::now();
-            let server = Server::start(&args.bin, &work, &data_dir)?;
+            let server = Server::start_with_config(&args.bin, &work, &data_dir, &config)?;
             let startup = t.elapsed();
             eprintln!(
                 "server pid {} ready in {:.1} s (WAL replay included)",
@@ -137,7 +153,11 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
             }
             std::fs::create_dir_all(&work)
                 .with_context(|| format!("cannot create {}", work.display()))?;
-            let server = Server::start(&args.bin, &work, &data_dir)?;
+            if let Some(url) = &cold_url {
+                let removed = runtime.block_on(crate::hdfs::clear(url))?;
+                eprintln!("query: removed {removed} files of an earlier dataset under {url}");
+            }
+            let server = Server::start_with_config(&args.bin, &work, &data_dir, &config)?;
             eprintln!(
                 "server pid {} (http {}, pg {}), log {}",
                 server.pid(),
@@ -168,12 +188,14 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
             "(c) LIKE '%timeout%'",
             "SELECT count(*) FROM logs WHERE message LIKE '%timeout%'".into(),
         ),
+        (
+            "(d) top error messages",
+            "SELECT message, count(*) AS n FROM logs WHERE log_level = 'ERROR' \
+             GROUP BY message ORDER BY n DESC, message LIMIT 10"
+                .into(),
+        ),
     ];
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start tokio")?;
     let mut logsphere = Vec::new();
     for (name, sql) in &queries {
         let (times, rows) = runtime
@@ -189,10 +211,23 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let memory = server.memory()?;
     server.stop()?;
 
-    let (files, bytes) = parquet_files(&data_dir.join("cold").join("logs"))?;
-    let root = std::fs::canonicalize(&data_dir)
-        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
-    let glob = format!("{}/cold/logs/**/*.parquet", root.display());
+    let local_cold = match &cold_url {
+        Some(url) => {
+            let copy = work.join("cold-copy");
+            if copy.exists() {
+                std::fs::remove_dir_all(&copy)
+                    .with_context(|| format!("cannot remove {}", copy.display()))?;
+            }
+            eprintln!("query: copying the cold tier out of {url} for DuckDB");
+            runtime.block_on(crate::hdfs::copy_out(url, "logs", &copy))?;
+            copy
+        }
+        None => data_dir.join("cold"),
+    };
+    let (files, bytes) = parquet_files(&local_cold.join("logs"))?;
+    let root = std::fs::canonicalize(&local_cold)
+        .with_context(|| format!("cannot resolve {}", local_cold.display()))?;
+    let glob = format!("{}/logs/**/*.parquet", root.display());
     let python = duckdb::ensure_python(args.python.as_deref(), &duckdb::default_venv())?;
     eprintln!("duckdb: timing the same queries over {glob}");
     let duck = duckdb::time_queries(&python, &glob, &queries, 1, args.runs)?;
@@ -547,6 +582,12 @@ fn render(
         ),
         (None, false) => String::new(),
     };
+    let where_ = match &args.cold {
+        Some(url) => format!(
+            "on HDFS under `{url}`: LogSphere reads them from there, DuckDB a local copy of the same files"
+        ),
+        None => "on local disk, read by both".to_string(),
+    };
     let span = |us: i64| {
         chrono::DateTime::from_timestamp_micros(us)
             .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -556,7 +597,7 @@ fn render(
         "## LogSphere vs DuckDB, SQL over {} log records ({})\n\n\
          Machine: {}. Load average before the run: {load_before}.\n\n\
          Dataset: {} records of ~200 bytes from {SOURCES} sources, {} to {}, ~85% INFO / 6% WARN / 5% ERROR / 4% DEBUG; \
-         all of it in Parquet ({files} files, {:.0} MB, zstd, sorted by source, timestamp). {setup}\n\n\
+         all of it in Parquet ({files} files, {:.0} MB, zstd, sorted by source, timestamp) {where_}. {setup}\n\n\
          LogSphere: client-side wall time over the PostgreSQL protocol (tokio-postgres, extended protocol, rows decoded). \
          DuckDB {} (Python, threads = {}): in-process `execute().fetchall()` over a view `logs` = \
          `read_parquet('…/cold/logs/**/*.parquet', hive_partitioning = false)`, the same SQL text. \

@@ -49,7 +49,7 @@ pub const LEASE_SECS: i32 = 30;
 /// ones may belong to a round in progress.
 pub const DEBRIS_AGE: Duration = Duration::from_secs(600);
 /// Rows of one hour buffered before they are written as a file of their own.
-const MAX_FILE_ROWS: usize = 1_000_000;
+const MAX_FILE_ROWS: usize = 500_000;
 /// Progress trails the rows written by at most about a second (the Kafka source advances
 /// it once a second, and at once when a partition goes idle). An asked-for round waits this
 /// long before it reads progress, so every row written before the request moves.
