@@ -37,6 +37,20 @@ pub struct Manifest {
     pub logs: Vec<ColdFile>,
     /// Cold files of `dead_letters`.
     pub dead_letters: Vec<ColdFile>,
+    /// Files a compaction replaced: no query plans them any more, but one planned before
+    /// the compaction may still read them, so they are deleted only after a grace period
+    /// (`compaction::remove_retired`). Named here so start-up does not take them for debris.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
+}
+
+/// A cold file replaced by a compaction, waiting for its grace period to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredFile {
+    /// Path below the cold root.
+    pub path: String,
+    /// When the compaction that replaced it was committed (µs since the epoch).
+    pub retired_at_us: i64,
 }
 
 /// Where the manifest lives and how it is replaced.
