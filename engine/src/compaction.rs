@@ -215,6 +215,33 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy) -> Vec<CompactionGro
 /// should DataFusion sort instead, it spills past `MERGE_MEMORY_BYTES`. The new file is
 /// not named by any manifest yet: a crash before the commit leaves debris start-up removes.
 pub async fn merge(cold: &ColdStore, group: &CompactionGroup) -> Result<ColdFile, EngineError> {
+    let stream = merge_frame(cold, group).await?.execute_stream().await?;
+    let path = format!("{}/{}.parquet", group.dir, uuid::Uuid::new_v4());
+    let schema = stream.schema();
+    let file = cold
+        .write_stream(&path, schema, stream, time_column(group.table))
+        .await?;
+    if file.rows != group.rows() {
+        let _ = cold.delete(std::slice::from_ref(&file.path)).await;
+        return Err(EngineError::Cold {
+            context: format!("compacting {}", group.dir),
+            reason: format!(
+                "the merged file has {} rows, its {} inputs {}; nothing was committed",
+                file.rows,
+                group.files.len(),
+                group.rows()
+            ),
+        });
+    }
+    Ok(file)
+}
+
+/// The DataFusion plan of a merge: one input partition per file, declared sorted, and an
+/// `ORDER BY` the optimizer turns into a `SortPreservingMergeExec` over them.
+async fn merge_frame(
+    cold: &ColdStore,
+    group: &CompactionGroup,
+) -> Result<datafusion::dataframe::DataFrame, EngineError> {
     let inputs = group.files.len().max(1);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(MERGE_MEMORY_BYTES)))
@@ -242,29 +269,7 @@ pub async fn merge(cold: &ColdStore, group: &CompactionGroup) -> Result<ColdFile
             .with_listing_options(options)
             .with_schema(group.table.schema()),
     )?;
-    let stream = ctx
-        .read_table(Arc::new(table))?
-        .sort(order)?
-        .execute_stream()
-        .await?;
-    let path = format!("{}/{}.parquet", group.dir, uuid::Uuid::new_v4());
-    let schema = stream.schema();
-    let file = cold
-        .write_stream(&path, schema, stream, time_column(group.table))
-        .await?;
-    if file.rows != group.rows() {
-        let _ = cold.delete(std::slice::from_ref(&file.path)).await;
-        return Err(EngineError::Cold {
-            context: format!("compacting {}", group.dir),
-            reason: format!(
-                "the merged file has {} rows, its {} inputs {}; nothing was committed",
-                file.rows,
-                group.files.len(),
-                group.rows()
-            ),
-        });
-    }
-    Ok(file)
+    Ok(ctx.read_table(Arc::new(table))?.sort(order)?)
 }
 
 /// The manifest after `group` became `merged`: the group's files are replaced by it and
@@ -279,7 +284,10 @@ pub fn apply(
 ) -> Option<Manifest> {
     let live = files_of(manifest, group.table);
     let gone: HashSet<&str> = group.files.iter().map(|f| f.path.as_str()).collect();
-    let present = live.iter().filter(|f| gone.contains(f.path.as_str())).count();
+    let present = live
+        .iter()
+        .filter(|f| gone.contains(f.path.as_str()))
+        .count();
     let named = |p: &str| {
         manifest.logs.iter().any(|f| f.path == p)
             || manifest.dead_letters.iter().any(|f| f.path == p)
@@ -480,26 +488,22 @@ pub(crate) async fn run_round(
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(dir = %group.dir, "compaction: the group's files changed meanwhile; dropping the merged file");
-                let _ = engine
-                    .cold
-                    .delete(std::slice::from_ref(&merged.path))
-                    .await;
+                let _ = engine.cold.delete(std::slice::from_ref(&merged.path)).await;
                 continue;
             }
             Err(e) => {
                 // Not committed: the merged file is debris (deleted now, or at start).
-                let _ = engine
-                    .cold
-                    .delete(std::slice::from_ref(&merged.path))
-                    .await;
+                let _ = engine.cold.delete(std::slice::from_ref(&merged.path)).await;
                 return Err(e);
             }
         }
         let m = engine.metrics();
         m.compactions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        m.compacted_files
-            .fetch_add(group.files.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        m.compacted_files.fetch_add(
+            group.files.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         report.groups += 1;
         report.files_merged += group.files.len();
         report.rows += merged.rows;
@@ -580,3 +584,5 @@ pub(crate) async fn tick(engine: &Engine) {
     }
 }
 
+#[cfg(test)]
+mod tests;
