@@ -1,7 +1,8 @@
 //! The cold tier: Parquet files behind `object_store`, Hive-partitioned by date and hour.
 //!
 //! Files are written whole and only then named in the catalog, so a file the catalog does
-//! not name is debris of an interrupted flush and is removed at start.
+//! not name (live or retired by a compaction) is debris of an interrupted flush or
+//! compaction and is removed at start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
