@@ -511,3 +511,40 @@ async fn embedded_round_merges_an_hour_and_survives_a_restart() {
     assert_eq!(parquet(), 2);
     assert_eq!(checks(&e).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flusher_compacts_in_the_background_and_deletes_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::EngineConfig::new(dir.path());
+    cfg.compaction.interval = Duration::from_secs(1);
+    cfg.compaction.retired_grace = Duration::from_secs(1);
+    let e = Engine::open(cfg).await.unwrap();
+    for round in 0..5 {
+        e.ingest(
+            ndjson(round, 100),
+            None,
+            crate::ingest::DecodeOptions::default(),
+        )
+        .await
+        .unwrap();
+        e.flush().await.unwrap();
+    }
+    let before = checks(&e).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = e.cold_stats();
+        if (s.log_files, s.dead_letter_files, s.retired_files) == (1, 1, 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(checks(&e).await, before);
+    let m = e.metrics();
+    assert_eq!(
+        m.retired_files_removed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10
+    );
+    e.shutdown().await;
+}
