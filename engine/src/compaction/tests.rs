@@ -548,3 +548,56 @@ async fn the_flusher_compacts_in_the_background_and_deletes_after_the_grace() {
     );
     e.shutdown().await;
 }
+
+/// Against a real HDFS (`LOGSPHERE_TEST_HDFS`, e.g. `hdfs://127.0.0.1:9000`, set by
+/// `scripts/services`): the merged file is written by a multipart upload and read back.
+#[tokio::test]
+async fn merge_on_hdfs() {
+    let url = std::env::var("LOGSPHERE_TEST_HDFS").unwrap_or_else(|_| {
+        panic!(
+            "LOGSPHERE_TEST_HDFS is not set: start the test services (scripts/services) \
+             and source target/services/env"
+        )
+    });
+    let root = format!(
+        "{}/logsphere-unit/compaction-{}",
+        url.trim_end_matches('/'),
+        uuid::Uuid::new_v4()
+    );
+    let cold = ColdStore::open(&root, "test").unwrap();
+    let dir = "logs/date=2026-11-18/hour=10";
+    let group = small_files(&cold, dir, 4, 300).await;
+    let merged = merge(&cold, &group).await.unwrap();
+    assert_eq!(merged.rows, 1200);
+    let mut m = Manifest::default();
+    m.logs.extend(group.files.clone());
+    let m = apply(&m, &group, merged.clone(), 0).unwrap();
+    assert_eq!(cold.remove_orphans(&m).await.unwrap(), 0);
+    let (m, removed) = remove_retired(&cold, &m, Duration::ZERO, 1, &HashSet::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed, 4);
+    assert!(m.retired.is_empty());
+    // Only the merged file is left, and it reads back through DataFusion.
+    let table = crate::query::tables::TierTable::new(
+        TableKind::Logs,
+        crate::query::tables::TierScope::Cold,
+        Arc::new(crate::hot::Tiers::new(m.clone())),
+        cold.clone(),
+    );
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", Arc::new(table)).unwrap();
+    let n = ctx
+        .sql("SELECT count(*) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(n, 1200);
+    cold.delete(&[merged.path]).await.unwrap();
+}
