@@ -153,6 +153,8 @@ pub struct Engine {
     wal_holds: Mutex<HashMap<String, u64>>,
     metrics: EngineMetrics,
     runtime: Arc<RuntimeEnv>,
+    /// Cluster tiering's counters and state.
+    tiering: Arc<tiering::TieringMetrics>,
     tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     /// Cluster mode's Kafka source, Cassandra store and producer.
     cluster: Option<Arc<Cluster>>,
@@ -209,7 +211,13 @@ impl Engine {
         } else {
             0
         };
-        let tiers = Arc::new(Tiers::new(manifest.clone()));
+        // Cluster mode's manifest is Cassandra's, loaded by the tierer within a second; until
+        // then nothing counts as tiered and every hot row is answered (none is deleted).
+        let tiers = Arc::new(Tiers::new(if config.cluster.is_some() {
+            crate::catalog::Manifest::default()
+        } else {
+            manifest.clone()
+        }));
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);
         let keys_loaded = keys.load(&mut idempotency)?;
@@ -304,6 +312,7 @@ impl Engine {
             wal_holds: Mutex::new(HashMap::new()),
             metrics: EngineMetrics::default(),
             runtime: Arc::new(RuntimeEnv::default()),
+            tiering: Default::default(),
             tables,
             cluster,
             flush_lock: tokio::sync::Mutex::new(()),
@@ -345,6 +354,12 @@ impl Engine {
             read,
             engine.stop.subscribe(),
         ));
+        if engine.cluster.is_some() {
+            tokio::spawn(crate::cluster::tiering::run(
+                Arc::downgrade(&engine),
+                engine.stop.subscribe(),
+            ));
+        }
         tokio::spawn(tiering::run_flusher(
             Arc::downgrade(&engine),
             Arc::clone(&engine.flush_wanted),
@@ -506,13 +521,14 @@ impl Engine {
     }
 
     /// Flushes the whole hot buffer to Parquet now; returns the rows moved.
+    /// Embedded: flushes the hot buffer. Cluster: runs a tiering round now (waiting for
+    /// another node's lease) and answers once it is committed.
     pub async fn flush(&self) -> Result<u64, EngineError> {
         if self.cluster.is_some() {
-            return Err(EngineError::Unsupported(
-                "flush is embedded-only: in cluster mode the hot tier is Cassandra, and \
-                 tiering to the cold store arrives with the HDFS cold tier"
-                    .into(),
-            ));
+            let now = chrono::Utc::now().timestamp_micros();
+            return crate::cluster::tiering::round(self, now, true)
+                .await
+                .map(|r| r.rows);
         }
         tiering::flush(self).await
     }
@@ -522,8 +538,8 @@ impl Engine {
     pub async fn compact(&self) -> Result<crate::compaction::CompactionReport, EngineError> {
         if self.cluster.is_some() {
             return Err(EngineError::Unsupported(
-                "compact is embedded-only here: in cluster mode the cold manifest is in \
-                 Cassandra, and its tierer compacts"
+                "compact is embedded-only for now: in cluster mode the cold manifest is in \
+                 Cassandra, and compaction there needs its LWT commit (not wired yet)"
                     .into(),
             ));
         }
@@ -580,6 +596,14 @@ impl Engine {
                 ContinuousQueries::queries_batch,
             ),
         ];
+        let (tiers, metrics) = (Arc::clone(&self.tiers), Arc::clone(&self.tiering));
+        let table =
+            crate::query::system::SnapshotTable::new(tiering::tiering_schema(), move || {
+                tiering::tiering_batch(&tiers.manifest(), &metrics)
+            });
+        if let Err(e) = ctx.register_table("tiering", Arc::new(table)) {
+            tracing::error!(table = "tiering", error = %e, "cannot register table");
+        }
         if let Some(cluster) = &self.cluster {
             let cluster = Arc::clone(cluster);
             let table = crate::query::system::SnapshotTable::new(
@@ -760,6 +784,12 @@ impl Engine {
     }
 
     /// The engine's counters.
+    /// What tiering (flushes, cluster rounds) did.
+    pub fn tiering_metrics(&self) -> &tiering::TieringMetrics {
+        &self.tiering
+    }
+
+    /// The engine's counters.
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
     }
@@ -772,6 +802,11 @@ impl Engine {
     /// The WAL's counters.
     pub fn wal_metrics(&self) -> &WalMetrics {
         self.wal.metrics()
+    }
+
+    /// Cluster mode: the committed cold horizon (µs), once a round moved anything.
+    pub fn tier_horizon_us(&self) -> Option<i64> {
+        self.tiers.manifest().cut.as_ref().map(|c| c.horizon_us)
     }
 
     /// Rows in the hot buffer, and cold files committed.
@@ -808,7 +843,8 @@ impl Engine {
 }
 
 /// `logs`, `logs_hot`, `logs_cold` and `dead_letters`: the embedded tiers, or in cluster
-/// mode the Cassandra hot tier in place of the in-memory one.
+/// mode the Cassandra hot tier in place of the in-memory one, cut by the manifest that the
+/// same scan reads the cold files of (one snapshot: no row twice, none missing).
 fn register_tables(
     tiers: &Arc<Tiers>,
     cold: &ColdStore,
@@ -828,32 +864,16 @@ fn register_tables(
             ),
         ];
     };
-    let union = |kind: TableKind, parts| -> Arc<dyn TableProvider> {
-        Arc::new(crate::query::union::UnionTable::new(kind.schema(), parts))
+    let cut = |kind, scope| -> Arc<dyn TableProvider> {
+        Arc::new(
+            TierTable::new(kind, scope, Arc::clone(tiers), cold.clone())
+                .with_cluster(Arc::clone(cluster)),
+        )
     };
-    let hot_logs = cluster.hot_table(TableKind::Logs);
     vec![
-        (
-            "logs",
-            union(
-                TableKind::Logs,
-                vec![
-                    Arc::clone(&hot_logs),
-                    tier(TableKind::Logs, TierScope::Cold),
-                ],
-            ),
-        ),
-        ("logs_hot", hot_logs),
+        ("logs", cut(TableKind::Logs, TierScope::Both)),
+        ("logs_hot", cut(TableKind::Logs, TierScope::Hot)),
         ("logs_cold", tier(TableKind::Logs, TierScope::Cold)),
-        (
-            "dead_letters",
-            union(
-                TableKind::DeadLetters,
-                vec![
-                    cluster.hot_table(TableKind::DeadLetters),
-                    tier(TableKind::DeadLetters, TierScope::Cold),
-                ],
-            ),
-        ),
+        ("dead_letters", cut(TableKind::DeadLetters, TierScope::Both)),
     ]
 }

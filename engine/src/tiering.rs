@@ -9,20 +9,25 @@
 //! leaves WAL entries the horizon skips. Either way `count(*)` is exactly right.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::array::{
+    ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Manifest;
-use crate::model::{dead_letters_schema, logs_schema};
+use crate::model::{UTC, dead_letters_schema, logs_schema, ts_type};
 use crate::{Engine, EngineError};
 
-const HOUR_US: i64 = 3_600_000_000;
+pub(crate) const HOUR_US: i64 = 3_600_000_000;
 
 /// Flushes everything in the hot buffer; returns the number of rows moved.
 pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
@@ -74,6 +79,8 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
         );
         new_dead.push(engine.cold.write(&path, &batch, 0).await?);
     }
+    let written_files = (new_logs.len() + new_dead.len()) as u64;
+    let written_bytes: u64 = new_logs.iter().chain(&new_dead).map(|f| f.bytes).sum();
     if let Some(pause) = engine.config().fault_flush_pause {
         tracing::warn!(
             pause_ms = pause.as_millis() as u64,
@@ -91,6 +98,9 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     engine.catalog.commit(&next)?;
     let files = next.logs.len();
     engine.tiers.publish(next);
+    engine
+        .tiering_metrics()
+        .succeeded(rows, written_files, written_bytes);
 
     // Keys first: once the segments are gone, the key file is what remembers them.
     engine.persist_keys(horizon)?;
@@ -147,6 +157,7 @@ pub async fn run_flusher(
                 e.metrics()
                     .flush_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.tiering_metrics().failed(&err);
                 tracing::error!(error = %err, retry_in_s = backoff.as_secs(), "flush failed; the WAL keeps every record, retrying");
                 drop(e);
                 tokio::time::sleep(backoff).await;
@@ -167,7 +178,7 @@ fn first_ts(batch: &RecordBatch) -> i64 {
 }
 
 /// `date=YYYY-MM-DD/hour=HH` (or only the date) for a time in µs.
-fn partition_dir(ts_us: i64, with_hour: bool) -> String {
+pub(crate) fn partition_dir(ts_us: i64, with_hour: bool) -> String {
     let dt: DateTime<Utc> = DateTime::from_timestamp_micros(ts_us).unwrap_or_default();
     if with_hour {
         dt.format("date=%Y-%m-%d/hour=%H").to_string()
@@ -176,7 +187,9 @@ fn partition_dir(ts_us: i64, with_hour: bool) -> String {
     }
 }
 
-fn split_by_hour(batch: &RecordBatch) -> Result<BTreeMap<i64, RecordBatch>, EngineError> {
+pub(crate) fn split_by_hour(
+    batch: &RecordBatch,
+) -> Result<BTreeMap<i64, RecordBatch>, EngineError> {
     let ts = batch
         .column(0)
         .as_primitive::<TimestampMicrosecondType>()
@@ -201,7 +214,7 @@ fn split_by_hour(batch: &RecordBatch) -> Result<BTreeMap<i64, RecordBatch>, Engi
     Ok(out)
 }
 
-fn sort_by(batch: &RecordBatch, cols: &[usize]) -> Result<RecordBatch, EngineError> {
+pub(crate) fn sort_by(batch: &RecordBatch, cols: &[usize]) -> Result<RecordBatch, EngineError> {
     let keys: Vec<SortColumn> = cols
         .iter()
         .map(|c| SortColumn {
@@ -211,4 +224,106 @@ fn sort_by(batch: &RecordBatch, cols: &[usize]) -> Result<RecordBatch, EngineErr
         .collect();
     let idx = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(batch, &idx)?)
+}
+
+/// Tiering counters and state (both modes), for `/metrics` and the `tiering` table.
+#[derive(Debug, Default)]
+pub struct TieringMetrics {
+    /// Rounds (flushes) committed.
+    pub rounds: AtomicU64,
+    /// Rows moved to the cold tier.
+    pub rows: AtomicU64,
+    /// Files written.
+    pub files: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+    /// Rounds that failed (they are retried).
+    pub failures: AtomicU64,
+    /// Cluster: rounds skipped or delayed because another node held the lease.
+    pub lease_busy: AtomicU64,
+    /// µs since the epoch of the last committed round (0: none yet).
+    pub last_round_us: AtomicI64,
+    /// The last error, while the last round failed.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl TieringMetrics {
+    /// Records a committed round.
+    pub fn succeeded(&self, rows: u64, files: u64, bytes: u64) {
+        self.rounds.fetch_add(1, Relaxed);
+        self.rows.fetch_add(rows, Relaxed);
+        self.files.fetch_add(files, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        self.last_round_us
+            .store(chrono::Utc::now().timestamp_micros(), Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Records a failed round.
+    pub fn failed(&self, e: &EngineError) {
+        self.failures.fetch_add(1, Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+}
+
+/// The `tiering` table: one row, the committed manifest and what rounds did.
+pub fn tiering_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("version", DataType::Int64, false),
+        Field::new("horizon", ts_type(), true),
+        Field::new("flushed_seq", DataType::Int64, false),
+        Field::new("cold_files", DataType::Int64, false),
+        Field::new("cold_rows", DataType::Int64, false),
+        Field::new("cold_bytes", DataType::Int64, false),
+        Field::new("rounds", DataType::Int64, false),
+        Field::new("rows_moved", DataType::Int64, false),
+        Field::new("failures", DataType::Int64, false),
+        Field::new("lease_busy", DataType::Int64, false),
+        Field::new("last_round", ts_type(), true),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("offsets", DataType::Utf8, true),
+    ]))
+}
+
+/// The `tiering` row for `manifest` and `m`.
+pub fn tiering_batch(
+    manifest: &Manifest,
+    m: &TieringMetrics,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let files = manifest.logs.iter().chain(&manifest.dead_letters);
+    let (count, rows, bytes) = files.fold((0i64, 0i64, 0i64), |(c, r, b), f| {
+        (c + 1, r + f.rows as i64, b + f.bytes as i64)
+    });
+    let int = |v: i64| -> ArrayRef { Arc::new(Int64Array::from(vec![v])) };
+    let ts = |v: Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone(UTC))
+    };
+    let last = m.last_round_us.load(Relaxed);
+    let error = m
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let offsets = manifest
+        .cut
+        .as_ref()
+        .and_then(|c| serde_json::to_string(&c.offsets).ok());
+    RecordBatch::try_new(
+        tiering_schema(),
+        vec![
+            int(manifest.version as i64),
+            ts(manifest.cut.as_ref().map(|c| c.horizon_us)),
+            int(manifest.flushed_seq as i64),
+            int(count),
+            int(rows),
+            int(bytes),
+            int(m.rounds.load(Relaxed) as i64),
+            int(m.rows.load(Relaxed) as i64),
+            int(m.failures.load(Relaxed) as i64),
+            int(m.lease_busy.load(Relaxed) as i64),
+            ts((last > 0).then_some(last)),
+            Arc::new(StringArray::from(vec![error])),
+            Arc::new(StringArray::from(vec![offsets])),
+        ],
+    )
 }

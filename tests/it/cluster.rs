@@ -6,6 +6,8 @@
 //! keyspace) and run one at a time: one of them freezes Cassandra, and on 2 cores several
 //! nodes at once would only measure the machine.
 
+mod tiering;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -37,11 +37,48 @@ pub struct Manifest {
     pub logs: Vec<ColdFile>,
     /// Cold files of `dead_letters`.
     pub dead_letters: Vec<ColdFile>,
+    /// Cluster mode: which Kafka-sourced hot rows the cold files hold (embedded: `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<TierCut>,
     /// Files a compaction replaced: no query plans them any more, but one planned before
     /// the compaction may still read them, so they are deleted only after a grace period
     /// (`compaction::remove_retired`). Named here so start-up does not take them for debris.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredFile>,
+}
+
+/// Cluster mode's tiering horizon: the cold tier holds exactly the rows with a time before
+/// `horizon_us` *and* a Kafka offset before their partition's entry in `offsets`; every
+/// other row is answered by the hot tier. A late record (old time, new offset) therefore
+/// stays visible in the hot tier until a later round moves it (see `docs/cluster.md`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TierCut {
+    /// Rows with a time (`timestamp`; `ingest_time` for dead letters) at or after this, µs,
+    /// are hot.
+    pub horizon_us: i64,
+    /// Topic → partition → first offset not in the cold tier.
+    pub offsets: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
+}
+
+impl TierCut {
+    /// Whether the row with this time and Kafka identity is in the cold tier.
+    pub fn covers(&self, time_us: i64, topic: &str, partition: i32, offset: i64) -> bool {
+        time_us < self.horizon_us
+            && self
+                .offsets
+                .get(topic)
+                .and_then(|p| p.get(&partition))
+                .is_some_and(|next| offset < *next)
+    }
+
+    /// The first offset of `topic`/`partition` not covered (0 when none is).
+    pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.offsets
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// A cold file replaced by a compaction, waiting for its grace period to pass.

@@ -5,6 +5,7 @@
 
 pub mod produce;
 pub mod runtime;
+pub mod tiering;
 
 pub use runtime::Cluster;
 

@@ -13,12 +13,6 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result as DfResult};
-use datafusion::datasource::TableType;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
@@ -30,7 +24,6 @@ use crate::hot::HotStore;
 use crate::hot::cassandra::CassandraStore;
 use crate::ingest::DecodeOptions;
 use crate::model::{UTC, ts_type};
-use crate::query::tables::TableKind;
 use crate::source::kafka::{KafkaMetrics, KafkaSource, PartitionStatus};
 use crate::source::{PartitionProgress, ProgressStore};
 
@@ -62,6 +55,8 @@ pub struct Cluster {
     waiting: Mutex<String>,
     /// The group's partitions as last read (every [`STATUS_REFRESH`]).
     partitions: Mutex<Vec<PartitionRow>>,
+    /// Whether the cold manifest was read from Cassandra since start (scans wait for it).
+    catalog_loaded: std::sync::atomic::AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -84,6 +79,7 @@ impl Cluster {
             running: OnceLock::new(),
             waiting: Mutex::new("connecting to Cassandra".into()),
             partitions: Mutex::new(Vec::new()),
+            catalog_loaded: std::sync::atomic::AtomicBool::new(false),
             stop,
         });
         tokio::spawn(connect(Arc::clone(&cluster), decode));
@@ -137,13 +133,21 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// The hot rows of `kind` in Cassandra, as a table that errors until it is connected.
-    pub fn hot_table(self: &Arc<Self>, kind: TableKind) -> Arc<dyn TableProvider> {
-        Arc::new(HotTable {
-            kind,
-            schema: kind.schema(),
-            cluster: Arc::clone(self),
-        })
+    /// Whether the cold manifest has been read from Cassandra since this node started.
+    pub fn catalog_loaded(&self) -> bool {
+        self.catalog_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that the local copy of the manifest is Cassandra's.
+    pub fn set_catalog_loaded(&self) {
+        self.catalog_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The Cassandra store, once connected.
+    pub fn store(&self) -> Option<Arc<CassandraStore>> {
+        self.running.get().map(|r| Arc::clone(&r.store))
     }
 
     /// `kafka_partitions`: every partition of the group, its owner and how far behind it is.
@@ -431,66 +435,4 @@ fn partitions_batch(rows: &[PartitionRow]) -> Result<RecordBatch, arrow::error::
         ),
     ];
     RecordBatch::try_new(partitions_schema(), columns)
-}
-
-/// `logs_hot` / the hot part of `dead_letters` in cluster mode: Cassandra's table once
-/// connected; before that a query fails saying what the node is waiting for.
-struct HotTable {
-    kind: TableKind,
-    schema: SchemaRef,
-    cluster: Arc<Cluster>,
-}
-
-impl std::fmt::Debug for HotTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HotTable")
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
-impl HotTable {
-    fn inner(&self) -> DfResult<Arc<dyn TableProvider>> {
-        match self.cluster.running.get() {
-            Some(r) => Ok(r.store.table(self.kind)),
-            None => Err(DataFusionError::External(
-                format!(
-                    "the Cassandra hot tier is not connected yet: {}",
-                    self.cluster.ready().err().unwrap_or_default()
-                )
-                .into(),
-            )),
-        }
-    }
-}
-
-#[async_trait]
-impl TableProvider for HotTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        match self.inner() {
-            Ok(t) => t.supports_filters_pushdown(filters),
-            Err(_) => Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()]),
-        }
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner()?.scan(state, projection, filters, limit).await
-    }
 }

@@ -3,4 +3,3 @@
 pub mod managed;
 pub mod system;
 pub mod tables;
-pub mod union;

@@ -19,7 +19,9 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use crate::catalog::ColdFile;
+use crate::cluster::runtime::Cluster;
 use crate::cold::ColdStore;
+use crate::hot::cassandra::Keep;
 use crate::hot::{HotEntry, Tiers};
 
 /// Which stored table a provider reads.
@@ -59,6 +61,8 @@ pub struct TierTable {
     schema: SchemaRef,
     tiers: Arc<Tiers>,
     cold: ColdStore,
+    /// Cluster mode: the hot tier is Cassandra's, cut by the manifest's [`TierCut`].
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl fmt::Debug for TierTable {
@@ -80,7 +84,47 @@ impl TierTable {
             schema,
             tiers,
             cold,
+            cluster: None,
         }
+    }
+
+    /// A provider whose hot tier is the cluster's Cassandra, not the local buffer.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Cluster mode: Cassandra's rows the snapshot's cut leaves hot.
+    async fn cluster_hot_plan(
+        &self,
+        cluster: &Cluster,
+        state: &dyn Session,
+        manifest: &crate::catalog::Manifest,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let store = cluster.store().ok_or_else(|| {
+            datafusion::error::DataFusionError::External(
+                format!(
+                    "the Cassandra hot tier is not connected yet: {}",
+                    cluster.ready().err().unwrap_or_default()
+                )
+                .into(),
+            )
+        })?;
+        let keep = Keep::Untiered(manifest.cut.clone().map(Arc::new));
+        let exec = store
+            .cassandra_table(self.kind)
+            .plan(
+                projection,
+                filters,
+                limit,
+                keep,
+                state.config().target_partitions(),
+            )
+            .await?;
+        Ok(Arc::new(exec))
     }
 
     /// The column time filters prune on.
@@ -141,10 +185,38 @@ impl TableProvider for TierTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(cluster) = &self.cluster
+            && !cluster.catalog_loaded()
+        {
+            // The first scans after a start read the manifest themselves rather than
+            // answer with an empty cold tier.
+            if let Some(store) = cluster.store() {
+                let m = store
+                    .load_manifest()
+                    .await
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                if m.version > self.tiers.manifest().version {
+                    self.tiers.publish(m);
+                }
+                cluster.set_catalog_loaded();
+            }
+        }
         let snapshot = self.tiers.snapshot();
         let range = TimeRange::from_filters(filters, self.time_column());
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if self.scope != TierScope::Cold {
+        if let (Some(cluster), true) = (&self.cluster, self.scope != TierScope::Cold) {
+            inputs.push(
+                self.cluster_hot_plan(
+                    cluster,
+                    state,
+                    &snapshot.manifest,
+                    projection,
+                    filters,
+                    limit,
+                )
+                .await?,
+            );
+        } else if self.scope != TierScope::Cold {
             let batches: Vec<_> = snapshot
                 .hot
                 .iter()

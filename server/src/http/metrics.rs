@@ -17,7 +17,8 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let w = state.engine.wal_metrics();
     let (hot_rows, cold_files) = state.engine.tier_stats();
     let cold = state.engine.cold_stats();
-    let counters: [(&str, &str, u64); 16] = [
+    let t = state.engine.tiering_metrics();
+    let counters: [(&str, &str, u64); 21] = [
         (
             "logsphere_ingest_requests_total",
             "Ingest requests stored.",
@@ -69,6 +70,31 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             m.flush_failures.load(Relaxed),
         ),
         (
+            "logsphere_tiering_rounds_total",
+            "Tiering rounds (flushes) committed, both modes.",
+            t.rounds.load(Relaxed),
+        ),
+        (
+            "logsphere_tiering_rows_total",
+            "Rows moved to the cold tier.",
+            t.rows.load(Relaxed),
+        ),
+        (
+            "logsphere_tiering_bytes_total",
+            "Bytes of Parquet written by tiering.",
+            t.bytes.load(Relaxed),
+        ),
+        (
+            "logsphere_tiering_failures_total",
+            "Tiering rounds that failed (retried with backoff).",
+            t.failures.load(Relaxed),
+        ),
+        (
+            "logsphere_tiering_lease_busy_total",
+            "Cluster: times another node held the tiering lease.",
+            t.lease_busy.load(Relaxed),
+        ),
+        (
             "logsphere_queries_total",
             "SQL queries run.",
             m.queries.load(Relaxed),
@@ -106,7 +132,19 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let last_round = t.last_round_us.load(Relaxed);
+    let horizon = state.engine.tier_horizon_us().unwrap_or(0);
     let gauges = [
+        (
+            "logsphere_tiering_last_round_seconds",
+            "When the last tiering round committed (Unix time; 0: none yet).",
+            (last_round.max(0) / 1_000_000) as u64,
+        ),
+        (
+            "logsphere_tiering_horizon_seconds",
+            "Cluster: the cold horizon (Unix time; 0: nothing tiered yet).",
+            (horizon.max(0) / 1_000_000) as u64,
+        ),
         (
             "logsphere_hot_rows",
             "Rows in the hot buffer.",

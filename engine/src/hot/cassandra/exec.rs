@@ -30,6 +30,7 @@ use tokio::sync::mpsc::Sender;
 use super::scan::external;
 use super::{CassandraMetrics, Shared, err};
 use crate::EngineError;
+use crate::catalog::TierCut;
 
 /// Rows per Arrow batch a scan emits, at most.
 const BATCH_ROWS: usize = 8192;
@@ -46,6 +47,71 @@ pub(super) struct Read {
     /// The projected output schema.
     pub(super) schema: SchemaRef,
     pub(super) limit: Option<usize>,
+    /// Which rows to keep, by their time and Kafka identity.
+    pub(super) keep: Keep,
+}
+
+/// Which rows a scan keeps, judged by the time and Kafka identity that [`Keep::IDENTITY`]
+/// appends to the selected columns (every row when `All`).
+#[derive(Debug, Clone)]
+pub enum Keep {
+    /// Every row (the raw hot table).
+    All,
+    /// The rows the cold tier does not hold under this cut (`None`: nothing tiered yet).
+    Untiered(Option<Arc<TierCut>>),
+    /// The rows a tiering round moves: covered by `to` and not by `from`.
+    Moving {
+        from: Option<Arc<TierCut>>,
+        to: Arc<TierCut>,
+    },
+}
+
+impl Keep {
+    /// The columns appended to the selection when rows are judged.
+    pub(super) const IDENTITY: [&'static str; 3] = ["topic", "kpart", "koffset"];
+
+    /// Whether the scan must select the time column and [`Self::IDENTITY`] after the
+    /// projected ones.
+    pub(super) fn judges(&self) -> bool {
+        !matches!(self, Self::All | Self::Untiered(None))
+    }
+
+    /// Whether the row (projected columns, then time, topic, partition, offset) is kept.
+    fn keeps(&self, row: &Row) -> bool {
+        if !self.judges() {
+            return true;
+        }
+        let n = row.columns.len();
+        let (Some(time), Some(topic), Some(partition), Some(offset)) = (
+            row.columns.get(n.wrapping_sub(4)),
+            row.columns.get(n.wrapping_sub(3)),
+            row.columns.get(n.wrapping_sub(2)),
+            row.columns.get(n.wrapping_sub(1)),
+        ) else {
+            return true;
+        };
+        let (
+            Some(CqlValue::BigInt(time)),
+            Some(CqlValue::Text(topic)),
+            Some(CqlValue::Int(partition)),
+            Some(CqlValue::BigInt(offset)),
+        ) = (time, topic, partition, offset)
+        else {
+            // A row without a Kafka identity was never tiered.
+            return !matches!(self, Self::Moving { .. });
+        };
+        let covered = |cut: &Option<Arc<TierCut>>| {
+            cut.as_ref()
+                .is_some_and(|c| c.covers(*time, topic, *partition, *offset))
+        };
+        match self {
+            Self::All => true,
+            Self::Untiered(cut) => !covered(cut),
+            Self::Moving { from, to } => {
+                to.covers(*time, topic, *partition, *offset) && !covered(from)
+            }
+        }
+    }
 }
 
 /// Reads (bucket, shard) partitions of one Cassandra table, paged, as Arrow batches.
@@ -192,8 +258,11 @@ impl Read {
                 let row = row.map_err(|e| {
                     external(err(format!("reading partition ({bucket}, {shard})"), e))
                 })?;
-                rows.push(row);
                 CassandraMetrics::add(&self.shared.metrics.rows_read, 1);
+                if !self.keep.keeps(&row) {
+                    continue;
+                }
+                rows.push(row);
                 let done = sent + rows.len() >= limit;
                 if rows.len() >= BATCH_ROWS || done {
                     sent += rows.len();
@@ -275,6 +344,7 @@ impl Rows {
     fn push(&mut self, row: Row) {
         self.len += 1;
         for (column, value) in self.columns.iter_mut().zip(row.columns) {
+            // Columns past the projection are the identity `Keep` judged by.
             match (column, value) {
                 (Column::Micros(b, _), Some(CqlValue::BigInt(v))) => b.append_value(v),
                 (Column::Micros(b, _), _) => b.append_value(0),

@@ -10,6 +10,7 @@
 //! precision and the model's timestamps must round-trip exactly. The layout, with a worked
 //! example, is in `cassandra.md` beside this module.
 
+mod catalog;
 mod exec;
 mod progress;
 mod scan;
@@ -34,7 +35,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::Semaphore;
 
-pub use exec::CassandraScanExec;
+pub use catalog::Lease;
+pub use exec::{CassandraScanExec, Keep};
 pub use scan::CassandraTable;
 
 use crate::EngineError;
@@ -84,6 +86,7 @@ struct Shared {
     keyspace: String,
     group: String,
     layout: Layout,
+    write_consistency: Consistency,
     read_consistency: Consistency,
     page_size: i32,
     max_in_flight: usize,
@@ -215,6 +218,7 @@ impl CassandraStore {
                 keyspace,
                 group: group.to_string(),
                 layout,
+                write_consistency,
                 read_consistency,
                 page_size: config.page_size,
                 max_in_flight,
@@ -241,6 +245,35 @@ impl CassandraStore {
     /// The store's counters.
     pub fn metrics(&self) -> &CassandraMetrics {
         &self.shared.metrics
+    }
+
+    /// The hot rows of `kind` as a table whose scans can be told which rows to keep.
+    pub fn cassandra_table(&self, kind: TableKind) -> CassandraTable {
+        CassandraTable::new(Arc::clone(&self.shared), kind)
+    }
+
+    /// The cold tier's committed manifest (the cluster catalog).
+    pub async fn load_manifest(&self) -> Result<crate::catalog::Manifest, EngineError> {
+        catalog::load(&self.shared).await
+    }
+
+    /// Commits `next` if the stored manifest is still at version `expected`.
+    pub async fn commit_manifest(
+        &self,
+        expected: u64,
+        next: &crate::catalog::Manifest,
+    ) -> Result<bool, EngineError> {
+        catalog::commit(&self.shared, expected, next).await
+    }
+
+    /// Takes or renews the tiering lease for `owner`.
+    pub async fn tiering_lease(&self, owner: &str, ttl_secs: i32) -> Result<Lease, EngineError> {
+        catalog::lease(&self.shared, owner, ttl_secs).await
+    }
+
+    /// Lets go of the tiering lease if `owner` holds it.
+    pub async fn release_tiering_lease(&self, owner: &str) -> Result<(), EngineError> {
+        catalog::release(&self.shared, owner).await
     }
 }
 

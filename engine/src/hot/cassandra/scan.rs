@@ -21,7 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::exec::{CassandraScanExec, Read};
+use super::exec::{CassandraScanExec, Keep, Read};
 use super::{Shared, err, prepare};
 use crate::EngineError;
 use crate::query::tables::{TableKind, TimeRange};
@@ -231,6 +231,24 @@ impl TableProvider for CassandraTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let outputs = state.config().target_partitions();
+        Ok(Arc::new(
+            self.plan(projection, filters, limit, Keep::All, outputs)
+                .await?,
+        ))
+    }
+}
+
+impl CassandraTable {
+    /// The scan of the rows `keep` selects, in at most `outputs` output partitions.
+    pub async fn plan(
+        &self,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+        keep: Keep,
+        outputs: usize,
+    ) -> Result<CassandraScanExec> {
         let spec = self.spec();
         let range = TimeRange::from_filters(filters, spec.time_field);
         let buckets = if range.lo > range.hi {
@@ -243,7 +261,7 @@ impl TableProvider for CassandraTable {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let columns: Vec<&str> = indices
+        let mut columns: Vec<&str> = indices
             .iter()
             .map(|i| {
                 spec.columns
@@ -252,6 +270,10 @@ impl TableProvider for CassandraTable {
                     .ok_or_else(|| DataFusionError::Plan(format!("{}: no column {i}", spec.table)))
             })
             .collect::<Result<_>>()?;
+        if keep.judges() {
+            columns.push(spec.time_column);
+            columns.extend(Keep::IDENTITY);
+        }
         let equalities = self.equalities(filters);
         let cql = select_cql(&self.shared.keyspace, spec, &columns, &equalities);
         let prepared = statement(&self.shared, &cql).await.map_err(external)?;
@@ -260,10 +282,7 @@ impl TableProvider for CassandraTable {
             .iter()
             .flat_map(|b| (0..shards).map(move |s| (*b, s)))
             .collect();
-        let outputs = state
-            .config()
-            .target_partitions()
-            .clamp(1, partitions.len().max(1));
+        let outputs = outputs.clamp(1, partitions.len().max(1));
         let read = Read {
             shared: Arc::clone(&self.shared),
             statement: prepared,
@@ -271,10 +290,11 @@ impl TableProvider for CassandraTable {
             equalities: equalities.into_iter().map(|(_, v)| v).collect(),
             schema: Arc::clone(&schema),
             limit,
+            keep,
         };
-        Ok(Arc::new(CassandraScanExec::new(
+        Ok(CassandraScanExec::new(
             spec.table, cql, read, buckets, partitions, outputs,
-        )))
+        ))
     }
 }
 

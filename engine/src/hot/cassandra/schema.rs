@@ -6,6 +6,7 @@
 //! never guess. `progress` has one Cassandra partition per Kafka partition: lightweight
 //! transactions on one Cassandra partition serialize, and a group's partitions must not
 //! wait on each other. `progress_by_group` lists a group's partitions for `list()`.
+//! `tier_state` and `tier_lease` are the cluster catalog (`catalog.rs`).
 
 use std::time::Duration;
 
@@ -121,6 +122,11 @@ fn create_tables(ks: &str, ttl: Duration) -> Vec<String> {
              consumer_group text, topic text, kpart int, next_offset bigint, epoch bigint, \
              owner text, updated_us bigint, PRIMARY KEY ((consumer_group, topic, kpart)))"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.tier_state (\
+             name text PRIMARY KEY, version bigint, manifest text)"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.tier_lease (name text PRIMARY KEY, owner text)"),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.progress_by_group (\
              consumer_group text, topic text, kpart int, \
