@@ -1,7 +1,8 @@
 //! The cold tier: Parquet files behind `object_store`, Hive-partitioned by date and hour.
 //!
 //! Files are written whole and only then named in the catalog, so a file the catalog does
-//! not name is debris of an interrupted flush and is removed at start.
+//! not name (live or retired by a compaction) is debris of an interrupted flush or
+//! compaction and is removed at start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -176,6 +177,102 @@ impl ColdStore {
         Ok(ListingTableUrl::parse(format!("{}{path}", self.root_url))?)
     }
 
+    /// How every cold file is written: zstd, page statistics, [`ROW_GROUP_ROWS`] rows per
+    /// row group.
+    pub fn writer_properties() -> Result<WriterProperties, EngineError> {
+        Ok(WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build())
+    }
+
+    /// Writes a stream of batches as one Parquet file at `path`, with the same properties
+    /// as [`ColdStore::write`], and makes it durable. Memory stays bounded: one row group
+    /// is buffered, and the encoded bytes go out as a multipart upload (a staging file
+    /// renamed into place on completion, so a reader never sees half a file).
+    pub async fn write_stream<S, E>(
+        &self,
+        path: &str,
+        schema: arrow::datatypes::SchemaRef,
+        mut batches: S,
+        time_col: usize,
+    ) -> Result<ColdFile, EngineError>
+    where
+        S: futures::Stream<Item = Result<RecordBatch, E>> + Unpin,
+        EngineError: From<E>,
+    {
+        use futures::StreamExt;
+        let location = ObjectPath::from(path);
+        let sink = object_store::buffered::BufWriter::new(Arc::clone(&self.store), location);
+        let mut writer = parquet::arrow::AsyncArrowWriter::try_new(
+            sink,
+            schema,
+            Some(Self::writer_properties()?),
+        )?;
+        let mut rows = 0u64;
+        let mut range: Option<(i64, i64)> = None;
+        let written: Result<(), EngineError> = async {
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                if let Some(t) = crate::hot::timestamps(&batch, time_col)
+                    && let (Some(lo), Some(hi)) = (t.iter().min(), t.iter().max())
+                {
+                    range = Some(match range {
+                        Some((a, b)) => (a.min(*lo), b.max(*hi)),
+                        None => (*lo, *hi),
+                    });
+                }
+                rows += batch.num_rows() as u64;
+                writer.write(&batch).await?;
+            }
+            writer.finish().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // Nothing is named yet: drop the staged upload (what is left is debris that
+            // start-up removes).
+            let _ = writer.into_inner().abort().await;
+            return Err(EngineError::Cold {
+                context: format!("writing {}{path}", self.root_url),
+                reason: e.to_string(),
+            });
+        }
+        let bytes = writer.bytes_written() as u64;
+        if let Some(root) = &self.local_root {
+            Self::fsync(&root.join(path))?;
+        }
+        let (min_ts, max_ts) = range.unwrap_or((0, 0));
+        Ok(ColdFile {
+            path: path.to_string(),
+            min_ts,
+            max_ts,
+            rows,
+            bytes,
+        })
+    }
+
+    /// Deletes cold files (e.g. retired by a compaction); a file already gone is not an
+    /// error, so a crash between deleting and committing is harmless.
+    pub async fn delete(&self, paths: &[String]) -> Result<(), EngineError> {
+        for path in paths {
+            match self.store.delete(&ObjectPath::from(path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(EngineError::Cold {
+                        context: format!("deleting {}{path}", self.root_url),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `batch` as one Parquet file at `path` (zstd, page statistics) and makes it
     /// durable. `time_col` is the column whose range the catalog records.
     pub async fn write(
@@ -184,13 +281,9 @@ impl ColdStore {
         batch: &RecordBatch,
         time_col: usize,
     ) -> Result<ColdFile, EngineError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
         let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4);
-        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+        let mut writer =
+            ArrowWriter::try_new(&mut buf, batch.schema(), Some(Self::writer_properties()?))?;
         writer.write(batch)?;
         writer.close()?;
         let bytes = buf.len() as u64;
@@ -249,6 +342,9 @@ impl ColdStore {
             .iter()
             .chain(&manifest.dead_letters)
             .map(|f| f.path.as_str())
+            // Retired by a compaction but maybe still read by a query planned before it:
+            // deleted by `compaction::remove_retired` once their grace period is over.
+            .chain(manifest.retired.iter().map(|r| r.path.as_str()))
             .collect();
         let mut removed = 0;
         for prefix in ["logs", "dead_letters"] {
@@ -259,7 +355,7 @@ impl ColdStore {
                 .await?;
             for meta in listed {
                 if !named.contains(meta.location.as_ref()) {
-                    tracing::info!(file = %meta.location, "removing a cold file no commit names (an interrupted flush)");
+                    tracing::info!(file = %meta.location, "removing a cold file no commit names (an interrupted flush or compaction)");
                     self.store.delete(&meta.location).await?;
                     removed += 1;
                 }

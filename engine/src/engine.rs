@@ -41,6 +41,11 @@ pub struct EngineConfig {
     pub wal_segment_bytes: u64,
     /// Fault injection for crash tests: pause between writing Parquet and committing it.
     pub fault_flush_pause: Option<Duration>,
+    /// Fault injection for crash tests: pause between writing a compaction's merged file
+    /// and committing it.
+    pub fault_compact_pause: Option<Duration>,
+    /// Compaction of the cold tier's small files (embedded mode).
+    pub compaction: crate::compaction::CompactionConfig,
     /// NOTIFY delivery: threads, queue, retry policy, retention, Kafka brokers.
     pub notify: crate::continuous::NotifyConfig,
     /// WAL entries queued for the continuous queries before they catch up from the WAL
@@ -67,6 +72,8 @@ impl EngineConfig {
             max_hot_rows: 4_000_000,
             wal_segment_bytes: 64 * 1024 * 1024,
             fault_flush_pause: None,
+            fault_compact_pause: None,
+            compaction: crate::compaction::CompactionConfig::default(),
             notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
             cold_url: None,
@@ -107,6 +114,26 @@ pub struct EngineMetrics {
     pub flush_failures: AtomicU64,
     /// SQL queries run.
     pub queries: AtomicU64,
+    /// Compactions committed (one per merged group).
+    pub compactions: AtomicU64,
+    /// Cold files merged away by compactions.
+    pub compacted_files: AtomicU64,
+    /// Failed compaction rounds.
+    pub compaction_failures: AtomicU64,
+    /// Retired cold files deleted after their grace period.
+    pub retired_files_removed: AtomicU64,
+}
+
+/// The cold tier as the committed manifest names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColdStats {
+    /// Live files of `logs` and of `dead_letters`.
+    pub log_files: usize,
+    pub dead_letter_files: usize,
+    /// Bytes in the live files.
+    pub bytes: u64,
+    /// Files replaced by a compaction, waiting for their grace period.
+    pub retired_files: usize,
 }
 
 /// What an idempotency-key lookup tells a request to do.
@@ -136,6 +163,7 @@ pub struct Engine {
     /// Cluster mode's Kafka source, Cassandra store and producer.
     cluster: Option<Arc<Cluster>>,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    pub(crate) compaction: crate::compaction::Scheduler,
     flush_wanted: Arc<Notify>,
     continuous: Arc<ContinuousQueries>,
     cq_feed: Arc<Feed>,
@@ -293,6 +321,7 @@ impl Engine {
             tables,
             cluster,
             flush_lock: tokio::sync::Mutex::new(()),
+            compaction: crate::compaction::Scheduler::default(),
             flush_wanted: Arc::new(Notify::new()),
             continuous: Arc::clone(&continuous),
             cq_feed: Arc::clone(&cq_feed),
@@ -507,6 +536,19 @@ impl Engine {
                 .map(|r| r.rows);
         }
         tiering::flush(self).await
+    }
+
+    /// Runs one compaction round now (see `compaction.rs`): retired files past their grace
+    /// are deleted, and the small files of each partition directory are merged.
+    pub async fn compact(&self) -> Result<crate::compaction::CompactionReport, EngineError> {
+        if self.cluster.is_some() {
+            return Err(EngineError::Unsupported(
+                "compact is embedded-only for now: in cluster mode the cold manifest is in \
+                 Cassandra, and compaction there needs its LWT commit (not wired yet)"
+                    .into(),
+            ));
+        }
+        crate::compaction::run_round(self, false).await
     }
 
     /// A fresh DataFusion session (one per client connection) with `logs`, `logs_hot`,
@@ -775,6 +817,17 @@ impl Engine {
     /// Rows in the hot buffer, and cold files committed.
     pub fn tier_stats(&self) -> (usize, usize) {
         (self.tiers.hot_stats().0, self.tiers.manifest().logs.len())
+    }
+
+    /// The committed cold files: live, their bytes, and retired ones not yet deleted.
+    pub fn cold_stats(&self) -> ColdStats {
+        let m = self.tiers.manifest();
+        ColdStats {
+            log_files: m.logs.len(),
+            dead_letter_files: m.dead_letters.len(),
+            bytes: m.logs.iter().chain(&m.dead_letters).map(|f| f.bytes).sum(),
+            retired_files: m.retired.len(),
+        }
     }
 
     pub(crate) fn stopped(&self) -> bool {

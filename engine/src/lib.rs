@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod cold;
+pub mod compaction;
 pub mod continuous;
 pub mod hot;
 pub mod ingest;
@@ -32,7 +33,7 @@ mod error;
 mod idempotency;
 mod tiering;
 
-pub use engine::{Engine, EngineConfig, EngineMetrics, IngestOutcome};
+pub use engine::{ColdStats, Engine, EngineConfig, EngineMetrics, IngestOutcome};
 pub use error::EngineError;
 
 #[cfg(test)]

@@ -145,10 +145,14 @@ pub async fn run_flusher(
         let due = rows >= e.config().flush_max_rows
             || oldest.is_some_and(|t| t.elapsed() >= e.config().flush_interval);
         if !due {
+            crate::compaction::tick(&e).await;
             continue;
         }
         match flush(&e).await {
-            Ok(_) => backoff = Duration::from_secs(1),
+            Ok(_) => {
+                backoff = Duration::from_secs(1);
+                crate::compaction::tick(&e).await;
+            }
             Err(err) => {
                 e.metrics()
                     .flush_failures

@@ -75,6 +75,38 @@ pub struct StorageConfig {
     pub flush_max_rows: usize,
     /// Roll over to a new WAL segment past this size.
     pub wal_segment_bytes: u64,
+    /// Compaction merges the small files of a partition directory once at least this many
+    /// can become one.
+    pub compact_min_files: usize,
+    /// At most this many files go into one merge.
+    pub compact_max_files: usize,
+    /// A merged file holds about this many bytes at most; files of half of it are big
+    /// already and never merged again.
+    pub compact_target_bytes: u64,
+    /// A merged file holds at most this many rows.
+    pub compact_max_rows: u64,
+    /// How often the flusher looks for compaction work; 0: only `POST /v1/compact`.
+    pub compact_interval_secs: u64,
+    /// Files a compaction replaced are deleted this long after it (queries planned before
+    /// it may still read them).
+    pub retired_grace_secs: u64,
+}
+
+impl StorageConfig {
+    /// The engine's compaction settings.
+    pub fn compaction(&self) -> logsphere_engine::compaction::CompactionConfig {
+        use std::time::Duration;
+        logsphere_engine::compaction::CompactionConfig {
+            policy: logsphere_engine::compaction::CompactionPolicy {
+                min_files: self.compact_min_files,
+                max_files: self.compact_max_files,
+                target_bytes: self.compact_target_bytes,
+                max_rows: self.compact_max_rows,
+            },
+            interval: Duration::from_secs(self.compact_interval_secs),
+            retired_grace: Duration::from_secs(self.retired_grace_secs),
+        }
+    }
 }
 
 /// `[cold]`: the cold tier.
@@ -186,10 +218,17 @@ impl Default for HttpConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
+        let c = logsphere_engine::compaction::CompactionConfig::default();
         Self {
             flush_interval_secs: 300,
             flush_max_rows: 1_000_000,
             wal_segment_bytes: 64 * 1024 * 1024,
+            compact_min_files: c.policy.min_files,
+            compact_max_files: c.policy.max_files,
+            compact_target_bytes: c.policy.target_bytes,
+            compact_max_rows: c.policy.max_rows,
+            compact_interval_secs: c.interval.as_secs(),
+            retired_grace_secs: c.retired_grace.as_secs(),
         }
     }
 }
@@ -227,6 +266,40 @@ impl Config {
         }
         if self.storage.wal_segment_bytes < 4096 {
             bail!("storage.wal_segment_bytes must be at least 4096");
+        }
+        let st = &self.storage;
+        if st.compact_min_files < 2 {
+            bail!(
+                "storage.compact_min_files = {} must be at least 2 (a merge of one file \
+                 gains nothing)",
+                st.compact_min_files
+            );
+        }
+        if st.compact_max_files < st.compact_min_files {
+            bail!(
+                "storage.compact_max_files = {} must be at least storage.compact_min_files = {}",
+                st.compact_max_files,
+                st.compact_min_files
+            );
+        }
+        if st.compact_target_bytes < 1024 * 1024 {
+            bail!(
+                "storage.compact_target_bytes = {} must be at least 1048576 (1 MiB)",
+                st.compact_target_bytes
+            );
+        }
+        if st.compact_max_rows < 2 {
+            bail!(
+                "storage.compact_max_rows = {} must be at least 2",
+                st.compact_max_rows
+            );
+        }
+        if st.retired_grace_secs > 7 * 24 * 3600 {
+            bail!(
+                "storage.retired_grace_secs = {} is more than a week; retired files would \
+                 pile up (the longest query only needs minutes)",
+                st.retired_grace_secs
+            );
         }
         if self.http.max_record_bytes == 0 || self.http.max_body_bytes == 0 {
             bail!("http.max_record_bytes and http.max_body_bytes must be at least 1");

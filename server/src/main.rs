@@ -209,7 +209,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.flush_max_rows = cfg.storage.flush_max_rows;
     engine_cfg.max_hot_rows = cfg.storage.flush_max_rows.saturating_mul(4);
     engine_cfg.wal_segment_bytes = cfg.storage.wal_segment_bytes;
-    engine_cfg.fault_flush_pause = fault_flush_pause()?;
+    engine_cfg.fault_flush_pause = fault_pause("LOGSPHERE_FAULT_FLUSH_PAUSE_MS")?;
+    engine_cfg.fault_compact_pause = fault_pause("LOGSPHERE_FAULT_COMPACT_PAUSE_MS")?;
+    engine_cfg.compaction = cfg.storage.compaction();
     engine_cfg.notify = cfg.notify.to_engine();
     engine_cfg.cold_url = cfg.cold.url.clone();
     engine_cfg.cold_timeout = Duration::from_secs(cfg.cold.timeout_secs);
@@ -263,15 +265,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `LOGSPHERE_FAULT_FLUSH_PAUSE_MS`: crash tests widen the window between writing Parquet
-/// and committing it, so a kill lands inside a flush.
-fn fault_flush_pause() -> anyhow::Result<Option<Duration>> {
-    match std::env::var("LOGSPHERE_FAULT_FLUSH_PAUSE_MS") {
+/// `LOGSPHERE_FAULT_FLUSH_PAUSE_MS` / `LOGSPHERE_FAULT_COMPACT_PAUSE_MS`: crash tests widen
+/// the window between writing Parquet (a flush's files, a compaction's merged file) and
+/// committing it, so a kill lands inside a flush or a compaction.
+fn fault_pause(var: &str) -> anyhow::Result<Option<Duration>> {
+    match std::env::var(var) {
         Err(_) => Ok(None),
         Ok(v) => {
-            let ms: u64 = v.parse().with_context(|| {
-                format!("LOGSPHERE_FAULT_FLUSH_PAUSE_MS = {v:?} is not a number")
-            })?;
+            let ms: u64 = v
+                .parse()
+                .with_context(|| format!("{var} = {v:?} is not a number"))?;
             Ok(Some(Duration::from_millis(ms)))
         }
     }

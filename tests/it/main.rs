@@ -1,5 +1,6 @@
 mod clients;
 mod cluster;
+mod compaction;
 mod continuous;
 mod continuous_crash;
 mod continuous_equivalence;

@@ -40,6 +40,11 @@ pub struct Manifest {
     /// Cluster mode: which Kafka-sourced hot rows the cold files hold (embedded: `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<TierCut>,
+    /// Files a compaction replaced: no query plans them any more, but one planned before
+    /// the compaction may still read them, so they are deleted only after a grace period
+    /// (`compaction::remove_retired`). Named here so start-up does not take them for debris.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
 }
 
 /// Cluster mode's tiering horizon: the cold tier holds exactly the rows with a time before
@@ -74,6 +79,15 @@ impl TierCut {
             .copied()
             .unwrap_or(0)
     }
+}
+
+/// A cold file replaced by a compaction, waiting for its grace period to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredFile {
+    /// Path below the cold root.
+    pub path: String,
+    /// When the compaction that replaced it was committed (µs since the epoch).
+    pub retired_at_us: i64,
 }
 
 /// Where the manifest lives and how it is replaced.

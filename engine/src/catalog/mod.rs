@@ -7,4 +7,4 @@
 pub mod local;
 
 pub(crate) use local::atomic_write;
-pub use local::{ColdFile, LocalCatalog, Manifest, TierCut};
+pub use local::{ColdFile, LocalCatalog, Manifest, RetiredFile, TierCut};

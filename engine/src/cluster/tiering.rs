@@ -372,6 +372,9 @@ async fn remove_debris(cold: &ColdStore, manifest: &Manifest) {
         .iter()
         .chain(&manifest.dead_letters)
         .map(|f| f.path.as_str())
+        // Replaced by a compaction, still read by older queries: `compaction::remove_retired`
+        // deletes them after the grace period.
+        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
         .collect();
     let now = chrono::Utc::now();
     for prefix in ["logs", "dead_letters"] {

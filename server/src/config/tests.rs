@@ -143,3 +143,46 @@ fn cold_url_scheme_and_timeout_are_checked() {
     let cfg = Config::from_toml("[cold]\nurl = \"file:///tmp/cold\"\n").expect("parses");
     cfg.validate().expect("a file URL is valid");
 }
+
+#[test]
+fn compaction_keys_have_defaults_and_bad_values_are_named() {
+    let cfg = Config::from_toml("").unwrap();
+    let c = cfg.storage.compaction();
+    assert_eq!(c.policy.min_files, 4);
+    assert_eq!(c.policy.target_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.retired_grace.as_secs(), 300);
+    let cfg = Config::from_toml(
+        "[storage]\ncompact_min_files = 8\ncompact_target_bytes = 67108864\n\
+         retired_grace_secs = 10\ncompact_interval_secs = 0\n",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let c = cfg.storage.compaction();
+    assert_eq!(
+        (c.policy.min_files, c.policy.target_bytes),
+        (8, 64 * 1024 * 1024)
+    );
+    assert!(c.interval.is_zero());
+    for (toml, key) in [
+        ("compact_min_files = 1", "storage.compact_min_files"),
+        (
+            "compact_min_files = 10\ncompact_max_files = 5",
+            "storage.compact_max_files",
+        ),
+        (
+            "compact_target_bytes = 1000",
+            "storage.compact_target_bytes",
+        ),
+        ("compact_max_rows = 0", "storage.compact_max_rows"),
+        (
+            "retired_grace_secs = 99999999",
+            "storage.retired_grace_secs",
+        ),
+    ] {
+        let cfg = Config::from_toml(&format!("[storage]\n{toml}\n")).unwrap();
+        let msg = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(msg.contains(key), "{toml}: {msg}");
+    }
+    let err = Config::from_toml("[storage]\ncompact_min_file = 3\n").unwrap_err();
+    assert!(format!("{err:#}").contains("compact_min_file"));
+}

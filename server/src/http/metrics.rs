@@ -16,8 +16,9 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let m = state.engine.metrics();
     let w = state.engine.wal_metrics();
     let (hot_rows, cold_files) = state.engine.tier_stats();
+    let cold = state.engine.cold_stats();
     let t = state.engine.tiering_metrics();
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 21] = [
         (
             "logsphere_ingest_requests_total",
             "Ingest requests stored.",
@@ -99,6 +100,26 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             m.queries.load(Relaxed),
         ),
         (
+            "logsphere_compactions_total",
+            "Compactions committed (one per merged group of files).",
+            m.compactions.load(Relaxed),
+        ),
+        (
+            "logsphere_compacted_files_total",
+            "Cold files merged away by compactions.",
+            m.compacted_files.load(Relaxed),
+        ),
+        (
+            "logsphere_compaction_failures_total",
+            "Failed compaction rounds.",
+            m.compaction_failures.load(Relaxed),
+        ),
+        (
+            "logsphere_retired_files_removed_total",
+            "Cold files deleted after their grace period (replaced by a compaction).",
+            m.retired_files_removed.load(Relaxed),
+        ),
+        (
             "logsphere_cq_catch_ups_total",
             "Times continuous queries fell behind ingest and caught up from the WAL.",
             state.engine.cq_catch_ups(),
@@ -133,6 +154,21 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             "logsphere_cold_files",
             "Committed Parquet files of logs.",
             cold_files as u64,
+        ),
+        (
+            "logsphere_cold_dead_letter_files",
+            "Committed Parquet files of dead_letters.",
+            cold.dead_letter_files as u64,
+        ),
+        (
+            "logsphere_cold_bytes",
+            "Bytes in the committed Parquet files.",
+            cold.bytes,
+        ),
+        (
+            "logsphere_cold_retired_files",
+            "Parquet files replaced by a compaction, deleted after the grace period.",
+            cold.retired_files as u64,
         ),
     ];
     for (name, help, value) in gauges {

@@ -1,4 +1,5 @@
-//! HTTP: `POST /v1/logs` ingest, `POST /v1/flush`, `GET /healthz`, `GET /metrics`.
+//! HTTP: `POST /v1/logs` ingest, `POST /v1/flush`, `POST /v1/compact`, `GET /healthz`,
+//! `GET /metrics`.
 
 mod metrics;
 
@@ -40,6 +41,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/logs", post(ingest))
         .route("/v1/flush", post(flush))
+        .route("/v1/compact", post(compact))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
@@ -138,6 +140,27 @@ async fn flush(State(state): State<Arc<HttpState>>) -> Response {
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("flush failed: {e}"),
+        ),
+    }
+}
+
+/// Runs one compaction round now; answers once it is committed.
+async fn compact(State(state): State<Arc<HttpState>>) -> Response {
+    match state.engine.compact().await {
+        Ok(r) => axum::Json(json!({
+            "groups": r.groups,
+            "files_before": r.files_before,
+            "files_after": r.files_after,
+            "files_merged": r.files_merged,
+            "rows": r.rows,
+            "bytes": r.bytes,
+            "retired_removed": r.retired_removed,
+        }))
+        .into_response(),
+        Err(e @ EngineError::Unsupported(_)) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("compaction failed (committed files are untouched): {e}"),
         ),
     }
 }
