@@ -415,23 +415,24 @@ fn live_files(m: &Manifest) -> usize {
     m.logs.len() + m.dead_letters.len()
 }
 
-/// Embedded: deletes the retired files whose grace has passed and commits the manifest
-/// without them. Returns how many were deleted.
+/// Deletes the retired files whose grace has passed and commits the manifest without
+/// them. Returns how many were deleted.
 async fn remove_retired_committed(engine: &Engine) -> Result<usize, EngineError> {
     let held = held_files(engine);
     let grace = engine.config().compaction.retired_grace;
-    let _flush = engine.flush_lock.lock().await;
-    if engine.stopped() {
+    let current = current_manifest(engine).await?;
+    let due = due_retired(&current, grace, now_us(), &held);
+    if due.is_empty() || engine.stopped() {
         return Ok(0);
     }
-    let current = engine.tiers.manifest();
-    let Some((next, removed)) =
-        remove_retired(&engine.cold, &current, grace, now_us(), &held).await?
-    else {
+    // Files first: a crash before the commit leaves entries naming missing files, which the
+    // next call deletes again (a missing file is not an error) and drops.
+    engine.cold.delete(&due).await?;
+    let removed = due.len();
+    let committed = commit_change(engine, |m| Some(without_retired(m, &due))).await?;
+    if !committed {
         return Ok(0);
-    };
-    engine.catalog.commit(&next)?;
-    engine.tiers.publish(next);
+    }
     engine
         .metrics()
         .retired_files_removed
@@ -441,6 +442,62 @@ async fn remove_retired_committed(engine: &Engine) -> Result<usize, EngineError>
         "compaction: deleted retired cold files past their grace period"
     );
     Ok(removed)
+}
+
+/// The committed manifest: the local one embedded, Cassandra's in cluster mode.
+async fn current_manifest(engine: &Engine) -> Result<Arc<Manifest>, EngineError> {
+    match engine.cluster().and_then(|c| c.store()) {
+        Some(store) => Ok(Arc::new(store.load_manifest().await?)),
+        None if engine.cluster().is_some() => Err(EngineError::Cassandra {
+            context: "compaction".into(),
+            reason: "Cassandra is not connected yet".into(),
+        }),
+        None => Ok(engine.tiers.manifest()),
+    }
+}
+
+/// Commits `change` of the current manifest and publishes it. Embedded: under the flush
+/// lock, replacing `catalog.json`. Cluster: a compare-and-set on the manifest's version in
+/// Cassandra, re-read and retried when another node committed first. `Ok(false)` when
+/// `change` refuses (returns `None`) the manifest it is given.
+async fn commit_change(
+    engine: &Engine,
+    change: impl Fn(&Manifest) -> Option<Manifest>,
+) -> Result<bool, EngineError> {
+    if let Some(cluster) = engine.cluster() {
+        let store = cluster.store().ok_or_else(|| EngineError::Cassandra {
+            context: "compaction commit".into(),
+            reason: "Cassandra is not connected yet".into(),
+        })?;
+        for _ in 0..10 {
+            let current = store.load_manifest().await?;
+            let Some(next) = change(&current) else {
+                return Ok(false);
+            };
+            if store.commit_manifest(current.version, &next).await? {
+                let _flush = engine.flush_lock.lock().await;
+                if next.version > engine.tiers.manifest().version {
+                    engine.tiers.publish(next);
+                }
+                return Ok(true);
+            }
+        }
+        return Err(EngineError::Cassandra {
+            context: "compaction commit".into(),
+            reason: "other commits kept winning the race (10 attempts)".into(),
+        });
+    }
+    let _flush = engine.flush_lock.lock().await;
+    if engine.stopped() {
+        return Err(EngineError::ShuttingDown);
+    }
+    let current = engine.tiers.manifest();
+    let Some(next) = change(&current) else {
+        return Ok(false);
+    };
+    engine.catalog.commit(&next)?;
+    engine.tiers.publish(next);
+    Ok(true)
 }
 
 /// Embedded: one compaction round now. Deletes the retired files that are due, then merges
@@ -457,7 +514,7 @@ pub(crate) async fn run_round(
         ..Default::default()
     };
     let policy = engine.config().compaction.policy.clone();
-    let manifest = engine.tiers.manifest();
+    let manifest = current_manifest(engine).await?;
     report.files_before = live_files(&manifest);
     let groups = plan(&manifest, &policy);
     let total = groups.len();
@@ -521,28 +578,19 @@ pub(crate) async fn run_round(
             "compaction: merged files into one"
         );
     }
-    report.files_after = live_files(&engine.tiers.manifest());
+    report.files_after = live_files(&*current_manifest(engine).await?);
     Ok(report)
 }
 
-/// Commits `group` → `merged` like a flush commits: under the flush lock, on the current
-/// manifest. `Ok(false)`: the manifest no longer names the group's files.
+/// Commits `group` → `merged` on the current manifest. `Ok(false)`: the manifest no
+/// longer names the group's files.
 async fn commit_group(
     engine: &Engine,
     group: &CompactionGroup,
     merged: &ColdFile,
 ) -> Result<bool, EngineError> {
-    let _flush = engine.flush_lock.lock().await;
-    if engine.stopped() {
-        return Err(EngineError::ShuttingDown);
-    }
-    let current = engine.tiers.manifest();
-    let Some(next) = apply(&current, group, merged.clone(), now_us()) else {
-        return Ok(false);
-    };
-    engine.catalog.commit(&next)?;
-    engine.tiers.publish(next);
-    Ok(true)
+    let now = now_us();
+    commit_change(engine, |m| apply(m, group, merged.clone(), now)).await
 }
 
 /// The flusher's hook, after each check: deletes retired files that are due, and every

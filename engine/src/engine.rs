@@ -542,11 +542,7 @@ impl Engine {
     /// are deleted, and the small files of each partition directory are merged.
     pub async fn compact(&self) -> Result<crate::compaction::CompactionReport, EngineError> {
         if self.cluster.is_some() {
-            return Err(EngineError::Unsupported(
-                "compact is embedded-only for now: in cluster mode the cold manifest is in \
-                 Cassandra, and compaction there needs its LWT commit (not wired yet)"
-                    .into(),
-            ));
+            return crate::cluster::tiering::compact(self, true).await;
         }
         crate::compaction::run_round(self, false).await
     }

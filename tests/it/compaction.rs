@@ -45,7 +45,7 @@ fn count_parquet(dir: &Path) -> usize {
 }
 
 /// `POST /v1/compact`; the JSON answer.
-fn compact(base: &str) -> serde_json::Value {
+pub(crate) fn compact(base: &str) -> serde_json::Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -90,10 +90,34 @@ pub async fn round(engine: &Engine, cut_us: i64, wait: bool) -> Result<RoundRepo
         ),
     })?;
     let owner = cluster.config().node_id.clone();
+    take_lease(engine, &store, &owner, wait).await?;
+    if wait {
+        tokio::time::sleep(PROGRESS_SETTLE).await;
+    }
+    let result = moved(engine, &store, cut_us).await;
+    if let Err(e) = store.release_tiering_lease(&owner).await {
+        tracing::warn!(error = %e, "could not release the tiering lease; it expires by itself");
+    }
+    let m = engine.tiering_metrics();
+    match &result {
+        Ok(r) if r.files > 0 => m.succeeded(r.rows, r.files as u64, r.bytes),
+        Ok(_) => {}
+        Err(e) => m.failed(e),
+    }
+    result
+}
+
+/// Takes the tiering lease for `owner` (waiting up to [`LEASE_WAIT`] when `wait`).
+async fn take_lease(
+    engine: &Engine,
+    store: &CassandraStore,
+    owner: &str,
+    wait: bool,
+) -> Result<(), EngineError> {
     let started = Instant::now();
     loop {
-        match store.tiering_lease(&owner, LEASE_SECS).await? {
-            Lease::Mine => break,
+        match store.tiering_lease(owner, LEASE_SECS).await? {
+            Lease::Mine => return Ok(()),
             Lease::Held(other) => {
                 engine
                     .tiering_metrics()
@@ -109,18 +133,29 @@ pub async fn round(engine: &Engine, cut_us: i64, wait: bool) -> Result<RoundRepo
             }
         }
     }
-    if wait {
-        tokio::time::sleep(PROGRESS_SETTLE).await;
-    }
-    let result = moved(engine, &store, cut_us).await;
+}
+
+/// Cluster compaction: one round of `compaction::run_round` under the tiering lease (one
+/// node merges at a time; each group commits by compare-and-set on the manifest).
+pub async fn compact(
+    engine: &Engine,
+    wait: bool,
+) -> Result<crate::compaction::CompactionReport, EngineError> {
+    let cluster = engine.cluster().ok_or_else(|| {
+        EngineError::Unsupported("cluster compaction outside cluster mode".into())
+    })?;
+    let store = cluster.store().ok_or_else(|| EngineError::Cassandra {
+        context: "compaction".into(),
+        reason: format!(
+            "not connected yet: {}",
+            cluster.ready().err().unwrap_or_default()
+        ),
+    })?;
+    let owner = cluster.config().node_id.clone();
+    take_lease(engine, &store, &owner, wait).await?;
+    let result = crate::compaction::run_round(engine, !wait).await;
     if let Err(e) = store.release_tiering_lease(&owner).await {
         tracing::warn!(error = %e, "could not release the tiering lease; it expires by itself");
-    }
-    let m = engine.tiering_metrics();
-    match &result {
-        Ok(r) if r.files > 0 => m.succeeded(r.rows, r.files as u64, r.bytes),
-        Ok(_) => {}
-        Err(e) => m.failed(e),
     }
     result
 }
@@ -433,7 +468,25 @@ pub async fn run(engine: Weak<Engine>, mut stop: tokio::sync::watch::Receiver<bo
         }
         last_round = Instant::now();
         match round(&e, chrono::Utc::now().timestamp_micros(), false).await {
-            Ok(_) => backoff = Duration::from_secs(1),
+            Ok(_) => {
+                backoff = Duration::from_secs(1);
+                let policy = &e.config().compaction.policy;
+                let due = !crate::compaction::plan(&e.tiers.manifest(), policy).is_empty()
+                    || !e.tiers.manifest().retired.is_empty();
+                if due && !e.config().compaction.interval.is_zero() {
+                    match compact(&e, false).await {
+                        Ok(_) => {}
+                        Err(EngineError::Cassandra { reason, .. })
+                            if reason.contains("holds the tiering lease") => {}
+                        Err(err) => {
+                            e.metrics()
+                                .compaction_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(error = %err, "cluster compaction failed; the committed files are untouched");
+                        }
+                    }
+                }
+            }
             Err(EngineError::Cassandra { reason, .. })
                 if reason.contains("holds the tiering lease") => {}
             Err(err) => {

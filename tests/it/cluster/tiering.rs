@@ -471,3 +471,62 @@ async fn hdfs_down_during_a_round_loses_nothing() {
         .expect("tiering table");
     assert_eq!(row.get::<_, Option<String>>(0), None, "recovered");
 }
+
+/// Compaction in cluster mode: rounds leave one file per hour each; `POST /v1/compact`
+/// merges them under the lease and commits by compare-and-set, and no answer changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_compaction_merges_files_and_changes_no_answer() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("tier_compact");
+    create_topics(&names.brokers, &[&topic], 2).await;
+    let node = names.node(
+        "n1",
+        &[&topic],
+        &format!("{MANUAL}compact_interval_secs = 0\nretired_grace_secs = 1\n"),
+    );
+    let p = producer(&names.brokers);
+    // 1200 records a round, 4 a second: every round writes into the same hour.
+    const BASE_S: u64 = 1_764_403_200; // 08:00Z
+    const ROUND: u64 = 1_200;
+    for r in 0..4 {
+        produce(&p, &[&topic], r * ROUND..(r + 1) * ROUND, BASE_S).await;
+        wait_for_count(
+            &node,
+            "SELECT count(*) FROM logs",
+            ((r + 1) * ROUND) as i64,
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!(flush(&node).await, ROUND);
+    }
+    let before = cold_files(&node).await;
+    assert!(before >= 4, "one file per round: {before}");
+    let answer = crate::compaction::compact(&node.http_url());
+    assert!(answer["groups"].as_u64() >= Some(1), "{answer}");
+    let after = cold_files(&node).await;
+    assert!(after < before, "files {before} → {after}: {answer}");
+    const N: u64 = 4 * ROUND;
+    assert_eq!(node.query_i64("SELECT count(*) FROM logs").await, N as i64);
+    assert_eq!(
+        node.query_i64("SELECT count(*) FROM logs_cold").await,
+        N as i64
+    );
+    let client = node.pg_client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT message) FROM logs", &[])
+        .await
+        .expect("distinct")
+        .get(0);
+    assert_eq!(distinct, N as i64);
+    assert_eq!(per_source(&node, "logs").await, want_sources(0..N));
+    // The retired files go after their grace, by the next compaction round.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answer = crate::compaction::compact(&node.http_url());
+    assert!(answer["retired_removed"].as_u64() >= Some(1), "{answer}");
+    assert_eq!(node.query_i64("SELECT count(*) FROM logs").await, N as i64);
+}
+
+async fn cold_files(node: &Server) -> i64 {
+    node.query_i64("SELECT cold_files FROM tiering").await
+}
