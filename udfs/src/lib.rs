@@ -156,9 +156,11 @@ mod tests {
         let ctx = SessionContext::new();
         register_all(&ctx);
         let batches = ctx
-            .sql(r#"SELECT attr('{"user":"ann","n":3}', 'user') AS u, attr('{"n":3}', 'n') AS n,
+            .sql(
+                r#"SELECT attr('{"user":"ann","n":3}', 'user') AS u, attr('{"n":3}', 'n') AS n,
                            attr('nope', 'n') AS bad, level_rank('error') AS r, level_rank('x') AS x,
-                           log_template('retry 3 of 10') AS t"#)
+                           log_template('retry 3 of 10') AS t"#,
+            )
             .await?
             .collect()
             .await?;

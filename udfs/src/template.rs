@@ -263,8 +263,14 @@ mod tests {
             ("user42 uses http2 on v1", "user42 uses http2 on v1"),
             ("version 1.2.3.4.5", "version <num>.<num>.<num>"),
             ("call std::fade::add", "call std::fade::add"),
-            ("at 12:30:45 on 2026-11-24", "at <num>:<num>:<num> on <num>-<num>-<num>"),
-            ("ts 2026-11-24T10:00:00Z", "ts <num>-<num>-<num>:<num>:<num>Z"),
+            (
+                "at 12:30:45 on 2026-11-24",
+                "at <num>:<num>:<num> on <num>-<num>-<num>",
+            ),
+            (
+                "ts 2026-11-24T10:00:00Z",
+                "ts <num>-<num>-<num>:<num>:<num>Z",
+            ),
             ("id=7, n_3 = 8", "id=<num>, n_3 = <num>"),
             ("naïve 5 café 6", "naïve <num> café <num>"),
             ("über9 7", "über9 <num>"),
