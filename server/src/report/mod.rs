@@ -38,6 +38,8 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionContext, col, lit};
 use futures::StreamExt;
 use logsphere_engine::cold::ColdStore;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 
 pub use output::Format;
 
@@ -124,6 +126,10 @@ pub struct ReportArgs {
     /// Output file (written whole, then renamed into place) [default: standard output].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Print the report's SQL (e.g. a built-in's, to start a report of one's own from it)
+    /// and exit without reading anything.
+    #[arg(long)]
+    pub show_sql: bool,
     /// No progress on standard error.
     #[arg(long, short)]
     pub quiet: bool,
@@ -132,9 +138,13 @@ pub struct ReportArgs {
 /// Runs `logsphere report`.
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let (sql, what) = report_sql(&args)?;
+    if args.show_sql {
+        println!("{}", sql.trim_end());
+        return Ok(());
+    }
     let cold_url = cold_url(&args)?;
     let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
-    let (sql, what) = report_sql(&args)?;
     let format = args
         .format
         .or_else(|| args.out.as_deref().and_then(Format::from_extension))
@@ -150,10 +160,16 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         .sql_with_options(&sql, options)
         .await
         .with_context(|| format!("the SQL of {what} is wrong"))?;
-    let plan = df
-        .create_physical_plan()
-        .await
-        .with_context(|| format!("cannot plan the SQL of {what} over {}", cold.root_url()))?;
+    let plan = match df.create_physical_plan().await {
+        Ok(plan) => plan,
+        Err(e) => {
+            let e = anyhow::Error::from(e).context(format!(
+                "cannot plan the SQL of {what} over {}",
+                cold.root_url()
+            ));
+            return Err(name_broken_files(e, &cold, &range).await);
+        }
+    };
     let dest = output::Destination::open(args.out.as_deref(), format)?;
     let (files, bytes) = planned_files(plan.as_ref());
     let progress = Progress::new(args.quiet, Arc::clone(&plan), started);
@@ -188,13 +204,80 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     .await;
     ticker.abort();
     progress.clear_line();
-    let complete = result?;
+    let complete = match result {
+        Ok(complete) => complete,
+        Err(e) => return Err(name_broken_files(e, &cold, &range).await),
+    };
     if complete && let Err(e) = sink.finish() {
         if !broken_pipe(&e) {
             return Err(e.context(format!("cannot write to {dest_name}")));
         }
     }
     progress.say(&format!("report: {} → {dest_name}", progress.line()));
+    Ok(())
+}
+
+/// When `e` is about a Parquet file DataFusion does not name, finds the files in range
+/// whose footer cannot be read and names them.
+async fn name_broken_files(e: anyhow::Error, cold: &ColdStore, range: &TimeRange) -> anyhow::Error {
+    let parquet_error = e.chain().any(|c| c.to_string().contains("Parquet error"));
+    if !parquet_error {
+        return e;
+    }
+    let mut broken = vec![];
+    for table in ["logs", "dead_letters"] {
+        let mut listed = cold.store().list(Some(&ObjectPath::from(table)));
+        while let Some(Ok(meta)) = listed.next().await {
+            let location = meta.location.as_ref();
+            if !location.ends_with(".parquet")
+                || store::hidden_below(&ObjectPath::default(), &meta.location)
+                || !range.may_hold(location)
+            {
+                continue;
+            }
+            if let Err(why) = check_footer(cold, &meta).await {
+                broken.push(format!("{}{location} ({why})", cold.root_url()));
+                if broken.len() >= 5 {
+                    break;
+                }
+            }
+        }
+    }
+    match broken.len() {
+        0 => e,
+        1 => e.context(format!("a broken Parquet file: {}", broken.join(""))),
+        _ => e.context(format!("broken Parquet files: {}", broken.join(", "))),
+    }
+}
+
+/// Reads and decodes a Parquet file's footer (the part every reader needs first).
+async fn check_footer(cold: &ColdStore, meta: &ObjectMeta) -> anyhow::Result<()> {
+    const TAIL: u64 = 8;
+    if meta.size < TAIL + 4 {
+        bail!("{} bytes: too short for Parquet", meta.size);
+    }
+    let tail = cold
+        .store()
+        .get_range(&meta.location, meta.size - TAIL..meta.size)
+        .await?;
+    let tail: [u8; TAIL as usize] = tail.as_ref().try_into()?;
+    let footer = FooterTail::try_new(&tail)?;
+    let len = footer.metadata_length() as u64;
+    if footer.is_encrypted_footer() {
+        return Ok(());
+    }
+    if len + TAIL + 4 > meta.size {
+        bail!(
+            "its footer claims {len} bytes of metadata in a {}-byte file",
+            meta.size
+        );
+    }
+    let start = meta.size - TAIL - len;
+    let metadata = cold
+        .store()
+        .get_range(&meta.location, start..meta.size - TAIL)
+        .await?;
+    ParquetMetaDataReader::decode_metadata(&metadata)?;
     Ok(())
 }
 
@@ -331,10 +414,7 @@ fn report_sql(args: &ReportArgs) -> anyhow::Result<(String, String)> {
 /// The session: LogSphere's functions, `logs` and `dead_letters` over the cold root.
 fn session(cold: &ColdStore, range: &TimeRange) -> anyhow::Result<SessionContext> {
     let runtime = Arc::new(RuntimeEnv::default());
-    let root = url::Url::parse(cold.root_url())
-        .ok()
-        .and_then(|u| ObjectPath::from_url_path(u.path()).ok())
-        .unwrap_or_default();
+    let root = store::root_path(cold.root_url());
     cold.register_wrapped(&runtime, |reader| {
         Arc::new(store::VisibleFiles::new(reader, root))
     });
@@ -431,6 +511,21 @@ impl TimeRange {
             (None, Some(t)) => format!(" before {}", show(t)),
             (Some(f), Some(t)) => format!(" from {} to {}", show(f), show(t)),
         }
+    }
+
+    /// False when a file at `path` (`…/date=YYYY-MM-DD/…`) cannot hold rows of the range.
+    fn may_hold(&self, path: &str) -> bool {
+        let Some(day) = path
+            .split('/')
+            .find_map(|p| p.strip_prefix("date="))
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        else {
+            return true;
+        };
+        // dead_letters' date is that of a file's first row: only the end bound is sure.
+        let from_ok = !path.starts_with("logs/") || self.from.is_none_or(|f| day >= day_hour(f).0);
+        let to_ok = self.to.is_none_or(|t| day <= day_hour(t - 1).0);
+        from_ok && to_ok
     }
 
     /// Time and partition filters for `logs`: a file in `date=D/hour=H` holds only rows
@@ -565,6 +660,7 @@ struct Progress {
     quiet: bool,
     tty: bool,
     plan: Arc<dyn ExecutionPlan>,
+    planned_files: usize,
     started: Instant,
     rows_out: AtomicU64,
 }
@@ -574,6 +670,7 @@ impl Progress {
         Arc::new(Self {
             quiet,
             tty: std::io::stderr().is_terminal(),
+            planned_files: planned_files(plan.as_ref()).0,
             plan,
             started,
             rows_out: AtomicU64::new(0),
@@ -582,19 +679,18 @@ impl Progress {
 
     /// What has been done so far, from the live metrics of the plan's scans.
     fn line(&self) -> String {
-        let (mut files, mut bytes, mut rows) = (0, 0, 0);
+        let (mut files, mut rows) = (0, 0);
         visit(self.plan.as_ref(), &mut |node| {
             if node.is::<DataSourceExec>()
                 && let Some(m) = node.metrics()
             {
                 files += m.sum_by_name("files_processed").map_or(0, |v| v.as_usize());
-                bytes += m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize());
                 rows += m.output_rows().unwrap_or(0);
             }
         });
         format!(
-            "{files} files, {} read, {rows} rows scanned, {} rows out, {:.1} s",
-            human_bytes(bytes as u64),
+            "{files}/{} files, {rows} rows scanned, {} rows out, {:.1} s",
+            self.planned_files,
             self.rows_out.load(Ordering::Relaxed),
             self.started.elapsed().as_secs_f64()
         )

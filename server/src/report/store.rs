@@ -33,12 +33,8 @@ impl VisibleFiles {
         Self { inner, root }
     }
 
-    /// True when `location` is below the cold root and a part of it below the root
-    /// (directory or file name) is hidden.
     fn hidden(&self, location: &Path) -> bool {
-        location.prefix_match(&self.root).is_some_and(|mut parts| {
-            parts.any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'))
-        })
+        hidden_below(&self.root, location)
     }
 
     fn read_only(operation: &str) -> object_store::Error {
@@ -47,6 +43,22 @@ impl VisibleFiles {
                 .into(),
         }
     }
+}
+
+/// True when `location` is below `root` and a part of it below `root` (a directory or the
+/// file name) starts with `.` or `_`.
+pub fn hidden_below(root: &Path, location: &Path) -> bool {
+    location.prefix_match(root).is_some_and(|mut parts| {
+        parts.any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'))
+    })
+}
+
+/// The path of a cold root URL (`hdfs://nn:9000/a/b/` → `a/b`) in its file system.
+pub fn root_path(root_url: &str) -> Path {
+    url::Url::parse(root_url)
+        .ok()
+        .and_then(|u| Path::from_url_path(u.path()).ok())
+        .unwrap_or_default()
 }
 
 impl fmt::Display for VisibleFiles {
