@@ -208,10 +208,11 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         Ok(complete) => complete,
         Err(e) => return Err(name_broken_files(e, &cold, &range).await),
     };
-    if complete && let Err(e) = sink.finish() {
-        if !broken_pipe(&e) {
-            return Err(e.context(format!("cannot write to {dest_name}")));
-        }
+    if complete
+        && let Err(e) = sink.finish()
+        && !broken_pipe(&e)
+    {
+        return Err(e.context(format!("cannot write to {dest_name}")));
     }
     progress.say(&format!("report: {} → {dest_name}", progress.line()));
     Ok(())
