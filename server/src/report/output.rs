@@ -252,12 +252,23 @@ fn numeric(t: &DataType) -> bool {
     t.is_numeric()
 }
 
-/// A value as a Markdown table cell: `|` escaped, line breaks as `<br>`.
+/// A value as a Markdown table cell: `\`, `|`, `<`, `>`, `*` and `` ` `` backslash-escaped
+/// (so `<uuid>` shows as text, not as an HTML tag), line breaks as `<br>`.
 fn cell(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace("\r\n", "<br>")
-        .replace(['\n', '\r'], "<br>")
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' | '|' | '<' | '>' | '*' | '`' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' => out.push_str("<br>"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -288,5 +299,6 @@ mod tests {
     #[test]
     fn markdown_cells_are_escaped() {
         assert_eq!(cell("a|b\nc\\d"), "a\\|b<br>c\\\\d");
+        assert_eq!(cell("user <num> *x*\r\n"), "user \\<num\\> \\*x\\*<br>");
     }
 }
