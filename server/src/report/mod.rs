@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use arrow::datatypes::DataType;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc};
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -612,6 +612,9 @@ fn parse_time(flag: &str, s: &str) -> anyhow::Result<i64> {
              (2026-11-01T08:00:00Z)"
         );
     };
+    if !(1..=9999).contains(&t.year()) {
+        bail!("{flag} {s:?} is outside the years 1 to 9999");
+    }
     Ok(t.timestamp_micros())
 }
 
@@ -767,6 +770,7 @@ mod tests {
             matches!(&err, Err(m) if m.contains("--to \"yesterday\"")),
             "{err:?}"
         );
+        assert!(parse_time("--from", "+99999-01-01T00:00:00Z").is_err());
         let empty = TimeRange::parse(Some("2026-12-01"), Some("2026-11-01"));
         assert!(empty.is_err());
     }
