@@ -172,6 +172,18 @@ impl ColdStore {
         runtime.register_object_store(&self.base_url, Arc::clone(&self.reader));
     }
 
+    /// Like [`Self::register`], with the reader passed through `wrap` first (`logsphere
+    /// report` registers a read-only view of it that hides temporary files). The wrapped
+    /// store sees whole paths of the reader's file system (`user/x/cold/logs/…`), not paths
+    /// below the cold root.
+    pub fn register_wrapped(
+        &self,
+        runtime: &RuntimeEnv,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) {
+        runtime.register_object_store(&self.base_url, wrap(Arc::clone(&self.reader)));
+    }
+
     /// The table URL DataFusion reads one file through.
     pub fn file_url(&self, path: &str) -> Result<ListingTableUrl, EngineError> {
         Ok(ListingTableUrl::parse(format!("{}{path}", self.root_url))?)

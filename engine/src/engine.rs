@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use tokio::sync::{Notify, watch};
 
 use crate::EngineError;
@@ -551,15 +550,7 @@ impl Engine {
     /// `logs_cold` and `dead_letters` registered, the log functions, and
     /// `information_schema` on.
     pub fn session_context(&self) -> SessionContext {
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema("logsphere", "public");
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(Arc::clone(&self.runtime))
-            .with_default_features()
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = crate::query::base_session(Arc::clone(&self.runtime));
         // CQ tables are looked up at planning time: a CQ may create one after this session.
         if let Some(catalog) = ctx.catalog("logsphere")
             && let Some(public) = catalog.schema("public")
@@ -622,7 +613,6 @@ impl Engine {
                 tracing::error!(table = name, error = %e, "cannot register table");
             }
         }
-        logsphere_udfs::register_all(&ctx);
         ctx
     }
 

@@ -3,6 +3,7 @@
 mod config;
 mod http;
 mod pgwire;
+mod report;
 mod ship;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Send a log file (or stdin) to a LogSphere server over HTTP, with progress and retries.
     Ship(ship::ShipArgs),
+    /// Run SQL over the cold tier's Parquet files (file:// or hdfs://), no server needed:
+    /// batch reports as CSV, NDJSON, Parquet or Markdown.
+    Report(Box<report::ReportArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,10 +163,15 @@ fn main() -> anyhow::Result<()> {
     if let Command::Ship(args) = cli.command {
         return ship::run(args);
     }
+    // A report keeps standard error for its progress: only warnings unless asked.
+    let default_log = match cli.command {
+        Command::Report(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGSPHERE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -173,6 +182,13 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Report(args) => {
+            if let Err(e) = runtime.block_on(report::run(*args)) {
+                eprintln!("logsphere report: {}", report::describe_error(&e));
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Ship(_) => Ok(()),
     }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod ingest;
 mod notify;
 mod pgwire;
+mod report;
 mod services;
 mod sinks;
 mod slt;

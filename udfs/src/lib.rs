@@ -9,6 +9,9 @@
 //! - `to_timestamp(text, template)` and `to_char(timestamp, template)` with PostgreSQL
 //!   templates (`YYYY-MM-DD HH24:MI:SS.US`), DataFusion's chrono formats otherwise (see
 //!   [`pg_datetime`]).
+//! - `log_template(message)`: the message with UUIDs, IP addresses, hex ids and numbers
+//!   masked (`<uuid>`, `<ip>`, `<hex>`, `<num>`), for grouping messages that differ only
+//!   in their values (see [`template`]).
 //! - `length(bytea)` / `octet_length(bytea)`: bytes, as in PostgreSQL (text unchanged;
 //!   see [`bytes`]).
 //! - `TUMBLE(table, time_col, size [, offset])` and `HOP(table, time_col, slide, size
@@ -34,6 +37,7 @@ use datafusion::prelude::SessionContext;
 
 pub mod bytes;
 pub mod pg_datetime;
+pub mod template;
 pub mod window;
 
 pub use window::register_window_functions;
@@ -63,6 +67,7 @@ pub fn all() -> Vec<ScalarUDF> {
             Volatility::Immutable,
             Arc::new(level_rank),
         ),
+        template::udf(),
         ScalarUDF::new_from_impl(pg_datetime::ToTimestamp::new()),
         ScalarUDF::new_from_impl(pg_datetime::ToChar::new()),
         ScalarUDF::new_from_impl(bytes::ByteAwareLength::length()),
@@ -151,13 +156,19 @@ mod tests {
         let ctx = SessionContext::new();
         register_all(&ctx);
         let batches = ctx
-            .sql(r#"SELECT attr('{"user":"ann","n":3}', 'user') AS u, attr('{"n":3}', 'n') AS n,
-                           attr('nope', 'n') AS bad, level_rank('error') AS r, level_rank('x') AS x"#)
+            .sql(
+                r#"SELECT attr('{"user":"ann","n":3}', 'user') AS u, attr('{"n":3}', 'n') AS n,
+                           attr('nope', 'n') AS bad, level_rank('error') AS r, level_rank('x') AS x,
+                           log_template('retry 3 of 10') AS t"#,
+            )
             .await?
             .collect()
             .await?;
         let text = pretty_format_batches(&batches)?.to_string();
-        assert!(text.contains("| ann | 3 |     | 4 |   |"), "{text}");
+        assert!(
+            text.contains("| ann | 3 |     | 4 |   | retry <num> of <num> |"),
+            "{text}"
+        );
         Ok(())
     }
 }

@@ -3,3 +3,30 @@
 pub mod managed;
 pub mod system;
 pub mod tables;
+
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// A DataFusion session set up as every LogSphere session is, before any table is added:
+/// catalog `logsphere`, schema `public`, `information_schema`, DataFusion's default
+/// features and the log functions of `logsphere-udfs`. Object stores (the cold tier)
+/// come from `runtime`.
+///
+/// [`crate::Engine::session_context`] adds the engine's tables to one; `logsphere report`
+/// adds the cold tier's files.
+pub fn base_session(runtime: Arc<RuntimeEnv>) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("logsphere", "public");
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    logsphere_udfs::register_all(&ctx);
+    ctx
+}
