@@ -14,13 +14,11 @@ use pgwire::api::auth::{
     AuthSource, LoginInfo, Password, ServerParameterProvider, StartupHandler,
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
-use pgwire::api::{
-    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, METADATA_USER,
-    PgWireConnectionState, PidSecretKeyGenerator,
-};
+use pgwire::api::{ClientInfo, METADATA_USER, PgWireConnectionState, PidSecretKeyGenerator};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use super::backend::{Backend, Backends};
 use super::session::{SharedVars, lock};
 use crate::config::PgUser;
 
@@ -89,7 +87,6 @@ impl AuthSource for CredentialsSource {
 /// What every connection's startup needs from the server.
 pub(crate) struct StartupContext {
     pub(crate) credentials: Option<Arc<Credentials>>,
-    pub(crate) connections: Arc<ConnectionManager>,
     pub(crate) pids: Arc<dyn PidSecretKeyGenerator>,
 }
 
@@ -97,13 +94,14 @@ pub(crate) struct StartupContext {
 pub(crate) struct Authenticator {
     method: Method,
     authenticated: AtomicBool,
+    backend: Arc<Backend>,
+    backends: Arc<Backends>,
 }
 
 enum Method {
     /// No password: only allowed when the server listens on loopback (checked in config).
     Trust {
         parameters: SessionParameters,
-        connections: Arc<ConnectionManager>,
         pids: Arc<dyn PidSecretKeyGenerator>,
     },
     Scram(Box<SASLAuthStartupHandler<SessionParameters>>),
@@ -111,19 +109,22 @@ enum Method {
 
 impl Authenticator {
     /// A startup handler for one connection whose parameters live in `vars`.
-    pub(crate) fn new(startup: &StartupContext, vars: SharedVars) -> Self {
+    pub(crate) fn new(
+        startup: &StartupContext,
+        vars: SharedVars,
+        backend: Arc<Backend>,
+        backends: Arc<Backends>,
+    ) -> Self {
         let parameters = SessionParameters { vars };
         let method = match &startup.credentials {
             None => Method::Trust {
                 parameters,
-                connections: Arc::clone(&startup.connections),
                 pids: Arc::clone(&startup.pids),
             },
             Some(credentials) => {
                 let scram = ScramAuth::new(Arc::new(CredentialsSource(Arc::clone(credentials))));
                 let handler = SASLAuthStartupHandler::new(Arc::new(parameters))
                     .with_scram(scram)
-                    .with_connection_manager(Arc::clone(&startup.connections))
                     .with_pid_secret_key_generator(Arc::clone(&startup.pids));
                 Method::Scram(Box::new(handler))
             }
@@ -131,6 +132,8 @@ impl Authenticator {
         Self {
             method,
             authenticated: AtomicBool::new(false),
+            backend,
+            backends,
         }
     }
 }
@@ -148,11 +151,7 @@ impl StartupHandler for Authenticator {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match &self.method {
-            Method::Trust {
-                parameters,
-                connections,
-                pids,
-            } => {
+            Method::Trust { parameters, pids } => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
@@ -160,8 +159,7 @@ impl StartupHandler for Authenticator {
                         return Err(PgWireError::UserNameRequired);
                     }
                     let (pid, secret_key) = pids.generate(client);
-                    client.set_pid_and_secret_key(pid, secret_key.clone());
-                    register_for_cancel(client, connections, pid, secret_key);
+                    client.set_pid_and_secret_key(pid, secret_key);
                     finish_authentication(client, parameters).await?;
                 }
             }
@@ -179,25 +177,14 @@ impl StartupHandler for Authenticator {
                 Method::Trust { .. } => "trust",
                 Method::Scram(_) => "scram-sha-256",
             };
+            // Reachable by CancelRequest and listed in pg_stat_activity from now on.
+            let (pid, secret_key) = client.pid_and_secret_key();
+            self.backends
+                .register(&self.backend, pid, secret_key.to_bytes());
             tracing::info!(peer = %client.socket_addr(), user, method, "pg client authenticated");
         }
         Ok(())
     }
-}
-
-/// Makes the connection reachable by CancelRequest (pgwire does this itself only for its
-/// own startup handlers).
-fn register_for_cancel<C: ClientInfo>(
-    client: &C,
-    connections: &Arc<ConnectionManager>,
-    pid: i32,
-    secret_key: pgwire::messages::startup::SecretKey,
-) {
-    let (handle, guard) = connections.register(pid, secret_key);
-    client
-        .session_extensions()
-        .insert::<Arc<ConnectionHandle>>(handle);
-    client.session_extensions().insert::<ConnectionGuard>(guard);
 }
 
 /// The ParameterStatus messages sent after authentication: the connection's reported
@@ -224,9 +211,69 @@ impl ServerParameterProvider for SessionParameters {
                 tracing::debug!(peer = %client.socket_addr(), parameter = %key, error = %e, "startup parameter ignored");
             }
         }
+        // `options=-c statement_timeout=5s` (libpq's PGOPTIONS), as PostgreSQL reads it.
+        if let Some(options) = client.metadata().get("options") {
+            for (key, value) in command_line_options(options) {
+                if let Err(e) = vars.set_startup(&key, &value) {
+                    tracing::debug!(peer = %client.socket_addr(), parameter = %key, error = %e, "startup option ignored");
+                }
+            }
+        }
         if let Some(user) = client.metadata().get(METADATA_USER) {
             vars.set_login(user);
         }
         Some(vars.reported().into_iter().collect())
+    }
+}
+
+/// The `-c name=value` / `--name=value` settings of a startup packet's `options`
+/// (space-separated; a backslash escapes the next character).
+fn command_line_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words.next()
+        } else if let Some(rest) = word.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            word.strip_prefix("-c").map(str::to_owned)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            settings.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    settings
+}
+
+#[cfg(test)]
+mod option_tests {
+    #[test]
+    fn reads_dash_c_options() {
+        assert_eq!(
+            super::command_line_options("-c statement_timeout=2s --application-name=my\\ app -cDateStyle=ISO"),
+            vec![
+                ("statement_timeout".to_owned(), "2s".to_owned()),
+                ("application_name".to_owned(), "my app".to_owned()),
+                ("DateStyle".to_owned(), "ISO".to_owned()),
+            ]
+        );
     }
 }

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt};
-use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::startup::ParameterStatus;
 
 use super::auth::Authenticator;
+use super::backend::{Backend, Backends, CancelRequests};
+use super::cursor::Cursors;
 use super::errors::{self, sqlstate};
 use super::extended::StatementParser;
 use super::session::{Session, SessionVars};
@@ -31,6 +32,7 @@ pub(crate) struct QueryHandler {
     pub(crate) parser: Arc<PostgresCompatibilityParser>,
     pub(crate) statement_parser: Arc<StatementParser>,
     pub(crate) activity: Arc<Activity>,
+    pub(crate) texts: Mutex<super::extended::StatementTexts>,
 }
 
 /// Everything pgwire needs to serve one connection.
@@ -38,7 +40,16 @@ pub(crate) struct ConnectionHandlers {
     queries: Arc<QueryHandler>,
     authenticator: Arc<Authenticator>,
     errors: Arc<ErrorReporter>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<CancelRequests>,
+    backend: Arc<Backend>,
+    backends: Arc<Backends>,
+}
+
+impl Drop for ConnectionHandlers {
+    /// The connection is gone: it leaves `pg_stat_activity` and can no longer be cancelled.
+    fn drop(&mut self) {
+        self.backends.remove(&self.backend);
+    }
 }
 
 impl ConnectionHandlers {
@@ -50,10 +61,14 @@ impl ConnectionHandlers {
             .catalog
             .install(&ctx, CATALOG, Arc::clone(&vars))
             .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog for a connection: {e}"))?;
+        let backend = Arc::new(Backend::new(peer, Arc::clone(&vars)));
         let session = Arc::new(Session {
             ctx,
             vars: Arc::clone(&vars),
             engine: Arc::clone(&server.engine),
+            cursors: Cursors::default(),
+            backend: Arc::clone(&backend),
+            backends: Arc::clone(&server.backends),
         });
         let statement_parser = Arc::new(StatementParser {
             session: Arc::clone(&session),
@@ -64,14 +79,20 @@ impl ConnectionHandlers {
             parser: Arc::clone(&server.parser),
             statement_parser,
             activity: Arc::clone(&server.activity),
+            texts: Mutex::default(),
         });
         Ok(Self {
             queries,
-            authenticator: Arc::new(Authenticator::new(&server.startup, vars)),
+            authenticator: Arc::new(Authenticator::new(
+                &server.startup,
+                vars,
+                Arc::clone(&backend),
+                Arc::clone(&server.backends),
+            )),
             errors: Arc::new(ErrorReporter { peer }),
-            cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(
-                &server.startup.connections,
-            ))),
+            cancel: Arc::new(CancelRequests(Arc::clone(&server.backends))),
+            backend,
+            backends: Arc::clone(&server.backends),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! its parameter and result types, Bind/Execute decode the parameters and run it. Portal
 //! suspension (`Execute` with a row limit, as JDBC `setFetchSize` sends) is pgwire's.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -9,18 +10,21 @@ use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::ExtendedQueryHandler;
-use pgwire::api::results::{FieldInfo, Response};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::query::{ExtendedQueryHandler, send_describe_response};
+use pgwire::api::results::{DescribePortalResponse, FieldInfo, Response};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::extendedquery::{
+    Describe, Execute, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
+};
 use pgwire::messages::response::TransactionStatus;
 
+use super::cursor;
 use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
 use super::errors::{sqlstate, user_error};
 use super::query::{self, PlannedQuery, Prepared};
@@ -50,6 +54,10 @@ impl QueryParser for StatementParser {
         if let Some(statement) = statements::recognise(sql) {
             return Ok(Some(Prepared::LogSphere(statement?)));
         }
+        if cursor::is_cursor_statement(sql) {
+            let statement = cursor::parse(&self.parser, sql)?;
+            return Ok(Some(Prepared::Cursor(statement.prepare(&self.session).await?)));
+        }
         let mut parsed = query::parse(&self.parser, sql)?;
         match parsed.len() {
             0 => Ok(None),
@@ -67,6 +75,10 @@ impl QueryParser for StatementParser {
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(match statement {
             Prepared::Plan(planned) => planned.param_wire_types(),
+            Prepared::Cursor(cursor) => cursor
+                .planned()
+                .map(PlannedQuery::param_wire_types)
+                .unwrap_or_default(),
             Prepared::Local(_) | Prepared::LogSphere(_) | Prepared::Copy(_) => Vec::new(),
         })
     }
@@ -76,7 +88,11 @@ impl QueryParser for StatementParser {
         statement: &Prepared,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        statement.result_fields(column_format.unwrap_or(&Format::UnifiedText))
+        let format = column_format.unwrap_or(&Format::UnifiedText);
+        match statement {
+            Prepared::Cursor(cursor) => cursor.result_fields(&self.session, format),
+            other => other.result_fields(format),
+        }
     }
 }
 
@@ -97,6 +113,20 @@ impl ExtendedQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let _busy = self.activity.begin()?;
+        let backend = Arc::clone(&self.session.backend);
+        {
+            let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+            let sql = match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => self
+                    .texts()
+                    .statements
+                    .get(&portal.statement.id)
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            backend.begin_statement(&sql);
+        }
         // As in the simple protocol: `ROLLBACK TO SAVEPOINT` leaves a failed state.
         if matches!(client.transaction_status(), TransactionStatus::Error) {
             let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
@@ -107,7 +137,63 @@ impl ExtendedQueryHandler for QueryHandler {
                 client.set_transaction_status(TransactionStatus::Transaction);
             }
         }
-        self._on_execute(client, message).await
+        let result = self._on_execute(client, message).await;
+        let status = if result.is_err() {
+            client.transaction_status().to_error_state()
+        } else {
+            client.transaction_status()
+        };
+        backend.end_statement(status);
+        result
+    }
+
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // pgwire's own on_parse, plus remembering the text.
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        let sql = message.query;
+        let mut texts = self.texts();
+        // Only for display: a client that never closes its statements must not grow it forever.
+        if texts.statements.len() >= 4096 {
+            texts.statements.clear();
+        }
+        texts.statements.insert(name, sql);
+        Ok(())
+    }
+
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // A SQL cursor is a portal too: psycopg describes it by name after DECLARE.
+        if message.target_type == TARGET_TYPE_BYTE_PORTAL
+            && let Some(name) = message.name.as_deref()
+            && client.portal_store().get_portal(name).is_none()
+            && let Ok(cursor) = self.session.cursors.get(name)
+        {
+            let fields = cursor.portal_fields(&self.session)?;
+            send_describe_response(client, &DescribePortalResponse::new(fields)).await?;
+            return Ok(());
+        }
+        self._on_describe(client, message).await
     }
 
     async fn do_query<C>(
@@ -119,6 +205,33 @@ impl ExtendedQueryHandler for QueryHandler {
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stopped = self.session.backend.control.stopped();
+        tokio::select! {
+            result = self.run_portal(client, portal) => result,
+            error = stopped => Err(error),
+        }
+    }
+}
+
+/// The SQL text of the connection's prepared statements, by name, for
+/// `pg_stat_activity.query` (pgwire keeps only the parsed statement).
+#[derive(Default)]
+pub(crate) struct StatementTexts {
+    statements: HashMap<String, String>,
+}
+
+impl QueryHandler {
+    fn texts(&self) -> std::sync::MutexGuard<'_, StatementTexts> {
+        self.texts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a bound statement (see [`ExtendedQueryHandler::do_query`]).
+    async fn run_portal<C>(&self, client: &mut C, portal: &Portal<Prepared>) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
@@ -155,6 +268,23 @@ impl ExtendedQueryHandler for QueryHandler {
                     return Err(in_failed_transaction());
                 }
                 copy.execute(&self.session).await
+            }
+            Prepared::Cursor(cursor) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                let params = match cursor.planned() {
+                    Some(planned) => bound_parameters(portal, planned)?,
+                    None => None,
+                };
+                cursor
+                    .execute(
+                        &self.session,
+                        params,
+                        Some(&portal.result_column_format),
+                        status,
+                    )
+                    .await
             }
         }
     }

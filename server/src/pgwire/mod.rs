@@ -9,6 +9,9 @@
 //! - `auth`: startup, SCRAM-SHA-256, the ParameterStatus sent after login;
 //! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
 //! - `copy`: `COPY … TO STDOUT` in text and CSV;
+//! - `cursor`: `DECLARE … CURSOR`, `FETCH`, `MOVE`, `CLOSE`;
+//! - `backend`: the live connections (`pg_stat_activity`), CancelRequest and
+//!   `statement_timeout`;
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
 //! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
@@ -18,10 +21,12 @@
 //! - `errors`: SQLSTATE mapping.
 
 mod auth;
+mod backend;
 mod catalog;
 mod column_names;
 mod connection;
 mod copy;
+mod cursor;
 mod errors;
 mod extended;
 mod query;
@@ -37,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use logsphere_engine::Engine;
-use pgwire::api::{ConnectionManager, RandomPidSecretKeyGenerator};
+use pgwire::api::RandomPidSecretKeyGenerator;
 use pgwire::error::PgWireResult;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,6 +64,7 @@ pub(crate) struct ServerState {
     parser: Arc<PostgresCompatibilityParser>,
     startup: StartupContext,
     activity: Arc<Activity>,
+    backends: Arc<backend::Backends>,
 }
 
 /// Accepts PostgreSQL connections until `shutdown` turns true, then lets running queries
@@ -91,10 +97,10 @@ pub async fn serve(
         parser: Arc::new(PostgresCompatibilityParser::new()),
         startup: StartupContext {
             credentials,
-            connections: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
         },
         activity: Arc::new(Activity::new()),
+        backends: Arc::new(backend::Backends::default()),
     });
     let local = listener.local_addr().ok();
     tracing::info!(

@@ -15,7 +15,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    self, CloseCursor, DiscardObject, Reset, Set, Statement, TransactionMode,
+    self, DiscardObject, Reset, Set, Statement, TransactionMode,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -27,6 +27,7 @@ use pgwire::messages::response::TransactionStatus;
 
 use super::column_names;
 use super::copy::{self, CopyOut};
+use super::cursor::PreparedCursor;
 use super::errors::{self, sqlstate, user_error};
 use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
@@ -44,6 +45,8 @@ pub(crate) enum Prepared {
     Plan(PlannedQuery),
     /// `COPY … TO STDOUT` of a planned query.
     Copy(CopyOut),
+    /// `DECLARE`, `FETCH`, `MOVE`, `CLOSE`.
+    Cursor(PreparedCursor),
 }
 
 /// A planned query and the types of its `$1..$n` parameters.
@@ -145,7 +148,7 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
 }
 
 /// Plans a query under the read-only rules.
-async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
+pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
@@ -211,12 +214,6 @@ fn classify_local(statement: &Statement) -> PgWireResult<Option<Local>> {
         } => Local::DiscardAll,
         Statement::Discard { .. } => Local::Ack("DISCARD"),
         Statement::Deallocate { .. } => Local::Ack("DEALLOCATE"),
-        Statement::Close {
-            cursor: CloseCursor::All,
-        } => Local::Ack("CLOSE CURSOR ALL"),
-        Statement::Close {
-            cursor: CloseCursor::Specific { .. },
-        } => Local::Ack("CLOSE CURSOR"),
         Statement::UNLISTEN { .. } => Local::Ack("UNLISTEN"),
         Statement::LISTEN { .. } => Local::Ack("LISTEN"),
         _ => return Ok(None),
@@ -350,7 +347,7 @@ fn refuse_writes(statement: &Statement) -> PgWireResult<()> {
         Statement::Declare { .. } | Statement::Fetch { .. } => {
             return Err(user_error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                "cursors (DECLARE/FETCH) are not supported yet",
+                "this form of DECLARE/FETCH is not supported: use DECLARE name CURSOR FOR <query>, then FETCH, MOVE and CLOSE",
             ));
         }
         _ => return Ok(()),
@@ -476,6 +473,11 @@ impl PlannedQuery {
         pg_fields(self.plan.schema().as_arrow(), format, None, &self.names)
     }
 
+    /// PostgreSQL's output column names (see [`column_names`]).
+    pub(crate) fn names(&self) -> &[Option<String>] {
+        &self.names
+    }
+
     /// Binds `params` (already decoded from the wire) and runs the plan.
     pub(crate) async fn execute(
         &self,
@@ -483,6 +485,16 @@ impl PlannedQuery {
         params: Option<ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
+        let df = self.dataframe(session, params).await?;
+        encode_named_rows(session, df, format, self.tag, &self.names).await
+    }
+
+    /// Binds `params` and gives the DataFrame to run.
+    pub(crate) async fn dataframe(
+        &self,
+        session: &Session,
+        params: Option<ParamValues>,
+    ) -> PgWireResult<datafusion::dataframe::DataFrame> {
         let plan = match params {
             Some(params) => {
                 let params = self.coerce(params)?;
@@ -503,12 +515,11 @@ impl PlannedQuery {
             None => self.plan.clone(),
         };
         session.engine.note_query();
-        let df = session
+        session
             .ctx
             .execute_logical_plan(plan)
             .await
-            .map_err(|e| errors::datafusion_error(&e))?;
-        encode_named_rows(session, df, format, self.tag, &self.names).await
+            .map_err(|e| errors::datafusion_error(&e))
     }
 
     /// Casts each decoded parameter to the type the plan expects (a client may send a
@@ -618,6 +629,7 @@ impl Local {
                 }
             }
             Local::DiscardAll => {
+                session.cursors.close_all();
                 let reports = lock(&session.vars).reset_all();
                 Outcome {
                     response: Response::Execution(Tag::new("DISCARD ALL")),
@@ -626,10 +638,17 @@ impl Local {
             }
             Local::Begin => Response::TransactionStart(Tag::new("BEGIN")).into(),
             Local::Commit if in_failed_transaction => {
+                session.cursors.end_transaction(false);
                 Response::TransactionEnd(Tag::new("ROLLBACK")).into()
             }
-            Local::Commit => Response::TransactionEnd(Tag::new("COMMIT")).into(),
-            Local::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")).into(),
+            Local::Commit => {
+                session.cursors.end_transaction(true);
+                Response::TransactionEnd(Tag::new("COMMIT")).into()
+            }
+            Local::Rollback => {
+                session.cursors.end_transaction(false);
+                Response::TransactionEnd(Tag::new("ROLLBACK")).into()
+            }
             Local::Ack(tag) => Response::Execution(Tag::new(tag)).into(),
             Local::Savepoint(tag) if matches!(status, TransactionStatus::Idle) => {
                 let statement = match *tag {
@@ -691,6 +710,8 @@ impl Prepared {
             Prepared::Plan(planned) => planned.result_fields(format),
             // Like PostgreSQL: a COPY describes as NoData; its columns come in CopyOutResponse.
             Prepared::Copy(_) => Ok(Vec::new()),
+            // Described with the session, in `StatementParser::get_result_schema`.
+            Prepared::Cursor(_) => Ok(Vec::new()),
         }
     }
 }

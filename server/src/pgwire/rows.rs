@@ -52,6 +52,8 @@ pub(crate) async fn encode_named_rows(
             futures::stream::iter(rows)
         })
         .flatten();
+    // Ends the rows with 57014 on CancelRequest or statement_timeout.
+    let rows = session.backend.control.guard(Box::pin(rows));
     let mut response = QueryResponse::new(fields, rows);
     response.set_command_tag(tag);
     Ok(Response::Query(response))

@@ -244,7 +244,51 @@ fn normalise_value(key: &str, value: &str) -> PgWireResult<String> {
                 ),
             )),
         },
+        "statement_timeout" => match timeout_ms(value) {
+            Some(ms) => Ok(format_ms(ms)),
+            None => Err(user_error(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid value for parameter \"statement_timeout\": \"{value}\" \
+                     (expected milliseconds, or a number with a unit: ms, s, min, h, d)"
+                ),
+            )),
+        },
         _ => Ok(value.to_owned()),
+    }
+}
+
+/// A `statement_timeout` value in milliseconds: a bare number is milliseconds, as in
+/// PostgreSQL; `us`, `ms`, `s`, `min`, `h`, `d` units are accepted. `0` disables it.
+pub(crate) fn timeout_ms(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = number * factor;
+    (ms.is_finite() && (0.0..=i32::MAX as f64).contains(&ms)).then(|| ms.round() as u64)
+}
+
+/// Milliseconds as PostgreSQL shows a time setting: in the largest unit that divides it.
+fn format_ms(ms: u64) -> String {
+    match ms {
+        0 => "0".to_owned(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}min", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -265,6 +309,13 @@ pub(crate) struct Session {
     pub(crate) vars: SharedVars,
     /// The engine, for its query counter.
     pub(crate) engine: std::sync::Arc<logsphere_engine::Engine>,
+    /// The connection's open SQL cursors.
+    pub(crate) cursors: super::cursor::Cursors,
+    /// The connection as the server sees it: its running statement, and how to stop it.
+    pub(crate) backend: Arc<super::backend::Backend>,
+    /// Every connection (for `pg_stat_activity` and `pg_cancel_backend`).
+    #[allow(dead_code)]
+    pub(crate) backends: Arc<super::backend::Backends>,
 }
 
 /// DataFusion option groups a client may change for its own session. The rest

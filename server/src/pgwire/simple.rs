@@ -16,6 +16,7 @@ use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::simplequery::Query;
 
 use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
+use super::cursor::{self, CursorStatement, Piece};
 use super::errors;
 use super::query::{self, Prepared};
 use super::statements;
@@ -31,6 +32,8 @@ impl SimpleQueryHandler for QueryHandler {
     {
         // Held until the last row is sent: results stream while pgwire writes them.
         let _busy = self.activity.begin()?;
+        let backend = &self.session.backend;
+        backend.begin_statement(&query.query);
         // `ROLLBACK TO SAVEPOINT` ends a failed transaction's failed state. pgwire derives
         // the status from the responses and has none for that, so set it before running.
         if matches!(client.transaction_status(), TransactionStatus::Error)
@@ -39,7 +42,16 @@ impl SimpleQueryHandler for QueryHandler {
         {
             client.set_transaction_status(TransactionStatus::Transaction);
         }
-        self._on_query(client, query).await
+        let result = self._on_query(client, query).await;
+        // An error pgwire reports itself (a stream that failed half-way) still fails the
+        // transaction; pgwire sets that status after this returns.
+        let status = if result.is_err() {
+            client.transaction_status().to_error_state()
+        } else {
+            client.transaction_status()
+        };
+        backend.end_statement(status);
+        result
     }
 
     async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
@@ -50,6 +62,29 @@ impl SimpleQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         tracing::debug!(peer = %client.socket_addr(), sql, "simple query");
+        let stopped = self.session.backend.control.stopped();
+        tokio::select! {
+            result = self.run_all(client, sql) => result,
+            error = stopped => Err(error),
+        }
+    }
+}
+
+/// One statement of a simple query.
+enum Unit {
+    Sql(Statement),
+    Cursor(CursorStatement),
+}
+
+impl QueryHandler {
+    /// Runs every statement of a simple query.
+    async fn run_all<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         if let Some(statement) = statements::recognise(sql) {
             return Ok(vec![
                 statement?
@@ -57,7 +92,29 @@ impl SimpleQueryHandler for QueryHandler {
                     .await?,
             ]);
         }
-        let statements = query::parse(&self.parser, sql)?;
+        // Cursor statements are recognised in the text; the rest is parsed as usual.
+        let statements: Vec<Unit> = match cursor::split(sql) {
+            Some(pieces) => {
+                let mut units = Vec::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Cursor(text) => {
+                            units.push(Unit::Cursor(cursor::parse(&self.parser, &text)?));
+                        }
+                        Piece::Sql(text) => units.extend(
+                            query::parse(&self.parser, &text)?
+                                .into_iter()
+                                .map(Unit::Sql),
+                        ),
+                    }
+                }
+                units
+            }
+            None => query::parse(&self.parser, sql)?
+                .into_iter()
+                .map(Unit::Sql)
+                .collect(),
+        };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -85,14 +142,12 @@ impl SimpleQueryHandler for QueryHandler {
         }
         Ok(responses)
     }
-}
 
-impl QueryHandler {
     /// Runs one statement of a simple query, given the transaction status before it.
     async fn run<C>(
         &self,
         client: &mut C,
-        statement: Statement,
+        unit: Unit,
         status: TransactionStatus,
     ) -> PgWireResult<Response>
     where
@@ -101,6 +156,16 @@ impl QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let failed = matches!(status, TransactionStatus::Error);
+        let statement = match unit {
+            Unit::Sql(statement) => statement,
+            Unit::Cursor(statement) => {
+                if failed {
+                    return Err(in_failed_transaction());
+                }
+                let prepared = statement.prepare(&self.session).await?;
+                return prepared.execute(&self.session, None, None, status).await;
+            }
+        };
         if failed
             && !matches!(
                 statement,
@@ -124,6 +189,7 @@ impl QueryHandler {
                     .await
             }
             Prepared::Copy(copy) => copy.execute(&self.session).await,
+            Prepared::Cursor(cursor) => cursor.execute(&self.session, None, None, status).await,
         }
     }
 }
