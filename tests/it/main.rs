@@ -7,6 +7,7 @@ mod continuous_equivalence;
 mod crash;
 mod ingest;
 mod notify;
+mod pgconn;
 mod pgwire;
 mod report;
 mod services;

@@ -359,15 +359,28 @@ impl Backends {
             .cloned()
     }
 
-    /// Cancels `pid`'s running statement (`pg_cancel_backend`); false if no such backend.
-    pub(crate) fn cancel_pid(&self, pid: i32) -> bool {
-        match self.get(pid) {
-            Some(backend) => {
-                backend.control.cancel(StopReason::User);
-                true
-            }
-            None => false,
+    /// Cancels `pid`'s running statement for `user` (`pg_cancel_backend`); false if there
+    /// is no such backend, an error if it belongs to another user.
+    pub(crate) fn cancel_pid(
+        &self,
+        pid: i32,
+        user: &str,
+    ) -> datafusion::error::Result<bool> {
+        let Some(backend) = self.get(pid) else {
+            return Ok(false);
+        };
+        let owner = lock(&backend.vars)
+            .get("session_authorization")
+            .unwrap_or("")
+            .to_owned();
+        if owner != user {
+            return Err(datafusion::error::DataFusionError::Execution(format!(
+                "permission denied to cancel query: only the role \"{owner}\" may cancel it"
+            )));
         }
+        tracing::info!(pid, user, "pg_cancel_backend");
+        backend.control.cancel(StopReason::User);
+        Ok(true)
     }
 
     /// One row per connection, for `pg_stat_activity`.

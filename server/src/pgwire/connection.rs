@@ -62,13 +62,22 @@ impl ConnectionHandlers {
             .install(&ctx, CATALOG, Arc::clone(&vars))
             .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog for a connection: {e}"))?;
         let backend = Arc::new(Backend::new(peer, Arc::clone(&vars)));
+        let cursors = Arc::new(Cursors::default());
+        super::activity::install(
+            &ctx,
+            CATALOG,
+            &backend,
+            &server.backends,
+            &cursors,
+            &vars,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up pg_stat_activity for a connection: {e}"))?;
         let session = Arc::new(Session {
             ctx,
             vars: Arc::clone(&vars),
             engine: Arc::clone(&server.engine),
-            cursors: Cursors::default(),
+            cursors,
             backend: Arc::clone(&backend),
-            backends: Arc::clone(&server.backends),
         });
         let statement_parser = Arc::new(StatementParser {
             session: Arc::clone(&session),

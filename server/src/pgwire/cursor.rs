@@ -763,7 +763,6 @@ impl Cursors {
     }
 
     /// The open cursors, for `pg_cursors`.
-    #[allow(dead_code)]
     pub(crate) fn list(&self) -> Vec<CursorRow> {
         let mut rows: Vec<CursorRow> = self
             .map()

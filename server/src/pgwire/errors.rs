@@ -33,7 +33,6 @@ pub(crate) mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const INVALID_CURSOR_NAME: &str = "34000";
     pub const DUPLICATE_CURSOR: &str = "42P03";
-    pub const INVALID_CURSOR_STATE: &str = "24000";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
@@ -153,6 +152,8 @@ fn classify_message(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
     if m.starts_with("unrecognized configuration parameter") {
         sqlstate::UNDEFINED_OBJECT
+    } else if m.starts_with("permission denied") {
+        sqlstate::INSUFFICIENT_PRIVILEGE
     } else if m.starts_with("table '") && m.contains("' not found") {
         sqlstate::UNDEFINED_TABLE
     } else if (m.contains("table function '") && m.contains("not found"))

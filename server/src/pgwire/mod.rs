@@ -10,8 +10,8 @@
 //! - `simple` / `extended`: the two query protocols, as thin adapters over `query`;
 //! - `copy`: `COPY … TO STDOUT` in text and CSV;
 //! - `cursor`: `DECLARE … CURSOR`, `FETCH`, `MOVE`, `CLOSE`;
-//! - `backend`: the live connections (`pg_stat_activity`), CancelRequest and
-//!   `statement_timeout`;
+//! - `backend`: the live connections, CancelRequest and `statement_timeout`;
+//! - `activity`: `pg_stat_activity`, `pg_cursors`, `pg_backend_pid()`, `pg_cancel_backend()`;
 //! - `query`: parse, local statements (SET, SHOW, BEGIN, …), read-only planning, execution;
 //! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
@@ -20,6 +20,7 @@
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping.
 
+mod activity;
 mod auth;
 mod backend;
 mod catalog;

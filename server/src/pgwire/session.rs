@@ -310,12 +310,9 @@ pub(crate) struct Session {
     /// The engine, for its query counter.
     pub(crate) engine: std::sync::Arc<logsphere_engine::Engine>,
     /// The connection's open SQL cursors.
-    pub(crate) cursors: super::cursor::Cursors,
+    pub(crate) cursors: Arc<super::cursor::Cursors>,
     /// The connection as the server sees it: its running statement, and how to stop it.
     pub(crate) backend: Arc<super::backend::Backend>,
-    /// Every connection (for `pg_stat_activity` and `pg_cancel_backend`).
-    #[allow(dead_code)]
-    pub(crate) backends: Arc<super::backend::Backends>,
 }
 
 /// DataFusion option groups a client may change for its own session. The rest
