@@ -13,7 +13,7 @@ import psycopg2
 
 PORT = int(sys.argv[1])
 SERIES = "SELECT value AS n FROM generate_series(1, 10000) AS t ORDER BY value"
-SLOW = "SELECT count(*) FROM generate_series(1, 100000) AS a, generate_series(1, 100000) AS b"
+SLOW = "SELECT count(*) FROM generate_series(1, 10000000000) AS t"
 DSN = dict(host="127.0.0.1", port=PORT, user="logsphere", dbname="logsphere")
 
 

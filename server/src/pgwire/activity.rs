@@ -300,3 +300,22 @@ fn cancel_backend_udf(backends: Arc<Backends>, vars: SharedVars) -> ScalarUDF {
         }),
     )
 }
+
+/// Qualifies the session views when a query names them without `pg_catalog.` (as
+/// datafusion-pg-catalog does for the catalog tables it knows).
+pub(crate) fn qualify_views(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
+    let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(statement, |name| {
+        if let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
+            && VIEWS
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(&ident.value))
+        {
+            *name = ObjectName(vec![
+                ObjectNamePart::Identifier(Ident::new("pg_catalog")),
+                name.0[0].clone(),
+            ]);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}

@@ -108,7 +108,12 @@ pub(crate) fn parse(
     sql: &str,
 ) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
-        Ok(statements) => Ok(statements),
+        Ok(mut statements) => {
+            statements
+                .iter_mut()
+                .for_each(super::activity::qualify_views);
+            Ok(statements)
+        }
         Err(err) => {
             // DataFusion's own statements are not PostgreSQL syntax; name the refused ones
             // rather than calling them syntax errors.
