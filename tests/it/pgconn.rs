@@ -33,7 +33,9 @@ fn counts(messages: &[SimpleQueryMessage]) -> Vec<u64> {
 }
 
 fn code(e: &tokio_postgres::Error) -> SqlState {
-    e.code().cloned().unwrap_or_else(|| panic!("no SQLSTATE: {e:?}"))
+    e.code()
+        .cloned()
+        .unwrap_or_else(|| panic!("no SQLSTATE: {e:?}"))
 }
 
 /// Ten thousand numbers, in order.
@@ -112,10 +114,7 @@ async fn cursors_fetch_move_and_close_in_transactions() {
         ))
         .await
         .unwrap();
-    let e = client
-        .simple_query("FETCH 1 FROM plain")
-        .await
-        .unwrap_err();
+    let e = client.simple_query("FETCH 1 FROM plain").await.unwrap_err();
     assert_eq!(code(&e), SqlState::INVALID_CURSOR_NAME, "{e}");
     let m = client.simple_query("FETCH 2 FROM held").await.unwrap();
     assert_eq!(first_column(&m), ["1", "2"]);
@@ -278,12 +277,18 @@ async fn statement_timeout_cancels_long_statements() {
             e.as_db_error().unwrap().message(),
             "canceling statement due to statement timeout"
         );
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(6), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
     }
     // Short statements are unaffected.
     let m = client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(first_column(&m), ["1"]);
-    client.simple_query("SET statement_timeout = 2500").await.unwrap();
+    client
+        .simple_query("SET statement_timeout = 2500")
+        .await
+        .unwrap();
     let m = client.simple_query("SHOW statement_timeout").await.unwrap();
     assert_eq!(first_column(&m), ["2500ms"]);
     let e = client
@@ -291,7 +296,10 @@ async fn statement_timeout_cancels_long_statements() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), SqlState::INVALID_PARAMETER_VALUE);
-    client.simple_query("RESET statement_timeout").await.unwrap();
+    client
+        .simple_query("RESET statement_timeout")
+        .await
+        .unwrap();
     let m = client.simple_query("SHOW statement_timeout").await.unwrap();
     assert_eq!(first_column(&m), ["0"]);
 

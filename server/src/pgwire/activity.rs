@@ -17,9 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::{SchemaProvider, Session as CatalogSession, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarUDF, TableType, Volatility, create_udf,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, TableType, Volatility, create_udf};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
 
@@ -40,9 +38,9 @@ pub(crate) fn install(
     let catalog = ctx.catalog(catalog).ok_or_else(|| {
         DataFusionError::Configuration(format!("catalog {catalog} is not registered"))
     })?;
-    let inner = catalog.schema("pg_catalog").ok_or_else(|| {
-        DataFusionError::Configuration("pg_catalog is not installed".to_owned())
-    })?;
+    let inner = catalog
+        .schema("pg_catalog")
+        .ok_or_else(|| DataFusionError::Configuration("pg_catalog is not installed".to_owned()))?;
     catalog.register_schema(
         "pg_catalog",
         Arc::new(SessionViews {
@@ -189,7 +187,11 @@ impl LiveTable {
                     text(&|i| Some(rows[i].application_name.clone())),
                     text(&|i| Some(rows[i].client_addr.clone())),
                     text(&|_| None),
-                    Arc::new(rows.iter().map(|r| Some(r.client_port)).collect::<Int32Array>()),
+                    Arc::new(
+                        rows.iter()
+                            .map(|r| Some(r.client_port))
+                            .collect::<Int32Array>(),
+                    ),
                     ts(&|i| Some(rows[i].backend_start.timestamp_micros())),
                     ts(&|_| None),
                     ts(&|i| rows[i].query_start.map(|t| t.timestamp_micros())),
@@ -207,10 +209,18 @@ impl LiveTable {
             Rows::Cursors(cursors) => {
                 let rows = cursors.list();
                 let flag = |f: &dyn Fn(usize) -> bool| -> ArrayRef {
-                    Arc::new((0..rows.len()).map(|i| Some(f(i))).collect::<BooleanArray>())
+                    Arc::new(
+                        (0..rows.len())
+                            .map(|i| Some(f(i)))
+                            .collect::<BooleanArray>(),
+                    )
                 };
                 vec![
-                    Arc::new(rows.iter().map(|r| Some(r.name.clone())).collect::<StringArray>()),
+                    Arc::new(
+                        rows.iter()
+                            .map(|r| Some(r.name.clone()))
+                            .collect::<StringArray>(),
+                    ),
                     Arc::new(
                         rows.iter()
                             .map(|r| Some(r.statement.clone()))
@@ -307,9 +317,7 @@ pub(crate) fn qualify_views(statement: &mut datafusion::sql::sqlparser::ast::Sta
     use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
     let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(statement, |name| {
         if let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
-            && VIEWS
-                .iter()
-                .any(|v| v.eq_ignore_ascii_case(&ident.value))
+            && VIEWS.iter().any(|v| v.eq_ignore_ascii_case(&ident.value))
         {
             *name = ObjectName(vec![
                 ObjectNamePart::Identifier(Ident::new("pg_catalog")),

@@ -268,7 +268,9 @@ mod option_tests {
     #[test]
     fn reads_dash_c_options() {
         assert_eq!(
-            super::command_line_options("-c statement_timeout=2s --application-name=my\\ app -cDateStyle=ISO"),
+            super::command_line_options(
+                "-c statement_timeout=2s --application-name=my\\ app -cDateStyle=ISO"
+            ),
             vec![
                 ("statement_timeout".to_owned(), "2s".to_owned()),
                 ("application_name".to_owned(), "my app".to_owned()),

@@ -361,11 +361,7 @@ impl Backends {
 
     /// Cancels `pid`'s running statement for `user` (`pg_cancel_backend`); false if there
     /// is no such backend, an error if it belongs to another user.
-    pub(crate) fn cancel_pid(
-        &self,
-        pid: i32,
-        user: &str,
-    ) -> datafusion::error::Result<bool> {
+    pub(crate) fn cancel_pid(&self, pid: i32, user: &str) -> datafusion::error::Result<bool> {
         let Some(backend) = self.get(pid) else {
             return Ok(false);
         };

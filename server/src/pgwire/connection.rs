@@ -63,15 +63,8 @@ impl ConnectionHandlers {
             .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog for a connection: {e}"))?;
         let backend = Arc::new(Backend::new(peer, Arc::clone(&vars)));
         let cursors = Arc::new(Cursors::default());
-        super::activity::install(
-            &ctx,
-            CATALOG,
-            &backend,
-            &server.backends,
-            &cursors,
-            &vars,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot set up pg_stat_activity for a connection: {e}"))?;
+        super::activity::install(&ctx, CATALOG, &backend, &server.backends, &cursors, &vars)
+            .map_err(|e| anyhow::anyhow!("cannot set up pg_stat_activity for a connection: {e}"))?;
         let session = Arc::new(Session {
             ctx,
             vars: Arc::clone(&vars),

@@ -172,7 +172,9 @@ fn ident(token: Option<&Token>) -> PgWireResult<String> {
         Some(other) => Err(syntax(format!(
             "syntax error at or near \"{other}\": expected a cursor name"
         ))),
-        None => Err(syntax("syntax error at end of input: expected a cursor name")),
+        None => Err(syntax(
+            "syntax error at end of input: expected a cursor name",
+        )),
     }
 }
 
@@ -229,7 +231,8 @@ pub(crate) fn parse(
                 return Err(syntax("syntax error in DECLARE: expected CURSOR"));
             }
             k += 1;
-            if (is_word(tok(k), "WITH") || is_word(tok(k), "WITHOUT")) && is_word(tok(k + 1), "HOLD")
+            if (is_word(tok(k), "WITH") || is_word(tok(k), "WITHOUT"))
+                && is_word(tok(k + 1), "HOLD")
             {
                 hold = is_word(tok(k), "WITH");
                 k += 2;
@@ -281,7 +284,9 @@ pub(crate) fn parse(
         }
         "CLOSE" => {
             if tok(2).is_some() {
-                return Err(syntax("syntax error in CLOSE: expected a cursor name or ALL"));
+                return Err(syntax(
+                    "syntax error in CLOSE: expected a cursor name or ALL",
+                ));
             }
             if is_word(tok(1), "ALL") {
                 Ok(CursorStatement::Close(None))
@@ -348,7 +353,14 @@ fn parse_motion<'a>(tok: &impl Fn(usize) -> Option<&'a Token>) -> PgWireResult<(
             if word(2) == Some(Keyword::ALL) {
                 (Motion::Backward, 3)
             } else if let Some((n, k)) = count(2) {
-                (if n == 0 { Motion::Relative(0) } else { Motion::Backward }, k)
+                (
+                    if n == 0 {
+                        Motion::Relative(0)
+                    } else {
+                        Motion::Backward
+                    },
+                    k,
+                )
             } else {
                 (Motion::Backward, 2)
             }
@@ -655,19 +667,20 @@ impl Cursor {
         rows.skip(skip).await?;
         let remaining = take.unwrap_or(u64::MAX);
         let row_fields = Arc::clone(&fields);
-        let batches = futures::stream::unfold((rows, remaining), |(mut rows, remaining)| async move {
-            if remaining == 0 {
-                return None;
-            }
-            match rows.next_slice(remaining).await {
-                Ok(Some(slice)) => {
-                    let n = slice.num_rows() as u64;
-                    Some((Ok(slice), (rows, remaining - n)))
+        let batches =
+            futures::stream::unfold((rows, remaining), |(mut rows, remaining)| async move {
+                if remaining == 0 {
+                    return None;
                 }
-                Ok(None) => None,
-                Err(e) => Some((Err(e), (rows, 0))),
-            }
-        });
+                match rows.next_slice(remaining).await {
+                    Ok(Some(slice)) => {
+                        let n = slice.num_rows() as u64;
+                        Some((Ok(slice), (rows, remaining - n)))
+                    }
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), (rows, 0))),
+                }
+            });
         let encoded = batches
             .map(move |batch| {
                 let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
@@ -692,7 +705,9 @@ impl Cursor {
             return Ok(usize::try_from(moved).unwrap_or(usize::MAX));
         }
         let (skip, take) = plan_motion(motion, rows.position)?;
-        let moved = rows.skip(skip.saturating_add(take.unwrap_or(u64::MAX))).await?;
+        let moved = rows
+            .skip(skip.saturating_add(take.unwrap_or(u64::MAX)))
+            .await?;
         // PostgreSQL counts what a FETCH would have returned.
         let counted = if skip > 0 || matches!(motion, Motion::Absolute(_) | Motion::Relative(_)) {
             moved.saturating_sub(skip).min(1)

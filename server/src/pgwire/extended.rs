@@ -24,8 +24,8 @@ use pgwire::messages::extendedquery::{
 };
 use pgwire::messages::response::TransactionStatus;
 
-use super::cursor;
 use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
+use super::cursor;
 use super::errors::{sqlstate, user_error};
 use super::query::{self, PlannedQuery, Prepared};
 use super::session::Session;
@@ -56,7 +56,9 @@ impl QueryParser for StatementParser {
         }
         if cursor::is_cursor_statement(sql) {
             let statement = cursor::parse(&self.parser, sql)?;
-            return Ok(Some(Prepared::Cursor(statement.prepare(&self.session).await?)));
+            return Ok(Some(Prepared::Cursor(
+                statement.prepare(&self.session).await?,
+            )));
         }
         let mut parsed = query::parse(&self.parser, sql)?;
         match parsed.len() {
@@ -229,7 +231,11 @@ impl QueryHandler {
     }
 
     /// Runs a bound statement (see [`ExtendedQueryHandler::do_query`]).
-    async fn run_portal<C>(&self, client: &mut C, portal: &Portal<Prepared>) -> PgWireResult<Response>
+    async fn run_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,

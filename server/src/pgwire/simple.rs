@@ -72,7 +72,7 @@ impl SimpleQueryHandler for QueryHandler {
 
 /// One statement of a simple query.
 enum Unit {
-    Sql(Statement),
+    Sql(Box<Statement>),
     Cursor(CursorStatement),
 }
 
@@ -104,7 +104,7 @@ impl QueryHandler {
                         Piece::Sql(text) => units.extend(
                             query::parse(&self.parser, &text)?
                                 .into_iter()
-                                .map(Unit::Sql),
+                                .map(|s| Unit::Sql(Box::new(s))),
                         ),
                     }
                 }
@@ -112,7 +112,7 @@ impl QueryHandler {
             }
             None => query::parse(&self.parser, sql)?
                 .into_iter()
-                .map(Unit::Sql)
+                .map(|s| Unit::Sql(Box::new(s)))
                 .collect(),
         };
         if statements.is_empty() {
@@ -157,7 +157,7 @@ impl QueryHandler {
     {
         let failed = matches!(status, TransactionStatus::Error);
         let statement = match unit {
-            Unit::Sql(statement) => statement,
+            Unit::Sql(statement) => *statement,
             Unit::Cursor(statement) => {
                 if failed {
                     return Err(in_failed_transaction());
