@@ -41,6 +41,10 @@ pub struct PgConfig {
     pub listen: SocketAddr,
     /// Users allowed in with SCRAM-SHA-256. Empty: anyone, on a loopback address only.
     pub users: Vec<PgUser>,
+    /// TLS certificate chain, PEM (server certificate first). Set with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (PKCS#8, PKCS#1 or SEC1). Set with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// One `[[pg.users]]` entry.
@@ -202,6 +206,8 @@ impl Default for PgConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
             users: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -255,6 +261,15 @@ impl Config {
                  (name, password) or listen on 127.0.0.1",
                 self.pg.listen
             );
+        }
+        match (&self.pg.tls_cert, &self.pg.tls_key) {
+            (Some(_), None) => {
+                bail!("pg.tls_cert is set but pg.tls_key is not: set both, or neither")
+            }
+            (None, Some(_)) => {
+                bail!("pg.tls_key is set but pg.tls_cert is not: set both, or neither")
+            }
+            _ => {}
         }
         for (i, u) in self.pg.users.iter().enumerate() {
             if u.name.is_empty() || u.password.is_empty() {

@@ -47,6 +47,12 @@ struct ServeArgs {
     /// Address of the PostgreSQL protocol listener [default: 127.0.0.1:5433].
     #[arg(long, env = "LOGSPHERE_PG_LISTEN")]
     pg_listen: Option<std::net::SocketAddr>,
+    /// TLS certificate chain for the PostgreSQL listener, PEM [config: pg.tls_cert].
+    #[arg(long, env = "LOGSPHERE_PG_TLS_CERT")]
+    pg_tls_cert: Option<PathBuf>,
+    /// TLS private key for the PostgreSQL listener, PEM [config: pg.tls_key].
+    #[arg(long, env = "LOGSPHERE_PG_TLS_KEY")]
+    pg_tls_key: Option<PathBuf>,
     /// Address of the HTTP ingest listener [default: 127.0.0.1:8080].
     #[arg(long, env = "LOGSPHERE_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
@@ -204,6 +210,12 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(a) = args.pg_listen {
         cfg.pg.listen = a;
     }
+    if let Some(p) = &args.pg_tls_cert {
+        cfg.pg.tls_cert = Some(p.clone());
+    }
+    if let Some(p) = &args.pg_tls_key {
+        cfg.pg.tls_key = Some(p.clone());
+    }
     if let Some(a) = args.http_listen {
         cfg.http.listen = a;
     }
@@ -237,6 +249,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_topic: cfg.kafka.ingest_topic.clone(),
         origin: "kafka".into(),
     };
+    let pg_tls = match (&cfg.pg.tls_cert, &cfg.pg.tls_key) {
+        (Some(cert), Some(key)) => Some(pgwire::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let pg_listener = tokio::net::TcpListener::bind(cfg.pg.listen)
         .await
         .with_context(|| format!("cannot listen on pg.listen = {}", cfg.pg.listen))?;
@@ -251,6 +267,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pg_listener,
         Arc::clone(&engine),
         cfg.pg.users.clone(),
+        pg_tls,
         shutdown_rx.clone(),
     ));
     let http = tokio::spawn(http::serve(

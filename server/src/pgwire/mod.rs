@@ -18,7 +18,8 @@
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
-//! - `errors`: SQLSTATE mapping.
+//! - `errors`: SQLSTATE mapping;
+//! - `tls`: the TLS acceptor from `[pg] tls_cert` / `tls_key`.
 
 mod activity;
 mod auth;
@@ -35,6 +36,9 @@ mod rows;
 mod session;
 mod simple;
 mod statements;
+mod tls;
+
+pub use tls::acceptor as tls_acceptor;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +78,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     users: Vec<PgUser>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -104,8 +109,16 @@ pub async fn serve(
         backends: Arc::new(backend::Backends::default()),
     });
     let local = listener.local_addr().ok();
+    if tls.is_none() && local.is_some_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            listen = ?local,
+            "pg listens on a non-loopback address without TLS: passwords and query results \
+             cross the network in the clear; set pg.tls_cert and pg.tls_key"
+        );
+    }
     tracing::info!(
         listen = ?local,
+        tls = tls.is_some(),
         auth = if state.startup.credentials.is_some() { "scram-sha-256" } else { "trust" },
         setup_ms = started.elapsed().as_millis() as u64,
         "pg listener ready"
@@ -122,6 +135,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let state = Arc::clone(&state);
+                    let tls = tls.clone();
                     let span = tracing::info_span!("pg", %peer);
                     connections.spawn(
                         async move {
@@ -133,7 +147,7 @@ pub async fn serve(
                                 }
                             };
                             tracing::debug!("pg connection opened");
-                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                                 tracing::debug!(error = %e, "pg connection ended with an I/O error");
                             }
                             tracing::debug!("pg connection closed");
