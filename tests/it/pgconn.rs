@@ -460,6 +460,27 @@ fn tls_with_sslmode_require_and_verify_full() {
     // (OpenSSL reports a same-named CA's bad signature as "EVP lib", a stranger as
     // "certificate verify failed".)
     assert!(!ok && out.contains("SSL error"), "{out}");
+    // psycopg 3 (libpq underneath, as psycopg2 and most drivers) with verify-full.
+    let python = std::env::var("LOGSPHERE_PYTHON")
+        .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, psycopg\n\
+             with psycopg.connect(sys.argv[1]) as c:\n\
+             \x20   print(c.pgconn.ssl_in_use, c.execute('SELECT 40 + 2').fetchone()[0])",
+            &format!(
+                "host=localhost {base} password=s3cret sslmode=verify-full sslrootcert={dir}/ca.pem"
+            ),
+        ])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim() == "True 42",
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Clients that do not ask for TLS still connect, as with PostgreSQL's ssl = on.
     let (ok, out) = psql_conninfo(
         &format!("host=127.0.0.1 {base} sslmode=disable"),
