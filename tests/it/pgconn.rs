@@ -345,6 +345,31 @@ fn python_clients_use_cursors_cancel_and_sessions() {
     assert!(stdout.contains("all session checks ok"), "{stdout}");
 }
 
+/// psqlODBC through pyodbc with `UseDeclareFetch=1` (tests/clients/odbc_cursors.py): every
+/// SELECT is read through `DECLARE … CURSOR WITH HOLD` and `FETCH 1000`, as Tableau reads.
+#[test]
+fn psqlodbc_reads_through_declare_fetch() {
+    let python = std::env::var("LOGSPHERE_PYTHON")
+        .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
+    let server = Server::start();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/odbc_cursors.py");
+    // psqlODBC may write its logs to the working directory.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(server.pg_port().to_string())
+        .current_dir(cwd.path())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("all odbc checks ok"),
+        "psqlODBC failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
+        server.log()
+    );
+}
+
 /// A private CA and a server certificate it signed for localhost and 127.0.0.1, as PEM files
 /// in `dir`: ca.pem, server.crt, server.key.
 fn write_tls_files(dir: &std::path::Path) {
