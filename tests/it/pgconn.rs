@@ -318,6 +318,52 @@ async fn statement_timeout_cancels_long_statements() {
     assert_eq!(code(&e), SqlState::QUERY_CANCELED, "{e}");
 }
 
+#[tokio::test]
+async fn timestamptz_is_written_in_the_session_time_zone() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let sql = "SELECT CAST('2026-01-15 10:00:00+00' AS timestamptz) AS t";
+    let m = client.simple_query(sql).await.unwrap();
+    let utc = first_column(&m)[0].clone();
+    assert!(
+        utc.starts_with("2026-01-15 10:00:00") && utc.ends_with("+00"),
+        "{utc}"
+    );
+    client
+        .simple_query("SET TIME ZONE 'Europe/Paris'")
+        .await
+        .unwrap();
+    let m = client.simple_query(sql).await.unwrap();
+    let paris = first_column(&m)[0].clone();
+    assert!(
+        paris.starts_with("2026-01-15 11:00:00") && paris.ends_with("+01"),
+        "{paris}"
+    );
+    // now() is a timestamptz, in the session's zone.
+    let row = client.query_one("SELECT now()", &[]).await.unwrap();
+    assert_eq!(
+        row.columns()[0].type_(),
+        &tokio_postgres::types::Type::TIMESTAMPTZ
+    );
+    assert_eq!(row.columns()[0].name(), "now");
+    let m = client.simple_query("SELECT now()").await.unwrap();
+    let now = first_column(&m)[0].clone();
+    assert!(now.ends_with("+01") || now.ends_with("+02"), "{now}");
+    client.simple_query("SET TIME ZONE -7").await.unwrap();
+    let m = client.simple_query("SHOW TimeZone").await.unwrap();
+    assert_eq!(first_column(&m), ["-07:00"]);
+    let m = client.simple_query(sql).await.unwrap();
+    assert!(
+        first_column(&m)[0].starts_with("2026-01-15 03:00:00"),
+        "{m:?}"
+    );
+    let e = client
+        .simple_query("SET TIME ZONE 'Mars/Olympus'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), SqlState::INVALID_PARAMETER_VALUE);
+}
+
 /// The Python clients' side of these features (tests/clients/pg_session.py): psycopg 3 and
 /// psycopg2 named cursors, `conn.cancel()`, application_name in pg_stat_activity.
 #[test]

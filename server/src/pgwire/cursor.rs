@@ -39,7 +39,7 @@ use pgwire::messages::response::TransactionStatus;
 
 use super::errors::{self, sqlstate, user_error};
 use super::query::{self, PlannedQuery};
-use super::rows::pg_fields;
+use super::rows::{in_time_zone, pg_fields, session_time_zone};
 use super::session::{Session, lock};
 
 /// A cursor statement, parsed but not planned.
@@ -650,12 +650,16 @@ impl Cursor {
         format: &Format,
     ) -> PgWireResult<Response> {
         let fields = Arc::new(self.fields(session, format)?);
+        let time_zone = session_time_zone(session);
         let mut rows = Arc::clone(&self.rows).lock_owned().await;
         let (skip, take) = if motion == Motion::Last {
             // The last row: read everything, answer one row.
             let (_, last) = rows.last().await?;
             let rows: Vec<PgWireResult<DataRow>> = match last {
-                Some(batch) => encode_recordbatch(Arc::clone(&fields), batch).collect(),
+                Some(batch) => {
+                    encode_recordbatch(Arc::clone(&fields), in_time_zone(batch, time_zone.as_ref()))
+                        .collect()
+                }
                 None => Vec::new(),
             };
             let mut response = QueryResponse::new(fields, futures::stream::iter(rows));
@@ -685,7 +689,10 @@ impl Cursor {
             .map(move |batch| {
                 let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
                     match batch {
-                        Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
+                        Ok(batch) => encode_recordbatch(
+                            Arc::clone(&row_fields),
+                            in_time_zone(batch, time_zone.as_ref()),
+                        ),
                         Err(e) => Box::new(std::iter::once(Err(e))),
                     };
                 futures::stream::iter(rows)

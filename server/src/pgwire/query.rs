@@ -155,6 +155,7 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
 /// Plans a query under the read-only rules.
 pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
+    session.sync_time_zone();
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
         Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",

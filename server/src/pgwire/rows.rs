@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use futures::StreamExt;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{FieldInfo, QueryResponse, Response};
@@ -43,10 +45,14 @@ pub(crate) async fn encode_named_rows(
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
     let row_fields = Arc::clone(&fields);
+    let time_zone = session_time_zone(session);
     let rows = batches
         .map(move |batch| {
             let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
-                Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
+                Ok(batch) => encode_recordbatch(
+                    Arc::clone(&row_fields),
+                    in_time_zone(batch, time_zone.as_ref()),
+                ),
                 Err(e) => Box::new(std::iter::once(Err(errors::datafusion_error(&e)))),
             };
             futures::stream::iter(rows)
@@ -84,4 +90,49 @@ pub(crate) fn pg_fields(
             _ => field,
         })
         .collect())
+}
+
+/// The connection's `TimeZone`, if Arrow can use it.
+pub(crate) fn session_time_zone(session: &Session) -> Option<Arc<str>> {
+    use datafusion::arrow::array::timezone::Tz;
+    let tz = lock(&session.vars).get("timezone").map(str::to_owned)?;
+    tz.parse::<Tz>().is_ok().then(|| Arc::from(tz.as_str()))
+}
+
+/// Relabels `timestamptz` columns in the session's time zone (the same instants; only the
+/// text form changes: `2026-01-15 11:00:00+01` in Europe/Paris), as PostgreSQL writes them.
+pub(crate) fn in_time_zone(batch: RecordBatch, time_zone: Option<&Arc<str>>) -> RecordBatch {
+    let Some(tz) = time_zone else {
+        return batch;
+    };
+    let needs = |dt: &DataType| matches!(dt, DataType::Timestamp(_, Some(t)) if t != tz);
+    if !batch.schema().fields().iter().any(|f| needs(f.data_type())) {
+        return batch;
+    }
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, Some(t)) if t != tz => {
+                let to = DataType::Timestamp(*unit, Some(Arc::clone(tz)));
+                match datafusion::arrow::compute::cast(column, &to) {
+                    Ok(relabelled) => {
+                        fields.push(field.as_ref().clone().with_data_type(to));
+                        columns.push(relabelled);
+                    }
+                    Err(_) => {
+                        fields.push(field.as_ref().clone());
+                        columns.push(Arc::clone(column));
+                    }
+                }
+            }
+            _ => {
+                fields.push(field.as_ref().clone());
+                columns.push(Arc::clone(column));
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    RecordBatch::try_new(schema, columns).unwrap_or(batch)
 }

@@ -235,6 +235,15 @@ fn normalise_value(key: &str, value: &str) -> PgWireResult<String> {
         {
             Ok("UTC".to_owned())
         }
+        "timezone" => time_zone(value).ok_or_else(|| {
+            user_error(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid value for parameter \"TimeZone\": \"{value}\" (expected a time zone \
+                     name such as 'Europe/Paris' or 'UTC', or an offset such as '+02:00')"
+                ),
+            )
+        }),
         "extra_float_digits" => match value.trim().parse::<i8>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
             _ => Err(user_error(
@@ -256,6 +265,26 @@ fn normalise_value(key: &str, value: &str) -> PgWireResult<String> {
         },
         _ => Ok(value.to_owned()),
     }
+}
+
+/// A TimeZone value as Arrow reads it: an IANA name (`Europe/Paris`, `UTC`), an offset
+/// (`+02:00`), or a number of hours as in `SET TIME ZONE -7`. `None` if it is none of these.
+fn time_zone(value: &str) -> Option<String> {
+    use datafusion::arrow::array::timezone::Tz;
+    let v = value.trim();
+    if let Ok(hours) = v.parse::<f64>() {
+        if !(-15.0..=15.0).contains(&hours) {
+            return None;
+        }
+        let minutes = (hours * 60.0).round() as i64;
+        let sign = if minutes < 0 { '-' } else { '+' };
+        return Some(format!(
+            "{sign}{:02}:{:02}",
+            minutes.abs() / 60,
+            minutes.abs() % 60
+        ));
+    }
+    v.parse::<Tz>().is_ok().then(|| v.to_owned())
 }
 
 /// A `statement_timeout` value in milliseconds: a bare number is milliseconds, as in
@@ -315,6 +344,23 @@ pub(crate) struct Session {
     pub(crate) backend: Arc<super::backend::Backend>,
 }
 
+/// Re-creates the functions that read the session's options (`now()` reads the time zone),
+/// as DataFusion's own `SET` does.
+fn refresh_udfs(state: &mut datafusion::execution::SessionState) {
+    use datafusion::execution::registry::FunctionRegistry;
+    let options = state.config().options();
+    let updated: Vec<_> = state
+        .scalar_functions()
+        .values()
+        .filter_map(|udf| udf.inner().with_updated_config(options))
+        .collect();
+    for udf in updated {
+        if let Err(e) = state.register_udf(Arc::new(udf)) {
+            tracing::debug!(error = %e, "cannot re-register a function after a config change");
+        }
+    }
+}
+
 /// DataFusion option groups a client may change for its own session. The rest
 /// (`datafusion.runtime.*`: memory and spill files, `datafusion.catalog.*`: where tables
 /// live) concern the server, not the query.
@@ -359,9 +405,23 @@ impl Session {
                 .map_err(|e| {
                     user_error(sqlstate::INVALID_PARAMETER_VALUE, e.message().into_owned())
                 })?;
+            refresh_udfs(&mut state);
             return Ok(None);
         }
         lock(&self.vars).set(&key, value)
+    }
+
+    /// Makes DataFusion's session time zone the connection's `TimeZone`, so that `now()`
+    /// and casts to `timestamptz` are in it, as in PostgreSQL.
+    pub(crate) fn sync_time_zone(&self) {
+        let tz = lock(&self.vars).get("timezone").map(str::to_owned);
+        let state = self.ctx.state_ref();
+        if state.read().config().options().execution.time_zone == tz {
+            return;
+        }
+        let mut state = state.write();
+        state.config_mut().options_mut().execution.time_zone = tz;
+        refresh_udfs(&mut state);
     }
 
     /// The value `SHOW name` reports, or `None` for an unknown parameter.

@@ -43,3 +43,32 @@ fn only_utf8_client_encoding() {
     assert!(vars.set("client_encoding", "utf-8").is_ok());
     assert!(vars.set("client_encoding", "LATIN1").is_err());
 }
+
+#[test]
+fn statement_timeout_reads_postgresql_units() {
+    assert_eq!(super::timeout_ms("2s"), Some(2000));
+    assert_eq!(super::timeout_ms("1500"), Some(1500));
+    assert_eq!(super::timeout_ms(" 1min "), Some(60_000));
+    assert_eq!(super::timeout_ms("0"), Some(0));
+    assert_eq!(super::timeout_ms("soon"), None);
+    assert_eq!(super::timeout_ms("-5s"), None);
+    let mut vars = SessionVars::new("alice");
+    vars.set("statement_timeout", "120000").unwrap();
+    assert_eq!(vars.get("statement_timeout"), Some("2min"));
+    vars.set("statement_timeout", "250ms").unwrap();
+    assert_eq!(vars.get("statement_timeout"), Some("250ms"));
+    assert!(vars.set("statement_timeout", "2 fortnights").is_err());
+}
+
+#[test]
+fn time_zones_are_validated() {
+    let mut vars = SessionVars::new("alice");
+    vars.set("TimeZone", "Europe/Paris").unwrap();
+    assert_eq!(vars.get("timezone"), Some("Europe/Paris"));
+    vars.set("TimeZone", "-7").unwrap();
+    assert_eq!(vars.get("timezone"), Some("-07:00"));
+    vars.set("TimeZone", "+05:30").unwrap();
+    assert!(vars.set("TimeZone", "Mars/Olympus").is_err());
+    vars.set("TimeZone", "LOCAL").unwrap();
+    assert_eq!(vars.get("timezone"), Some("UTC"));
+}
