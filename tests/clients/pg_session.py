@@ -150,6 +150,14 @@ def sessions_view():
         check("pg_cancel_backend", watcher.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0], True)
         t.join(10)
         check("pg_cancel_backend error", errors, ["57014"])
+    with psycopg.connect(**DSN, autocommit=True) as watcher:
+        # The server notices the closed socket asynchronously: give it a moment.
+        for _ in range(40):
+            gone = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+            if gone == 0:
+                break
+            time.sleep(0.05)
+        check("a closed connection leaves pg_stat_activity", gone, 0)
     with psycopg.connect(**DSN) as conn:
         conn.execute("SELECT 1")
         with psycopg.connect(**DSN, autocommit=True) as watcher:

@@ -117,6 +117,14 @@ pub(crate) enum Piece {
 /// Splits `sql` into statements when at least one is a cursor statement; `None` when none
 /// is (or the text does not tokenize), so the usual path handles it unchanged.
 pub(crate) fn split(sql: &str) -> Option<Vec<Piece>> {
+    // Most queries have no cursor statement: skip tokenizing them.
+    let lower = sql.to_ascii_lowercase();
+    if !["declare", "fetch", "move", "close"]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        return None;
+    }
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
     let mut pieces: Vec<Vec<Token>> = vec![Vec::new()];
     for token in tokens {
@@ -155,6 +163,21 @@ fn render(tokens: &[Token]) -> String {
 
 /// Whether `sql` (one statement, for the extended protocol) is a cursor statement.
 pub(crate) fn is_cursor_statement(sql: &str) -> bool {
+    // A cheap look at the first word first (a Parse per query must stay fast).
+    let start = sql.trim_start();
+    let commented = start.starts_with("--") || start.starts_with("/*");
+    let first: String = start
+        .chars()
+        .take(7)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if !commented
+        && !["declare", "fetch", "move", "close"]
+            .iter()
+            .any(|k| first.starts_with(k))
+    {
+        return false;
+    }
     Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .is_ok_and(|t| cursor_keyword(&t).is_some())
