@@ -311,9 +311,15 @@ async fn timestamp_us(session: &Session, expr: &str) -> PgWireResult<i64> {
         .iter()
         .find(|b| b.num_rows() > 0)
         .map(|b| {
+            // Keep a timestamptz's zone (now() has the session's): dropping it would shift
+            // the instant to local wall-clock time.
+            let zone = match b.column(0).data_type() {
+                DataType::Timestamp(_, zone) => zone.clone(),
+                _ => None,
+            };
             let c = datafusion::arrow::compute::cast(
                 b.column(0),
-                &DataType::Timestamp(TimeUnit::Microsecond, None),
+                &DataType::Timestamp(TimeUnit::Microsecond, zone),
             )?;
             let c = datafusion::arrow::compute::cast(&c, &DataType::Int64)?;
             let c = c.as_any().downcast_ref::<Int64Array>().cloned();
