@@ -21,7 +21,7 @@ def connect(autocommit):
     return pyodbc.connect(
         "DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;"
         f"PORT={PORT};DATABASE=logsphere;UID=logsphere;PWD=;"
-        "UseDeclareFetch=1;Fetch=1000;SSLmode=disable",
+        "UseDeclareFetch=1;Fetch=1000;SSLmode=disable;CommLog=0;Debug=0",
         autocommit=autocommit,
     )
 

@@ -399,7 +399,7 @@ fn psqlodbc_reads_through_declare_fetch() {
         .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
     let server = Server::start();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/odbc_cursors.py");
-    // psqlODBC may write its logs to the working directory.
+    // A scratch working directory, whatever the driver writes.
     let cwd = tempfile::tempdir().unwrap();
     let out = Command::new(&python)
         .arg(&script)
