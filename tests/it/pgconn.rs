@@ -399,12 +399,18 @@ fn psqlodbc_reads_through_declare_fetch() {
         .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
     let server = Server::start();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/odbc_cursors.py");
-    // A scratch working directory, whatever the driver writes.
+    // Our own driver registration (Debian's turns on psqlODBC's logs in /tmp).
     let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("odbcinst.ini"),
+        "[PostgreSQL Unicode]\nDriver=psqlodbcw.so\nDebug=0\nCommLog=0\n",
+    )
+    .unwrap();
     let out = Command::new(&python)
         .arg(&script)
         .arg(server.pg_port().to_string())
         .current_dir(cwd.path())
+        .env("ODBCSYSINI", cwd.path())
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
