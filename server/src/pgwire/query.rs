@@ -105,7 +105,10 @@ pub(crate) fn parse(
     sql: &str,
 ) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
-        Ok(statements) => Ok(statements),
+        Ok(mut statements) => {
+            statements.iter_mut().for_each(super::pg_compat::rewrite);
+            Ok(statements)
+        }
         Err(err) => {
             // DataFusion's own statements are not PostgreSQL syntax; name the refused ones
             // rather than calling them syntax errors.
