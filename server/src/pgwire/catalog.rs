@@ -135,6 +135,8 @@ impl PgCatalog {
             "pg_get_triggerdef",
             "pg_get_functiondef",
             "pg_get_function_identity_arguments",
+            "pg_get_function_result",
+            "pg_get_function_arguments",
         ] {
             ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
         }

@@ -26,7 +26,8 @@ use datafusion::logical_expr::{
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
     self, AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    Ident, ObjectName, Statement, Value, visit_expressions_mut,
+    Ident, ObjectName, Statement, TableAliasColumnDef, TableFactor, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -583,6 +584,24 @@ pub(crate) fn udfs(types: &Arc<TypeNames>) -> Vec<ScalarUDF> {
             signature: Signature::variadic_any(Volatility::Stable),
         }),
     ];
+    for name in ["pg_table_size", "pg_indexes_size"] {
+        // Sizes are not tracked per relation over SQL; psql's `\dt+` shows 0 bytes.
+        udfs.push(datafusion::logical_expr::create_udf(
+            name,
+            vec![DataType::Int32],
+            DataType::Int64,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let rows = match args.first() {
+                    Some(ColumnarValue::Array(a)) => a.len(),
+                    _ => return Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(0)))),
+                };
+                Ok(ColumnarValue::Array(Arc::new(
+                    datafusion::arrow::array::Int64Array::from(vec![0; rows]),
+                )))
+            }),
+        ));
+    }
     for name in [
         "pg_type_is_visible",
         "pg_function_is_visible",
@@ -650,11 +669,52 @@ fn parse_expr(sql: &str) -> Option<Expr> {
 /// - `(composite).field` → `get_field(composite, 'field')`;
 /// - `to_regclass(name)` → the relation's oid from `pg_class`, NULL when there is none;
 /// - `x::json` / `x::jsonb` → `x` (JSON is text here).
+/// - `FROM unnest(a) x` → `FROM unnest(a) x(x)` (a one-column function names its column
+///   after the alias, as in PostgreSQL).
 pub(crate) fn rewrite(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
         rewrite_expr(expr);
         ControlFlow::<()>::Continue(())
     });
+    let _ = statement.visit(&mut FunctionAliases);
+}
+
+/// One-column set-returning functions in `FROM` whose alias names their column.
+const SINGLE_COLUMN_FUNCTIONS: &[&str] = &["unnest", "generate_series", "generate_subscripts"];
+
+struct FunctionAliases;
+
+impl VisitorMut for FunctionAliases {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias: Some(alias),
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && args.args.len() == 1
+            && name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                SINGLE_COLUMN_FUNCTIONS.contains(&i.value.to_ascii_lowercase().as_str())
+            })
+        {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
+        if let TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && array_exprs.len() == 1
+        {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn rewrite_expr(expr: &mut Expr) {
