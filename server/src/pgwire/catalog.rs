@@ -26,6 +26,7 @@ use datafusion_pg_catalog::pg_catalog::{
     quote_ident_udf,
 };
 
+use super::info_schema;
 use super::pg_compat::{self, PgCatalogOverlay, TypeNames};
 use super::session::{SharedVars, lock};
 
@@ -61,19 +62,24 @@ impl PgCatalog {
         vars: SharedVars,
     ) -> Result<()> {
         let schema = PgCatalogSchemaProvider::try_new(
-            ctx.state().catalog_list().clone(),
+            info_schema::WithoutExtras(ctx.state().catalog_list().clone()),
             Arc::clone(&self.static_tables),
             // By value: datafusion-pg-catalog's blanket impl for `Arc<T>` recurses forever.
             self.roles.clone(),
         )?;
-        ctx.catalog(catalog_name)
-            .ok_or_else(|| {
-                DataFusionError::Configuration(format!("catalog {catalog_name} is not registered"))
-            })?
-            .register_schema(
-                "pg_catalog",
-                Arc::new(PgCatalogOverlay::new(Arc::new(schema))),
-            )?;
+        let catalog = ctx.catalog(catalog_name).ok_or_else(|| {
+            DataFusionError::Configuration(format!("catalog {catalog_name} is not registered"))
+        })?;
+        catalog.register_schema(
+            info_schema::SCHEMA,
+            Arc::new(info_schema::InformationSchemaExtras::new(
+                ctx.state().catalog_list().clone(),
+            )),
+        )?;
+        catalog.register_schema(
+            "pg_catalog",
+            Arc::new(PgCatalogOverlay::new(Arc::new(schema))),
+        )?;
 
         for udf in [
             pgc::create_current_database_udf(catalog_name),

@@ -25,6 +25,7 @@ mod connection;
 mod copy;
 mod errors;
 mod extended;
+mod info_schema;
 mod pg_compat;
 mod query;
 mod rows;

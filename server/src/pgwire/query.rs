@@ -106,7 +106,10 @@ pub(crate) fn parse(
 ) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
         Ok(mut statements) => {
-            statements.iter_mut().for_each(super::pg_compat::rewrite);
+            for statement in &mut statements {
+                super::pg_compat::rewrite(statement);
+                super::info_schema::rewrite(statement);
+            }
             Ok(statements)
         }
         Err(err) => {
