@@ -289,13 +289,25 @@ impl SchemaProvider for InformationSchemaExtras {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let name = name.to_ascii_lowercase();
-        if name == "columns" {
-            return self.columns().await.map(Some);
-        }
-        match constraint_schema(&name) {
-            Some(schema) => Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![]])?))),
-            None => Ok(None),
-        }
+        let table: Arc<dyn TableProvider> = if name == "columns" {
+            self.columns().await?
+        } else {
+            match constraint_schema(&name) {
+                Some(schema) => Arc::new(MemTable::try_new(schema, vec![vec![]])?),
+                None => return Ok(None),
+            }
+        };
+        // As views, so DataFusion's `information_schema.tables` does not list them among
+        // the BASE TABLEs table pickers show.
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            name.as_str(),
+            datafusion::datasource::provider_as_source(table),
+            None,
+        )?
+        .build()?;
+        Ok(Some(Arc::new(datafusion::catalog::view::ViewTable::new(
+            plan, None,
+        ))))
     }
 
     fn table_exist(&self, name: &str) -> bool {
