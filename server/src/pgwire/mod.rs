@@ -13,6 +13,7 @@
 //! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
+//! - `pg_compat`: catalog tables, functions and SQL rewrites BI tools and drivers need;
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping.
@@ -24,6 +25,8 @@ mod connection;
 mod copy;
 mod errors;
 mod extended;
+mod info_schema;
+mod pg_compat;
 mod query;
 mod rows;
 mod session;

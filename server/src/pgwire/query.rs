@@ -105,7 +105,13 @@ pub(crate) fn parse(
     sql: &str,
 ) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
-        Ok(statements) => Ok(statements),
+        Ok(mut statements) => {
+            for statement in &mut statements {
+                super::pg_compat::rewrite(statement);
+                super::info_schema::rewrite(statement);
+            }
+            Ok(statements)
+        }
         Err(err) => {
             // DataFusion's own statements are not PostgreSQL syntax; name the refused ones
             // rather than calling them syntax errors.
