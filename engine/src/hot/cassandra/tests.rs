@@ -550,10 +550,7 @@ fn cut(horizon_us: i64, offset: i64) -> Arc<crate::catalog::TierCut> {
         horizon_us,
         ..Default::default()
     };
-    c.offsets
-        .entry("app".into())
-        .or_default()
-        .insert(3, offset);
+    c.offsets.entry("app".into()).or_default().insert(3, offset);
     Arc::new(c)
 }
 
@@ -638,7 +635,10 @@ async fn manifest_and_lease_are_lightweight_transactions() {
     );
     assert_eq!(store.load_manifest().await.expect("load").version, 2);
 
-    assert_eq!(store.tiering_lease("a", 30).await.expect("lease"), Lease::Mine);
+    assert_eq!(
+        store.tiering_lease("a", 30).await.expect("lease"),
+        Lease::Mine
+    );
     assert_eq!(
         store.tiering_lease("b", 30).await.expect("lease"),
         Lease::Held("a".into())
@@ -654,6 +654,9 @@ async fn manifest_and_lease_are_lightweight_transactions() {
         "only the holder lets go"
     );
     store.release_tiering_lease("a").await.expect("release");
-    assert_eq!(store.tiering_lease("b", 30).await.expect("lease"), Lease::Mine);
+    assert_eq!(
+        store.tiering_lease("b", 30).await.expect("lease"),
+        Lease::Mine
+    );
     drop_keyspace(&store).await;
 }
