@@ -17,7 +17,7 @@ use crate::catalog::LocalCatalog;
 use crate::cluster::Cluster;
 use crate::cold::ColdStore;
 use crate::continuous::feed::{FEED_CAPACITY, Feed};
-use crate::continuous::{ContinuousQueries, WalReader};
+use crate::continuous::{CqRegistry, WalReader};
 use crate::hot::{HotEntry, Tiers};
 use crate::idempotency::{Idempotency, KeyFiles, Shared};
 use crate::ingest::{DecodeOptions, decode_body};
@@ -164,7 +164,7 @@ pub struct Engine {
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) compaction: crate::compaction::Scheduler,
     flush_wanted: Arc<Notify>,
-    continuous: Arc<ContinuousQueries>,
+    continuous: Arc<CqRegistry>,
     cq_feed: Arc<Feed>,
     stop: watch::Sender<bool>,
     _lock: std::fs::File,
@@ -225,14 +225,12 @@ impl Engine {
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);
         let keys_loaded = keys.load(&mut idempotency)?;
-        let continuous = Arc::new(
-            ContinuousQueries::open_with(dir, &config.notify)
-                .await
-                .map_err(|e| EngineError::Catalog {
-                    path: dir.join("continuous_queries.json"),
-                    reason: e.to_string(),
-                })?,
-        );
+        let continuous = Arc::new(CqRegistry::open_with(dir, &config.notify).await.map_err(
+            |e| EngineError::Catalog {
+                path: dir.join("continuous_queries.json"),
+                reason: e.to_string(),
+            },
+        )?);
         let cq_replay_from = continuous.replay_from();
         let mut cq_replay = Vec::new();
         // Unfinished START FROM backfills read their hot part back from the WAL.
@@ -573,19 +571,19 @@ impl Engine {
                 "alerts",
                 crate::continuous::alerts_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::alerts_batch as fn(&ContinuousQueries) -> _,
+                CqRegistry::alerts_batch as fn(&CqRegistry) -> _,
             ),
             (
                 "alert_events",
                 crate::continuous::alert_events_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::events_batch,
+                CqRegistry::events_batch,
             ),
             (
                 "continuous_queries",
                 crate::continuous::queries_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::queries_batch,
+                CqRegistry::queries_batch,
             ),
         ];
         let (tiers, metrics) = (Arc::clone(&self.tiers), Arc::clone(&self.tiering));
@@ -622,7 +620,7 @@ impl Engine {
     }
 
     /// The continuous queries and their alerts.
-    pub fn continuous(&self) -> &ContinuousQueries {
+    pub fn continuous(&self) -> &CqRegistry {
         &self.continuous
     }
 

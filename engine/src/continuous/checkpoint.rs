@@ -14,7 +14,7 @@ use arrow::ipc::writer::StreamWriter;
 use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 
-use super::runtime::{ContinuousQuery, GroupState, PartitionState};
+use super::runtime::{CqRuntime, GroupState, PartitionState};
 use super::{CqError, CqMetrics, CqSpec};
 
 const MAGIC: &[u8] = b"LSCQ1";
@@ -33,7 +33,7 @@ fn err(e: impl std::fmt::Display) -> CqError {
     CqError::Checkpoint(e.to_string())
 }
 
-impl ContinuousQuery {
+impl CqRuntime {
     /// Serializes the state needed to continue exactly where this CQ is.
     ///
     /// Takes `&mut self` because `Accumulator::state` does.
@@ -72,7 +72,7 @@ impl ContinuousQuery {
         if header.body_sql != spec.body_sql {
             return Err(err("the checkpoint was taken for a different query body"));
         }
-        let mut cq = ContinuousQuery::new(spec).await?;
+        let mut cq = CqRuntime::new(spec).await?;
         cq.watermark = header.watermark;
         cq.partitions = header.partitions;
         cq.metrics = header.metrics;

@@ -36,7 +36,7 @@ pub(crate) type GroupKey = (i64, OwnedRow);
 
 /// A running continuous query: feed it batches, collect its output rows.
 #[derive(Debug)]
-pub struct ContinuousQuery {
+pub struct CqRuntime {
     pub(crate) spec: CqSpec,
     pub(crate) plan: CqPlan,
     pub(crate) emit: EmitPolicy,
@@ -59,7 +59,7 @@ fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-impl ContinuousQuery {
+impl CqRuntime {
     /// Plans `spec.body_sql` and starts with empty state.
     pub async fn new(spec: CqSpec) -> Result<Self, CqError> {
         let plan = CqPlan::new(&spec).await?;
