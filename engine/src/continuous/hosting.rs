@@ -11,6 +11,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, hex_hash};
+use super::checkpoint::Checkpoint;
 use super::definitions::{CqDefinition, storage};
 use super::lifecycle::{AlertBook, Heartbeat, Transition, TransitionKind};
 use super::notify::{AlertEvent, Events, Notifier, NotifyChannel};
@@ -54,9 +55,10 @@ pub(super) struct HostedCq {
     /// catch-up reaches them (see feed.rs).
     pub(super) catching_up: bool,
 }
-/// Checkpoint file header (followed by the runtime's checkpoint bytes).
+/// What a hosted CQ keeps beside its runtime, checkpointed in the same file
+/// (`checkpoint.rs`: the `host` object of its header).
 #[derive(Serialize, Deserialize)]
-struct CheckpointHeader {
+struct HostState {
     name: String,
     version: u64,
     seq: u64,
@@ -67,8 +69,6 @@ struct CheckpointHeader {
     #[serde(default)]
     heartbeats: BTreeMap<String, Heartbeat>,
 }
-
-const CKPT_MAGIC: &[u8] = b"LSCQF1";
 
 impl HostedCq {
     pub(super) async fn build(
@@ -87,14 +87,17 @@ impl HostedCq {
         let checkpoint = checkpoint.filter(|_| def.backfill.is_none());
         let (runtime, seq, book, events) = match checkpoint {
             Some(bytes) => {
-                let (header, state) = decode_checkpoint(bytes)?;
+                let checkpoint = Checkpoint::decode(bytes)?;
+                let header: HostState = checkpoint
+                    .host()?
+                    .ok_or_else(|| CqError::Checkpoint("checkpoint file: no CQ state".into()))?;
                 if header.version != def.version {
                     return Err(CqError::Checkpoint(format!(
                         "checkpoint is of version {}, the definition is version {}",
                         header.version, def.version
                     )));
                 }
-                let runtime = CqRuntime::restore(spec, state).await?;
+                let runtime = CqRuntime::restore_from(spec, &checkpoint).await?;
                 let book = AlertBook::new(header.alerts, header.heartbeats, def.version);
                 let events = header
                     .events
@@ -238,7 +241,6 @@ impl HostedCq {
         // The tables first: what the checkpoint covers must be in them after a crash.
         self.tables
             .sync(self.sinks.iter().map(|s| s.table.as_str()))?;
-        let state = self.runtime.checkpoint()?;
         let listed: std::collections::HashSet<&str> = self
             .book
             .alerts
@@ -252,7 +254,7 @@ impl HostedCq {
             self.notifier.config().retention,
             super::now_us(),
         );
-        let header = CheckpointHeader {
+        let host = HostState {
             name: self.def.name.clone(),
             version: self.def.version,
             seq: self.seq,
@@ -266,11 +268,7 @@ impl HostedCq {
                 .cloned()
                 .collect(),
         };
-        let header = serde_json::to_vec(&header).map_err(|e| CqError::Checkpoint(e.to_string()))?;
-        let mut bytes = CKPT_MAGIC.to_vec();
-        bytes.extend((header.len() as u64).to_le_bytes());
-        bytes.extend(header);
-        bytes.extend(state);
+        let bytes = self.runtime.checkpoint_with(Some(&host))?;
         let path = checkpoint_path(dir, &self.def.name);
         atomic_write(&path, &bytes).map_err(|e| storage(&path, e))?;
         self.last_checkpoint = Instant::now();
@@ -312,21 +310,6 @@ pub(super) fn notify_on(
     if !due.is_empty() {
         notifier.dispatch(events, channels, super::now_us());
     }
-}
-
-fn decode_checkpoint(bytes: &[u8]) -> Result<(CheckpointHeader, &[u8]), CqError> {
-    let bad = |what: &str| CqError::Checkpoint(format!("checkpoint file: {what}"));
-    let rest = bytes
-        .strip_prefix(CKPT_MAGIC)
-        .ok_or_else(|| bad("not a LogSphere CQ checkpoint"))?;
-    let (len, rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
-    let len = usize::try_from(u64::from_le_bytes(len.try_into().expect("8 bytes")))
-        .map_err(|_| bad("header too long"))?;
-    let (header, state) = rest
-        .split_at_checked(len)
-        .ok_or_else(|| bad("truncated header"))?;
-    let header = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
-    Ok((header, state))
 }
 
 /// A CQ name may hold any character; its file name is a hash of it.

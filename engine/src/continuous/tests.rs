@@ -706,6 +706,44 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     ));
 }
 
+#[tokio::test]
+async fn registry_reads_checkpoints_of_the_legacy_host_framing() {
+    use arrow::array::Array as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' ALERT (SEVERITY 'warning') \
+               AS SELECT window_start, source, count(*) AS n \
+               FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+               GROUP BY window_start, window_end, source HAVING count(*) > 100";
+    let errors: Vec<Row> = (0..150).map(|i| row(BASE + i, "ERROR", "api")).collect();
+    let now = BASE + 10 * SEC;
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    queries.create(&create_statement(sql), now).await.unwrap();
+    queries.process(1, &batch(&errors), now);
+    queries.checkpoint_all(now);
+    let fired = alert_rows(&queries);
+    assert_eq!(fired.len(), 1);
+    drop(queries);
+
+    // The file as an earlier version wrote it: the host header framing the runtime's.
+    let path = super::hosting::checkpoint_path(&dir.path().join("continuous"), "burst");
+    let current = std::fs::read(&path).unwrap();
+    let legacy = super::checkpoint::legacy_framing(&current);
+    assert!(legacy.starts_with(b"LSCQF1"));
+    std::fs::write(&path, &legacy).unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    assert_eq!(queries.replay_from(), Some(2));
+    assert_eq!(alert_rows(&queries), fired);
+    let listed = queries.queries_batch().unwrap();
+    let error = listed.column_by_name("error").unwrap();
+    assert!(error.is_null(0), "restored, not started fresh");
+    // The next checkpoint migrates it to the one format.
+    queries.checkpoint_all(now);
+    assert!(std::fs::read(&path).unwrap().starts_with(b"LSCQ1"));
+    drop(queries);
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    assert_eq!(alert_rows(&queries), fired);
+}
+
 /// `rows_in` of the CQ `name` in `continuous_queries`.
 async fn rows_in(engine: &crate::Engine, name: &str) -> i64 {
     let batches = engine
