@@ -17,7 +17,7 @@ use logsphere_sql::CreateContinuousQuery;
 use super::alerts::{AlertRule, Pending};
 use super::lifecycle::{AlertBook, Transition};
 use super::system_tables::transitions_batch;
-use super::{CqError, CqRuntime, EmitPolicy, OnLate, Position, QueryShape, spec_from};
+use super::{CqError, CqRuntime, EmitPolicy, InputError, OnLate, Position, QueryShape, spec_from};
 
 /// Columns that hold free text: as an instance key they make one alert per line.
 const FREE_TEXT_COLUMNS: [&str; 2] = ["message", "attributes"];
@@ -56,7 +56,7 @@ pub async fn backtest(
             .column(0)
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| CqError::Input("logs.timestamp is not Timestamp(µs)".into()))?;
+            .ok_or_else(|| CqError::from(InputError::LogsTimestampNotMicros))?;
         // Live, the watermark (and with it RESOLVE AFTER) moves after every ingested request;
         // one stored batch can span hours. Feed it one second of event time at a time, so a
         // per-row alert resolves between two episodes as it does live, whatever the size of

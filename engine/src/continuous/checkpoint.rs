@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::runtime::{CqRuntime, GroupState, PartitionState};
-use super::{CqError, CqMetrics, CqSpec};
+use super::{CheckpointError, CqError, CqMetrics, CqSpec};
 
 const MAGIC: &[u8] = b"LSCQ1";
 /// The older host framing around an `LSCQ1` checkpoint; read, never written.
@@ -45,8 +45,8 @@ struct Header {
     host: Option<Box<RawValue>>,
 }
 
-fn err(e: impl std::fmt::Display) -> CqError {
-    CqError::Checkpoint(e.to_string())
+fn json(e: serde_json::Error) -> CqError {
+    CheckpointError::Json(e).into()
 }
 
 /// A decoded checkpoint: the header, and the IPC bytes of the states (not yet read).
@@ -59,15 +59,17 @@ impl<'a> Checkpoint<'a> {
     /// Reads the header of a checkpoint file, in this format or the legacy host framing.
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, CqError> {
         if let Some(rest) = bytes.strip_prefix(LEGACY_HOST_MAGIC) {
-            let (len, rest) = rest.split_at_checked(8).ok_or_else(|| err("truncated"))?;
+            let (len, rest) = rest
+                .split_at_checked(8)
+                .ok_or_else(|| CqError::from(CheckpointError::Truncated))?;
             let mut len_bytes = [0u8; 8];
             len_bytes.copy_from_slice(len);
             let len = usize::try_from(u64::from_le_bytes(len_bytes))
-                .map_err(|_| err("header too long"))?;
+                .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
             let (host, inner) = rest
                 .split_at_checked(len)
-                .ok_or_else(|| err("truncated header"))?;
-            let host: Box<RawValue> = serde_json::from_slice(host).map_err(err)?;
+                .ok_or_else(|| CqError::from(CheckpointError::TruncatedHeader))?;
+            let host: Box<RawValue> = serde_json::from_slice(host).map_err(json)?;
             let mut checkpoint = Self::decode_runtime(inner)?;
             checkpoint.header.host = Some(host);
             return Ok(checkpoint);
@@ -78,16 +80,18 @@ impl<'a> Checkpoint<'a> {
     fn decode_runtime(bytes: &'a [u8]) -> Result<Self, CqError> {
         let rest = bytes
             .strip_prefix(MAGIC)
-            .ok_or_else(|| err("not a LogSphere CQ checkpoint"))?;
-        let (len, rest) = rest.split_at_checked(4).ok_or_else(|| err("truncated"))?;
+            .ok_or_else(|| CqError::from(CheckpointError::NotACheckpoint))?;
+        let (len, rest) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| CqError::from(CheckpointError::Truncated))?;
         let mut len_bytes = [0u8; 4];
         len_bytes.copy_from_slice(len);
-        let len =
-            usize::try_from(u32::from_le_bytes(len_bytes)).map_err(|_| err("header too long"))?;
+        let len = usize::try_from(u32::from_le_bytes(len_bytes))
+            .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
         let (header, ipc) = rest
             .split_at_checked(len)
-            .ok_or_else(|| err("truncated header"))?;
-        let header: Header = serde_json::from_slice(header).map_err(err)?;
+            .ok_or_else(|| CqError::from(CheckpointError::TruncatedHeader))?;
+        let header: Header = serde_json::from_slice(header).map_err(json)?;
         Ok(Self { header, ipc })
     }
 
@@ -96,7 +100,7 @@ impl<'a> Checkpoint<'a> {
         self.header
             .host
             .as_ref()
-            .map(|raw| serde_json::from_str(raw.get()).map_err(err))
+            .map(|raw| serde_json::from_str(raw.get()).map_err(json))
             .transpose()
     }
 }
@@ -115,7 +119,7 @@ impl CqRuntime {
         host: Option<&H>,
     ) -> Result<Vec<u8>, CqError> {
         let host = host
-            .map(|h| serde_json::value::to_raw_value(h).map_err(err))
+            .map(|h| serde_json::value::to_raw_value(h).map_err(json))
             .transpose()?;
         let header = Header {
             body_sql: self.spec.body_sql.clone(),
@@ -126,9 +130,9 @@ impl CqRuntime {
             closed: self.groups.values().map(|g| g.closed).collect(),
             host,
         };
-        let header = serde_json::to_vec(&header).map_err(err)?;
+        let header = serde_json::to_vec(&header).map_err(json)?;
         let len = u32::try_from(header.len())
-            .map_err(|_| err(format!("header of {} bytes is too long", header.len())))?;
+            .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
         let mut out = MAGIC.to_vec();
         out.extend(len.to_le_bytes());
         out.extend(header);
@@ -152,7 +156,7 @@ impl CqRuntime {
     ) -> Result<Self, CqError> {
         let header = &checkpoint.header;
         if header.body_sql != spec.body_sql {
-            return Err(err("the checkpoint was taken for a different query body"));
+            return Err(CheckpointError::OtherBody.into());
         }
         let mut cq = CqRuntime::new(spec).await?;
         cq.watermark = header.watermark;
@@ -239,13 +243,13 @@ impl CqRuntime {
         let converter = self
             .converter
             .as_ref()
-            .ok_or_else(|| err("a windowed query without a group key converter"))?;
+            .ok_or_else(|| CqError::from(CheckpointError::NoKeyConverter))?;
         let groups = agg.group_exprs.len();
         let starts = batch
             .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| err("window_start column"))?;
+            .ok_or_else(|| CqError::from(CheckpointError::WindowStartColumn))?;
         let offset = self.groups.len();
         for row in 0..batch.num_rows() {
             let group_arrays: Vec<ArrayRef> = (0..groups)

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use logsphere_sql::CreateContinuousQuery;
 
-use super::CqError;
-use super::definitions::{CqDefinition, CqState, storage};
+use super::definitions::{CqDefinition, CqState};
 use super::hosting::{HostedCq, checkpoint_path, event_now, notify_on};
 use super::lifecycle::AlertBook;
 use super::notify::AlertEvent;
 use super::registry::{CqRegistry, History};
+use super::{CqError, StorageError};
 
 /// What `CREATE CONTINUOUS QUERY` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +208,7 @@ impl CqRegistry {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(storage(&path, e)),
+            Err(e) => Err(StorageError::io(&path, e)),
         }
     }
 

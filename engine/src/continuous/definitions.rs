@@ -6,10 +6,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::CqError;
 use super::alerts::Alert;
 use super::backfill::BackfillPlan;
 use super::notify::AlertEvent;
+use super::{CqError, StorageError};
 use crate::catalog::atomic_write;
 
 /// Whether a CQ consumes input.
@@ -60,19 +60,15 @@ impl DefinitionsFile {
     /// The file at `path`; empty when there is none yet.
     pub(super) fn load(path: &Path) -> Result<Self, CqError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| storage(path, e)),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageError::json(path, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(storage(path, e)),
+            Err(e) => Err(StorageError::io(path, e)),
         }
     }
 
     /// Replaces the file at `path` atomically.
     pub(super) fn store(&self, path: &Path) -> Result<(), CqError> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| storage(path, e))?;
-        atomic_write(path, &bytes).map_err(|e| storage(path, e))
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| StorageError::json(path, e))?;
+        atomic_write(path, &bytes).map_err(|e| StorageError::write(path, e))
     }
-}
-
-pub(super) fn storage(path: &Path, e: impl std::fmt::Display) -> CqError {
-    CqError::Storage(format!("{}: {e}", path.display()))
 }

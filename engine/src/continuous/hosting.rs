@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertRule, hex_hash};
 use super::checkpoint::Checkpoint;
-use super::definitions::{CqDefinition, storage};
+use super::definitions::CqDefinition;
 use super::lifecycle::{AlertBook, Heartbeat, Transition, TransitionKind};
 use super::notify::{AlertEvent, Events, Notifier, NotifyChannel};
 use super::sink::Sink;
 use super::spec::{parse_create, spec_from};
 use super::table_store::TableStore;
-use super::{CqError, CqOutput, CqRuntime};
+use super::{CheckpointError, CqError, CqOutput, CqRuntime, StorageError};
 use crate::catalog::atomic_write;
 
 /// One CQ in memory.
@@ -88,14 +88,13 @@ impl HostedCq {
         let (runtime, seq, book, events) = match checkpoint {
             Some(bytes) => {
                 let checkpoint = Checkpoint::decode(bytes)?;
-                let header: HostState = checkpoint
-                    .host()?
-                    .ok_or_else(|| CqError::Checkpoint("checkpoint file: no CQ state".into()))?;
+                let header: HostState = checkpoint.host()?.ok_or(CheckpointError::NoHostState)?;
                 if header.version != def.version {
-                    return Err(CqError::Checkpoint(format!(
-                        "checkpoint is of version {}, the definition is version {}",
-                        header.version, def.version
-                    )));
+                    return Err(CheckpointError::OtherVersion {
+                        checkpoint: header.version,
+                        definition: def.version,
+                    }
+                    .into());
                 }
                 let runtime = CqRuntime::restore_from(spec, &checkpoint).await?;
                 let book = AlertBook::new(header.alerts, header.heartbeats, def.version);
@@ -270,7 +269,7 @@ impl HostedCq {
         };
         let bytes = self.runtime.checkpoint_with(Some(&host))?;
         let path = checkpoint_path(dir, &self.def.name);
-        atomic_write(&path, &bytes).map_err(|e| storage(&path, e))?;
+        atomic_write(&path, &bytes).map_err(|e| StorageError::write(&path, e))?;
         self.last_checkpoint = Instant::now();
         self.last_checkpoint_at = Some(now_us);
         self.checkpointed_seq = self.seq;

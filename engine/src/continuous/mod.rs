@@ -42,6 +42,7 @@ mod backtest;
 mod checkpoint;
 mod ddl;
 mod definitions;
+mod error;
 pub(crate) mod feed;
 mod hosting;
 mod lifecycle;
@@ -59,6 +60,7 @@ pub use backfill::{BackfillPlan, start_from_us};
 pub use backtest::{backtest, explain};
 pub use ddl::Created;
 pub use definitions::{CqDefinition, CqState};
+pub use error::{CheckpointError, CqError, InputError, StorageError};
 pub use notify::{AlertEvent, NotifyConfig};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::CqRegistry;
@@ -291,45 +293,6 @@ pub struct CqMetrics {
     pub late_rows_updated: u64,
     /// (row, window) pairs not aggregated because `max_keys` states were live.
     pub key_overflow_rows: u64,
-}
-
-/// What can go wrong planning or running a CQ.
-#[derive(Debug, thiserror::Error)]
-pub enum CqError {
-    /// The body is not a supported continuous query shape.
-    #[error("continuous query not supported: {reason} (in: {sql})")]
-    Unsupported { sql: String, reason: String },
-    /// DataFusion failed planning or evaluating the body.
-    #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
-    /// Arrow failed building or reading batches.
-    #[error(transparent)]
-    Arrow(#[from] arrow::error::ArrowError),
-    /// An input batch does not look like `logs`.
-    #[error("input batch: {0}")]
-    Input(String),
-    /// A checkpoint could not be written or read.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// `CREATE` of a name that is taken.
-    #[error("continuous query \"{0}\" already exists")]
-    AlreadyExists(String),
-    /// A statement names a CQ that does not exist.
-    #[error("continuous query \"{0}\" does not exist")]
-    NotFound(String),
-    /// Definitions or checkpoints could not be stored or loaded.
-    #[error("continuous query storage: {0}")]
-    Storage(String),
-    /// A NOTIFY channel cannot work as written (an option, URL, CA file or Kafka brokers).
-    #[error("{0}")]
-    Notify(String),
-    /// An INTO / NOTIFY TABLE table cannot be used as written (a key column missing, a
-    /// name that is not a plain table name).
-    #[error("{0}")]
-    Table(String),
-    /// An INTO / NOTIFY TABLE name is taken: a system table, or a table with other columns.
-    #[error("{0}")]
-    TableExists(String),
 }
 
 #[cfg(test)]

@@ -20,12 +20,12 @@ use logsphere_sql::CreateContinuousQuery;
 
 use super::alerts::Alert;
 use super::backfill::BackfillPlan;
-use super::definitions::{CqDefinition, CqState, DefinitionsFile, storage};
+use super::definitions::{CqDefinition, CqState, DefinitionsFile};
 use super::hosting::{HostedCq, checkpoint_path, prune_events};
 use super::notify::{Events, Notifier, NotifyChannel, NotifyConfig};
 use super::spec::parse_create;
 use super::table_store::TableStore;
-use super::{CqError, Position};
+use super::{CqError, Position, StorageError};
 
 #[derive(Default)]
 pub(super) struct Inner {
@@ -84,7 +84,7 @@ impl CqRegistry {
         let notifier = Arc::new(Notifier::new(notify));
         let defs_path = data_dir.join("continuous_queries.json");
         let ckpt_dir = data_dir.join("continuous");
-        std::fs::create_dir_all(&ckpt_dir).map_err(|e| storage(&ckpt_dir, e))?;
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| StorageError::io(&ckpt_dir, e))?;
         let tables = Arc::new(TableStore::open(data_dir)?);
         let file = DefinitionsFile::load(&defs_path)?;
         let mut inner = Inner {
@@ -106,7 +106,7 @@ impl CqRegistry {
             let checkpoint = match std::fs::read(&path) {
                 Ok(bytes) => Some(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(storage(&path, e)),
+                Err(e) => return Err(StorageError::io(&path, e)),
             };
             let live = match HostedCq::build(def.clone(), checkpoint.as_deref(), &notifier, &tables)
                 .await
@@ -328,11 +328,8 @@ impl CqRegistry {
             return Ok(false);
         };
         let position = Position::Wal { seq: plan.cut };
-        let outputs = live.runtime.process("wal", position, batch, clock_us);
-        if let Err(e) = &outputs {
-            return Err(CqError::Input(e.to_string()));
-        }
-        live.handle(outputs, clock_us);
+        let outputs = live.runtime.process("wal", position, batch, clock_us)?;
+        live.handle(Ok(outputs), clock_us);
         Ok(true)
     }
 

@@ -4,17 +4,14 @@
 use logsphere_sql::{CreateContinuousQuery, Statement};
 
 use super::alerts::body_with_severity;
-use super::{CqError, CqSpec, EmitPolicy, OnLate};
+use super::{CqError, CqSpec, EmitPolicy, OnLate, StorageError};
 
 /// The `CREATE CONTINUOUS QUERY` in `sql_text`.
 pub(super) fn parse_create(sql_text: &str) -> Result<CreateContinuousQuery, CqError> {
-    let statements =
-        logsphere_sql::parse_statements(sql_text).map_err(|e| CqError::Storage(e.to_string()))?;
+    let statements = logsphere_sql::parse_statements(sql_text).map_err(StorageError::from)?;
     match statements.into_iter().next() {
         Some(Statement::CreateContinuousQuery(cq)) => Ok(*cq),
-        _ => Err(CqError::Storage(
-            "stored definition is not a CREATE CONTINUOUS QUERY".into(),
-        )),
+        _ => Err(StorageError::NotACreate.into()),
     }
 }
 

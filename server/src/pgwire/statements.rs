@@ -142,7 +142,7 @@ fn cq_error(e: &CqError) -> PgWireError {
         CqError::AlreadyExists(_) => DUPLICATE_OBJECT,
         CqError::NotFound(_) => sqlstate::UNDEFINED_OBJECT,
         CqError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
-        CqError::Notify(_) => INVALID_PARAMETER_VALUE,
+        CqError::Notify { .. } => INVALID_PARAMETER_VALUE,
         CqError::DataFusion(df) => {
             let info = errors::error_info(df);
             return user_error(
