@@ -17,7 +17,7 @@ use crate::catalog::LocalCatalog;
 use crate::cluster::Cluster;
 use crate::cold::ColdStore;
 use crate::continuous::feed::{FEED_CAPACITY, Feed};
-use crate::continuous::{ContinuousQueries, WalReader};
+use crate::continuous::{CqRegistry, WalReader};
 use crate::hot::{HotEntry, Tiers};
 use crate::idempotency::{Idempotency, KeyFiles, Shared};
 use crate::ingest::{DecodeOptions, decode_body};
@@ -164,7 +164,7 @@ pub struct Engine {
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) compaction: crate::compaction::Scheduler,
     flush_wanted: Arc<Notify>,
-    continuous: Arc<ContinuousQueries>,
+    continuous: Arc<CqRegistry>,
     cq_feed: Arc<Feed>,
     stop: watch::Sender<bool>,
     _lock: std::fs::File,
@@ -225,14 +225,12 @@ impl Engine {
         let mut idempotency = Idempotency::default();
         let keys = KeyFiles::new(dir);
         let keys_loaded = keys.load(&mut idempotency)?;
-        let continuous = Arc::new(
-            ContinuousQueries::open_with(dir, &config.notify)
-                .await
-                .map_err(|e| EngineError::Catalog {
-                    path: dir.join("continuous_queries.json"),
-                    reason: e.to_string(),
-                })?,
-        );
+        let continuous = Arc::new(CqRegistry::open_with(dir, &config.notify).await.map_err(
+            |e| EngineError::Catalog {
+                path: dir.join("continuous_queries.json"),
+                reason: e.to_string(),
+            },
+        )?);
         let cq_replay_from = continuous.replay_from();
         let mut cq_replay = Vec::new();
         // Unfinished START FROM backfills read their hot part back from the WAL.
@@ -495,8 +493,11 @@ impl Engine {
         let cq_feed = Arc::clone(&self.cq_feed);
         let on_durable = move |seq| {
             // Runs on the WAL thread in sequence order: hand the rows off, never evaluate here.
-            cq_feed.offer(seq, (logs.num_rows() > 0).then(|| logs.clone()));
+            // The hot tier first: whatever the CQ task has seen, the hot tier holds (or has
+            // flushed), which a `START FROM` backfill relies on to cut without waiting.
+            let cq_logs = (logs.num_rows() > 0).then(|| logs.clone());
             tiers.insert(HotEntry::new(seq, logs, dead));
+            cq_feed.offer(seq, cq_logs);
             if let (Some(key), Ok(mut idem)) = (key, idempotency.lock()) {
                 idem.durable(seq, key, outcome);
             }
@@ -573,19 +574,19 @@ impl Engine {
                 "alerts",
                 crate::continuous::alerts_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::alerts_batch as fn(&ContinuousQueries) -> _,
+                CqRegistry::alerts_batch as fn(&CqRegistry) -> _,
             ),
             (
                 "alert_events",
                 crate::continuous::alert_events_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::events_batch,
+                CqRegistry::events_batch,
             ),
             (
                 "continuous_queries",
                 crate::continuous::queries_schema(),
                 Arc::clone(&self.continuous),
-                ContinuousQueries::queries_batch,
+                CqRegistry::queries_batch,
             ),
         ];
         let (tiers, metrics) = (Arc::clone(&self.tiers), Arc::clone(&self.tiering));
@@ -622,7 +623,7 @@ impl Engine {
     }
 
     /// The continuous queries and their alerts.
-    pub fn continuous(&self) -> &ContinuousQueries {
+    pub fn continuous(&self) -> &CqRegistry {
         &self.continuous
     }
 
@@ -653,30 +654,22 @@ impl Engine {
         self.hold_wal(&holder, self.tiers.manifest().flushed_seq + 1);
         let snapshot = Mutex::new(None);
         let history = |from_us: i64, fed: u64| -> Result<BackfillPlan, CqError> {
-            // The hot tier gets each entry right after the CQ channel does: wait for it to
-            // hold everything CQs were fed, then everything in this snapshot is history.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let s = self.tiers.snapshot();
-                let top = s
-                    .hot
-                    .last()
-                    .map_or(0, |e| e.seq)
-                    .max(s.manifest.flushed_seq);
-                if top >= fed {
-                    let plan = BackfillPlan::new(from_us, &s.manifest, top);
-                    if let Ok(mut slot) = snapshot.lock() {
-                        *slot = Some(s.hot);
-                    }
-                    return Ok(plan);
-                }
-                if Instant::now() > deadline {
-                    return Err(CqError::Storage(format!(
-                        "the hot tier does not hold WAL entry {fed} yet"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(1));
+            // Every entry is in the hot tier before it is offered to the CQs (see
+            // `on_durable`), so the snapshot holds everything CQs were fed: it is history.
+            let s = self.tiers.snapshot();
+            let top = s
+                .hot
+                .last()
+                .map_or(0, |e| e.seq)
+                .max(s.manifest.flushed_seq);
+            if top < fed {
+                return Err(crate::continuous::StorageError::HotTierBehind(fed).into());
             }
+            let plan = BackfillPlan::new(from_us, &s.manifest, top);
+            if let Ok(mut slot) = snapshot.lock() {
+                *slot = Some(s.hot);
+            }
+            Ok(plan)
         };
         let created = self
             .continuous

@@ -1,4 +1,6 @@
-//! Interval text (`'5 minutes'`, `'1h30m'`, `INTERVAL '10' SECOND`) to [`Duration`].
+//! Interval text (`'5 minutes'`, `'1h30m'`, `INTERVAL '10' SECOND`) to [`Duration`]: the
+//! one duration grammar of continuous queries — their clauses (WATERMARK, COOLDOWN, …),
+//! their `WITH (…)` options and the options of their NOTIFY channels (`timeout`).
 //!
 //! Continuous-query clauses need fixed lengths of time, so months and years are refused
 //! rather than guessed.
@@ -8,14 +10,14 @@ use std::time::Duration;
 use datafusion::sql::sqlparser::ast::{DateTimeField, Expr, Interval, Value};
 
 /// What an interval may be written as, for error messages.
-pub(crate) const INTERVAL_FORMS: &str = "INTERVAL '10 seconds' or '10s'";
+pub const INTERVAL_FORMS: &str = "INTERVAL '10 seconds' or '10s'";
 
 const UNITS: &str = "ms, s, m, h, d, w, or milliseconds, seconds, minutes, hours, days, weeks";
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// The duration written by an `INTERVAL '…'` expression or a plain string literal.
-pub(crate) fn duration_of_expr(expr: &Expr) -> Result<Duration, String> {
+pub fn duration_of_expr(expr: &Expr) -> Result<Duration, String> {
     match expr {
         Expr::Interval(interval) => duration_of_interval(interval),
         Expr::Value(v) => match &v.value {
@@ -85,7 +87,7 @@ fn no_calendar_units(unit: &str) -> String {
 }
 
 /// Parses `'5 minutes'`, `'1 hour 30 minutes'`, `'2m'`, `'1h30m'`, `'1.5s'`, `'250ms'`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = |why: String| format!("invalid interval '{text}': {why}");
     let mut rest = text.trim();
     if rest.is_empty() {

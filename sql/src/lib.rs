@@ -57,6 +57,7 @@ pub use ast::{
     DEFAULT_WATERMARK, EmitPolicy, For, LateAction, Mode, ShowFilter, StartFrom, Statement,
 };
 pub use detect::is_logsphere_statement;
+pub use duration::{INTERVAL_FORMS, duration_of_expr, parse_duration};
 pub use error::ParseError;
 pub use parser::parse_statements;
 

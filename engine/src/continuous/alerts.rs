@@ -7,12 +7,8 @@
 //! after a restart finds the same id and upserts instead of adding a row. This file turns
 //! output rows into [`Observation`]s; `lifecycle.rs` runs the state machine over them.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::ast::{
     Expr, GroupByExpr, Ident, SelectItem, SetExpr, Value, visit_expressions_mut,
@@ -317,7 +313,7 @@ impl AlertRule {
     pub(crate) fn for_runtime(
         cq: &CreateContinuousQuery,
         version: u64,
-        runtime: &super::ContinuousQuery,
+        runtime: &super::CqRuntime,
     ) -> Result<Option<Self>, CqError> {
         let slide_us = runtime
             .plan
@@ -529,76 +525,4 @@ pub(crate) fn hex_hash(parts: &[&str]) -> String {
         }
     }
     format!("{h:016x}")
-}
-
-/// Schema of the `alerts` system table.
-pub fn alerts_schema() -> SchemaRef {
-    let ts = crate::model::ts_type;
-    Arc::new(Schema::new(vec![
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("cq_name", DataType::Utf8, false),
-        Field::new("cq_version", DataType::Int64, false),
-        Field::new("fingerprint", DataType::Utf8, false),
-        Field::new("labels", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("state", DataType::Utf8, false),
-        Field::new("first_seen", ts(), false),
-        Field::new("fired_at", ts(), false),
-        Field::new("last_seen", ts(), false),
-        Field::new("observation_count", DataType::Int64, false),
-        Field::new("window_start", ts(), true),
-        Field::new("window_end", ts(), true),
-        Field::new("value", DataType::Utf8, false),
-        Field::new("late", DataType::Boolean, false),
-        Field::new("annotations", DataType::Utf8, false),
-        Field::new("resolved_at", ts(), true),
-        Field::new("resolved_reason", DataType::Utf8, true),
-    ]))
-}
-
-/// `alerts` as one batch of [`alerts_schema`].
-pub(crate) fn alerts_batch<'a>(
-    alerts: impl Iterator<Item = &'a Alert>,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let alerts: Vec<&Alert> = alerts.collect();
-    let s = |f: fn(&Alert) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| f(a))))
-    };
-    let ts = |f: fn(&Alert) -> Option<i64>| -> ArrayRef {
-        Arc::new(
-            TimestampMicrosecondArray::from_iter(alerts.iter().map(|a| f(a))).with_timezone("UTC"),
-        )
-    };
-    let int = |f: fn(&Alert) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(
-            alerts
-                .iter()
-                .map(|a| i64::try_from(f(a)).unwrap_or(i64::MAX)),
-        ))
-    };
-    RecordBatch::try_new(
-        alerts_schema(),
-        vec![
-            s(|a| &a.alert_id),
-            s(|a| &a.cq_name),
-            int(|a| a.cq_version),
-            s(|a| &a.fingerprint),
-            s(|a| &a.labels),
-            s(|a| &a.severity),
-            s(|a| &a.state),
-            ts(|a| Some(a.first_seen)),
-            ts(|a| Some(a.fired_at)),
-            ts(|a| Some(a.last_seen)),
-            int(|a| a.observation_count),
-            ts(|a| a.window_start),
-            ts(|a| a.window_end),
-            s(|a| &a.value),
-            Arc::new(BooleanArray::from_iter(alerts.iter().map(|a| Some(a.late)))),
-            s(|a| &a.annotations),
-            ts(|a| a.resolved_at),
-            Arc::new(StringArray::from_iter(
-                alerts.iter().map(|a| a.resolved_reason.as_deref()),
-            )),
-        ],
-    )
 }

@@ -116,7 +116,7 @@ pub(crate) struct BackfillInput {
 /// Runs the backfill of CQ `name` (version `version`) through `queries`, then switches it
 /// to the live feed. Logs progress (rows, rows/s, event time reached) every 5 s.
 pub(crate) async fn run(
-    queries: Arc<super::ContinuousQueries>,
+    queries: Arc<super::CqRegistry>,
     name: String,
     version: u64,
     input: BackfillInput,
@@ -152,7 +152,7 @@ fn rate(rows: u64, secs: f64) -> u64 {
 /// Feeds every stored row at or after the start, one event-time hour at a time (a cold
 /// file never spans two hours), sorted by event time. Returns the rows fed.
 async fn feed(
-    queries: &super::ContinuousQueries,
+    queries: &super::CqRegistry,
     name: &str,
     version: u64,
     input: &BackfillInput,

@@ -2,58 +2,25 @@
 //!
 //! A backtest reads stored `logs` (hot and cold tiers, through a [`SessionContext`]) for
 //! `[from, to)` sorted by event time, and pushes the rows through a fresh
-//! [`ContinuousQuery`] and the live alert state machine (`lifecycle.rs`), with the rows'
+//! [`CqRuntime`] and the live alert state machine (`lifecycle.rs`), with the rows'
 //! event time as the clock. It returns every transition (pending, fired, escalated,
 //! repeated, resolved, inactive), not only end states. Nothing is persisted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use logsphere_sql::CreateContinuousQuery;
 
 use super::alerts::{AlertRule, Pending};
 use super::lifecycle::{AlertBook, Transition};
-use super::{ContinuousQuery, CqError, EmitPolicy, OnLate, Position, QueryShape, spec_from};
+use super::system_tables::transitions_batch;
+use super::{CqError, CqRuntime, EmitPolicy, InputError, OnLate, Position, QueryShape, spec_from};
 
 /// Columns that hold free text: as an instance key they make one alert per line.
 const FREE_TEXT_COLUMNS: [&str; 2] = ["message", "attributes"];
-
-/// Schema of a backtest's result: one row per transition, with the alert as it stood
-/// right after it; `at`, `fired_at` and `resolved_at` are event times.
-pub fn backtest_schema() -> SchemaRef {
-    let ts = crate::model::ts_type;
-    Arc::new(Schema::new(vec![
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("fingerprint", DataType::Utf8, false),
-        Field::new("labels", DataType::Utf8, false),
-        Field::new("transition", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("state", DataType::Utf8, false),
-        Field::new("at", ts(), false),
-        Field::new("fired_at", ts(), true),
-        Field::new("resolved_at", ts(), true),
-        Field::new("observation_count", DataType::Int64, false),
-        Field::new("window_start", ts(), true),
-        Field::new("window_end", ts(), true),
-        Field::new("value", DataType::Utf8, false),
-        Field::new("late", DataType::Boolean, false),
-        Field::new("notified", DataType::Boolean, false),
-    ]))
-}
-
-/// Schema of `EXPLAIN CONTINUOUS QUERY`: one row per fact.
-pub fn explain_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("item", DataType::Utf8, false),
-        Field::new("value", DataType::Utf8, false),
-    ]))
-}
 
 /// Replays `cq` over the stored `logs` rows with `from_us <= timestamp < to_us` (µs since
 /// the epoch) and returns every transition the alert state machine makes
@@ -67,7 +34,7 @@ pub async fn backtest(
     to_us: i64,
 ) -> Result<RecordBatch, CqError> {
     let spec = spec_from(cq)?;
-    let mut runtime = ContinuousQuery::new(spec).await?;
+    let mut runtime = CqRuntime::new(spec).await?;
     let rule = AlertRule::for_runtime(cq, version, &runtime)?;
     let sql = format!(
         "SELECT * FROM logs WHERE timestamp >= to_timestamp_micros({from_us}) \
@@ -89,7 +56,7 @@ pub async fn backtest(
             .column(0)
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| CqError::Input("logs.timestamp is not Timestamp(µs)".into()))?;
+            .ok_or_else(|| CqError::from(InputError::LogsTimestampNotMicros))?;
         // Live, the watermark (and with it RESOLVE AFTER) moves after every ingested request;
         // one stored batch can span hours. Feed it one second of event time at a time, so a
         // per-row alert resolves between two episodes as it does live, whatever the size of
@@ -126,47 +93,11 @@ pub async fn backtest(
     Ok(transitions_batch(&transitions)?)
 }
 
-/// `transitions` as one batch of [`backtest_schema`], in the order they happened.
-fn transitions_batch(t: &[Transition]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let s = |f: &dyn Fn(&Transition) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(t.iter().map(f)))
-    };
-    let ts = |f: &dyn Fn(&Transition) -> Option<i64>| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from_iter(t.iter().map(f)).with_timezone("UTC"))
-    };
-    RecordBatch::try_new(
-        backtest_schema(),
-        vec![
-            s(&|t| &t.alert.alert_id),
-            s(&|t| &t.alert.fingerprint),
-            s(&|t| &t.alert.labels),
-            s(&|t| t.kind.as_str()),
-            s(&|t| &t.alert.severity),
-            s(&|t| &t.alert.state),
-            ts(&|t| Some(t.at)),
-            ts(&|t| t.alert.episode.fired_event),
-            ts(&|t| t.alert.episode.resolved_event),
-            Arc::new(Int64Array::from_iter_values(t.iter().map(|t| {
-                i64::try_from(t.alert.observation_count).unwrap_or(i64::MAX)
-            }))),
-            ts(&|t| t.alert.window_start),
-            ts(&|t| t.alert.window_end),
-            s(&|t| &t.alert.value),
-            Arc::new(BooleanArray::from_iter(
-                t.iter().map(|t| Some(t.alert.late)),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                t.iter().map(|t| Some(t.notifies())),
-            )),
-        ],
-    )
-}
-
 /// `EXPLAIN CONTINUOUS QUERY`: what the runtime would do with `cq`, one `(item, value)`
 /// pair per fact.
 pub async fn explain(cq: &CreateContinuousQuery) -> Result<Vec<(String, String)>, CqError> {
     let spec = spec_from(cq)?;
-    let runtime = ContinuousQuery::new(spec.clone()).await?;
+    let runtime = CqRuntime::new(spec.clone()).await?;
     let plan = &runtime.plan;
     let rule = AlertRule::for_runtime(cq, 1, &runtime)?;
     let mut rows: Vec<(String, String)> = Vec::new();

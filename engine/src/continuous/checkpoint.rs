@@ -1,7 +1,16 @@
-//! Checkpoints of a running CQ (§5.6): partitions, watermark and counters as JSON, and
-//! the open (window, key) states as one Arrow IPC batch of `Accumulator::state()` values.
+//! Checkpoints (§5.6): one format for all of a CQ's state.
 //!
-//! Layout: `LSCQ1`, a little-endian u32 header length, the JSON header, the IPC stream.
+//! Layout: `LSCQ1`, a little-endian u32 header length, the JSON header, then the open
+//! (window, key) states as one Arrow IPC batch of `Accumulator::state()` values. The JSON
+//! header holds the runtime's partitions, watermark and counters and, for a CQ the
+//! registry hosts, a `host` object with what `hosting.rs` keeps beside the runtime (name,
+//! version, the WAL sequence covered, alerts, events, heartbeats), so state and alerts are
+//! always written, replaced and read together.
+//!
+//! Files written before the host state moved into the header (`LSCQF1`, a u64 length, the
+//! host JSON, then an `LSCQ1` runtime checkpoint) are still read: [`Checkpoint::decode`]
+//! takes the host object from the outer frame, and the next checkpoint rewrites the file in
+//! this format.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +21,16 @@ use arrow::datatypes::{Field, Schema};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::ScalarValue;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use super::runtime::{ContinuousQuery, GroupState, PartitionState};
-use super::{CqError, CqMetrics, CqSpec};
+use super::runtime::{CqRuntime, GroupState, PartitionState};
+use super::{CheckpointError, CqError, CqMetrics, CqSpec};
 
 const MAGIC: &[u8] = b"LSCQ1";
+/// The older host framing around an `LSCQ1` checkpoint; read, never written.
+const LEGACY_HOST_MAGIC: &[u8] = b"LSCQF1";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -27,17 +40,87 @@ struct Header {
     metrics: CqMetrics,
     threshold_fired: Vec<bool>,
     closed: Vec<bool>,
+    /// What the host (the registry) keeps beside the runtime; absent for a bare runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<Box<RawValue>>,
 }
 
-fn err(e: impl std::fmt::Display) -> CqError {
-    CqError::Checkpoint(e.to_string())
+fn json(e: serde_json::Error) -> CqError {
+    CheckpointError::Json(e).into()
 }
 
-impl ContinuousQuery {
+/// A decoded checkpoint: the header, and the IPC bytes of the states (not yet read).
+pub(crate) struct Checkpoint<'a> {
+    header: Header,
+    ipc: &'a [u8],
+}
+
+impl<'a> Checkpoint<'a> {
+    /// Reads the header of a checkpoint file, in this format or the legacy host framing.
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, CqError> {
+        if let Some(rest) = bytes.strip_prefix(LEGACY_HOST_MAGIC) {
+            let (len, rest) = rest
+                .split_at_checked(8)
+                .ok_or_else(|| CqError::from(CheckpointError::Truncated))?;
+            let mut len_bytes = [0u8; 8];
+            len_bytes.copy_from_slice(len);
+            let len = usize::try_from(u64::from_le_bytes(len_bytes))
+                .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
+            let (host, inner) = rest
+                .split_at_checked(len)
+                .ok_or_else(|| CqError::from(CheckpointError::TruncatedHeader))?;
+            let host: Box<RawValue> = serde_json::from_slice(host).map_err(json)?;
+            let mut checkpoint = Self::decode_runtime(inner)?;
+            checkpoint.header.host = Some(host);
+            return Ok(checkpoint);
+        }
+        Self::decode_runtime(bytes)
+    }
+
+    fn decode_runtime(bytes: &'a [u8]) -> Result<Self, CqError> {
+        let rest = bytes
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| CqError::from(CheckpointError::NotACheckpoint))?;
+        let (len, rest) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| CqError::from(CheckpointError::Truncated))?;
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(len);
+        let len = usize::try_from(u32::from_le_bytes(len_bytes))
+            .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
+        let (header, ipc) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| CqError::from(CheckpointError::TruncatedHeader))?;
+        let header: Header = serde_json::from_slice(header).map_err(json)?;
+        Ok(Self { header, ipc })
+    }
+
+    /// The host's part of the checkpoint (`None`: a bare runtime checkpoint).
+    pub(crate) fn host<H: DeserializeOwned>(&self) -> Result<Option<H>, CqError> {
+        self.header
+            .host
+            .as_ref()
+            .map(|raw| serde_json::from_str(raw.get()).map_err(json))
+            .transpose()
+    }
+}
+
+impl CqRuntime {
     /// Serializes the state needed to continue exactly where this CQ is.
     ///
     /// Takes `&mut self` because `Accumulator::state` does.
     pub fn checkpoint(&mut self) -> Result<Vec<u8>, CqError> {
+        self.checkpoint_with::<()>(None)
+    }
+
+    /// [`Self::checkpoint`] with the host's state in the same header ([`Checkpoint::host`]).
+    pub(crate) fn checkpoint_with<H: Serialize>(
+        &mut self,
+        host: Option<&H>,
+    ) -> Result<Vec<u8>, CqError> {
+        let host = host
+            .map(|h| serde_json::value::to_raw_value(h).map_err(json))
+            .transpose()?;
         let header = Header {
             body_sql: self.spec.body_sql.clone(),
             watermark: self.watermark,
@@ -45,10 +128,13 @@ impl ContinuousQuery {
             metrics: self.metrics.clone(),
             threshold_fired: self.groups.values().map(|g| g.threshold_fired).collect(),
             closed: self.groups.values().map(|g| g.closed).collect(),
+            host,
         };
-        let header = serde_json::to_vec(&header).map_err(err)?;
+        let header = serde_json::to_vec(&header).map_err(json)?;
+        let len = u32::try_from(header.len())
+            .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
         let mut out = MAGIC.to_vec();
-        out.extend((header.len() as u32).to_le_bytes());
+        out.extend(len.to_le_bytes());
         out.extend(header);
         if let Some(batch) = self.state_batch()? {
             let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
@@ -60,26 +146,26 @@ impl ContinuousQuery {
 
     /// Rebuilds a CQ for `spec` from [`checkpoint`](Self::checkpoint) bytes.
     pub async fn restore(spec: CqSpec, bytes: &[u8]) -> Result<Self, CqError> {
-        let rest = bytes
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| err("not a LogSphere CQ checkpoint"))?;
-        let (len, rest) = rest.split_at_checked(4).ok_or_else(|| err("truncated"))?;
-        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        let (header, ipc) = rest
-            .split_at_checked(len)
-            .ok_or_else(|| err("truncated header"))?;
-        let header: Header = serde_json::from_slice(header).map_err(err)?;
+        Self::restore_from(spec, &Checkpoint::decode(bytes)?).await
+    }
+
+    /// Rebuilds a CQ for `spec` from a decoded checkpoint.
+    pub(crate) async fn restore_from(
+        spec: CqSpec,
+        checkpoint: &Checkpoint<'_>,
+    ) -> Result<Self, CqError> {
+        let header = &checkpoint.header;
         if header.body_sql != spec.body_sql {
-            return Err(err("the checkpoint was taken for a different query body"));
+            return Err(CheckpointError::OtherBody.into());
         }
-        let mut cq = ContinuousQuery::new(spec).await?;
+        let mut cq = CqRuntime::new(spec).await?;
         cq.watermark = header.watermark;
-        cq.partitions = header.partitions;
-        cq.metrics = header.metrics;
-        if ipc.is_empty() {
+        cq.partitions = header.partitions.clone();
+        cq.metrics = header.metrics.clone();
+        if checkpoint.ipc.is_empty() {
             return Ok(cq);
         }
-        let reader = StreamReader::try_new(ipc, None)?;
+        let reader = StreamReader::try_new(checkpoint.ipc, None)?;
         for batch in reader {
             cq.load_states(&batch?, &header.threshold_fired, &header.closed)?;
         }
@@ -154,13 +240,16 @@ impl ContinuousQuery {
         let Some(agg) = &self.plan.agg else {
             return Ok(());
         };
-        let converter = self.converter.as_ref().expect("shape B has a converter");
+        let converter = self
+            .converter
+            .as_ref()
+            .ok_or_else(|| CqError::from(CheckpointError::NoKeyConverter))?;
         let groups = agg.group_exprs.len();
         let starts = batch
             .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| err("window_start column"))?;
+            .ok_or_else(|| CqError::from(CheckpointError::WindowStartColumn))?;
         let offset = self.groups.len();
         for row in 0..batch.num_rows() {
             let group_arrays: Vec<ArrayRef> = (0..groups)
@@ -203,4 +292,21 @@ impl ContinuousQuery {
         }
         Ok(())
     }
+}
+
+/// `bytes` (this format, with a host object) rewritten in the legacy host framing, as a
+/// file of an earlier version would be.
+#[cfg(test)]
+pub(crate) fn legacy_framing(bytes: &[u8]) -> Vec<u8> {
+    let mut checkpoint = Checkpoint::decode(bytes).expect("a checkpoint");
+    let host = checkpoint.header.host.take().expect("a host object");
+    let header = serde_json::to_vec(&checkpoint.header).expect("JSON");
+    let mut out = LEGACY_HOST_MAGIC.to_vec();
+    out.extend((host.get().len() as u64).to_le_bytes());
+    out.extend(host.get().as_bytes());
+    out.extend(MAGIC);
+    out.extend((header.len() as u32).to_le_bytes());
+    out.extend(header);
+    out.extend(checkpoint.ipc);
+    out
 }

@@ -13,12 +13,12 @@
 //!
 //! ```no_run
 //! # async fn demo(batch: arrow::array::RecordBatch) -> Result<(), logsphere_engine::continuous::CqError> {
-//! use logsphere_engine::continuous::{ContinuousQuery, CqSpec, Position};
+//! use logsphere_engine::continuous::{CqRuntime, CqSpec, Position};
 //! let spec = CqSpec::new(
 //!     "SELECT window_start, source, count(*) AS n FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') \
 //!      WHERE log_level = 'ERROR' GROUP BY window_start, source HAVING count(*) > 100",
 //! );
-//! let mut cq = ContinuousQuery::new(spec).await?;
+//! let mut cq = CqRuntime::new(spec).await?;
 //! let now_us = 0;
 //! for out in cq.process("kafka-0", Position::Wal { seq: 1 }, &batch, now_us)? {
 //!     println!("{:?} {:?}", out.kind, out.rows);
@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! In the embedded engine, [`ContinuousQueries`] (`registry.rs`) keeps the definitions,
+//! In the embedded engine, [`CqRegistry`] (`registry.rs`) keeps the definitions,
 //! feeds every durable WAL entry to each running CQ from one task ([`run`]), checkpoints
 //! them, and turns output rows into alerts (`alerts.rs`).
 
@@ -40,23 +40,36 @@ mod alerts;
 mod backfill;
 mod backtest;
 mod checkpoint;
+mod ddl;
+mod definitions;
+mod error;
 pub(crate) mod feed;
+mod hosting;
 mod lifecycle;
 mod notify;
 mod plan;
 mod registry;
 mod runtime;
 mod sink;
+mod spec;
+mod system_tables;
 mod table_store;
 
-pub use alerts::{Alert, alerts_schema};
+pub use alerts::Alert;
 pub use backfill::{BackfillPlan, start_from_us};
-pub use backtest::{backtest, backtest_schema, explain, explain_schema};
-pub use notify::{AlertEvent, NotifyConfig, alert_events_schema};
+pub use backtest::{backtest, explain};
+pub use ddl::Created;
+pub use definitions::{CqDefinition, CqState};
+pub use error::{CheckpointError, CqError, InputError, StorageError};
+pub use notify::{AlertEvent, NotifyConfig};
 pub use plan::{CqPlan, QueryShape, is_monotone};
-pub use registry::{ContinuousQueries, CqDefinition, CqState, Created, queries_schema, spec_from};
-pub use runtime::ContinuousQuery;
+pub use registry::CqRegistry;
+pub use runtime::CqRuntime;
 pub use sink::RESERVED_TABLES;
+pub use spec::spec_from;
+pub use system_tables::{
+    alert_events_schema, alerts_schema, backtest_schema, explain_schema, queries_schema,
+};
 pub use table_store::{TableStore, UPDATED_AT, table_schema};
 
 pub(crate) use backfill::{BackfillInput, run as run_backfill};
@@ -82,7 +95,7 @@ pub(crate) type WalReader = std::sync::Arc<
 /// so windows close and checkpoints are written when input stops. Runs off the WAL thread.
 /// When the feed falls behind (or a CQ resumes) it catches up from the WAL (feed.rs).
 pub(crate) async fn run(
-    queries: std::sync::Arc<ContinuousQueries>,
+    queries: std::sync::Arc<CqRegistry>,
     feed: std::sync::Arc<feed::Feed>,
     mut input: tokio::sync::mpsc::Receiver<CqInput>,
     read: WalReader,
@@ -108,7 +121,7 @@ pub(crate) async fn run(
 /// until the feed is live again. Each entry's clock is its ingest time, as in the replay on
 /// open, so the wall-clock floor behaves as it did when the entry arrived.
 async fn catch_up(
-    queries: &std::sync::Arc<ContinuousQueries>,
+    queries: &std::sync::Arc<CqRegistry>,
     feed: &std::sync::Arc<feed::Feed>,
     input: &mut tokio::sync::mpsc::Receiver<CqInput>,
     read: &WalReader,
@@ -280,45 +293,6 @@ pub struct CqMetrics {
     pub late_rows_updated: u64,
     /// (row, window) pairs not aggregated because `max_keys` states were live.
     pub key_overflow_rows: u64,
-}
-
-/// What can go wrong planning or running a CQ.
-#[derive(Debug, thiserror::Error)]
-pub enum CqError {
-    /// The body is not a supported continuous query shape.
-    #[error("continuous query not supported: {reason} (in: {sql})")]
-    Unsupported { sql: String, reason: String },
-    /// DataFusion failed planning or evaluating the body.
-    #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
-    /// Arrow failed building or reading batches.
-    #[error(transparent)]
-    Arrow(#[from] arrow::error::ArrowError),
-    /// An input batch does not look like `logs`.
-    #[error("input batch: {0}")]
-    Input(String),
-    /// A checkpoint could not be written or read.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// `CREATE` of a name that is taken.
-    #[error("continuous query \"{0}\" already exists")]
-    AlreadyExists(String),
-    /// A statement names a CQ that does not exist.
-    #[error("continuous query \"{0}\" does not exist")]
-    NotFound(String),
-    /// Definitions or checkpoints could not be stored or loaded.
-    #[error("continuous query storage: {0}")]
-    Storage(String),
-    /// A NOTIFY channel cannot work as written (an option, URL, CA file or Kafka brokers).
-    #[error("{0}")]
-    Notify(String),
-    /// An INTO / NOTIFY TABLE table cannot be used as written (a key column missing, a
-    /// name that is not a plain table name).
-    #[error("{0}")]
-    Table(String),
-    /// An INTO / NOTIFY TABLE name is taken: a system table, or a table with other columns.
-    #[error("{0}")]
-    TableExists(String),
 }
 
 #[cfg(test)]

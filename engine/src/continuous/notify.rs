@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, hex_hash};
@@ -211,56 +209,6 @@ pub(crate) fn record_transitions(
         }
     }
     due
-}
-
-/// Schema of the `alert_events` system table.
-pub fn alert_events_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("cq_name", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("channel", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("attempts", DataType::Int64, false),
-        Field::new("last_error", DataType::Utf8, true),
-        Field::new("at", crate::model::ts_type(), false),
-        Field::new("next_attempt", crate::model::ts_type(), true),
-    ]))
-}
-
-/// `events` as one batch of [`alert_events_schema`].
-pub(crate) fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let s = |f: fn(&AlertEvent) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(events.iter().map(f)))
-    };
-    RecordBatch::try_new(
-        alert_events_schema(),
-        vec![
-            s(|e| &e.event_id),
-            s(|e| &e.alert_id),
-            s(|e| &e.cq_name),
-            s(|e| &e.kind),
-            s(|e| &e.channel),
-            s(|e| &e.status),
-            Arc::new(Int64Array::from_iter_values(
-                events
-                    .iter()
-                    .map(|e| i64::try_from(e.attempts).unwrap_or(i64::MAX)),
-            )),
-            Arc::new(StringArray::from_iter(
-                events.iter().map(|e| e.last_error.as_deref()),
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.at))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter(events.iter().map(|e| e.next_attempt))
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::plan::{CqPlan, QueryShape, RowOp};
-use super::{CqError, CqMetrics, CqOutput, CqSpec, EmitPolicy, OnLate, OutputKind, Position};
+use super::{
+    CqError, CqMetrics, CqOutput, CqSpec, EmitPolicy, InputError, OnLate, OutputKind, Position,
+};
 
 /// Per source partition: how far its event time got, and when it last sent data.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -36,7 +38,7 @@ pub(crate) type GroupKey = (i64, OwnedRow);
 
 /// A running continuous query: feed it batches, collect its output rows.
 #[derive(Debug)]
-pub struct ContinuousQuery {
+pub struct CqRuntime {
     pub(crate) spec: CqSpec,
     pub(crate) plan: CqPlan,
     pub(crate) emit: EmitPolicy,
@@ -59,7 +61,7 @@ fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-impl ContinuousQuery {
+impl CqRuntime {
     /// Plans `spec.body_sql` and starts with empty state.
     pub async fn new(spec: CqSpec) -> Result<Self, CqError> {
         let plan = CqPlan::new(&spec).await?;
@@ -214,9 +216,7 @@ impl ContinuousQuery {
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
         else {
-            return Err(CqError::Input(
-                "the event time column is not Timestamp(µs)".into(),
-            ));
+            return Err(InputError::EventTimeNotTimestamp.into());
         };
         // One row per (input row, window containing it).
         let mut rows = Vec::with_capacity(ts.len());
@@ -341,9 +341,7 @@ impl ContinuousQuery {
                     let mask = mask
                         .as_any()
                         .downcast_ref::<BooleanArray>()
-                        .ok_or_else(|| {
-                            CqError::Input("an aggregate FILTER is not boolean".into())
-                        })?;
+                        .ok_or_else(|| CqError::from(InputError::FilterNotBoolean))?;
                     taken = taken
                         .iter()
                         .map(|v| arrow::compute::filter(v, mask))
@@ -460,9 +458,7 @@ fn check_logs_schema(batch: &RecordBatch) -> Result<(), CqError> {
     if same {
         Ok(())
     } else {
-        Err(CqError::Input(format!(
-            "expected the logs schema, got {got:?}"
-        )))
+        Err(InputError::NotLogs(got).into())
     }
 }
 
@@ -472,10 +468,10 @@ fn max_event_time(batch: &RecordBatch, index: usize) -> Result<Option<i64>, CqEr
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| {
-            CqError::Input(format!(
-                "column {index} is {}, not Timestamp(µs)",
-                column.data_type()
-            ))
+            CqError::from(InputError::ColumnNotTimestamp {
+                index,
+                data_type: column.data_type().clone(),
+            })
         })?;
     Ok(arrow::compute::max(ts))
 }

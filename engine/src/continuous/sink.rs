@@ -18,8 +18,9 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use logsphere_sql::{Channel, CreateContinuousQuery};
 
-use super::alerts::{Alert, alerts_batch, alerts_schema};
+use super::alerts::Alert;
 use super::plan::{CqPlan, RowOp};
+use super::system_tables::{alerts_batch, alerts_schema};
 use super::table_store::{TableStore, table_schema};
 use super::{CqError, CqOutput, QueryShape};
 

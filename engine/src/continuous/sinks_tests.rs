@@ -158,7 +158,7 @@ fn create_statement(sql: &str) -> logsphere_sql::CreateContinuousQuery {
 }
 
 /// `(window µs, source, n)` rows of the `per_minute` table.
-fn per_minute(queries: &ContinuousQueries) -> Vec<(i64, String, i64)> {
+fn per_minute(queries: &CqRegistry) -> Vec<(i64, String, i64)> {
     let b = queries.tables().batch("per_minute").unwrap();
     let w = arrow::compute::cast(
         b.column(0),
@@ -200,7 +200,7 @@ async fn into_is_an_upsert_by_window_and_keys_that_a_replay_repeats_exactly() {
         logs(&[(BASE + 5 * SEC, "ERROR", "db")]),
     ];
     let want = vec![(BASE, "api".to_string(), 2), (BASE, "db".to_string(), 2)];
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     queries.create(&create_statement(sql), now).await.unwrap();
     assert_eq!(per_minute(&queries), vec![]);
     for (i, e) in entries.iter().enumerate() {
@@ -210,7 +210,7 @@ async fn into_is_an_upsert_by_window_and_keys_that_a_replay_repeats_exactly() {
     drop(queries);
 
     // Nothing synced since CREATE: the replay alone rebuilds the same rows.
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(per_minute(&queries), vec![]);
     for (i, e) in entries.iter().enumerate() {
         queries.process(i as u64 + 1, e, now);
@@ -223,7 +223,7 @@ async fn into_is_an_upsert_by_window_and_keys_that_a_replay_repeats_exactly() {
     let corrected = vec![(BASE, "api".to_string(), 3), (BASE, "db".to_string(), 2)];
     assert_eq!(per_minute(&queries), corrected);
     drop(queries);
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(per_minute(&queries), want);
     for (i, e) in entries.iter().enumerate() {
         queries.process(i as u64 + 1, e, now);
@@ -239,7 +239,7 @@ async fn into_is_an_upsert_by_window_and_keys_that_a_replay_repeats_exactly() {
 #[tokio::test]
 async fn into_refuses_reserved_names_and_missing_group_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     for (sql, reserved) in [
         (
             "CREATE CONTINUOUS QUERY a INTO alerts AS SELECT source FROM logs",

@@ -31,8 +31,8 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
-use super::CqError;
 use super::alerts::hex_hash;
+use super::{CqError, InputError, StorageError};
 use crate::catalog::atomic_write;
 
 const MAGIC: &[u8] = b"LSTBL1\n";
@@ -42,10 +42,6 @@ const NAME_METADATA: &str = "logsphere.table";
 pub const UPDATED_AT: &str = "updated_at";
 /// Below this many rows in the log, a rewrite is not worth it.
 const MIN_COMPACT_ROWS: u64 = 1024;
-
-fn storage(path: &Path, e: impl std::fmt::Display) -> CqError {
-    CqError::Storage(format!("{}: {e}", path.display()))
-}
 
 /// The schema of a managed table for `columns`: every column nullable, then `updated_at`.
 pub fn table_schema(columns: &Schema) -> SchemaRef {
@@ -162,7 +158,7 @@ impl Table {
 
     /// Applies one frame batch (file schema) read back from the log.
     fn apply_frame(&mut self, batch: &RecordBatch) -> Result<(), CqError> {
-        let bad = || CqError::Storage(format!("{}: malformed upsert frame", self.path.display()));
+        let bad = || StorageError::bad_table_file(&self.path, "malformed upsert frame");
         let keys = batch
             .column(0)
             .as_any()
@@ -194,7 +190,7 @@ impl Table {
             let batch = self.rows_batch(name, self.rows.keys())?;
             frame(&ipc(&schema, Some(&batch))?, &mut bytes);
         }
-        atomic_write(&self.path, &bytes).map_err(|e| storage(&self.path, e))?;
+        atomic_write(&self.path, &bytes).map_err(|e| StorageError::write(&self.path, e))?;
         self.log_rows = self.rows.len() as u64;
         self.dirty.clear();
         Ok(())
@@ -235,10 +231,10 @@ impl TableStore {
     /// compacting logs that grew past twice their rows.
     pub fn open(data_dir: &Path) -> Result<Self, CqError> {
         let dir = data_dir.join("tables");
-        std::fs::create_dir_all(&dir).map_err(|e| storage(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
         let mut tables = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| storage(&dir, e))? {
-            let path = entry.map_err(|e| storage(&dir, e))?.path();
+        for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io(&dir, e))? {
+            let path = entry.map_err(|e| StorageError::io(&dir, e))?.path();
             if path.extension().is_some_and(|e| e == "tbl") {
                 let (name, table) = Self::load(&path)?;
                 tables.insert(name, table);
@@ -251,23 +247,27 @@ impl TableStore {
     }
 
     fn load(path: &Path) -> Result<(String, Table), CqError> {
-        let bytes = std::fs::read(path).map_err(|e| storage(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| StorageError::io(path, e))?;
         if !bytes.starts_with(MAGIC) {
-            return Err(storage(path, "not a LogSphere table file"));
+            return Err(StorageError::bad_table_file(
+                path,
+                "not a LogSphere table file",
+            ));
         }
         let (payloads, end) = frames(&bytes);
         let mut readers = payloads.iter().map(|p| StreamReader::try_new(*p, None));
         let first = readers
             .next()
-            .ok_or_else(|| storage(path, "no schema frame"))??;
+            .ok_or_else(|| StorageError::bad_table_file(path, "no schema frame"))??;
         let file = first.schema();
-        let name = file
-            .metadata()
-            .get(NAME_METADATA)
-            .cloned()
-            .ok_or_else(|| storage(path, "schema frame without a table name"))?;
+        let name = file.metadata().get(NAME_METADATA).cloned().ok_or_else(|| {
+            StorageError::bad_table_file(path, "schema frame without a table name")
+        })?;
         if file.fields().len() < 2 || file.field(0).name() != KEY_COLUMN {
-            return Err(storage(path, "schema frame without the key column"));
+            return Err(StorageError::bad_table_file(
+                path,
+                "schema frame without the key column",
+            ));
         }
         let schema = Arc::new(Schema::new(file.fields()[1..].to_vec()));
         let mut table = Table {
@@ -328,7 +328,7 @@ impl TableStore {
     /// Removes table `name` and its file (a CREATE that made it and then failed).
     pub fn remove(&self, name: &str) -> Result<(), CqError> {
         if let Some(t) = self.lock().remove(name) {
-            std::fs::remove_file(&t.path).map_err(|e| storage(&t.path, e))?;
+            std::fs::remove_file(&t.path).map_err(|e| StorageError::io(&t.path, e))?;
         }
         Ok(())
     }
@@ -347,11 +347,12 @@ impl TableStore {
             .get_mut(name)
             .ok_or_else(|| CqError::Table(format!("table \"{name}\" does not exist")))?;
         if keys.len() != rows.num_rows() {
-            return Err(CqError::Input(format!(
-                "{} keys for {} rows upserted into \"{name}\"",
-                keys.len(),
-                rows.num_rows()
-            )));
+            return Err(InputError::KeysDoNotMatchRows {
+                keys: keys.len(),
+                rows: rows.num_rows(),
+                table: name.to_string(),
+            }
+            .into());
         }
         let columns = rows
             .columns()
@@ -394,9 +395,10 @@ impl TableStore {
             let mut f = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(|e| storage(&path, e))?;
-            f.write_all(&bytes).map_err(|e| storage(&path, e))?;
-            f.sync_data().map_err(|e| storage(&path, e))?;
+                .map_err(|e| StorageError::io(&path, e))?;
+            f.write_all(&bytes)
+                .map_err(|e| StorageError::io(&path, e))?;
+            f.sync_data().map_err(|e| StorageError::io(&path, e))?;
             table.dirty.clear();
         }
         Ok(())

@@ -93,7 +93,7 @@ async fn shape_a_filters_critical_rows() {
     let spec = CqSpec::new(
         "SELECT timestamp, source, message FROM logs WHERE log_level IN ('CRITICAL', 'FATAL')",
     );
-    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    let mut cq = CqRuntime::new(spec).await.unwrap();
     assert_eq!(cq.shape(), QueryShape::PerRow);
     let rows = vec![
         row(BASE, "INFO", "api"),
@@ -118,13 +118,8 @@ async fn shape_a_filters_critical_rows() {
 
 /// Feeds `n` ERROR rows per source within the first minute, ten per batch, then a row a
 /// minute later that moves the watermark past the window.
-async fn seed_rule_b(
-    n: usize,
-    sources: &[&'static str],
-) -> (Vec<(usize, CqOutput)>, ContinuousQuery) {
-    let mut cq = ContinuousQuery::new(CqSpec::new(SEED_RULE_B))
-        .await
-        .unwrap();
+async fn seed_rule_b(n: usize, sources: &[&'static str]) -> (Vec<(usize, CqOutput)>, CqRuntime) {
+    let mut cq = CqRuntime::new(CqSpec::new(SEED_RULE_B)).await.unwrap();
     assert_eq!(cq.emit_policy(), EmitPolicy::OnThreshold);
     let rows: Vec<Row> = (0..n)
         .flat_map(|i| {
@@ -237,11 +232,11 @@ fn monotone_having_conditions() {
 async fn emit_policy_and_shapes_are_checked() {
     let avg_rule = "SELECT window_start, avg(length(message)) AS a FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') \
                     GROUP BY window_start HAVING avg(length(message)) > 3";
-    let cq = ContinuousQuery::new(CqSpec::new(avg_rule)).await.unwrap();
+    let cq = CqRuntime::new(CqSpec::new(avg_rule)).await.unwrap();
     assert_eq!(cq.emit_policy(), EmitPolicy::OnWindowClose);
     let mut spec = CqSpec::new(avg_rule);
     spec.emit = Some(EmitPolicy::OnThreshold);
-    let err = ContinuousQuery::new(spec).await.unwrap_err().to_string();
+    let err = CqRuntime::new(spec).await.unwrap_err().to_string();
     assert!(err.contains("ON THRESHOLD"), "{err}");
     for (sql, want) in [
         (
@@ -258,7 +253,7 @@ async fn emit_policy_and_shapes_are_checked() {
             "needs GROUP BY",
         ),
     ] {
-        let err = ContinuousQuery::new(CqSpec::new(sql))
+        let err = CqRuntime::new(CqSpec::new(sql))
             .await
             .unwrap_err()
             .to_string();
@@ -353,7 +348,7 @@ async fn streaming_matches_batch_on_random_streams() {
         for seed in 0..12u64 {
             let mut rng = Lcg(seed * 7919 + 1);
             let (rows, batches) = random_stream(&mut rng);
-            let mut cq = ContinuousQuery::new(close_spec(&body)).await.unwrap();
+            let mut cq = CqRuntime::new(close_spec(&body)).await.unwrap();
             let mut out = Vec::new();
             for (seq, (partition, chunk)) in batches.iter().enumerate() {
                 out.extend(
@@ -387,16 +382,14 @@ fn late_spec(on_late: OnLate) -> CqSpec {
 }
 
 /// Feeds one INFO row for `api` at `BASE + secs`.
-fn one(cq: &mut ContinuousQuery, seq: u64, secs: i64) -> Vec<CqOutput> {
+fn one(cq: &mut CqRuntime, seq: u64, secs: i64) -> Vec<CqOutput> {
     let rows = [row(BASE + secs * SEC, "INFO", "api")];
     cq.process("p0", pos(seq), &batch(&rows), BASE).unwrap()
 }
 
 #[tokio::test]
 async fn late_rows_update_within_lateness_and_are_dropped_beyond_it() {
-    let mut cq = ContinuousQuery::new(late_spec(OnLate::Update))
-        .await
-        .unwrap();
+    let mut cq = CqRuntime::new(late_spec(OnLate::Update)).await.unwrap();
     for s in 0..3 {
         assert!(one(&mut cq, 1, s).is_empty());
     }
@@ -419,7 +412,7 @@ async fn late_rows_update_within_lateness_and_are_dropped_beyond_it() {
     assert_eq!(cq.metrics().late_rows_dropped, 1);
     assert_eq!(cq.metrics().late_rows_beyond_lateness, 1);
 
-    let mut cq = ContinuousQuery::new(late_spec(OnLate::Drop)).await.unwrap();
+    let mut cq = CqRuntime::new(late_spec(OnLate::Drop)).await.unwrap();
     one(&mut cq, 1, 0);
     one(&mut cq, 2, 61);
     assert!(one(&mut cq, 3, 10).is_empty());
@@ -433,7 +426,7 @@ async fn watermark_is_the_slowest_active_partition_with_a_wall_clock_floor() {
     spec.watermark = Duration::from_secs(5);
     spec.idle_timeout = Duration::from_secs(60);
     spec.max_ingest_delay = Duration::from_secs(10);
-    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    let mut cq = CqRuntime::new(spec).await.unwrap();
     let now = BASE + 100 * SEC;
     cq.process(
         "fast",
@@ -474,7 +467,7 @@ async fn watermark_is_the_slowest_active_partition_with_a_wall_clock_floor() {
 async fn max_keys_caps_state_and_counts_overflow() {
     let mut spec = late_spec(OnLate::Drop);
     spec.max_keys = Some(2);
-    let mut cq = ContinuousQuery::new(spec).await.unwrap();
+    let mut cq = CqRuntime::new(spec).await.unwrap();
     let rows = vec![
         row(BASE, "INFO", "a"),
         row(BASE, "INFO", "b"),
@@ -493,7 +486,7 @@ async fn run(
     batches: &[(String, Vec<Row>)],
     cut: Option<usize>,
 ) -> Vec<(OutputKind, bool, Vec<String>)> {
-    let mut cq = ContinuousQuery::new(spec.clone()).await.unwrap();
+    let mut cq = CqRuntime::new(spec.clone()).await.unwrap();
     let mut out = Vec::new();
     for (seq, (partition, chunk)) in batches.iter().enumerate() {
         out.extend(
@@ -503,9 +496,7 @@ async fn run(
         if Some(seq) == cut {
             let bytes = cq.checkpoint().unwrap();
             drop(cq);
-            cq = ContinuousQuery::restore(spec.clone(), &bytes)
-                .await
-                .unwrap();
+            cq = CqRuntime::restore(spec.clone(), &bytes).await.unwrap();
             assert_eq!(
                 cq.positions()
                     .values()
@@ -551,23 +542,21 @@ async fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
 
 #[tokio::test]
 async fn restore_refuses_foreign_checkpoints() {
-    let mut cq = ContinuousQuery::new(CqSpec::new(SEED_RULE_B))
-        .await
-        .unwrap();
+    let mut cq = CqRuntime::new(CqSpec::new(SEED_RULE_B)).await.unwrap();
     cq.process("p0", pos(1), &batch(&[row(BASE, "ERROR", "api")]), BASE)
         .unwrap();
     let bytes = cq.checkpoint().unwrap();
     let other = late_spec(OnLate::Drop);
-    let err = ContinuousQuery::restore(other, &bytes).await.unwrap_err();
+    let err = CqRuntime::restore(other, &bytes).await.unwrap_err();
     assert!(err.to_string().contains("different query body"), "{err}");
-    let err = ContinuousQuery::restore(CqSpec::new(SEED_RULE_B), b"junk")
+    let err = CqRuntime::restore(CqSpec::new(SEED_RULE_B), b"junk")
         .await
         .unwrap_err();
     assert!(
         err.to_string().contains("not a LogSphere CQ checkpoint"),
         "{err}"
     );
-    let restored = ContinuousQuery::restore(CqSpec::new(SEED_RULE_B), &bytes)
+    let restored = CqRuntime::restore(CqSpec::new(SEED_RULE_B), &bytes)
         .await
         .unwrap();
     assert_eq!(restored.live_keys(), 1);
@@ -605,7 +594,7 @@ async fn engine_sessions_have_the_window_functions_and_feed_the_runtime() {
         .collect()
         .await
         .unwrap();
-    let mut cq = ContinuousQuery::new(close_spec(cq_body)).await.unwrap();
+    let mut cq = CqRuntime::new(close_spec(cq_body)).await.unwrap();
     let mut out = Vec::new();
     for (i, b) in all.iter().enumerate() {
         out.extend(cq.process("wal", pos(i as u64), b, 0).unwrap());
@@ -617,7 +606,7 @@ async fn engine_sessions_have_the_window_functions_and_feed_the_runtime() {
 }
 
 /// The `alerts` rows as (alert_id, observation_count, value).
-pub(crate) fn alert_rows(queries: &ContinuousQueries) -> Vec<(String, i64, String)> {
+pub(crate) fn alert_rows(queries: &CqRegistry) -> Vec<(String, i64, String)> {
     let b = queries.alerts_batch().unwrap();
     let text = |i: usize| {
         b.column(i)
@@ -661,7 +650,7 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     let errors: Vec<Row> = (0..150).map(|i| row(BASE + i, "ERROR", "api")).collect();
     let closer = batch(&[row(BASE + 120 * SEC, "INFO", "api")]);
     let now = BASE + 10 * SEC;
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(
         queries.create(&create_statement(sql), now).await.unwrap(),
         Created::New
@@ -681,7 +670,7 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     drop(queries);
 
     // "Crash" with only the CREATE's checkpoint: the replay rebuilds the same alert.
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(queries.replay_from(), Some(1));
     assert!(alert_rows(&queries).is_empty());
     queries.process(1, &batch(&errors), now);
@@ -691,7 +680,7 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     // After a checkpoint, nothing before it is fed again.
     queries.checkpoint_all(now);
     drop(queries);
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(queries.replay_from(), Some(3));
     assert_eq!(alert_rows(&queries), closed);
     queries.process(1, &batch(&errors), now);
@@ -703,7 +692,7 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
     let defs = dir.path().join("continuous_queries.json");
     let text = std::fs::read_to_string(&defs).unwrap();
     std::fs::write(&defs, text.replace("FROM TUMBLE", "FROM NOPE")).unwrap();
-    let queries = ContinuousQueries::open(dir.path()).await.unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
     let listed = queries.queries_batch().unwrap();
     let state = listed.column_by_name("state").unwrap();
     let state = state.as_any().downcast_ref::<StringArray>().unwrap();
@@ -715,6 +704,44 @@ async fn registry_replays_to_the_same_alerts_and_skips_seen_entries() {
         queries.drop_query("burst", false),
         Err(CqError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn registry_reads_checkpoints_of_the_legacy_host_framing() {
+    use arrow::array::Array as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' ALERT (SEVERITY 'warning') \
+               AS SELECT window_start, source, count(*) AS n \
+               FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+               GROUP BY window_start, window_end, source HAVING count(*) > 100";
+    let errors: Vec<Row> = (0..150).map(|i| row(BASE + i, "ERROR", "api")).collect();
+    let now = BASE + 10 * SEC;
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    queries.create(&create_statement(sql), now).await.unwrap();
+    queries.process(1, &batch(&errors), now);
+    queries.checkpoint_all(now);
+    let fired = alert_rows(&queries);
+    assert_eq!(fired.len(), 1);
+    drop(queries);
+
+    // The file as an earlier version wrote it: the host header framing the runtime's.
+    let path = super::hosting::checkpoint_path(&dir.path().join("continuous"), "burst");
+    let current = std::fs::read(&path).unwrap();
+    let legacy = super::checkpoint::legacy_framing(&current);
+    assert!(legacy.starts_with(b"LSCQF1"));
+    std::fs::write(&path, &legacy).unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    assert_eq!(queries.replay_from(), Some(2));
+    assert_eq!(alert_rows(&queries), fired);
+    let listed = queries.queries_batch().unwrap();
+    let error = listed.column_by_name("error").unwrap();
+    assert!(error.is_null(0), "restored, not started fresh");
+    // The next checkpoint migrates it to the one format.
+    queries.checkpoint_all(now);
+    assert!(std::fs::read(&path).unwrap().starts_with(b"LSCQ1"));
+    drop(queries);
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    assert_eq!(alert_rows(&queries), fired);
 }
 
 /// `rows_in` of the CQ `name` in `continuous_queries`.

@@ -26,20 +26,25 @@ use datafusion_pg_catalog::pg_catalog::{
     quote_ident_udf,
 };
 
+use super::info_schema;
+use super::pg_compat::{self, PgCatalogOverlay, TypeNames};
 use super::session::{SharedVars, lock};
 
 /// The shared, decoded part of `pg_catalog`.
 pub(crate) struct PgCatalog {
     static_tables: Arc<PgCatalogStaticTables>,
     roles: ConfiguredRoles,
+    types: Arc<TypeNames>,
 }
 
 impl PgCatalog {
     /// Decodes the static catalog tables; `role_names` become the rows of `pg_roles`.
     pub(crate) fn load(role_names: Vec<String>) -> Result<Self> {
         let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        let types = Arc::new(TypeNames::from_pg_type(static_tables.pg_type.data()));
         Ok(Self {
             static_tables,
+            types,
             roles: ConfiguredRoles {
                 names: Arc::new(role_names),
             },
@@ -57,16 +62,24 @@ impl PgCatalog {
         vars: SharedVars,
     ) -> Result<()> {
         let schema = PgCatalogSchemaProvider::try_new(
-            ctx.state().catalog_list().clone(),
+            info_schema::WithoutExtras(ctx.state().catalog_list().clone()),
             Arc::clone(&self.static_tables),
             // By value: datafusion-pg-catalog's blanket impl for `Arc<T>` recurses forever.
             self.roles.clone(),
         )?;
-        ctx.catalog(catalog_name)
-            .ok_or_else(|| {
-                DataFusionError::Configuration(format!("catalog {catalog_name} is not registered"))
-            })?
-            .register_schema("pg_catalog", Arc::new(schema))?;
+        let catalog = ctx.catalog(catalog_name).ok_or_else(|| {
+            DataFusionError::Configuration(format!("catalog {catalog_name} is not registered"))
+        })?;
+        catalog.register_schema(
+            info_schema::SCHEMA,
+            Arc::new(info_schema::InformationSchemaExtras::new(
+                ctx.state().catalog_list().clone(),
+            )),
+        )?;
+        catalog.register_schema(
+            "pg_catalog",
+            Arc::new(PgCatalogOverlay::new(Arc::new(schema))),
+        )?;
 
         for udf in [
             pgc::create_current_database_udf(catalog_name),
@@ -115,11 +128,21 @@ impl PgCatalog {
         ctx.register_udf(session_user_udf(Arc::clone(&vars)));
         ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new(vars)));
         ctx.register_udf(version_udf());
+        for udf in pg_compat::udfs(&self.types) {
+            ctx.register_udf(udf);
+        }
         for name in [
             "col_description",
             "obj_description",
             "shobj_description",
             "pg_get_indexdef",
+            "pg_get_serial_sequence",
+            "pg_get_viewdef",
+            "pg_get_triggerdef",
+            "pg_get_functiondef",
+            "pg_get_function_identity_arguments",
+            "pg_get_function_result",
+            "pg_get_function_arguments",
         ] {
             ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
         }

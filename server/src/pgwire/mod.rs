@@ -16,6 +16,7 @@
 //! - `rows`: Arrow results as RowDescription and DataRows;
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
+//! - `pg_compat`: catalog tables, functions and SQL rewrites BI tools and drivers need;
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping;
@@ -31,6 +32,8 @@ mod copy;
 mod cursor;
 mod errors;
 mod extended;
+mod info_schema;
+mod pg_compat;
 mod query;
 mod rows;
 mod session;

@@ -109,9 +109,11 @@ pub(crate) fn parse(
 ) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
         Ok(mut statements) => {
-            statements
-                .iter_mut()
-                .for_each(super::activity::qualify_views);
+            for statement in &mut statements {
+                super::pg_compat::rewrite(statement);
+                super::info_schema::rewrite(statement);
+                super::activity::qualify_views(statement);
+            }
             Ok(statements)
         }
         Err(err) => {

@@ -4,7 +4,7 @@
 //! Both query paths go through here first: a simple query calls [`recognise`] on its whole
 //! text, and an extended-protocol Parse calls it on the statement text, stores the result
 //! and runs it at Execute. The statements themselves are parsed by `logsphere-sql` and run
-//! against the engine's [`ContinuousQueries`](logsphere_engine::continuous::ContinuousQueries);
+//! against the engine's [`CqRegistry`](logsphere_engine::continuous::CqRegistry);
 //! the `SHOW` statements become SELECTs over the `continuous_queries` and `alerts` system
 //! tables, so they accept the same filters and encodings as any query. A malformed
 //! statement is refused with `42601` and its line and column. `EXPLAIN CONTINUOUS QUERY`
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion::arrow::datatypes::SchemaRef;
 use logsphere_engine::continuous::{
-    ContinuousQueries, CqError, CqState, Created, alerts_schema, backtest_schema, explain_schema,
+    CqError, CqRegistry, CqState, Created, alerts_schema, backtest_schema, explain_schema,
     queries_schema,
 };
 use logsphere_sql::{AlterAction, CqTarget, CreateContinuousQuery, ShowFilter, Statement};
@@ -142,7 +142,7 @@ fn cq_error(e: &CqError) -> PgWireError {
         CqError::AlreadyExists(_) => DUPLICATE_OBJECT,
         CqError::NotFound(_) => sqlstate::UNDEFINED_OBJECT,
         CqError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
-        CqError::Notify(_) => INVALID_PARAMETER_VALUE,
+        CqError::Notify { .. } => INVALID_PARAMETER_VALUE,
         CqError::DataFusion(df) => {
             let info = errors::error_info(df);
             return user_error(
@@ -281,10 +281,7 @@ impl LogSphereStatement {
 }
 
 /// The definition a BACKTEST or EXPLAIN is about, and its version (1 for an inline one).
-fn resolve(
-    queries: &ContinuousQueries,
-    target: &CqTarget,
-) -> PgWireResult<(CreateContinuousQuery, u64)> {
+fn resolve(queries: &CqRegistry, target: &CqTarget) -> PgWireResult<(CreateContinuousQuery, u64)> {
     match target {
         CqTarget::Name(name) => queries
             .definition(&name.to_string())

@@ -4,11 +4,11 @@ use arrow::array::Array;
 
 use super::*;
 use crate::continuous::tests::{BASE, Row, SEC, alert_rows, batch, create_statement, row};
-use crate::continuous::{ContinuousQueries, ContinuousQuery, Position, spec_from};
+use crate::continuous::{CqRegistry, CqRuntime, Position, spec_from};
 
 /// A CQ's runtime and rule, fed like the registry feeds them (clock = newest event time).
 struct Harness {
-    cq: ContinuousQuery,
+    cq: CqRuntime,
     rule: AlertRule,
     book: AlertBook,
     seq: u64,
@@ -17,9 +17,7 @@ struct Harness {
 impl Harness {
     async fn new(sql: &str) -> Self {
         let create = create_statement(sql);
-        let cq = ContinuousQuery::new(spec_from(&create).unwrap())
-            .await
-            .unwrap();
+        let cq = CqRuntime::new(spec_from(&create).unwrap()).await.unwrap();
         let rule = AlertRule::for_runtime(&create, 1, &cq).unwrap().unwrap();
         Self {
             cq,
@@ -296,7 +294,7 @@ async fn spec_example_3_sliding_escalation_with_a_pending_period_and_keep_firing
 }
 
 /// The `(event_id, kind)` of every transition event in `queries`' `alert_events`.
-fn transition_events(queries: &ContinuousQueries) -> Vec<(String, String)> {
+fn transition_events(queries: &CqRegistry) -> Vec<(String, String)> {
     let b = queries.events_batch().unwrap();
     let text = |name: &str| {
         b.column_by_name(name)
@@ -316,7 +314,7 @@ fn transition_events(queries: &ContinuousQueries) -> Vec<(String, String)> {
 }
 
 /// `(alert_id, state)` of every alert.
-fn states(queries: &ContinuousQueries) -> Vec<(String, String)> {
+fn states(queries: &CqRegistry) -> Vec<(String, String)> {
     let b = queries.alerts_batch().unwrap();
     let col = |name: &str| {
         b.column_by_name(name)
@@ -362,14 +360,14 @@ const REPLAY_RULE: &str = "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 s
 #[tokio::test]
 async fn a_crash_mid_episode_replays_to_the_same_alert_and_event_ids() {
     let stream = episode_stream();
-    let feed = |q: &ContinuousQueries, upto: u64| {
+    let feed = |q: &CqRegistry, upto: u64| {
         for (seq, b) in stream.iter().filter(|(s, _)| *s <= upto) {
             q.process(*seq, b, BASE);
         }
     };
     // Uninterrupted.
     let dir = tempfile::tempdir().unwrap();
-    let q = ContinuousQueries::open(dir.path()).await.unwrap();
+    let q = CqRegistry::open(dir.path()).await.unwrap();
     q.create(&create_statement(REPLAY_RULE), BASE)
         .await
         .unwrap();
@@ -386,7 +384,7 @@ async fn a_crash_mid_episode_replays_to_the_same_alert_and_event_ids() {
 
     // Checkpoint after entry 3 (fired, escalated), crash after entry 5 (one repeat), restart.
     let dir = tempfile::tempdir().unwrap();
-    let q = ContinuousQueries::open(dir.path()).await.unwrap();
+    let q = CqRegistry::open(dir.path()).await.unwrap();
     q.create(&create_statement(REPLAY_RULE), BASE)
         .await
         .unwrap();
@@ -395,7 +393,7 @@ async fn a_crash_mid_episode_replays_to_the_same_alert_and_event_ids() {
     feed(&q, 5);
     let before_crash = transition_events(&q);
     drop(q);
-    let q = ContinuousQueries::open(dir.path()).await.unwrap();
+    let q = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(q.replay_from(), Some(4));
     feed(&q, 8);
     assert_eq!((alert_rows(&q), states(&q)), want_alerts);
@@ -412,7 +410,7 @@ async fn drop_and_replace_resolve_with_a_reason_kept_across_restarts_until_reten
     let dir = tempfile::tempdir().unwrap();
     let rule = burst("SEVERITY 'warning'");
     let errors: Vec<Row> = (0..3).map(|_| row(BASE + SEC, "ERROR", "api")).collect();
-    let q = ContinuousQueries::open(dir.path()).await.unwrap();
+    let q = CqRegistry::open(dir.path()).await.unwrap();
     q.create(&create_statement(&rule), BASE).await.unwrap();
     q.process(1, &batch(&errors), BASE);
     let v1 = states(&q);
@@ -422,7 +420,7 @@ async fn drop_and_replace_resolve_with_a_reason_kept_across_restarts_until_reten
     let replace = rule.replace("CREATE CONTINUOUS", "CREATE OR REPLACE CONTINUOUS");
     q.create(&create_statement(&replace), BASE).await.unwrap();
     q.process(2, &batch(&errors), BASE);
-    let reasons = |q: &ContinuousQueries| -> Vec<(String, Option<String>)> {
+    let reasons = |q: &CqRegistry| -> Vec<(String, Option<String>)> {
         let b = q.alerts_batch().unwrap();
         let col = |name: &str| {
             b.column_by_name(name)
@@ -459,7 +457,7 @@ async fn drop_and_replace_resolve_with_a_reason_kept_across_restarts_until_reten
     ];
     assert_eq!(reasons(&q), dropped);
     drop(q);
-    let q = ContinuousQueries::open(dir.path()).await.unwrap();
+    let q = CqRegistry::open(dir.path()).await.unwrap();
     assert_eq!(reasons(&q), dropped, "dropped alerts survive a restart");
     // Eight days later (wall clock) they are past the default retention of 7 days.
     q.tick(crate::continuous::now_us() + 8 * 86_400 * SEC);

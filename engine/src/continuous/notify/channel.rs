@@ -93,7 +93,10 @@ impl NotifyChannel {
 }
 
 fn invalid(channel: &str, reason: impl std::fmt::Display) -> CqError {
-    CqError::Notify(format!("NOTIFY {channel}: {reason}"))
+    CqError::Notify {
+        channel: channel.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Webhook {
@@ -110,10 +113,13 @@ impl Webhook {
         let (mut ca_file, mut insecure) = (None::<PathBuf>, false);
         for (key, value) in options {
             let key = key.to_ascii_lowercase();
+            if key == "timeout" {
+                timeout = duration(&name, &key, value)?;
+                continue;
+            }
             let text = literal(value)
                 .ok_or_else(|| invalid(&name, format!("{key} must be a literal, not `{value}`")))?;
             match key.as_str() {
-                "timeout" => timeout = duration(&name, &key, &text)?,
                 "retries" => retries = count(&name, &key, &text)?,
                 "ca_file" => ca_file = Some(PathBuf::from(text)),
                 "insecure" => insecure = flag(&name, &key, &text)?,
@@ -189,11 +195,14 @@ impl KafkaTopic {
         let (mut timeout, mut retries) = (Duration::from_secs(30), DEFAULT_RETRIES);
         for (key, value) in options {
             let key = key.to_ascii_lowercase();
+            if key == "timeout" {
+                timeout = duration(&name, &key, value)?;
+                continue;
+            }
             let text = literal(value)
                 .ok_or_else(|| invalid(&name, format!("{key} must be a literal, not `{value}`")))?;
             match key.as_str() {
                 "brokers" => brokers = Some(text),
-                "timeout" => timeout = duration(&name, &key, &text)?,
                 "retries" => retries = count(&name, &key, &text)?,
                 _ => {
                     return Err(invalid(
@@ -236,13 +245,10 @@ fn literal(e: &Expr) -> Option<String> {
     }
 }
 
-fn duration(name: &str, key: &str, text: &str) -> Result<Duration, CqError> {
-    parse_duration(text).ok_or_else(|| {
-        invalid(
-            name,
-            format!("{key} = '{text}' is not a duration (e.g. '500ms', '5s', '2m')"),
-        )
-    })
+/// The same grammar as the CQ's own durations (`'1h'`, `'90 minutes'`, `INTERVAL '5' SECOND`).
+fn duration(name: &str, key: &str, value: &Expr) -> Result<Duration, CqError> {
+    logsphere_sql::duration_of_expr(value)
+        .map_err(|why| invalid(name, format!("{key} = {value} is not a duration: {why}")))
 }
 
 fn count(name: &str, key: &str, text: &str) -> Result<u32, CqError> {
@@ -259,19 +265,4 @@ fn flag(name: &str, key: &str, text: &str) -> Result<bool, CqError> {
             format!("{key} = {text} is not true or false"),
         )),
     }
-}
-
-/// `5s`, `500ms`, `2m`, `5 seconds`.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (n, unit) = t.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit.trim() {
-        "ms" | "millisecond" | "milliseconds" => n / 1000.0,
-        "s" | "sec" | "second" | "seconds" => n,
-        "m" | "min" | "minute" | "minutes" => n * 60.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
 }

@@ -27,7 +27,10 @@ pub(super) fn producer(brokers: &str, timeout: Duration) -> Result<FutureProduce
             timeout.as_millis().max(10).to_string(),
         )
         .create()
-        .map_err(|e| CqError::Notify(format!("NOTIFY KAFKA: brokers '{brokers}': {e}")))
+        .map_err(|e| CqError::Notify {
+            channel: "KAFKA".into(),
+            reason: format!("brokers '{brokers}': {e}"),
+        })
 }
 
 /// The message value: the transition and the whole alert, its JSON-text fields as JSON.

@@ -111,3 +111,63 @@ fn old_checkpoint_events_are_due_at_once() {
     let e: AlertEvent = serde_json::from_str(json).unwrap();
     assert_eq!(e.next_attempt, Some(0));
 }
+
+/// The `KAFKA` channel's `timeout`, the CQ's `idle_timeout` option and the `COOLDOWN`
+/// clause, each written as `form`: one grammar, so the same duration or all refused.
+fn durations_written_as(form: &str) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+    let sql = format!(
+        "CREATE CONTINUOUS QUERY q WITH (idle_timeout = {form}) ALERT (COOLDOWN {form}) \
+         NOTIFY (KAFKA 'alerts' WITH (brokers = 'localhost:1', timeout = {form})) \
+         AS SELECT timestamp FROM logs"
+    );
+    let option = |sql: &str| {
+        logsphere_sql::parse_statements(sql)
+            .ok()
+            .and_then(|mut s| match s.remove(0) {
+                logsphere_sql::Statement::CreateContinuousQuery(cq) => Some(*cq),
+                _ => None,
+            })
+    };
+    let idle = option(&sql.replace(&format!("ALERT (COOLDOWN {form})"), ""))
+        .and_then(|cq| cq.idle_timeout());
+    let cooldown = option(&sql.replace(&format!("WITH (idle_timeout = {form})"), ""))
+        .and_then(|cq| cq.alert.and_then(|a| a.cooldown));
+    let kafka = format!(
+        "CREATE CONTINUOUS QUERY q NOTIFY (KAFKA 'alerts' WITH (brokers = 'localhost:1', timeout = {form})) AS SELECT timestamp FROM logs"
+    );
+    let timeout = option(&kafka).and_then(|cq| {
+        match NotifyChannel::from_channels(&cq.notify, &NotifyConfig::default()) {
+            Ok(channels) => match channels.first() {
+                Some(NotifyChannel::Kafka(k)) => Some(k.timeout),
+                _ => None,
+            },
+            Err(e) => {
+                assert!(e.to_string().contains("is not a duration"), "{form}: {e}");
+                None
+            }
+        }
+    });
+    (timeout, idle, cooldown)
+}
+
+#[test]
+fn notify_options_and_cq_options_share_one_duration_grammar() {
+    let ok = [
+        ("'1h'", Duration::from_secs(3600)),
+        ("'90 minutes'", Duration::from_secs(5400)),
+        ("'1h30m'", Duration::from_secs(5400)),
+        ("'250ms'", Duration::from_millis(250)),
+        ("'1.5s'", Duration::from_millis(1500)),
+        ("'5 seconds'", Duration::from_secs(5)),
+        ("INTERVAL '1 hour'", Duration::from_secs(3600)),
+        ("INTERVAL '10' SECOND", Duration::from_secs(10)),
+        ("'2d'", Duration::from_secs(2 * 86_400)),
+    ];
+    for (form, want) in ok {
+        let d = Some(want);
+        assert_eq!(durations_written_as(form), (d, d, d), "{form}");
+    }
+    for form in ["'soon'", "'1 month'", "'5'", "5", "'-1s'"] {
+        assert_eq!(durations_written_as(form), (None, None, None), "{form}");
+    }
+}

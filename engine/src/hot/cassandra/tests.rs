@@ -526,3 +526,137 @@ fn time_range_reads_casts_of_string_literals() {
     let r = TimeRange::from_filters(&[e], "timestamp");
     assert_eq!((r.lo, r.hi), (T0, (T0 / 1_000_000 + 60) * 1_000_000));
 }
+
+/// Rows of `kind` a scan keeps under `keep` (no time filter: every bucket).
+async fn kept(store: &CassandraStore, kind: TableKind, keep: Keep) -> usize {
+    use datafusion::physical_plan::ExecutionPlan;
+    use futures::TryStreamExt;
+    let plan = store
+        .cassandra_table(kind)
+        .plan(None, &[], None, keep, 1)
+        .await
+        .expect("plan");
+    let batches: Vec<RecordBatch> = plan
+        .execute(0, Arc::new(datafusion::execution::TaskContext::default()))
+        .expect("execute")
+        .try_collect()
+        .await
+        .expect("scan");
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn cut(horizon_us: i64, offset: i64) -> Arc<crate::catalog::TierCut> {
+    let mut c = crate::catalog::TierCut {
+        horizon_us,
+        ..Default::default()
+    };
+    c.offsets.entry("app".into()).or_default().insert(3, offset);
+    Arc::new(c)
+}
+
+/// A cut covers a row when its time is before the horizon *and* its offset before the
+/// partition's: scans keep the rest, and a round moves exactly the difference of two cuts.
+#[tokio::test]
+async fn cuts_split_rows_by_time_and_offset() {
+    let store = CassandraStore::connect(&config(7), "g")
+        .await
+        .expect("connect");
+    // 40 rows, row i at T0 + 70 s × i with offset 1000 + i; dead letters 1040..=1042.
+    store.append(&spread_batch()).await.expect("append");
+    let first = cut(T0 + 20 * MINUTE, 1020); // covers rows 0..=17 (time) ∩ 0..20 (offset)
+    let second = cut(T0 + 60 * MINUTE, 1041); // covers all 40 rows and dead letter 1040
+    let logs = TableKind::Logs;
+    assert_eq!(kept(&store, logs, Keep::All).await, 40);
+    assert_eq!(kept(&store, logs, Keep::Untiered(None)).await, 40);
+    assert_eq!(
+        kept(&store, logs, Keep::Untiered(Some(Arc::clone(&first)))).await,
+        22
+    );
+    let moving = |from: Option<&Arc<crate::catalog::TierCut>>, to: &Arc<_>| Keep::Moving {
+        from: from.cloned(),
+        to: Arc::clone(to),
+    };
+    assert_eq!(kept(&store, logs, moving(None, &first)).await, 18);
+    assert_eq!(kept(&store, logs, moving(Some(&first), &second)).await, 22);
+    assert_eq!(
+        kept(&store, logs, Keep::Untiered(Some(Arc::clone(&second)))).await,
+        0
+    );
+    // A partition the cut does not name is wholly hot.
+    let other = Arc::new(crate::catalog::TierCut {
+        horizon_us: i64::MAX,
+        ..Default::default()
+    });
+    assert_eq!(kept(&store, logs, Keep::Untiered(Some(other))).await, 40);
+    let dead = TableKind::DeadLetters;
+    assert_eq!(kept(&store, dead, moving(None, &second)).await, 1);
+    assert_eq!(
+        kept(&store, dead, Keep::Untiered(Some(Arc::clone(&second)))).await,
+        2
+    );
+    drop_keyspace(&store).await;
+}
+
+/// The manifest changes only by compare-and-set on its version, and the tiering lease is
+/// held by one node at a time, renewable by its holder.
+#[tokio::test]
+async fn manifest_and_lease_are_lightweight_transactions() {
+    let store = CassandraStore::connect(&config(100), "g")
+        .await
+        .expect("connect");
+    let empty = store.load_manifest().await.expect("load");
+    assert_eq!(empty.version, 0);
+    let mut first = crate::catalog::Manifest {
+        version: 1,
+        cut: Some((*cut(T0, 5)).clone()),
+        ..Default::default()
+    };
+    first.logs.push(crate::catalog::ColdFile {
+        path: "logs/date=2026-05-28/hour=20/a.parquet".into(),
+        min_ts: T0,
+        max_ts: T0,
+        rows: 1,
+        bytes: 10,
+    });
+    assert!(store.commit_manifest(0, &first).await.expect("commit"));
+    let mut rival = first.clone();
+    rival.logs.clear();
+    assert!(
+        !store.commit_manifest(0, &rival).await.expect("commit"),
+        "a second first commit loses"
+    );
+    assert_eq!(store.load_manifest().await.expect("load"), first);
+    let mut second = first.clone();
+    second.version = 2;
+    assert!(store.commit_manifest(1, &second).await.expect("commit"));
+    assert!(
+        !store.commit_manifest(1, &rival).await.expect("commit"),
+        "a commit on a stale version loses"
+    );
+    assert_eq!(store.load_manifest().await.expect("load").version, 2);
+
+    assert_eq!(
+        store.tiering_lease("a", 30).await.expect("lease"),
+        Lease::Mine
+    );
+    assert_eq!(
+        store.tiering_lease("b", 30).await.expect("lease"),
+        Lease::Held("a".into())
+    );
+    assert_eq!(
+        store.tiering_lease("a", 30).await.expect("renew"),
+        Lease::Mine
+    );
+    store.release_tiering_lease("b").await.expect("release");
+    assert_eq!(
+        store.tiering_lease("b", 30).await.expect("lease"),
+        Lease::Held("a".into()),
+        "only the holder lets go"
+    );
+    store.release_tiering_lease("a").await.expect("release");
+    assert_eq!(
+        store.tiering_lease("b", 30).await.expect("lease"),
+        Lease::Mine
+    );
+    drop_keyspace(&store).await;
+}

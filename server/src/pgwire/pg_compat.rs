@@ -1,0 +1,869 @@
+//! What datafusion-pg-catalog leaves out and BI tools and drivers read: `pg_index` and
+//! `pg_constraint` with real array columns, the catalog functions their queries call
+//! (`to_regtype`, `pg_type_is_visible`, `_pg_expandarray`, `json_build_object`, …) and the
+//! SQL rewrites DataFusion needs for PostgreSQL-only syntax (`ARRAY(subquery)`,
+//! `generate_subscripts`, `(composite).field`).
+//!
+//! LogSphere's tables have no keys and no indexes, so `pg_index` and `pg_constraint` are empty,
+//! consistent with `pg_class`; what matters is that the queries over them plan and run.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int32Builder, ListArray, StringArray,
+    StringBuilder, StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{
+    self, AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
+    Ident, ObjectName, Statement, TableAliasColumnDef, TableFactor, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// Array-typed (`int2vector`, `oidvector`, `int2[]`, `oid[]`) columns of the overridden
+/// catalog tables, with their element type.
+const ARRAY_COLUMNS: &[(&str, &[(&str, DataType)])] = &[
+    (
+        "pg_index",
+        &[
+            ("indkey", DataType::Int16),
+            ("indcollation", DataType::Int32),
+            ("indclass", DataType::Int32),
+            ("indoption", DataType::Int16),
+        ],
+    ),
+    (
+        "pg_constraint",
+        &[
+            ("conkey", DataType::Int16),
+            ("confkey", DataType::Int16),
+            ("conpfeqop", DataType::Int32),
+            ("conppeqop", DataType::Int32),
+            ("conffeqop", DataType::Int32),
+            ("conexclop", DataType::Int32),
+            ("confdelsetcols", DataType::Int16),
+        ],
+    ),
+];
+
+/// Columns PostgreSQL has and datafusion-pg-catalog's tables lack, added as typed NULLs.
+fn extra_columns(table: &str) -> Vec<(&'static str, DataType)> {
+    let text_array = DataType::new_list(DataType::Utf8, true);
+    match table {
+        "pg_class" => vec![("relacl", text_array.clone()), ("reloptions", text_array)],
+        "pg_database" => vec![("datcollversion", DataType::Utf8)],
+        "pg_proc" => vec![("proconfig", text_array)],
+        _ => Vec::new(),
+    }
+}
+
+/// `table` with `extra` appended as NULL columns (a view over it), or `table` itself when
+/// it has them all.
+fn with_extra_columns(
+    name: &str,
+    table: Arc<dyn TableProvider>,
+    extra: Vec<(&'static str, DataType)>,
+) -> Result<Arc<dyn TableProvider>> {
+    let schema = table.schema();
+    let missing: Vec<_> = extra
+        .into_iter()
+        .filter(|(c, _)| schema.field_with_name(c).is_err())
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    let mut exprs: Vec<datafusion::logical_expr::Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())))
+        .collect();
+    for (column, data_type) in missing {
+        exprs.push(
+            datafusion::logical_expr::Expr::Literal(ScalarValue::try_from(&data_type)?, None)
+                .alias(column),
+        );
+    }
+    let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+        name,
+        datafusion::datasource::provider_as_source(table),
+        None,
+    )?
+    .project(exprs)?
+    .build()?;
+    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
+        plan, None,
+    )))
+}
+
+/// `pg_catalog` as datafusion-pg-catalog builds it, with `pg_index` and `pg_constraint`
+/// replaced by empty tables whose vector columns are lists (so `unnest(indkey)`,
+/// `indkey[0]` and `= ANY(conkey)` plan).
+#[derive(Debug)]
+pub(crate) struct PgCatalogOverlay {
+    inner: Arc<dyn SchemaProvider>,
+}
+
+impl PgCatalogOverlay {
+    pub(crate) fn new(inner: Arc<dyn SchemaProvider>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalogOverlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(table) = self.inner.table(name).await? else {
+            return Ok(None);
+        };
+        let name = name.to_ascii_lowercase();
+        let Some((_, arrays)) = ARRAY_COLUMNS.iter().find(|(t, _)| *t == name) else {
+            return with_extra_columns(&name, table, extra_columns(&name)).map(Some);
+        };
+        let fields: Vec<Field> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match arrays.iter().find(|(c, _)| c == f.name()) {
+                Some((_, elem)) => Field::new(
+                    f.name(),
+                    DataType::List(Arc::new(Field::new_list_field(elem.clone(), true))),
+                    true,
+                ),
+                None => f.as_ref().clone().with_nullable(true),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// PostgreSQL's type names (and the SQL spellings `to_regtype` accepts) to `pg_type` oids.
+#[derive(Debug, Default)]
+pub(crate) struct TypeNames {
+    oids: HashMap<String, i32>,
+}
+
+impl TypeNames {
+    /// From the `oid` and `typname` columns of the static `pg_type` batches.
+    pub(crate) fn from_pg_type(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Self {
+        let mut oids = HashMap::new();
+        for batch in batches {
+            let (Some(oid), Some(name)) =
+                (batch.column_by_name("oid"), batch.column_by_name("typname"))
+            else {
+                continue;
+            };
+            let (Some(oid), Some(name)) = (
+                oid.as_primitive_opt::<Int32Type>(),
+                name.as_string_opt::<i32>(),
+            ) else {
+                continue;
+            };
+            for row in 0..batch.num_rows() {
+                if !oid.is_null(row) && !name.is_null(row) {
+                    oids.insert(name.value(row).to_owned(), oid.value(row));
+                }
+            }
+        }
+        Self { oids }
+    }
+
+    /// The oid of a type name as `to_regtype` reads it: SQL spellings (`integer`,
+    /// `double precision`, `timestamp with time zone`), `pg_catalog.` qualification,
+    /// quotes, a type modifier and `[]`.
+    fn lookup(&self, text: &str) -> Option<i32> {
+        let mut name = text.trim().to_ascii_lowercase();
+        let mut array = false;
+        while let Some(stripped) = name.strip_suffix("[]") {
+            name = stripped.trim_end().to_owned();
+            array = true;
+        }
+        if let Some(open) = name.find('(') {
+            let close = name.rfind(')').unwrap_or(name.len().saturating_sub(1));
+            name = format!("{}{}", &name[..open], name.get(close + 1..).unwrap_or(""))
+                .trim()
+                .to_owned();
+        }
+        let name = name
+            .strip_prefix("pg_catalog.")
+            .unwrap_or(&name)
+            .replace('"', "");
+        let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
+        let canonical = match name.as_str() {
+            "integer" | "int" => "int4",
+            "smallint" => "int2",
+            "bigint" => "int8",
+            "real" => "float4",
+            "double precision" | "float" => "float8",
+            "boolean" => "bool",
+            "character varying" | "varchar" => "varchar",
+            "character" | "char" => "bpchar",
+            "decimal" => "numeric",
+            "timestamp" | "timestamp without time zone" => "timestamp",
+            "timestamp with time zone" => "timestamptz",
+            "time" | "time without time zone" => "time",
+            "time with time zone" => "timetz",
+            other => other,
+        };
+        let canonical = if array {
+            format!("_{canonical}")
+        } else {
+            canonical.to_owned()
+        };
+        self.oids.get(&canonical).copied()
+    }
+}
+
+/// `to_regtype(text)`: the type's oid, NULL for an unknown name (psycopg asks for `hstore`).
+#[derive(Debug)]
+struct ToRegType {
+    names: Arc<TypeNames>,
+    signature: Signature,
+}
+
+impl PartialEq for ToRegType {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.names, &other.names)
+    }
+}
+
+impl Eq for ToRegType {}
+
+impl std::hash::Hash for ToRegType {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.names) as usize).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ToRegType {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let input = arrays
+            .first()
+            .ok_or_else(|| DataFusionError::Plan("to_regtype() needs a type name".to_owned()))?;
+        let input = datafusion::arrow::compute::cast(input, &DataType::Utf8)?;
+        let input = input.as_string::<i32>();
+        let mut out = Int32Builder::with_capacity(input.len());
+        for row in 0..input.len() {
+            if input.is_null(row) {
+                out.append_null();
+            } else {
+                out.append_option(self.names.lookup(input.value(row)));
+            }
+        }
+        finish(Arc::new(out.finish()), scalar)
+    }
+}
+
+/// A scalar result for all-scalar arguments, as DataFusion expects.
+fn finish(array: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
+    if scalar && array.len() == 1 {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+            &array, 0,
+        )?))
+    } else {
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
+/// `pg_type_is_visible(oid)` and the other `*_is_visible` functions: every object
+/// LogSphere lists is on the search path.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Visible {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Visible {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match args.args.first() {
+            Some(ColumnarValue::Array(a)) => {
+                let out: BooleanArray = (0..a.len())
+                    .map(|i| (!a.is_null(i)).then_some(true))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+            Some(ColumnarValue::Scalar(s)) => Ok(ColumnarValue::Scalar(ScalarValue::Boolean(
+                (!s.is_null()).then_some(true),
+            ))),
+            None => Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))),
+        }
+    }
+}
+
+/// `pg_size_pretty(bigint)`: bytes as PostgreSQL prints them (`8192 bytes`, `12 kB`).
+fn pg_size_pretty(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    let mut size = bytes;
+    if size.unsigned_abs() < 10 * 1024 {
+        return format!("{bytes} bytes");
+    }
+    // PostgreSQL rounds half up at each step while the value stays below 10 * 1024 units.
+    let mut unit = 0;
+    size = (size + size.signum() * 512) / 1024;
+    while size.unsigned_abs() >= 10 * 1024 && unit + 1 < UNITS.len() {
+        size = (size + size.signum() * 512) / 1024;
+        unit += 1;
+    }
+    format!("{size} {}", UNITS[unit])
+}
+
+fn pg_size_pretty_udf() -> ScalarUDF {
+    datafusion::logical_expr::create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = arrays
+                .first()
+                .ok_or_else(|| DataFusionError::Plan("pg_size_pretty() needs a size".to_owned()))?;
+            let input = datafusion::arrow::compute::cast(input, &DataType::Int64)?;
+            let input = input.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let out: StringArray = input.iter().map(|v| v.map(pg_size_pretty)).collect();
+            finish(Arc::new(out), scalar)
+        }),
+    )
+}
+
+/// `_pg_expandarray(anyarray)` as a list of `(x, n)` structs: the rewrite turns
+/// `information_schema._pg_expandarray(a)` into `unnest(pg_expandarray_list(a))`, so each
+/// element becomes a row and `(…).x` / `(…).n` read its fields (pgjdbc's getPrimaryKeys).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+fn expand_fields(elem: &DataType) -> Fields {
+    Fields::from(vec![
+        Field::new("x", elem.clone(), true),
+        Field::new("n", DataType::Int32, true),
+    ])
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        EXPAND_ARRAY
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let elem = match arg_types.first() {
+            Some(DataType::List(f)) | Some(DataType::LargeList(f)) => f.data_type().clone(),
+            Some(DataType::Null) => DataType::Int32,
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "_pg_expandarray() needs an array, not {other:?}"
+                )));
+            }
+        };
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Struct(expand_fields(&elem)),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let input = arrays
+            .first()
+            .ok_or_else(|| DataFusionError::Plan("_pg_expandarray() needs an array".to_owned()))?;
+        let input = match input.data_type() {
+            DataType::Null => {
+                datafusion::arrow::compute::cast(input, &DataType::new_list(DataType::Int32, true))?
+            }
+            _ => Arc::clone(input),
+        };
+        let list = input
+            .as_list_opt::<i32>()
+            .ok_or_else(|| DataFusionError::Plan("_pg_expandarray() needs an array".to_owned()))?;
+        let values = list.values();
+        let elem = values.data_type().clone();
+        let mut ns = Int32Builder::with_capacity(values.len());
+        for row in 0..list.len() {
+            let len = list.value_length(row);
+            for n in 1..=len {
+                ns.append_value(n);
+            }
+        }
+        // The struct covers the whole child array; offsets outside a row's range are unused.
+        let start = list.value_offsets().first().copied().unwrap_or(0) as usize;
+        let end = list.value_offsets().last().copied().unwrap_or(0) as usize;
+        let xs = values.slice(start, end - start);
+        let offsets: Vec<i32> = list
+            .value_offsets()
+            .iter()
+            .map(|o| o - start as i32)
+            .collect();
+        let ns: Int32Array = ns.finish();
+        let structs = StructArray::try_new(
+            expand_fields(&elem),
+            vec![xs, Arc::new(ns) as ArrayRef],
+            None,
+        )?;
+        let out = ListArray::try_new(
+            Arc::new(Field::new_list_field(
+                DataType::Struct(expand_fields(&elem)),
+                true,
+            )),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            list.nulls().cloned(),
+        )?;
+        finish(Arc::new(out), scalar)
+    }
+}
+
+const EXPAND_ARRAY: &str = "pg_expandarray_list";
+
+/// `json_build_object(k1, v1, …)`: a JSON object as text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+fn scalar_to_json(v: &ScalarValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return J::Null;
+    }
+    match v {
+        ScalarValue::Boolean(Some(b)) => J::Bool(*b),
+        ScalarValue::Int8(Some(i)) => J::from(*i),
+        ScalarValue::Int16(Some(i)) => J::from(*i),
+        ScalarValue::Int32(Some(i)) => J::from(*i),
+        ScalarValue::Int64(Some(i)) => J::from(*i),
+        ScalarValue::UInt8(Some(i)) => J::from(*i),
+        ScalarValue::UInt16(Some(i)) => J::from(*i),
+        ScalarValue::UInt32(Some(i)) => J::from(*i),
+        ScalarValue::UInt64(Some(i)) => J::from(*i),
+        ScalarValue::Float32(Some(f)) => J::from(*f),
+        ScalarValue::Float64(Some(f)) => J::from(*f),
+        ScalarValue::List(_) | ScalarValue::LargeList(_) => {
+            let array = v.to_array().ok();
+            let items = array
+                .as_ref()
+                .and_then(|a| a.as_list_opt::<i32>())
+                .map(|l| l.value(0));
+            match items {
+                Some(items) => J::Array(
+                    (0..items.len())
+                        .map(|i| {
+                            ScalarValue::try_from_array(&items, i)
+                                .map(|s| scalar_to_json(&s))
+                                .unwrap_or(J::Null)
+                        })
+                        .collect(),
+                ),
+                None => J::String(v.to_string()),
+            }
+        }
+        other => J::String(other.to_string()),
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return Err(DataFusionError::Plan(
+                "argument list must have even number of elements".to_owned(),
+            ));
+        }
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::with_capacity(rows, rows * 16);
+        for row in 0..rows.max(usize::from(arrays.is_empty())) {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let [k, v] = pair else { continue };
+                let key = ScalarValue::try_from_array(k, row)?;
+                if key.is_null() {
+                    return Err(DataFusionError::Plan(
+                        "null value not allowed for object key".to_owned(),
+                    ));
+                }
+                let key = match key {
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s)) => s,
+                    other => other.to_string(),
+                };
+                object.insert(key, scalar_to_json(&ScalarValue::try_from_array(v, row)?));
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        finish(Arc::new(out.finish()), scalar)
+    }
+}
+
+/// The catalog functions this module adds, for `PgCatalog::install`.
+pub(crate) fn udfs(types: &Arc<TypeNames>) -> Vec<ScalarUDF> {
+    let mut udfs = vec![
+        ScalarUDF::new_from_impl(ToRegType {
+            names: Arc::clone(types),
+            signature: Signature::any(1, Volatility::Stable),
+        }),
+        pg_size_pretty_udf(),
+        ScalarUDF::new_from_impl(ExpandArray {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }),
+    ];
+    for name in ["pg_table_size", "pg_indexes_size"] {
+        // Sizes are not tracked per relation over SQL; psql's `\dt+` shows 0 bytes.
+        udfs.push(datafusion::logical_expr::create_udf(
+            name,
+            vec![DataType::Int32],
+            DataType::Int64,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let rows = match args.first() {
+                    Some(ColumnarValue::Array(a)) => a.len(),
+                    _ => return Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(0)))),
+                };
+                Ok(ColumnarValue::Array(Arc::new(
+                    datafusion::arrow::array::Int64Array::from(vec![0; rows]),
+                )))
+            }),
+        ));
+    }
+    for name in [
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_collation_is_visible",
+        "pg_conversion_is_visible",
+        "pg_ts_config_is_visible",
+    ] {
+        udfs.push(ScalarUDF::new_from_impl(Visible {
+            name,
+            signature: Signature::any(1, Volatility::Stable),
+        }));
+    }
+    udfs
+}
+
+fn function(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(ast::Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// The unnamed expression arguments of a call (`None` when any is named or a wildcard).
+fn plain_args(args: &FunctionArguments) -> Option<Vec<Expr>> {
+    let FunctionArguments::List(list) = args else {
+        return Some(Vec::new());
+    };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn parse_expr(sql: &str) -> Option<Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .ok()?
+        .parse_expr()
+        .ok()
+}
+
+/// Rewrites PostgreSQL-only expressions into ones DataFusion plans:
+///
+/// - `ARRAY(SELECT …)` → `(SELECT array_agg(v) FROM (SELECT …) AS _ls_array(v))`;
+/// - `generate_subscripts(a, d)` → `unnest(generate_series(1, array_length(a, d)))`;
+/// - `[information_schema.]_pg_expandarray(a)` → `unnest(pg_expandarray_list(a))`;
+/// - `(composite).field` → `get_field(composite, 'field')`;
+/// - `to_regclass(name)` → the relation's oid from `pg_class`, NULL when there is none;
+/// - `x::json` / `x::jsonb` → `x` (JSON is text here).
+/// - `FROM unnest(a) x` → `FROM unnest(a) x(x)` (a one-column function names its column
+///   after the alias, as in PostgreSQL).
+pub(crate) fn rewrite(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        rewrite_expr(expr);
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = statement.visit(&mut FunctionAliases);
+}
+
+/// One-column set-returning functions in `FROM` whose alias names their column.
+const SINGLE_COLUMN_FUNCTIONS: &[&str] = &["unnest", "generate_series", "generate_subscripts"];
+
+struct FunctionAliases;
+
+impl VisitorMut for FunctionAliases {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias: Some(alias),
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && args.args.len() == 1
+            && name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                SINGLE_COLUMN_FUNCTIONS.contains(&i.value.to_ascii_lowercase().as_str())
+            })
+        {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
+        if let TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && array_exprs.len() == 1
+        {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn rewrite_expr(expr: &mut Expr) {
+    match expr {
+        Expr::Function(f) => {
+            let name = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.value.to_ascii_lowercase())
+                .unwrap_or_default();
+            if name == "array"
+                && let FunctionArguments::Subquery(query) = &f.args
+            {
+                let sql = format!("(SELECT array_agg(_ls_array.v) FROM ({query}) AS _ls_array(v))");
+                if let Some(new) = parse_expr(&sql) {
+                    *expr = new;
+                }
+                return;
+            }
+            let Some(args) = plain_args(&f.args) else {
+                return;
+            };
+            match (name.as_str(), args.as_slice()) {
+                ("generate_subscripts", [array, dim]) => {
+                    let len = function("array_length", vec![array.clone(), dim.clone()]);
+                    let series = function(
+                        "generate_series",
+                        vec![Expr::value(Value::Number("1".to_owned(), false)), len],
+                    );
+                    *expr = function("unnest", vec![series]);
+                }
+                ("generate_subscripts", [array]) => {
+                    let len = function("array_length", vec![array.clone()]);
+                    let series = function(
+                        "generate_series",
+                        vec![Expr::value(Value::Number("1".to_owned(), false)), len],
+                    );
+                    *expr = function("unnest", vec![series]);
+                }
+                ("_pg_expandarray", [array]) => {
+                    *expr = function("unnest", vec![function(EXPAND_ARRAY, vec![array.clone()])]);
+                }
+                ("to_regclass", [name]) => {
+                    let sql = format!(
+                        "(SELECT max(c.oid) FROM pg_catalog.pg_class c WHERE c.relname = \
+                         btrim(regexp_replace(CAST({name} AS TEXT), '^.*\\.', ''), '\"'))"
+                    );
+                    if let Some(new) = parse_expr(&sql) {
+                        *expr = new;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Expr::CompoundFieldAccess { root, access_chain }
+            if matches!(root.as_ref(), Expr::Nested(_))
+                && access_chain
+                    .iter()
+                    .all(|a| matches!(a, AccessExpr::Dot(Expr::Identifier(_)))) =>
+        {
+            let mut out = match root.as_ref() {
+                Expr::Nested(inner) => inner.as_ref().clone(),
+                other => other.clone(),
+            };
+            for access in access_chain.iter() {
+                if let AccessExpr::Dot(Expr::Identifier(field)) = access {
+                    out = function(
+                        "get_field",
+                        vec![
+                            out,
+                            Expr::value(Value::SingleQuotedString(field.value.clone())),
+                        ],
+                    );
+                }
+            }
+            *expr = out;
+        }
+        Expr::Cast {
+            expr: inner,
+            data_type,
+            ..
+        } if is_json_type(data_type) => {
+            *expr = Expr::Nested(inner.clone());
+        }
+        _ => {}
+    }
+}
+
+fn is_json_type(data_type: &ast::DataType) -> bool {
+    match data_type {
+        ast::DataType::JSON | ast::DataType::JSONB => true,
+        ast::DataType::Custom(name, _) => {
+            name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                i.value.eq_ignore_ascii_case("json") || i.value.eq_ignore_ascii_case("jsonb")
+            })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_as_postgres_does() {
+        assert_eq!(pg_size_pretty(8192), "8192 bytes");
+        assert_eq!(pg_size_pretty(10 * 1024), "10 kB");
+        assert_eq!(pg_size_pretty(123_456_789), "118 MB");
+    }
+
+    #[test]
+    fn type_names_accept_sql_spellings() {
+        let mut oids = HashMap::new();
+        oids.insert("int4".to_owned(), 23);
+        oids.insert("_int4".to_owned(), 1007);
+        oids.insert("timestamptz".to_owned(), 1184);
+        oids.insert("varchar".to_owned(), 1043);
+        let names = TypeNames { oids };
+        assert_eq!(names.lookup("integer"), Some(23));
+        assert_eq!(names.lookup("pg_catalog.int4"), Some(23));
+        assert_eq!(names.lookup("int4[]"), Some(1007));
+        assert_eq!(names.lookup("timestamp with time zone"), Some(1184));
+        assert_eq!(names.lookup("character varying(20)"), Some(1043));
+        assert_eq!(names.lookup("hstore"), None);
+    }
+
+    #[test]
+    fn rewrites_postgres_only_syntax() {
+        let sql = "SELECT array(SELECT 1), generate_subscripts(i.indkey, 1), \
+                   (information_schema._pg_expandarray(i.indkey)).n, attributes::jsonb \
+                   FROM pg_index i";
+        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .expect("parses");
+        rewrite(&mut s);
+        let text = s.to_string();
+        assert!(text.contains("array_agg(_ls_array.v)"), "{text}");
+        assert!(
+            text.contains("unnest(generate_series(1, array_length(i.indkey, 1)))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("get_field(unnest(pg_expandarray_list(i.indkey)), 'n')"),
+            "{text}"
+        );
+        assert!(!text.to_ascii_lowercase().contains("jsonb"), "{text}");
+    }
+}
