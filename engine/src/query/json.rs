@@ -81,8 +81,9 @@ fn contains(a: &Value, b: &Value, top: bool) -> bool {
             .iter()
             .all(|(k, bv)| a.get(k).is_some_and(|av| contains(av, bv, false))),
         (Value::Array(a), Value::Array(b)) => b.iter().all(|bv| {
-            a.iter()
-                .any(|av| !bv.is_array() && !bv.is_object() && scalar_eq(av, bv) || container_contains(av, bv))
+            a.iter().any(|av| {
+                !bv.is_array() && !bv.is_object() && scalar_eq(av, bv) || container_contains(av, bv)
+            })
         }),
         (Value::Array(a), b) if top && !b.is_object() => a.iter().any(|av| scalar_eq(av, b)),
         (a, b) => scalar_eq(a, b),
@@ -162,13 +163,19 @@ fn is_text(expr: &Expr, schema: &DFSchema) -> bool {
 fn path_elements(path: &Expr) -> Result<Vec<Expr>> {
     let text = match path {
         Expr::Literal(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
             _,
         ) => s.clone(),
         Expr::Cast(c) => return path_elements(&c.expr),
         Expr::TryCast(c) => return path_elements(&c.expr),
         Expr::Alias(a) => return path_elements(&a.expr),
-        other => return plan_err!("the path of #> and #>> must be a text literal such as '{{a,b}}', not {other}"),
+        other => {
+            return plan_err!(
+                "the path of #> and #>> must be a text literal such as '{{a,b}}', not {other}"
+            );
+        }
     };
     let inner = text.trim();
     let Some(inner) = inner.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
