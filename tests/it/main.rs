@@ -6,6 +6,7 @@ mod continuous_crash;
 mod continuous_equivalence;
 mod crash;
 mod ingest;
+mod jdbc;
 mod notify;
 mod pgconn;
 mod pgwire;

@@ -1,5 +1,6 @@
 //! SQL over both tiers: the table providers DataFusion plans against.
 
+pub mod json;
 pub mod managed;
 pub mod system;
 pub mod tables;
@@ -12,7 +13,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// A DataFusion session set up as every LogSphere session is, before any table is added:
 /// catalog `logsphere`, schema `public`, `information_schema`, DataFusion's default
-/// features and the log functions of `logsphere-udfs`. Object stores (the cold tier)
+/// features, the log functions of `logsphere-udfs` and PostgreSQL's JSON operators
+/// ([`json`]). Object stores (the cold tier)
 /// come from `runtime`.
 ///
 /// [`crate::Engine::session_context`] adds the engine's tables to one; `logsphere report`
@@ -28,5 +30,6 @@ pub fn base_session(runtime: Arc<RuntimeEnv>) -> SessionContext {
         .build();
     let ctx = SessionContext::new_with_state(state);
     logsphere_udfs::register_all(&ctx);
+    json::register(&ctx).expect("registering the JSON functions");
     ctx
 }
