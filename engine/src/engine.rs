@@ -857,7 +857,7 @@ fn register_tables(
     vec![
         ("logs", cut(TableKind::Logs, TierScope::Both)),
         ("logs_hot", cut(TableKind::Logs, TierScope::Hot)),
-        ("logs_cold", tier(TableKind::Logs, TierScope::Cold)),
+        ("logs_cold", cut(TableKind::Logs, TierScope::Cold)),
         ("dead_letters", cut(TableKind::DeadLetters, TierScope::Both)),
     ]
 }

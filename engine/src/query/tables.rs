@@ -190,16 +190,23 @@ impl TableProvider for TierTable {
         {
             // The first scans after a start read the manifest themselves rather than
             // answer with an empty cold tier.
-            if let Some(store) = cluster.store() {
-                let m = store
-                    .load_manifest()
-                    .await
-                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-                if m.version > self.tiers.manifest().version {
-                    self.tiers.publish(m);
-                }
-                cluster.set_catalog_loaded();
+            let store = cluster.store().ok_or_else(|| {
+                datafusion::error::DataFusionError::External(
+                    format!(
+                        "the cold manifest is in Cassandra, which is not connected yet: {}",
+                        cluster.ready().err().unwrap_or_default()
+                    )
+                    .into(),
+                )
+            })?;
+            let m = store
+                .load_manifest()
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            if m.version > self.tiers.manifest().version {
+                self.tiers.publish(m);
             }
+            cluster.set_catalog_loaded();
         }
         let snapshot = self.tiers.snapshot();
         let range = TimeRange::from_filters(filters, self.time_column());

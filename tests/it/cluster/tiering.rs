@@ -294,6 +294,12 @@ async fn kill_at_every_step_of_a_round_loses_and_doubles_nothing() {
         if committed {
             cold = produced;
         }
+        // The first answer after a restart already knows the committed manifest.
+        assert_eq!(
+            first_answer(&node, "SELECT count(*) FROM logs_cold").await,
+            cold as i64,
+            "logs_cold right after a restart following a kill {step}"
+        );
         wait_for_count(
             &node,
             "SELECT count(*) FROM logs",
@@ -529,4 +535,22 @@ async fn cluster_compaction_merges_files_and_changes_no_answer() {
 
 async fn cold_files(node: &Server) -> i64 {
     node.query_i64("SELECT cold_files FROM tiering").await
+}
+
+/// The first successful answer of a one-number query (the node may still be connecting).
+async fn first_answer(node: &Server, sql: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(client) = node.pg_client_as("logsphere", None).await
+            && let Ok(row) = client.query_one(sql, &[]).await
+        {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: no answer\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
