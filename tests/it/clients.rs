@@ -7,20 +7,40 @@ use std::process::Command;
 
 use logsphere_tests::Server;
 
-fn python() -> String {
+/// The Python of the clients venv (`LOGSPHERE_PYTHON`), shared by every test that runs a
+/// Python client.
+pub(crate) fn python() -> String {
     std::env::var("LOGSPHERE_PYTHON").unwrap_or_else(|_| {
         panic!(
-            "LOGSPHERE_PYTHON is not set: it names a python with psycopg, psycopg2 and asyncpg \
-             (tests/clients/requirements.txt). scripts/test builds it; or run \
+            "LOGSPHERE_PYTHON is not set: it names a python with the packages of \
+             tests/clients/requirements.txt. scripts/test builds it; or run \
              `python3 -m venv ~/.cache/logsphere/py && ~/.cache/logsphere/py/bin/pip install -r \
              tests/clients/requirements.txt` and set LOGSPHERE_PYTHON=~/.cache/logsphere/py/bin/python"
         )
     })
 }
 
+/// Runs `tests/clients/<script> <pg port>` and asserts it exits 0 printing `ok_line`.
+pub(crate) fn run_client_script(server: &Server, script: &str, ok_line: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .arg(server.pg_port().to_string())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(ok_line),
+        "{script} failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
+        server.log()
+    );
+}
+
 #[test]
 fn python_clients_query_with_bound_parameters() {
-    let python = python();
     let server = Server::start();
     let body = concat!(
         "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
@@ -31,25 +51,11 @@ fn python_clients_query_with_bound_parameters() {
     );
     let (status, text) = server.post(body.as_bytes(), None).unwrap();
     assert_eq!(status, 200, "{text}");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python_clients.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(server.pg_port().to_string())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python clients failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
-        server.log()
-    );
-    assert!(stdout.contains("all python clients ok"), "{stdout}");
+    run_client_script(&server, "python_clients.py", "all python clients ok");
 }
 
 #[test]
 fn sqlalchemy_inspector_reflects_logs() {
-    let python = python();
     let server = Server::start();
     let body = concat!(
         "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
@@ -57,18 +63,5 @@ fn sqlalchemy_inspector_reflects_logs() {
     );
     let (status, text) = server.post(body.as_bytes(), None).unwrap();
     assert_eq!(status, 200, "{text}");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/sqlalchemy_inspect.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(server.pg_port().to_string())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sqlalchemy failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
-        server.log()
-    );
-    assert!(stdout.contains("sqlalchemy ok"), "{stdout}");
+    run_client_script(&server, "sqlalchemy_inspect.py", "sqlalchemy ok");
 }

@@ -143,11 +143,22 @@ fn record(seq: u64) -> String {
 
 /// Produces records `range` round-robin over `topics` (keys spread them over partitions).
 async fn produce(p: &FutureProducer, topics: &[&str], range: std::ops::Range<u64>) {
+    produce_records(p, topics, range, record).await;
+}
+
+/// Produces `body(seq)` for each `seq` of `range` round-robin over `topics`, waiting for
+/// every ack.
+async fn produce_records(
+    p: &FutureProducer,
+    topics: &[&str],
+    range: std::ops::Range<u64>,
+    body: impl Fn(u64) -> String,
+) {
     let mut pending = Vec::new();
     for seq in range {
         let topic = topics[(seq % topics.len() as u64) as usize];
         let key = format!("k{}", seq % 97);
-        let body = record(seq);
+        let body = body(seq);
         let delivery = p
             .send_result(FutureRecord::to(topic).key(&key).payload(&body))
             .unwrap_or_else(|(e, _)| panic!("enqueue record {seq}: {e}"));

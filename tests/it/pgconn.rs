@@ -368,35 +368,15 @@ async fn timestamptz_is_written_in_the_session_time_zone() {
 /// psycopg2 named cursors, `conn.cancel()`, application_name in pg_stat_activity.
 #[test]
 fn python_clients_use_cursors_cancel_and_sessions() {
-    let python = std::env::var("LOGSPHERE_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "LOGSPHERE_PYTHON is not set: it names a python with psycopg and psycopg2 \
-             (tests/clients/requirements.txt); scripts/test builds it"
-        )
-    });
     let server = Server::start();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/pg_session.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(server.pg_port().to_string())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python session clients failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
-        server.log()
-    );
-    assert!(stdout.contains("all session checks ok"), "{stdout}");
+    crate::clients::run_client_script(&server, "pg_session.py", "all session checks ok");
 }
 
 /// psqlODBC through pyodbc with `UseDeclareFetch=1` (tests/clients/odbc_cursors.py): every
 /// SELECT is read through `DECLARE … CURSOR WITH HOLD` and `FETCH 1000`, as Tableau reads.
 #[test]
 fn psqlodbc_reads_through_declare_fetch() {
-    let python = std::env::var("LOGSPHERE_PYTHON")
-        .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
+    let python = crate::clients::python();
     let server = Server::start();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/odbc_cursors.py");
     // Our own driver registration (Debian's turns on psqlODBC's logs in /tmp).
@@ -538,8 +518,7 @@ fn tls_with_sslmode_require_and_verify_full() {
     // "certificate verify failed".)
     assert!(!ok && out.contains("SSL error"), "{out}");
     // psycopg 3 (libpq underneath, as psycopg2 and most drivers) with verify-full.
-    let python = std::env::var("LOGSPHERE_PYTHON")
-        .unwrap_or_else(|_| panic!("LOGSPHERE_PYTHON is not set (scripts/test builds it)"));
+    let python = crate::clients::python();
     let out = Command::new(&python)
         .args([
             "-c",

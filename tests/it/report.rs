@@ -3,6 +3,7 @@
 //! clear errors; and the cold files read by pyarrow and DuckDB (`LOGSPHERE_PYTHON`, the
 //! environment `scripts/test` builds from tests/clients/requirements.txt).
 
+use crate::clients::python;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -100,17 +101,6 @@ fn report_ok(args: &[&str]) -> (String, String) {
         out.status
     );
     (stdout, stderr)
-}
-
-fn python() -> String {
-    std::env::var("LOGSPHERE_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "LOGSPHERE_PYTHON is not set: it names a python with pyarrow and duckdb \
-             (tests/clients/requirements.txt). scripts/test builds it; or run \
-             `python3 -m venv ~/.cache/logsphere/py && ~/.cache/logsphere/py/bin/pip install -r \
-             tests/clients/requirements.txt` and set LOGSPHERE_PYTHON=~/.cache/logsphere/py/bin/python"
-        )
-    })
 }
 
 fn cold_readers(mode: &str, path: &Path) -> String {

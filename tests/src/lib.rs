@@ -216,20 +216,7 @@ impl Server {
 
     /// Flushes the hot buffer to Parquet (`POST /v1/flush`); returns the rows moved.
     pub fn flush(&self) -> u64 {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = agent
-            .post(&format!("{}/v1/flush", self.http_url()))
-            .send_empty()
-            .unwrap_or_else(|e| panic!("POST /v1/flush: {e}"));
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        assert_eq!(resp.status(), 200, "POST /v1/flush: {text}");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        v["flushed_rows"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("POST /v1/flush answered {text}"))
+        flush_rows(&self.http_url(), Duration::from_secs(300))
     }
 
     /// Sends SIGKILL and waits for the process to be gone.
@@ -282,6 +269,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `POST <base>/v1/flush` (cluster mode: a tiering round): the status and the body, or why
+/// no answer came within `timeout`.
+pub fn post_flush(base: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{base}/v1/flush"))
+        .send_empty()
+        .map_err(|e| e.to_string())?;
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((resp.status().as_u16(), text))
+}
+
+/// `POST <base>/v1/flush`, asserting a 200; the rows it moved.
+pub fn flush_rows(base: &str, timeout: Duration) -> u64 {
+    let (status, text) =
+        post_flush(base, timeout).unwrap_or_else(|e| panic!("POST /v1/flush: {e}"));
+    assert_eq!(status, 200, "POST /v1/flush: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["flushed_rows"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("POST /v1/flush answered {text}"))
 }
 
 /// POSTs NDJSON to `<base>/v1/logs` with an optional `Idempotency-Key`.

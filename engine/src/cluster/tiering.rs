@@ -509,7 +509,7 @@ pub async fn refresh(engine: &Engine) -> Result<(), EngineError> {
             cluster.ready().err().unwrap_or_default()
         ),
     })?;
-    let m = store.load_manifest().await?;
+    let m = store.read_manifest().await?;
     if m.version > engine.tiers.manifest().version {
         engine.tiers.publish(m);
     }

@@ -200,7 +200,7 @@ impl TableProvider for TierTable {
                 )
             })?;
             let m = store
-                .load_manifest()
+                .read_manifest()
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             if m.version > self.tiers.manifest().version {

@@ -2,18 +2,17 @@
 //! LWT on the manifest, while ingest and queries go on, with kills at every step of a round
 //! and two nodes racing for it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use logsphere_tests::services::unique_name;
-use logsphere_tests::{Server, ServerOptions};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use logsphere_tests::{Server, ServerOptions, flush_rows, post_flush};
+use rdkafka::producer::FutureProducer;
 
 use super::{
-    Names, SERIAL, SOURCES, create_topics, per_source, producer, service_pid, signal,
-    wait_for_count,
+    Names, SERIAL, SOURCES, create_topics, per_source, produce_records, producer, service_pid,
+    signal, source_counts, wait_for_count,
 };
 
 /// Config for nodes that tier only when told to (`POST /v1/flush`).
@@ -30,57 +29,17 @@ fn record(seq: u64, base_s: u64) -> String {
     .to_string()
 }
 
-/// Produces records `range` round-robin over `topics`, waiting for every ack.
+/// Produces records `range` round-robin over `topics` (see [`record`]), waiting for every ack.
 async fn produce(p: &FutureProducer, topics: &[&str], range: std::ops::Range<u64>, base_s: u64) {
-    let mut pending = Vec::new();
-    for seq in range {
-        let topic = topics[(seq % topics.len() as u64) as usize];
-        let key = format!("k{}", seq % 31);
-        let body = record(seq, base_s);
-        let delivery = p
-            .send_result(FutureRecord::to(topic).key(&key).payload(&body))
-            .unwrap_or_else(|(e, _)| panic!("enqueue record {seq}: {e}"));
-        pending.push(delivery);
-    }
-    for d in pending {
-        d.await.expect("delivery").expect("delivered");
-    }
-}
-
-fn want_sources(range: std::ops::Range<u64>) -> HashMap<String, i64> {
-    let mut want = HashMap::new();
-    for seq in range {
-        *want
-            .entry(SOURCES[(seq % SOURCES.len() as u64) as usize].to_string())
-            .or_insert(0) += 1;
-    }
-    want
+    produce_records(p, topics, range, |seq| record(seq, base_s)).await;
 }
 
 /// `POST /v1/flush` off the async runtime; the rows the round moved.
 async fn flush(node: &Server) -> u64 {
     let url = node.http_url();
-    tokio::task::spawn_blocking(move || flush_at(&url))
+    tokio::task::spawn_blocking(move || flush_rows(&url, Duration::from_secs(240)))
         .await
         .expect("flush thread")
-}
-
-fn flush_at(base: &str) -> u64 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(240)))
-        .build()
-        .into();
-    let mut resp = agent
-        .post(&format!("{base}/v1/flush"))
-        .send_empty()
-        .unwrap_or_else(|e| panic!("POST /v1/flush: {e}"));
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    assert_eq!(resp.status(), 200, "POST /v1/flush: {text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    v["flushed_rows"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("POST /v1/flush answered {text}"))
 }
 
 /// (version, cold_rows, rounds, lease_busy) from the `tiering` table.
@@ -204,7 +163,7 @@ async fn rounds_under_ingest_never_double_or_miss_a_row() {
         node.query_i64("SELECT count(*) FROM logs_cold").await,
         (N + LATE) as i64
     );
-    assert_eq!(per_source(&node, "logs").await, want_sources(0..N + LATE));
+    assert_eq!(per_source(&node, "logs").await, source_counts(N + LATE));
     let (version, cold_rows, rounds, _) = tiering_state(&node).await;
     assert_eq!(
         cold_rows,
@@ -275,14 +234,7 @@ async fn kill_at_every_step_of_a_round_loses_and_doubles_nothing() {
         )
         .await;
         let url = node.http_url();
-        let round = std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(60)))
-                .build()
-                .into();
-            agent.post(&format!("{url}/v1/flush")).send_empty().is_ok()
-        });
+        let round = std::thread::spawn(move || post_flush(&url, Duration::from_secs(60)).is_ok());
         let started = Instant::now();
         while !round.is_finished() && started.elapsed() < kill_after {
             std::thread::sleep(Duration::from_millis(20));
@@ -309,7 +261,7 @@ async fn kill_at_every_step_of_a_round_loses_and_doubles_nothing() {
         .await;
         assert_eq!(
             per_source(&node, "logs").await,
-            want_sources(0..produced),
+            source_counts(produced),
             "per-source counts after a kill {step}"
         );
         let client = node.pg_client().await;
@@ -391,7 +343,7 @@ async fn two_nodes_racing_to_tier_commit_each_row_once() {
             n.query_i64("SELECT count(*) FROM logs_cold").await,
             produced as i64
         );
-        assert_eq!(per_source(n, "logs").await, want_sources(0..produced));
+        assert_eq!(per_source(n, "logs").await, source_counts(produced));
     }
 }
 
@@ -429,19 +381,7 @@ async fn hdfs_down_during_a_round_loses_nothing() {
     signal(frozen.0, "STOP");
     let url = node.http_url();
     let round = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        let mut resp = agent
-            .post(&format!("{url}/v1/flush"))
-            .send_empty()
-            .expect("POST /v1/flush");
-        (
-            resp.status().as_u16(),
-            resp.body_mut().read_to_string().unwrap_or_default(),
-        )
+        post_flush(&url, Duration::from_secs(120)).expect("POST /v1/flush")
     });
     // Ingest goes on while the round hangs on HDFS.
     produce(&p, &[&topic], 5_000..8_000, BASE_S).await;
@@ -470,7 +410,7 @@ async fn hdfs_down_during_a_round_loses_nothing() {
         node.query_i64("SELECT count(*) FROM logs_cold").await,
         8_000
     );
-    assert_eq!(per_source(&node, "logs").await, want_sources(0..8_000));
+    assert_eq!(per_source(&node, "logs").await, source_counts(8_000));
     let row = client
         .query_one("SELECT last_error FROM tiering", &[])
         .await
@@ -525,7 +465,7 @@ async fn cluster_compaction_merges_files_and_changes_no_answer() {
         .expect("distinct")
         .get(0);
     assert_eq!(distinct, N as i64);
-    assert_eq!(per_source(&node, "logs").await, want_sources(0..N));
+    assert_eq!(per_source(&node, "logs").await, source_counts(N));
     // The retired files go after their grace, by the next compaction round.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answer = crate::compaction::compact(&node.http_url());

@@ -44,14 +44,18 @@ impl Shared {
     }
 }
 
-/// The committed manifest (version 0 and empty before the first commit).
-pub(super) async fn load(shared: &Shared) -> Result<Manifest, EngineError> {
+/// The committed manifest (version 0 and empty before the first commit). `serial` reads
+/// at LOCAL_SERIAL (a Paxos round: what a compare-and-set must start from); otherwise at the
+/// read consistency with a statement prepared once (the once-a-second refresh, which only
+/// ever moves forward, so a slightly stale answer is harmless).
+pub(super) async fn load(shared: &Shared, serial: bool) -> Result<Manifest, EngineError> {
     let ks = &shared.keyspace;
-    let select = shared
-        .serial_read(&format!(
-            "SELECT version, manifest FROM {ks}.tier_state WHERE name = ?"
-        ))
-        .await?;
+    let cql = format!("SELECT version, manifest FROM {ks}.tier_state WHERE name = ?");
+    let select = if serial {
+        shared.serial_read(&cql).await?
+    } else {
+        super::scan::statement(shared, &cql).await?
+    };
     let context = || "reading the cold manifest".to_string();
     let rows = shared
         .session

@@ -252,9 +252,16 @@ impl CassandraStore {
         CassandraTable::new(Arc::clone(&self.shared), kind)
     }
 
-    /// The cold tier's committed manifest (the cluster catalog).
+    /// The cold tier's committed manifest (the cluster catalog), read linearizably: what a
+    /// compare-and-set starts from.
     pub async fn load_manifest(&self) -> Result<crate::catalog::Manifest, EngineError> {
-        catalog::load(&self.shared).await
+        catalog::load(&self.shared, true).await
+    }
+
+    /// The committed manifest at the read consistency, without a Paxos round: for keeping a
+    /// node's copy current.
+    pub async fn read_manifest(&self) -> Result<crate::catalog::Manifest, EngineError> {
+        catalog::load(&self.shared, false).await
     }
 
     /// Commits `next` if the stored manifest is still at version `expected`.

@@ -180,7 +180,10 @@ fn string_equality(e: &Expr) -> Option<(&'static str, String)> {
 
 /// The prepared statement for `cql`, prepared once and kept (at the read consistency, paged).
 /// The cache stays small: one text per projection and set of pushed equalities.
-async fn statement(shared: &Shared, cql: &str) -> Result<PreparedStatement, EngineError> {
+pub(super) async fn statement(
+    shared: &Shared,
+    cql: &str,
+) -> Result<PreparedStatement, EngineError> {
     let cached = shared
         .scan_statements
         .lock()

@@ -634,6 +634,11 @@ async fn manifest_and_lease_are_lightweight_transactions() {
         "a commit on a stale version loses"
     );
     assert_eq!(store.load_manifest().await.expect("load").version, 2);
+    assert_eq!(
+        store.read_manifest().await.expect("read").version,
+        2,
+        "the plain read sees the committed manifest too"
+    );
 
     assert_eq!(
         store.tiering_lease("a", 30).await.expect("lease"),
