@@ -57,6 +57,13 @@ pub struct CqArgs {
     /// Load levels of the latency runs, in percent of the maximum rate.
     #[arg(long, value_delimiter = ',', default_value = "50,80")]
     load: Vec<u32>,
+    /// Rules defined in the latency part: the two seed rules, then windowed rules with
+    /// other filters, keys and windows (`rule_set`).
+    #[arg(long, default_value_t = 100)]
+    rules: usize,
+    /// Live group keys held by one of those rules during the latency part (prefilled).
+    #[arg(long, default_value_t = 1_000_000)]
+    live_keys: u64,
     /// Probe pairs (one per rule) per second in the latency runs.
     #[arg(long, default_value_t = 40.0)]
     probes_per_s: f64,
@@ -222,8 +229,7 @@ fn latency(
 ) -> anyhow::Result<String> {
     let server = fresh("max-rate")?;
     let pg = Pg::connect(&server)?;
-    pg.execute(RULE_A)?;
-    pg.execute(RULE_B)?;
+    let prefilled = set_up_rules(args, &server, &pg)?;
     let (records, secs) = closed_loop(
         &server,
         pool,
@@ -231,12 +237,14 @@ fn latency(
         Duration::from_secs(args.max_seconds),
     )?;
     let max_rate = records as f64 / secs;
-    let lag = wait_caught_up(&pg, records, Duration::from_secs(120))?;
+    let lag = wait_caught_up(&pg, prefilled + records, Duration::from_secs(600))?;
     drop(pg);
     server.stop()?;
     eprintln!(
-        "cq latency: maximum sustainable ingest with both seed rules: {:.0} records/s \
+        "cq latency: maximum sustainable ingest with {} rules and {} live keys: {:.0} records/s \
          ({} senders × {} records/request, {} s); the CQs caught up {:.0} ms after the senders stopped",
+        args.rules,
+        args.live_keys,
         max_rate,
         args.senders,
         args.batch,
@@ -262,8 +270,8 @@ fn latency(
     for &load in &args.load {
         let server = fresh(&format!("latency-{load}"))?;
         let pg = Pg::connect(&server)?;
-        pg.execute(RULE_A)?;
-        pg.execute(RULE_B)?;
+        let prefilled = set_up_rules(args, &server, &pg)?;
+        wait_caught_up(&pg, prefilled, Duration::from_secs(600))?;
         let cfg = OpenLoop {
             rate: max_rate * f64::from(load) / 100.0,
             batch: args.batch,
@@ -296,11 +304,16 @@ fn latency(
     }
     Ok(format!(
         "### (a) Alert latency, event ingested → `alerts` row visible\n\n\
-         Maximum sustainable ingest rate with both seed rules defined (closed loop, {} senders × \
-         {} records/request, {} s): **{} records/s**; the CQ task caught up {:.0} ms after the \
+         {} rules defined (`rule_set`: the two seed rules, then windowed rules with other \
+         filters, keys and windows), one of which holds {} live group keys, prefilled before \
+         each run. Maximum sustainable ingest rate with them (closed loop, {} senders × \
+         {} records/request, {} s): **{} records/s**; the CQs caught up {:.0} ms after the \
          senders stopped. Open-loop runs of {} s at the loads below; {:.0} probe pairs/s; \
-         latency = poller's first sight of the row − the request's scheduled send time; \
-         poller pause {} ms.\n\n{}\n{}\n\n",
+         latency = poller's first sight of the row − the request's scheduled send time \
+         (so a sender behind its schedule counts); the last column is from the probe's \
+         acknowledgement instead; poller pause {} ms.\n\n{}\n{}\n\n",
+        args.rules,
+        thousands(args.live_keys),
         args.senders,
         args.batch,
         args.max_seconds,
@@ -347,15 +360,120 @@ fn latency_row(
     ]
 }
 
-/// A rule-B-like CQ with its own name and threshold.
-fn burst_rule(i: usize) -> String {
-    format!(
-        "CREATE CONTINUOUS QUERY burst_{i} WATERMARK INTERVAL '10 seconds' ALERT (SEVERITY 'warning') \
-         AS SELECT window_start, window_end, source, count(*) AS error_count \
-         FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
-         GROUP BY window_start, window_end, source HAVING count(*) > {}",
-        100 + i
-    )
+/// The first `n` rules of the benchmark's rule set: seed rules A and B, then windowed
+/// rules with other filters, group keys and windows, whose thresholds the background load
+/// never reaches. With `hold_keys`, the last one instead counts TRACE records per source
+/// over a day, so it holds every prefilled key live (`prefill_keys`).
+pub fn rule_set(n: usize, hold_keys: bool) -> Vec<String> {
+    const FILTERS: [&str; 7] = [
+        "log_level = 'ERROR'",
+        "log_level = 'WARN'",
+        "log_level IN ('ERROR', 'WARN')",
+        "log_level = 'ERROR' AND message LIKE '%timeout%'",
+        "topic = 'logs.error'",
+        "log_level = 'WARN' AND message LIKE 'slow query%'",
+        "log_level <> 'INFO' AND log_level <> 'DEBUG'",
+    ];
+    const KEYS: [&str; 4] = [
+        "source",
+        "topic",
+        "log_level",
+        "attr(attributes, 'service')",
+    ];
+    const WINDOWS: [&str; 3] = ["1 minute", "5 minutes", "10 minutes"];
+    let mut rules = vec![RULE_A.to_string(), RULE_B.to_string()];
+    for i in 0..n.saturating_sub(2) {
+        let (filter, key, window) = (FILTERS[i % 7], KEYS[(i / 7) % 4], WINDOWS[i % 3]);
+        rules.push(format!(
+            "CREATE CONTINUOUS QUERY rule_{i} WATERMARK INTERVAL '10 seconds' \
+             ALERT (SEVERITY 'info') \
+             AS SELECT window_start, {key} AS k, count(*) AS n \
+             FROM TUMBLE(logs, timestamp, INTERVAL '{window}') WHERE {filter} \
+             GROUP BY window_start, {key} HAVING count(*) > {}",
+            1_000_000 + i
+        ));
+    }
+    rules.truncate(n);
+    if hold_keys && let Some(last) = rules.last_mut() {
+        *last = HOLD_KEYS_RULE.to_string();
+    }
+    rules
+}
+
+/// Holds one live key per TRACE source for a day (the background has no TRACE records).
+const HOLD_KEYS_RULE: &str = "CREATE CONTINUOUS QUERY live_keys WATERMARK INTERVAL '10 seconds' \
+     ALERT AS SELECT window_start, source, count(*) AS n \
+     FROM TUMBLE(logs, timestamp, INTERVAL '1 day') WHERE log_level = 'TRACE' \
+     GROUP BY window_start, source HAVING count(*) > 1000000";
+
+/// Defines the latency part's rules on `server` and prefills the live keys; returns the
+/// records sent.
+fn set_up_rules(args: &CqArgs, server: &Server, pg: &Pg) -> anyhow::Result<u64> {
+    let hold = args.live_keys > 0 && args.rules >= 3;
+    for rule in rule_set(args.rules, hold) {
+        pg.execute(&rule)?;
+    }
+    if !hold {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let ts = chrono::Utc::now().timestamp_micros();
+    send_keyed(server, args.live_keys, 1, ts, "TRACE", "p")?;
+    wait_caught_up(pg, args.live_keys, Duration::from_secs(600))?;
+    eprintln!(
+        "cq latency: {} live keys prefilled in {:.1} s",
+        thousands(args.live_keys),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(args.live_keys)
+}
+
+/// Sends `keys × per_key` records at event time `ts` (µs), record `j` with source
+/// `<prefix><j mod keys>`, 4 senders × 10,000 records/request.
+fn send_keyed(
+    server: &Server,
+    keys: u64,
+    per_key: u64,
+    ts: i64,
+    level: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let total = keys * per_key;
+    let per_request = 10_000u64;
+    let requests = total.div_ceil(per_request);
+    let next = AtomicU64::new(0);
+    let url = server.url("/v1/logs");
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (agent, url, next) = (server.agent(), &url, &next);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut body = Vec::with_capacity(per_request as usize * 80);
+                    loop {
+                        let r = next.fetch_add(1, Ordering::Relaxed);
+                        if r >= requests {
+                            return Ok(());
+                        }
+                        body.clear();
+                        for j in r * per_request..((r + 1) * per_request).min(total) {
+                            use std::io::Write as _;
+                            let _ = writeln!(
+                                body,
+                                "{{\"ts\":{ts},\"level\":\"{level}\",\"source\":\"{prefix}{:07}\",\"message\":\"m\"}}",
+                                j % keys
+                            );
+                        }
+                        crate::ingest::post_logs(&agent, url, &body)?;
+                    }
+                })
+            })
+            .collect();
+        server::join_senders(handles)
+    });
+    for r in results {
+        r?;
+    }
+    Ok(())
 }
 
 fn throughput(
@@ -376,8 +494,8 @@ fn throughput(
     for &n in &args.cqs {
         let server = fresh(&format!("throughput-{n}"))?;
         let pg = Pg::connect(&server)?;
-        for i in 0..n {
-            pg.execute(&burst_rule(i))?;
+        for rule in rule_set(n, false) {
+            pg.execute(&rule)?;
         }
         let (records, secs) = closed_loop(
             &server,
@@ -413,7 +531,8 @@ fn throughput(
     Ok(format!(
         "### (b) Ingest rate with 0, 1, 10 and 100 continuous queries\n\n\
          Closed loop, {} senders × {} records/request, {} s per run, a fresh server per run. \
-         Each CQ is seed rule B with its own name and threshold (`count(*) > 100 + i`). \
+         The CQs are the first n of `rule_set` (the seed rules, then windowed rules with other \
+         filters, keys and windows). \
          CQs run on their own task after the WAL fsync, so ingest is acknowledged before they \
          see the rows; the catch-up column is how long after the last acknowledgement every \
          CQ's `rows_in` reached the records sent.\n\n{}\n",
@@ -459,41 +578,8 @@ fn memory_run(
     // One event time for every record: one window, open for the whole run.
     let ts = chrono::Utc::now().timestamp_micros();
     let total = args.keys * per_key;
-    let per_request = 10_000u64;
-    let requests = total.div_ceil(per_request);
-    let next = AtomicU64::new(0);
-    let url = server.url("/v1/logs");
     let started = Instant::now();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let (agent, url, next) = (server.agent(), &url, &next);
-                s.spawn(move || -> anyhow::Result<()> {
-                    let mut body = Vec::with_capacity(per_request as usize * 80);
-                    loop {
-                        let r = next.fetch_add(1, Ordering::Relaxed);
-                        if r >= requests {
-                            return Ok(());
-                        }
-                        body.clear();
-                        for j in r * per_request..((r + 1) * per_request).min(total) {
-                            use std::io::Write as _;
-                            let _ = writeln!(
-                                body,
-                                "{{\"ts\":{ts},\"level\":\"ERROR\",\"source\":\"k{:07}\",\"message\":\"m\"}}",
-                                j % args.keys
-                            );
-                        }
-                        crate::ingest::post_logs(&agent, url, &body)?;
-                    }
-                })
-            })
-            .collect();
-        server::join_senders(handles)
-    });
-    for r in results {
-        r?;
-    }
+    send_keyed(&server, args.keys, per_key, ts, "ERROR", "k")?;
     let state_keys = if cq {
         wait_caught_up(&pg, total, Duration::from_secs(600))?;
         pg.query_i64("SELECT state_keys FROM continuous_queries WHERE name = 'keys_per_day'")?

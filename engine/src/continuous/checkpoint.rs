@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::runtime::{CqRuntime, GroupState, PartitionState};
+use super::groups::GroupId;
+use super::runtime::{CqRuntime, PartitionState};
 use super::{CheckpointError, CqError, CqMetrics, CqSpec};
 
 const MAGIC: &[u8] = b"LSCQ1";
@@ -126,17 +127,25 @@ impl CqRuntime {
             watermark: self.watermark,
             partitions: self.partitions.clone(),
             metrics: self.metrics.clone(),
-            threshold_fired: self.groups.values().map(|g| g.threshold_fired).collect(),
-            closed: self.groups.values().map(|g| g.closed).collect(),
+            threshold_fired: Vec::new(),
+            closed: Vec::new(),
             host,
         };
+        let ids = self.groups.all_sorted();
+        let mut header = header;
+        for &id in &ids {
+            if let Some(g) = self.groups.get(id) {
+                header.threshold_fired.push(g.threshold_fired);
+                header.closed.push(g.closed);
+            }
+        }
         let header = serde_json::to_vec(&header).map_err(json)?;
         let len = u32::try_from(header.len())
             .map_err(|_| CqError::from(CheckpointError::HeaderTooLong))?;
         let mut out = MAGIC.to_vec();
         out.extend(len.to_le_bytes());
         out.extend(header);
-        if let Some(batch) = self.state_batch()? {
+        if let Some(batch) = self.state_batch(&ids)? {
             let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
             writer.write(&batch)?;
             writer.finish()?;
@@ -166,14 +175,18 @@ impl CqRuntime {
             return Ok(cq);
         }
         let reader = StreamReader::try_new(checkpoint.ipc, None)?;
+        let mut offset = 0;
         for batch in reader {
-            cq.load_states(&batch?, &header.threshold_fired, &header.closed)?;
+            let batch = batch?;
+            cq.load_states(&batch, &header.threshold_fired, &header.closed, offset)?;
+            offset += batch.num_rows();
         }
         Ok(cq)
     }
 
-    /// window_start, the group values, then every accumulator's state fields.
-    fn state_batch(&mut self) -> Result<Option<RecordBatch>, CqError> {
+    /// window_start, the group values, then every accumulator's state fields, for `ids`
+    /// (every live group, in [`super::groups::GroupTable::all_sorted`] order).
+    fn state_batch(&mut self, ids: &[GroupId]) -> Result<Option<RecordBatch>, CqError> {
         let Some(agg) = &self.plan.agg else {
             return Ok(None);
         };
@@ -195,15 +208,16 @@ impl CqRuntime {
                 ));
             }
         }
-        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); fields.len() - 1];
-        let mut starts = Vec::with_capacity(self.groups.len());
-        for ((start, _), g) in self.groups.iter_mut() {
-            starts.push(*start);
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(fields.len());
+        let key_columns = self.group_values(ids)?;
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); fields.len() - 1 - groups];
+        let mut starts = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(g) = self.groups.get_mut(id) else {
+                continue;
+            };
+            starts.push(g.start);
             let mut c = 0;
-            for v in &g.values {
-                columns[c].push(v.clone());
-                c += 1;
-            }
             for acc in g.accs.iter_mut() {
                 for v in acc.state()? {
                     columns[c].push(v);
@@ -211,8 +225,9 @@ impl CqRuntime {
                 }
             }
         }
-        let mut arrays: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(starts))];
-        for (values, field) in columns.into_iter().zip(&fields[1..]) {
+        arrays.push(Arc::new(Int64Array::from(starts)));
+        arrays.extend(key_columns);
+        for (values, field) in columns.into_iter().zip(&fields[1 + groups..]) {
             let array = if values.is_empty() {
                 new_empty_array(field.data_type())
             } else {
@@ -236,6 +251,7 @@ impl CqRuntime {
         batch: &RecordBatch,
         fired: &[bool],
         closed: &[bool],
+        offset: usize,
     ) -> Result<(), CqError> {
         let Some(agg) = &self.plan.agg else {
             return Ok(());
@@ -250,24 +266,19 @@ impl CqRuntime {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| CqError::from(CheckpointError::WindowStartColumn))?;
-        let offset = self.groups.len();
+        let group_arrays: Vec<ArrayRef> = (0..groups)
+            .map(|c| {
+                let a = Arc::clone(batch.column(1 + c));
+                let want = agg.schema.field(c).data_type();
+                if a.data_type() == want {
+                    Ok(a)
+                } else {
+                    cast(&a, want)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let keys = converter.convert_columns(&group_arrays)?;
         for row in 0..batch.num_rows() {
-            let group_arrays: Vec<ArrayRef> = (0..groups)
-                .map(|c| {
-                    let a = batch.column(1 + c).slice(row, 1);
-                    let want = agg.schema.field(c).data_type();
-                    if a.data_type() == want {
-                        Ok(a)
-                    } else {
-                        cast(&a, want)
-                    }
-                })
-                .collect::<Result<_, _>>()?;
-            let key = converter.convert_columns(&group_arrays)?.row(0).owned();
-            let values = group_arrays
-                .iter()
-                .map(|a| ScalarValue::try_from_array(a, 0))
-                .collect::<datafusion::error::Result<Vec<_>>>()?;
             let mut c = 1 + groups;
             let mut accs = Vec::with_capacity(agg.aggs.len());
             for (a, _) in &agg.aggs {
@@ -279,16 +290,23 @@ impl CqRuntime {
                 accs.push(acc);
                 c += n;
             }
+            let start = starts.value(row);
+            let key = keys.row(row);
+            let id = match self.groups.find(start, key.as_ref()) {
+                Some(id) => id,
+                None => self
+                    .groups
+                    .insert(start, key.as_ref(), accs.into_boxed_slice()),
+            };
             let i = offset + row;
-            self.groups.insert(
-                (starts.value(row), key),
-                GroupState {
-                    values,
-                    accs,
-                    threshold_fired: fired.get(i).copied().unwrap_or(false),
-                    closed: closed.get(i).copied().unwrap_or(false),
-                },
-            );
+            if fired.get(i).copied().unwrap_or(false)
+                && let Some(g) = self.groups.get_mut(id)
+            {
+                g.threshold_fired = true;
+            }
+            if closed.get(i).copied().unwrap_or(false) {
+                self.groups.set_closed(id);
+            }
         }
         Ok(())
     }

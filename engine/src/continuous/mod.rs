@@ -44,6 +44,7 @@ mod ddl;
 mod definitions;
 mod error;
 pub(crate) mod feed;
+mod groups;
 mod hosting;
 mod lifecycle;
 mod notify;
@@ -91,6 +92,9 @@ pub(crate) type WalReader = std::sync::Arc<
     dyn Fn(u64, u64, &mut dyn FnMut(u64, &RecordBatch)) -> Result<(), String> + Send + Sync,
 >;
 
+/// At most this many rows are fed to the CQs in one drain of the feed *(design)*.
+const DRAIN_MAX_ROWS: usize = 64 * 1024;
+
 /// The CQ task: feeds WAL entries in sequence order and ticks the wall clock every 250 ms
 /// so windows close and checkpoints are written when input stops. Runs off the WAL thread.
 /// When the feed falls behind (or a CQ resumes) it catches up from the WAL (feed.rs).
@@ -108,7 +112,21 @@ pub(crate) async fn run(
             biased;
             _ = stop.changed() => break,
             entry = input.recv() => match entry {
-                Some((seq, batch)) => queries.process(seq, &batch, now_us()),
+                Some(first) => {
+                    // Whatever queued meanwhile goes in the same call (see `process_entries`).
+                    let mut rows = first.1.num_rows();
+                    let mut entries = vec![first];
+                    while rows < DRAIN_MAX_ROWS {
+                        match input.try_recv() {
+                            Ok(next) => {
+                                rows += next.1.num_rows();
+                                entries.push(next);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    queries.process_entries(&entries, now_us(), false);
+                }
                 None => break,
             },
             _ = feed.wanted() => catch_up(&queries, &feed, &mut input, &read).await,

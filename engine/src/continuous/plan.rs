@@ -16,6 +16,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::prelude::SessionContext;
 use logsphere_udfs::window::{WindowSpec, WindowedTable};
@@ -70,6 +71,9 @@ pub struct CqPlan {
     pub(crate) shape: QueryShape,
     /// Applied to each `logs` batch (shape A) or windowed batch (shape B).
     pub(crate) pre: Vec<RowOp>,
+    /// Shape B: how many leading `pre` steps are filters over `logs` columns only, which
+    /// the runtime applies before windowing (the windowed schema starts with `logs`'s).
+    pub(crate) base_filters: usize,
     pub(crate) window: Option<WindowInfo>,
     pub(crate) agg: Option<AggPlan>,
     /// Applied to aggregated rows: HAVING and the SELECT list.
@@ -303,9 +307,21 @@ impl CqPlan {
                 (QueryShape::Windowed, Some(agg), having.is_some(), monotone)
             }
         };
+        let base_width = logs_schema().fields().len();
+        let base_filters = match &window {
+            Some(_) => pre
+                .iter()
+                .take_while(|op| match op {
+                    RowOp::Filter(p) => collect_columns(p).iter().all(|c| c.index() < base_width),
+                    RowOp::Project(..) => false,
+                })
+                .count(),
+            None => 0,
+        };
         Ok(Self {
             shape,
             pre,
+            base_filters,
             window,
             agg,
             post,

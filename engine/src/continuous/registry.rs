@@ -59,6 +59,28 @@ pub struct CqRegistry {
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
 
+/// Threads the CQs of one drain run on: the machine's cores.
+static PARALLELISM: OnceLock<usize> = OnceLock::new();
+
+/// Below this many (row, CQ) pairs a drain runs on the calling thread: starting threads
+/// would cost more than it saves *(design)*.
+const PARALLEL_MIN_WORK: usize = 20_000;
+
+/// Feeds one batch read at WAL `seq` to `live` and folds its outputs in.
+fn feed_one(live: &mut HostedCq, seq: u64, batch: &RecordBatch, now_us: i64) {
+    if batch.num_rows() == 0 {
+        return;
+    }
+    let outputs = live
+        .runtime
+        .process("wal", Position::Wal { seq }, batch, now_us);
+    // `handle` also advances the alert state machine to the batch's watermark, as
+    // BACKTEST and the WAL replay on open do, not only on the next 250 ms tick;
+    // otherwise whether a later match folds into the old alert or fires a new one
+    // would depend on ingest speed.
+    live.handle(outputs, now_us);
+}
+
 /// Fixes a `START FROM` backfill: given the start (µs) and the last WAL sequence number fed
 /// to CQs, the plan whose `cut` is at least that number.
 pub(crate) type History<'a> = dyn Fn(i64, u64) -> Result<BackfillPlan, CqError> + Send + Sync + 'a;
@@ -266,44 +288,86 @@ impl CqRegistry {
     /// Feeds one durable WAL entry's `logs` rows to every running CQ that has not seen it.
     /// A paused CQ keeps its position (and its WAL hold), so RESUME continues from it.
     pub fn process(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
-        self.feed_entry(seq, batch, now_us, false);
+        self.process_entries(&[(seq, batch.clone())], now_us, false);
     }
 
     /// Like [`Self::process`], for an entry read back from the WAL by a catch-up, which also
     /// feeds resumed CQs re-reading from where they paused.
     pub(crate) fn process_caught_up(&self, seq: u64, batch: &RecordBatch, now_us: i64) {
-        self.feed_entry(seq, batch, now_us, true);
+        self.process_entries(&[(seq, batch.clone())], now_us, true);
     }
 
-    fn feed_entry(&self, seq: u64, batch: &RecordBatch, now_us: i64, from_wal: bool) {
+    /// Feeds consecutive durable WAL entries (in sequence order) to every running CQ.
+    ///
+    /// A CQ that has seen none of them gets their rows as one batch: under load the CQ task
+    /// takes what queued while it was busy in one go, so the per-batch cost of each rule is
+    /// paid once per drain instead of once per request. The CQs run on up to
+    /// [`PARALLELISM`] threads: each owns its state, so nothing is shared but the input.
+    pub(crate) fn process_entries(
+        &self,
+        entries: &[(u64, RecordBatch)],
+        now_us: i64,
+        from_wal: bool,
+    ) {
+        let Some(&(last, _)) = entries.last() else {
+            return;
+        };
+        let first = entries[0].0;
+        let combined = match entries {
+            [(_, one)] => Some(one.clone()),
+            _ => {
+                let schema = entries[0].1.schema();
+                arrow::compute::concat_batches(&schema, entries.iter().map(|(_, b)| b)).ok()
+            }
+        };
         let mut inner = self.lock();
-        inner.last_seq = inner.last_seq.max(seq);
-        for live in inner.live.values_mut() {
-            if seq <= live.seq
-                || live.def.state != CqState::Running
-                || (live.catching_up && !from_wal)
-            {
-                continue;
+        inner.last_seq = inner.last_seq.max(last);
+        let mut running: Vec<&mut HostedCq> = inner
+            .live
+            .values_mut()
+            .filter(|l| l.def.state == CqState::Running && (from_wal || !l.catching_up))
+            .collect();
+        let work = |live: &mut HostedCq| match &combined {
+            Some(batch) if live.seq < first && live.backfill_queue.is_none() => {
+                live.seq = last;
+                feed_one(live, last, batch, now_us);
             }
-            live.seq = seq;
-            if let Some(queue) = &mut live.backfill_queue {
-                if batch.num_rows() > 0 {
-                    queue.push((seq, batch.clone()));
+            _ => {
+                for (seq, batch) in entries {
+                    if *seq <= live.seq {
+                        continue;
+                    }
+                    live.seq = *seq;
+                    if let Some(queue) = &mut live.backfill_queue {
+                        if batch.num_rows() > 0 {
+                            queue.push((*seq, batch.clone()));
+                        }
+                        continue;
+                    }
+                    feed_one(live, *seq, batch, now_us);
                 }
-                continue;
             }
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let outputs = live
-                .runtime
-                .process("wal", Position::Wal { seq }, batch, now_us);
-            // `handle` also advances the alert state machine to the batch's watermark, as
-            // BACKTEST and the WAL replay on open do, not only on the next 250 ms tick;
-            // otherwise whether a later match folds into the old alert or fires a new one
-            // would depend on ingest speed.
-            live.handle(outputs, now_us);
+        };
+        let rows: usize = entries.iter().map(|(_, b)| b.num_rows()).sum();
+        let threads = PARALLELISM
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .to_owned()
+            .min(running.len());
+        if threads <= 1 || rows.saturating_mul(running.len()) < PARALLEL_MIN_WORK {
+            running.into_iter().for_each(work);
+            return;
         }
+        let per_thread = running.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let mut chunks = running.chunks_mut(per_thread);
+            let mine = chunks.next();
+            for chunk in chunks {
+                s.spawn(|| chunk.iter_mut().for_each(|l| work(l)));
+            }
+            if let Some(chunk) = mine {
+                chunk.iter_mut().for_each(|l| work(l));
+            }
+        });
     }
 
     /// Feeds one batch of stored rows to the backfill of `name`; `false` when that backfill

@@ -1,6 +1,6 @@
 //! Incremental evaluation: accumulators per (window, key), the watermark, emission.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -8,13 +8,14 @@ use arrow::array::{
 };
 use arrow::compute::{cast, filter_record_batch, take};
 use arrow::datatypes::DataType;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::Accumulator;
 
+use super::groups::{GroupId, GroupTable};
 use super::plan::{CqPlan, QueryShape, RowOp};
 use super::{
-    CqError, CqMetrics, CqOutput, CqSpec, EmitPolicy, InputError, OnLate, OutputKind, Position,
+    CheckpointError, CqError, CqMetrics, CqOutput, CqSpec, EmitPolicy, InputError, OnLate,
+    OutputKind, Position,
 };
 
 /// Per source partition: how far its event time got, and when it last sent data.
@@ -25,17 +26,6 @@ pub(crate) struct PartitionState {
     pub position: Option<Position>,
 }
 
-/// The accumulators of one (window, key).
-#[derive(Debug)]
-pub(crate) struct GroupState {
-    pub values: Vec<ScalarValue>,
-    pub accs: Vec<Box<dyn Accumulator>>,
-    pub threshold_fired: bool,
-    pub closed: bool,
-}
-
-pub(crate) type GroupKey = (i64, OwnedRow);
-
 /// A running continuous query: feed it batches, collect its output rows.
 #[derive(Debug)]
 pub struct CqRuntime {
@@ -45,7 +35,7 @@ pub struct CqRuntime {
     pub(crate) partitions: BTreeMap<String, PartitionState>,
     /// Event-time watermark in µs; `None` before any data or clock.
     pub(crate) watermark: Option<i64>,
-    pub(crate) groups: BTreeMap<GroupKey, GroupState>,
+    pub(crate) groups: GroupTable,
     pub(crate) converter: Option<RowConverter>,
     pub(crate) metrics: CqMetrics,
 }
@@ -81,7 +71,7 @@ impl CqRuntime {
             emit,
             partitions: BTreeMap::new(),
             watermark: None,
-            groups: BTreeMap::new(),
+            groups: GroupTable::default(),
             converter,
             metrics: CqMetrics::default(),
         })
@@ -211,6 +201,16 @@ impl CqRuntime {
         let (Some(window), Some(agg)) = (&self.plan.window, &self.plan.agg) else {
             return Ok(());
         };
+        // WHERE terms over `logs` columns run before the rows are windowed, so a selective
+        // rule copies and groups only the rows it keeps.
+        let (batch, _) = apply(
+            &self.plan.pre[..self.plan.base_filters],
+            batch.clone(),
+            Vec::new(),
+        )?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let Some(ts) = batch
             .column(window.time_index)
             .as_any()
@@ -218,24 +218,34 @@ impl CqRuntime {
         else {
             return Err(InputError::EventTimeNotTimestamp.into());
         };
-        // One row per (input row, window containing it).
-        let mut rows = Vec::with_capacity(ts.len());
+        // One row per (input row, window containing it): the batch itself when each row
+        // is in exactly one window (TUMBLE, date_bin) and none lacks an event time.
         let mut starts = Vec::with_capacity(ts.len());
-        for i in 0..ts.len() {
-            if ts.is_null(i) {
-                continue;
+        let mut columns = if window.spec.size_ns == window.spec.slide_ns && ts.null_count() == 0 {
+            starts.extend(
+                ts.values()
+                    .iter()
+                    .map(|&t| window.spec.last_start(t, 1_000)),
+            );
+            batch.columns().to_vec()
+        } else {
+            let mut rows = Vec::with_capacity(ts.len());
+            for i in 0..ts.len() {
+                if ts.is_null(i) {
+                    continue;
+                }
+                for s in window.spec.starts(ts.value(i), 1_000) {
+                    rows.push(i as u32);
+                    starts.push(s);
+                }
             }
-            for s in window.spec.starts(ts.value(i), 1_000) {
-                rows.push(i as u32);
-                starts.push(s);
-            }
-        }
-        let indices = UInt32Array::from(rows);
-        let mut columns = batch
-            .columns()
-            .iter()
-            .map(|c| take(c, &indices, None))
-            .collect::<Result<Vec<_>, _>>()?;
+            let indices = UInt32Array::from(rows);
+            batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &indices, None))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let len = self.window_len();
         if window.append_columns {
             for (name, shift) in [("window_start", 0), ("window_end", len)] {
@@ -245,7 +255,11 @@ impl CqRuntime {
             }
         }
         let windowed = RecordBatch::try_new(Arc::clone(&window.schema), columns)?;
-        let (input, ids) = apply(&self.plan.pre, windowed, (0..starts.len()).collect())?;
+        let (input, ids) = apply(
+            &self.plan.pre[self.plan.base_filters..],
+            windowed,
+            (0..starts.len()).collect(),
+        )?;
         if input.num_rows() == 0 {
             return Ok(());
         }
@@ -254,15 +268,41 @@ impl CqRuntime {
             .iter()
             .map(|e| e.evaluate(&input)?.into_array(input.num_rows()))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let converter = self.converter.as_ref().expect("shape B has a converter");
+        let converter = self
+            .converter
+            .as_ref()
+            .ok_or_else(|| CqError::from(CheckpointError::NoKeyConverter))?;
         let keys = converter.convert_columns(&group_arrays)?;
-        let mut by_group: BTreeMap<GroupKey, Vec<u32>> = BTreeMap::new();
+
+        // The batch's groups, numbered in order of first sight, then visited sorted by
+        // (window start, key) so that which keys an overflow admits is deterministic.
+        let mut local: HashMap<(i64, &[u8]), u32> = HashMap::new();
+        let mut first: Vec<(i64, usize)> = Vec::new();
+        let mut row_group = Vec::with_capacity(ids.len());
         for (j, id) in ids.iter().enumerate() {
-            by_group
-                .entry((starts[*id], keys.row(j).owned()))
-                .or_default()
-                .push(j as u32);
+            let start = starts[*id];
+            let next = first.len() as u32;
+            let g = *local.entry((start, keys.row(j).data())).or_insert(next);
+            if g == next {
+                first.push((start, j));
+            }
+            row_group.push(g);
         }
+        // Rows ordered by group (a counting sort): each group's rows are one slice.
+        let mut offsets = vec![0usize; first.len() + 1];
+        for &g in &row_group {
+            offsets[g as usize + 1] += 1;
+        }
+        for i in 1..offsets.len() {
+            offsets[i] += offsets[i - 1];
+        }
+        let mut fill = offsets.clone();
+        let mut order = vec![0u32; row_group.len()];
+        for (j, &g) in row_group.iter().enumerate() {
+            order[fill[g as usize]] = j as u32;
+            fill[g as usize] += 1;
+        }
+        let order = UInt32Array::from(order);
         let args = agg
             .aggs
             .iter()
@@ -270,21 +310,45 @@ impl CqRuntime {
                 let values = a
                     .expressions()
                     .iter()
-                    .map(|e| e.evaluate(&input)?.into_array(input.num_rows()))
+                    .map(|e| {
+                        let v = e.evaluate(&input)?.into_array(input.num_rows())?;
+                        Ok(take(&v, &order, None)?)
+                    })
                     .collect::<datafusion::error::Result<Vec<_>>>()?;
                 let mask = filter
                     .as_ref()
-                    .map(|f| f.evaluate(&input)?.into_array(input.num_rows()))
+                    .map(|f| -> datafusion::error::Result<BooleanArray> {
+                        let m = f.evaluate(&input)?.into_array(input.num_rows())?;
+                        let m = take(&m, &order, None)?;
+                        let m = m.as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
+                            datafusion::error::DataFusionError::Execution(
+                                InputError::FilterNotBoolean.to_string(),
+                            )
+                        })?;
+                        // NULL counts as false, as in FILTER (WHERE …).
+                        Ok(match m.nulls() {
+                            Some(_) => arrow::compute::prep_null_mask_filter(m),
+                            None => m.clone(),
+                        })
+                    })
                     .transpose()?;
                 Ok((values, mask))
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
 
-        let mut touched = BTreeSet::new();
-        let mut late_touched = BTreeSet::new();
-        for (key, members) in by_group {
-            let n = members.len() as u64;
-            match self.status(key.0) {
+        let mut visit: Vec<u32> = (0..first.len() as u32).collect();
+        visit.sort_by(|&a, &b| {
+            let (sa, ja) = first[a as usize];
+            let (sb, jb) = first[b as usize];
+            (sa, keys.row(ja)).cmp(&(sb, keys.row(jb)))
+        });
+        let mut touched = Vec::new();
+        let mut late_touched = Vec::new();
+        for g in visit {
+            let (start, j) = first[g as usize];
+            let (from, to) = (offsets[g as usize], offsets[g as usize + 1]);
+            let n = (to - from) as u64;
+            let late = match self.status(start) {
                 WindowStatus::Expired => {
                     self.metrics.late_rows_dropped += n;
                     self.metrics.late_rows_beyond_lateness += n;
@@ -294,71 +358,53 @@ impl CqRuntime {
                     self.metrics.late_rows_dropped += n;
                     continue;
                 }
-                WindowStatus::Late => {
-                    self.metrics.late_rows_updated += n;
-                    late_touched.insert(key.clone());
-                }
-                WindowStatus::Open => {
-                    touched.insert(key.clone());
-                }
-            }
-            if !self.groups.contains_key(&key) {
-                if self.spec.max_keys.is_some_and(|m| self.groups.len() >= m) {
-                    self.metrics.key_overflow_rows += n;
-                    touched.remove(&key);
-                    late_touched.remove(&key);
-                    continue;
-                }
-                let first = members[0] as usize;
-                let values = group_arrays
-                    .iter()
-                    .map(|a| ScalarValue::try_from_array(a, first))
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                let accs = agg
-                    .aggs
-                    .iter()
-                    .map(|(a, _)| a.create_accumulator())
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                self.groups.insert(
-                    key.clone(),
-                    GroupState {
-                        values,
-                        accs,
-                        threshold_fired: false,
-                        closed: false,
-                    },
-                );
-            }
-            let state = self.groups.get_mut(&key).expect("inserted above");
-            let members = UInt32Array::from(members);
-            for (acc, (values, mask)) in state.accs.iter_mut().zip(&args) {
-                let mut taken = values
-                    .iter()
-                    .map(|v| take(v, &members, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if let Some(mask) = mask {
-                    let mask = take(mask, &members, None)?;
-                    let mask = mask
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .ok_or_else(|| CqError::from(InputError::FilterNotBoolean))?;
-                    taken = taken
+                WindowStatus::Late => true,
+                WindowStatus::Open => false,
+            };
+            let key = keys.row(j);
+            let id = match self.groups.find(start, key.as_ref()) {
+                Some(id) => id,
+                None => {
+                    if self.spec.max_keys.is_some_and(|m| self.groups.len() >= m) {
+                        self.metrics.key_overflow_rows += n;
+                        continue;
+                    }
+                    let accs = agg
+                        .aggs
                         .iter()
-                        .map(|v| arrow::compute::filter(v, mask))
+                        .map(|(a, _)| a.create_accumulator())
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    self.groups
+                        .insert(start, key.as_ref(), accs.into_boxed_slice())
+                }
+            };
+            if late {
+                self.metrics.late_rows_updated += n;
+                late_touched.push(id);
+            } else {
+                touched.push(id);
+            }
+            let Some(state) = self.groups.get_mut(id) else {
+                continue;
+            };
+            for (acc, (values, mask)) in state.accs.iter_mut().zip(&args) {
+                let mut slices: Vec<ArrayRef> =
+                    values.iter().map(|v| v.slice(from, to - from)).collect();
+                if let Some(mask) = mask {
+                    let mask = mask.slice(from, to - from);
+                    slices = slices
+                        .iter()
+                        .map(|v| arrow::compute::filter(v, &mask))
                         .collect::<Result<Vec<_>, _>>()?;
                 }
-                acc.update_batch(&taken)?;
+                acc.update_batch(&slices)?;
             }
         }
 
-        let late: Vec<GroupKey> = late_touched.into_iter().collect();
-        out.extend(self.emit_rows(&late, OutputKind::LateUpdate, true)?);
+        out.extend(self.emit_rows(&late_touched, OutputKind::LateUpdate, true)?);
         if self.emit == EmitPolicy::OnThreshold {
-            let candidates: Vec<GroupKey> = touched
-                .into_iter()
-                .filter(|k| self.groups.get(k).is_some_and(|g| !g.threshold_fired))
-                .collect();
-            out.extend(self.emit_rows(&candidates, OutputKind::Threshold, false)?);
+            touched.retain(|&id| self.groups.get(id).is_some_and(|g| !g.threshold_fired));
+            out.extend(self.emit_rows(&touched, OutputKind::Threshold, false)?);
         }
         Ok(())
     }
@@ -366,71 +412,93 @@ impl CqRuntime {
     fn close_windows(&mut self, w: i64) -> Result<Vec<CqOutput>, CqError> {
         let len = self.window_len();
         let lateness = micros(self.spec.allowed_lateness);
-        let closing: Vec<GroupKey> = self
+        // A window closes when `w >= start + len`, i.e. for every start <= w - len.
+        let closing = self
             .groups
-            .iter()
-            .filter(|((start, _), g)| !g.closed && w >= start + len)
-            .map(|(k, _)| k.clone())
-            .collect();
+            .unclosed_before(w.saturating_sub(len).saturating_add(1));
         let out = self.emit_rows(&closing, OutputKind::WindowClose, false)?;
-        for k in &closing {
-            if let Some(g) = self.groups.get_mut(k) {
-                g.closed = true;
-            }
+        for &id in &closing {
+            self.groups.set_closed(id);
         }
-        self.groups
-            .retain(|(start, _), _| w < (start + len).saturating_add(lateness));
+        // Kept while `w < start + len + lateness`, i.e. gone for start <= w - len - lateness.
+        self.groups.remove_before(
+            w.saturating_sub(len.saturating_add(lateness))
+                .saturating_add(1),
+        );
         Ok(out.into_iter().collect())
     }
 
-    /// Evaluates `keys` and runs HAVING and the SELECT list over them; marks threshold
+    /// The GROUP BY values of `ids`, decoded from their keys.
+    pub(crate) fn group_values(&self, ids: &[GroupId]) -> Result<Vec<ArrayRef>, CqError> {
+        let converter = self
+            .converter
+            .as_ref()
+            .ok_or_else(|| CqError::from(CheckpointError::NoKeyConverter))?;
+        let parser = converter.parser();
+        let rows = ids
+            .iter()
+            .filter_map(|&id| self.groups.get(id))
+            .map(|g| parser.parse(&g.key));
+        Ok(converter.convert_rows(rows)?)
+    }
+
+    /// Evaluates `ids` and runs HAVING and the SELECT list over them; marks threshold
     /// rows as fired.
     fn emit_rows(
         &mut self,
-        keys: &[GroupKey],
+        ids: &[GroupId],
         kind: OutputKind,
         late: bool,
     ) -> Result<Option<CqOutput>, CqError> {
         let Some(agg) = &self.plan.agg else {
             return Ok(None);
         };
-        if keys.is_empty() {
+        let ids: Vec<GroupId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| self.groups.get(id).is_some())
+            .collect();
+        if ids.is_empty() {
             return Ok(None);
         }
-        let groups = agg.group_exprs.len();
-        let mut columns: Vec<Vec<ScalarValue>> =
-            vec![Vec::with_capacity(keys.len()); agg.schema.fields().len()];
-        for key in keys {
-            let g = self.groups.get_mut(key).expect("emitted keys are live");
-            for (c, v) in g.values.iter().enumerate() {
-                columns[c].push(v.clone());
-            }
+        let mut arrays = self.group_values(&ids)?;
+        let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(ids.len()); agg.aggs.len()];
+        let mut starts = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let Some(g) = self.groups.get_mut(id) else {
+                continue;
+            };
+            starts.push(g.start);
             for (a, acc) in g.accs.iter_mut().enumerate() {
-                columns[groups + a].push(acc.evaluate()?);
+                values[a].push(acc.evaluate()?);
             }
         }
-        let arrays = columns
+        for (v, field) in values
             .into_iter()
-            .zip(agg.schema.fields())
-            .map(|(values, field)| {
-                let array = ScalarValue::iter_to_array(values)?;
-                if array.data_type() == field.data_type() {
-                    Ok(array)
-                } else {
-                    Ok(cast(&array, field.data_type())?)
-                }
-            })
-            .collect::<Result<Vec<ArrayRef>, CqError>>()?;
+            .zip(agg.schema.fields().iter().skip(agg.group_exprs.len()))
+        {
+            let array = ScalarValue::iter_to_array(v)?;
+            arrays.push(if array.data_type() == field.data_type() {
+                array
+            } else {
+                cast(&array, field.data_type())?
+            });
+        }
+        for (array, field) in arrays.iter_mut().zip(agg.schema.fields()) {
+            if array.data_type() != field.data_type() {
+                *array = cast(array, field.data_type())?;
+            }
+        }
         let batch = RecordBatch::try_new(Arc::clone(&agg.schema), arrays)?;
-        let (rows, ids) = apply(&self.plan.post, batch, (0..keys.len()).collect())?;
+        let (rows, kept) = apply(&self.plan.post, batch, (0..ids.len()).collect())?;
         if rows.num_rows() == 0 {
             return Ok(None);
         }
         let len = self.window_len();
-        let window_start: Vec<i64> = ids.iter().map(|&i| keys[i].0).collect();
+        let window_start: Vec<i64> = kept.iter().map(|&i| starts[i]).collect();
         if kind == OutputKind::Threshold {
-            for &i in &ids {
-                if let Some(g) = self.groups.get_mut(&keys[i]) {
+            for &i in &kept {
+                if let Some(g) = self.groups.get_mut(ids[i]) {
                     g.threshold_fired = true;
                 }
             }
@@ -449,6 +517,9 @@ impl CqRuntime {
 fn check_logs_schema(batch: &RecordBatch) -> Result<(), CqError> {
     let want = crate::model::logs_schema();
     let got = batch.schema();
+    if Arc::ptr_eq(&got, &want) {
+        return Ok(());
+    }
     let same = got.fields().len() == want.fields().len()
         && got
             .fields()
@@ -500,11 +571,13 @@ fn apply(
                     None => mask.clone(),
                 };
                 batch = filter_record_batch(&batch, &mask)?;
-                ids = ids
-                    .into_iter()
-                    .zip(mask.values().iter())
-                    .filter_map(|(id, keep)| keep.then_some(id))
-                    .collect();
+                if !ids.is_empty() {
+                    ids = ids
+                        .into_iter()
+                        .zip(mask.values().iter())
+                        .filter_map(|(id, keep)| keep.then_some(id))
+                        .collect();
+                }
             }
             RowOp::Project(exprs, schema) => {
                 let columns = exprs
