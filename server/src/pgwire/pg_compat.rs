@@ -69,8 +69,28 @@ fn extra_columns(table: &str) -> Vec<(&'static str, DataType)> {
     }
 }
 
-/// `table` with `extra` appended as NULL columns (a view over it), or `table` itself when
-/// it has them all.
+/// Columns whose datafusion-pg-catalog value differs from PostgreSQL's, as the expression
+/// that replaces them (over the table's own columns).
+fn replaced_columns(table: &str) -> Vec<(&'static str, datafusion::logical_expr::Expr)> {
+    use datafusion::prelude::{col, lit, when};
+    match table {
+        // Tables (and materialized views and TOAST tables) use the heap access method
+        // (`pg_am` oid 2), which psql's `\d+` shows as "Access method: heap".
+        "pg_class" => vec![(
+            "relam",
+            when(
+                col("relkind").in_list(vec![lit("r"), lit("m"), lit("t")], false),
+                lit(2_i32),
+            )
+            .otherwise(col("relam"))
+            .unwrap_or_else(|_| col("relam")),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// `table` with `extra` appended as NULL columns and the [`replaced_columns`] recomputed (a
+/// view over it), or `table` itself when there is nothing to change.
 fn with_extra_columns(
     name: &str,
     table: Arc<dyn TableProvider>,
@@ -81,13 +101,23 @@ fn with_extra_columns(
         .into_iter()
         .filter(|(c, _)| schema.field_with_name(c).is_err())
         .collect();
-    if missing.is_empty() {
+    let replaced: Vec<_> = replaced_columns(name)
+        .into_iter()
+        .filter_map(|(c, e)| {
+            let field = schema.field_with_name(c).ok()?;
+            Some((c, datafusion::prelude::cast(e, field.data_type().clone())))
+        })
+        .collect();
+    if missing.is_empty() && replaced.is_empty() {
         return Ok(table);
     }
     let mut exprs: Vec<datafusion::logical_expr::Expr> = schema
         .fields()
         .iter()
-        .map(|f| datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())))
+        .map(|f| match replaced.iter().find(|(c, _)| c == f.name()) {
+            Some((c, e)) => e.clone().alias(*c),
+            None => datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())),
+        })
         .collect();
     for (column, data_type) in missing {
         exprs.push(
@@ -730,6 +760,10 @@ fn rewrite_expr(expr: &mut Expr) {
             if name == "array"
                 && let FunctionArguments::Subquery(query) = &f.args
             {
+                if let Some(new) = array_over_unnest(query) {
+                    *expr = new;
+                    return;
+                }
                 let sql = format!("(SELECT array_agg(_ls_array.v) FROM ({query}) AS _ls_array(v))");
                 if let Some(new) = parse_expr(&sql) {
                     *expr = new;
@@ -805,6 +839,119 @@ fn rewrite_expr(expr: &mut Expr) {
     }
 }
 
+/// `ARRAY(SELECT e(x) FROM unnest(a) x [WHERE p(x)])` as
+/// `array_transform([array_filter(a, x -> p(x))], x -> e(x))`: no subquery, so `a` may name
+/// a column of the outer query (psql's `\d+` reads `unnest(tc.reloptions)`), which
+/// DataFusion cannot plan inside a subquery's `FROM`. `None` for any other shape.
+fn array_over_unnest(query: &ast::Query) -> Option<Expr> {
+    if query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return None;
+    }
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let no_group = match &select.group_by {
+        ast::GroupByExpr::Expressions(exprs, modifiers) => exprs.is_empty() && modifiers.is_empty(),
+        ast::GroupByExpr::All(_) => false,
+    };
+    if select.distinct.is_some() || !no_group || select.having.is_some() {
+        return None;
+    }
+    let ([item], [from]) = (select.projection.as_slice(), select.from.as_slice()) else {
+        return None;
+    };
+    let body = match item {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return None,
+    };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let (array, alias) = match &from.relation {
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            alias: Some(alias),
+            with_ordinality: false,
+            ..
+        } if is_unnest(name) => match args.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => (a.clone(), alias),
+            _ => return None,
+        },
+        TableFactor::Function {
+            name,
+            args,
+            alias: Some(alias),
+            with_ordinality: false,
+            ..
+        } if is_unnest(name) => match args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => (a.clone(), alias),
+            _ => return None,
+        },
+        TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => match array_exprs.as_slice() {
+            [a] => (a.clone(), alias),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let param = match alias.columns.as_slice() {
+        [] => alias.name.clone(),
+        [column] => column.name.clone(),
+        _ => return None,
+    };
+    // `x.x` (the alias qualifying its column) reads as the bare parameter.
+    let unqualify = |e: &Expr| -> Expr {
+        let mut e = e.clone();
+        let _ = visit_expressions_mut(&mut e, |e| {
+            if let Expr::CompoundIdentifier(parts) = e
+                && let [table, column] = parts.as_slice()
+                && table.value == alias.name.value
+                && column.value == param.value
+            {
+                *e = Expr::Identifier(param.clone());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e
+    };
+    let lambda = |body: Expr| {
+        Expr::Lambda(ast::LambdaFunction {
+            params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+                name: param.clone(),
+                data_type: None,
+            }),
+            body: Box::new(body),
+            syntax: ast::LambdaSyntax::Arrow,
+        })
+    };
+    let mut array = array;
+    if let Some(filter) = &select.selection {
+        array = function("array_filter", vec![array, lambda(unqualify(filter))]);
+    }
+    let body = unqualify(body);
+    if matches!(&body, Expr::Identifier(i) if i.value == param.value) {
+        return Some(array);
+    }
+    Some(function("array_transform", vec![array, lambda(body)]))
+}
+
+fn is_unnest(name: &ObjectName) -> bool {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+}
+
 fn is_json_type(data_type: &ast::DataType) -> bool {
     match data_type {
         ast::DataType::JSON | ast::DataType::JSONB => true,
@@ -865,5 +1012,35 @@ mod tests {
             "{text}"
         );
         assert!(!text.to_ascii_lowercase().contains("jsonb"), "{text}");
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .expect("parses");
+        rewrite(&mut s);
+        s.to_string()
+    }
+
+    #[test]
+    fn array_of_unnest_becomes_a_lambda() {
+        // psql's `\d+` table query.
+        let text = rewritten(
+            "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x \
+             from pg_catalog.unnest(tc.reloptions) x), ', ') FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)",
+        );
+        assert!(
+            text.contains("array_transform(tc.reloptions, x -> 'toast.' || x)"),
+            "{text}"
+        );
+        let text =
+            rewritten("SELECT ARRAY(SELECT u.v FROM unnest(a.b) AS u(v) WHERE v > 1) FROM a");
+        assert!(text.contains("array_filter(a.b, v -> v > 1)"), "{text}");
+        assert!(!text.contains("array_transform"), "{text}");
+        // Other shapes keep the array_agg rewrite.
+        let text = rewritten("SELECT ARRAY(SELECT x FROM unnest(a.b) x ORDER BY 1) FROM a");
+        assert!(text.contains("array_agg(_ls_array.v)"), "{text}");
     }
 }
