@@ -828,6 +828,31 @@ fn rewrite_expr(expr: &mut Expr) {
             }
             *expr = out;
         }
+        Expr::Subquery(query) => {
+            if let Some(name) = regproc_lookup_name(query) {
+                // `'pg_catalog.array_in'::regproc`: pg_proc's `proname` is unqualified.
+                let bare = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_owned();
+                if let Some(new) = parse_expr(&format!(
+                    "(SELECT oid FROM pg_catalog.pg_proc WHERE proname = '{}')",
+                    bare.replace('\'', "''")
+                )) {
+                    *expr = new;
+                }
+                return;
+            }
+            aggregate_correlated_scalar(query);
+        }
+        Expr::BinaryOp { left, op, right }
+            if matches!(op, ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq) =>
+        {
+            // `typinput = 'array_in'::regproc`: the catalog holds regproc columns as names
+            // (`typinput` is `array_in`), so compare with the name rather than an oid.
+            if let Some(name) = regproc_compared(left, right) {
+                **right = name;
+            } else if let Some(name) = regproc_compared(right, left) {
+                **left = name;
+            }
+        }
         Expr::Cast {
             expr: inner,
             data_type,
@@ -952,6 +977,204 @@ fn is_unnest(name: &ObjectName) -> bool {
         .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
 }
 
+/// `regproc` columns of the catalog tables, which datafusion-pg-catalog holds as function
+/// names (`pg_type.typinput` is `array_in`, not an oid).
+const REGPROC_COLUMNS: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+    "typsubscript",
+    "oprcode",
+    "oprrest",
+    "oprjoin",
+];
+
+fn is_regproc_column(expr: &Expr) -> bool {
+    let name = match expr {
+        Expr::Identifier(i) => i,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => i,
+            None => return false,
+        },
+        _ => return false,
+    };
+    REGPROC_COLUMNS.contains(&name.value.to_ascii_lowercase().as_str())
+}
+
+/// The function name `other` looks up, as a string literal, when `column` is a regproc
+/// column and `other` the rewrite of `'name'::regproc`.
+fn regproc_compared(column: &Expr, other: &Expr) -> Option<Expr> {
+    if !is_regproc_column(column) {
+        return None;
+    }
+    let Expr::Subquery(query) = other else {
+        return None;
+    };
+    let name = regproc_lookup_name(query)?;
+    let bare = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_owned();
+    Some(Expr::value(Value::SingleQuotedString(bare)))
+}
+
+/// The function name of datafusion-pg-catalog's rewrite of `'name'::regproc`,
+/// `(SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'name')`.
+fn regproc_lookup_name(query: &ast::Query) -> Option<String> {
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let ([ast::SelectItem::UnnamedExpr(Expr::Identifier(oid))], [from]) =
+        (select.projection.as_slice(), select.from.as_slice())
+    else {
+        return None;
+    };
+    let TableFactor::Table {
+        name, alias: None, ..
+    } = &from.relation
+    else {
+        return None;
+    };
+    if !oid.value.eq_ignore_ascii_case("oid")
+        || !from.joins.is_empty()
+        || name.to_string().to_ascii_lowercase() != "pg_catalog.pg_proc"
+    {
+        return None;
+    }
+    match &select.selection {
+        Some(Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        }) if matches!(&**left, Expr::Identifier(i) if i.value.eq_ignore_ascii_case("proname")) => {
+            match &**right {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Aggregates PostgreSQL evaluates without a subquery's help, so a scalar subquery using one
+/// already yields one row.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "first_value",
+    "last_value",
+];
+
+/// A correlated scalar subquery without an aggregate, `(SELECT c.relkind = 'c' FROM pg_class
+/// c WHERE c.oid = t.typrelid)` (pgjdbc's `getTypeInfo`), as `(SELECT max(…) …)`: DataFusion
+/// plans correlated scalar subqueries only when aggregated. For the at most one row such a
+/// subquery may give in PostgreSQL, `max` of it is that row's value, and NULL for none.
+fn aggregate_correlated_scalar(query: &mut ast::Query) {
+    if query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return;
+    }
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let no_group = match &select.group_by {
+        ast::GroupByExpr::Expressions(exprs, modifiers) => exprs.is_empty() && modifiers.is_empty(),
+        ast::GroupByExpr::All(_) => false,
+    };
+    if select.distinct.is_some() || !no_group || select.having.is_some() {
+        return;
+    }
+    let bound = bound_names(&select.from);
+    if bound.is_empty() {
+        return;
+    }
+    let Some(selection) = &select.selection else {
+        return;
+    };
+    let mut correlated = false;
+    let mut aggregated = false;
+    let mut check = |e: &Expr| {
+        let _ = ast::visit_expressions(e, |e| {
+            match e {
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let qualifier = parts[parts.len() - 2].value.to_ascii_lowercase();
+                    if !bound.contains(&qualifier) {
+                        correlated = true;
+                    }
+                }
+                Expr::Function(f) => {
+                    let name = f
+                        .name
+                        .0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.to_ascii_lowercase())
+                        .unwrap_or_default();
+                    if AGGREGATES.contains(&name.as_str()) || f.over.is_some() {
+                        aggregated = true;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    };
+    check(selection);
+    let [item] = select.projection.as_mut_slice() else {
+        return;
+    };
+    let value = match item {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return,
+    };
+    check(value);
+    if correlated && !aggregated {
+        *value = function("max", vec![value.clone()]);
+    }
+}
+
+/// The names a `FROM` list binds: aliases, else the tables' own names, lower-cased.
+fn bound_names(from: &[ast::TableWithJoins]) -> Vec<String> {
+    let mut names = Vec::new();
+    let factors = from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    for factor in factors {
+        let (name, alias) = match factor {
+            TableFactor::Table { name, alias, .. } | TableFactor::Function { name, alias, .. } => {
+                (Some(name), alias)
+            }
+            TableFactor::Derived { alias, .. } | TableFactor::UNNEST { alias, .. } => (None, alias),
+            _ => return Vec::new(),
+        };
+        match (alias, name) {
+            (Some(alias), _) => names.push(alias.name.value.to_ascii_lowercase()),
+            (None, Some(name)) => {
+                if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                    names.push(last.value.to_ascii_lowercase());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    names
+}
+
 fn is_json_type(data_type: &ast::DataType) -> bool {
     match data_type {
         ast::DataType::JSON | ast::DataType::JSONB => true,
@@ -1042,5 +1265,39 @@ mod tests {
         // Other shapes keep the array_agg rewrite.
         let text = rewritten("SELECT ARRAY(SELECT x FROM unnest(a.b) x ORDER BY 1) FROM a");
         assert!(text.contains("array_agg(_ls_array.v)"), "{text}");
+    }
+
+    #[test]
+    fn regproc_literals_compare_as_names() {
+        // pgjdbc's TypeInfoCache, through datafusion-pg-catalog's rewrites first.
+        let parser = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
+        let mut statements = parser
+            .parse(
+                "SELECT typinput='pg_catalog.array_in'::regproc as is_array, \
+                 'pg_catalog.int4in'::regproc AS f FROM pg_catalog.pg_type",
+            )
+            .expect("parses");
+        let s = statements.first_mut().expect("one statement");
+        rewrite(s);
+        let text = s.to_string();
+        assert!(text.contains("typinput = 'array_in' AS is_array"), "{text}");
+        assert!(text.contains("proname = 'int4in'"), "{text}");
+    }
+
+    #[test]
+    fn correlated_scalar_subqueries_are_aggregated() {
+        // pgjdbc's getTypeInfo.
+        let text = rewritten(
+            "SELECT t.typname FROM pg_catalog.pg_type t WHERE (t.typrelid = 0 OR \
+             (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid))",
+        );
+        assert!(text.contains("SELECT max(c.relkind = 'c') FROM"), "{text}");
+        // Uncorrelated, or already aggregated: unchanged.
+        for sql in [
+            "SELECT (SELECT c.oid FROM pg_class c WHERE c.relname = 'logs')",
+            "SELECT (SELECT count(*) FROM pg_class c WHERE c.oid = t.typrelid) FROM pg_type t",
+        ] {
+            assert!(!rewritten(sql).contains("max("), "{sql}");
+        }
     }
 }
