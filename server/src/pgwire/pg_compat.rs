@@ -842,9 +842,11 @@ fn rewrite_expr(expr: &mut Expr) {
             }
             aggregate_correlated_scalar(query);
         }
-        Expr::BinaryOp { left, op, right }
-            if matches!(op, ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq) =>
-        {
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq,
+            right,
+        } => {
             // `typinput = 'array_in'::regproc`: the catalog holds regproc columns as names
             // (`typinput` is `array_in`), so compare with the name rather than an oid.
             if let Some(name) = regproc_compared(left, right) {
@@ -1038,7 +1040,7 @@ fn regproc_lookup_name(query: &ast::Query) -> Option<String> {
     };
     if !oid.value.eq_ignore_ascii_case("oid")
         || !from.joins.is_empty()
-        || name.to_string().to_ascii_lowercase() != "pg_catalog.pg_proc"
+        || !name.to_string().eq_ignore_ascii_case("pg_catalog.pg_proc")
     {
         return None;
     }
