@@ -1,6 +1,6 @@
 //! Real PostgreSQL clients beyond tokio-postgres and psql: psycopg 3, psycopg2, asyncpg and
-//! SQLAlchemy's inspector,
-//! from the Python environment `scripts/test` builds (`LOGSPHERE_PYTHON`).
+//! SQLAlchemy's inspector from the Python environment `scripts/test` builds
+//! (`LOGSPHERE_PYTHON`), and node-postgres, which the test installs with `npm ci`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,4 +64,62 @@ fn sqlalchemy_inspector_reflects_logs() {
     let (status, text) = server.post(body.as_bytes(), None).unwrap();
     assert_eq!(status, 200, "{text}");
     run_client_script(&server, "sqlalchemy_inspect.py", "sqlalchemy ok");
+}
+
+/// Runs `cmd`, panicking with its output unless it exits 0; returns stdout.
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (needs Node.js 18+ and npm)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// node-postgres (`pg` from npm, pinned by tests/clients/node/package-lock.json): connect,
+/// bound parameters (text, a `Date`, a NULL), a `timestamptz` read back as a `Date`, NULL
+/// values, the simple protocol and an error's SQLSTATE.
+#[test]
+fn node_postgres_queries_with_bound_parameters() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/node");
+    // Installed outside the source tree: `npm ci` wipes and refills node_modules.
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-clients");
+    std::fs::create_dir_all(&work).expect("node work dir");
+    for file in ["package.json", "package-lock.json", "node_clients.js"] {
+        std::fs::copy(src.join(file), work.join(file)).expect("copy node client");
+    }
+    let npm = std::env::var("LOGSPHERE_NPM").unwrap_or_else(|_| "npm".to_owned());
+    run_ok(
+        Command::new(npm)
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&work),
+        "npm ci",
+    );
+
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"error\",\"msg\":\"b\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T11:00:00Z\",\"level\":\"info\",\"msg\":\"c\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
+        "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
+    );
+    let (status, text) = server.post(body.as_bytes(), None).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let out = Command::new("node")
+        .arg(work.join("node_clients.js"))
+        .arg(server.pg_port().to_string())
+        .output()
+        .expect("run node (needs Node.js 18+)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("node clients ok"),
+        "node_clients.js failed:\n{stdout}\n{}\n--- server log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
 }

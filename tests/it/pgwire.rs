@@ -258,6 +258,36 @@ async fn psql_describes_tables() {
     psql(&server, r"\l");
 }
 
+/// psql's `\d+`: its table query has `ARRAY(SELECT 'toast.' || x FROM unnest(tc.reloptions)
+/// x)` over an outer column, its column query adds storage, compression, statistics target
+/// and description; the footer names the access method, as PostgreSQL shows for a table.
+#[tokio::test]
+async fn psql_describes_a_table_verbosely() {
+    let server = Server::start();
+    let out = psql_with(&server, &["-A"], r"\d+ logs");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            r#"Table "public.logs""#,
+            "Column|Type|Collation|Nullable|Default|Storage|Compression|Stats target|Description",
+            "timestamp|timestamp with time zone||not null||plain|||",
+            "log_level|text||not null||extended|||",
+            "message|text||not null||extended|||",
+            "source|text||not null||extended|||",
+            "topic|text||not null||extended|||",
+            "attributes|text||not null||extended|||",
+            "ingest_time|timestamp with time zone||not null||plain|||",
+            "Access method: heap",
+        ],
+        "{out}"
+    );
+    // A view has no access method; `\d+` on one lists its columns too.
+    let out = psql_with(&server, &["-A"], r"\d+ tiering");
+    assert!(out.starts_with("View \"public.tiering\""), "{out}");
+    assert!(!out.contains("Access method"), "{out}");
+}
+
 #[tokio::test]
 async fn scram_accepts_the_right_password_only() {
     let server = Server::start_with_config(

@@ -69,8 +69,28 @@ fn extra_columns(table: &str) -> Vec<(&'static str, DataType)> {
     }
 }
 
-/// `table` with `extra` appended as NULL columns (a view over it), or `table` itself when
-/// it has them all.
+/// Columns whose datafusion-pg-catalog value differs from PostgreSQL's, as the expression
+/// that replaces them (over the table's own columns).
+fn replaced_columns(table: &str) -> Vec<(&'static str, datafusion::logical_expr::Expr)> {
+    use datafusion::prelude::{col, lit, when};
+    match table {
+        // Tables (and materialized views and TOAST tables) use the heap access method
+        // (`pg_am` oid 2), which psql's `\d+` shows as "Access method: heap".
+        "pg_class" => vec![(
+            "relam",
+            when(
+                col("relkind").in_list(vec![lit("r"), lit("m"), lit("t")], false),
+                lit(2_i32),
+            )
+            .otherwise(col("relam"))
+            .unwrap_or_else(|_| col("relam")),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// `table` with `extra` appended as NULL columns and the [`replaced_columns`] recomputed (a
+/// view over it), or `table` itself when there is nothing to change.
 fn with_extra_columns(
     name: &str,
     table: Arc<dyn TableProvider>,
@@ -81,13 +101,23 @@ fn with_extra_columns(
         .into_iter()
         .filter(|(c, _)| schema.field_with_name(c).is_err())
         .collect();
-    if missing.is_empty() {
+    let replaced: Vec<_> = replaced_columns(name)
+        .into_iter()
+        .filter_map(|(c, e)| {
+            let field = schema.field_with_name(c).ok()?;
+            Some((c, datafusion::prelude::cast(e, field.data_type().clone())))
+        })
+        .collect();
+    if missing.is_empty() && replaced.is_empty() {
         return Ok(table);
     }
     let mut exprs: Vec<datafusion::logical_expr::Expr> = schema
         .fields()
         .iter()
-        .map(|f| datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())))
+        .map(|f| match replaced.iter().find(|(c, _)| c == f.name()) {
+            Some((c, e)) => e.clone().alias(*c),
+            None => datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())),
+        })
         .collect();
     for (column, data_type) in missing {
         exprs.push(
@@ -730,6 +760,10 @@ fn rewrite_expr(expr: &mut Expr) {
             if name == "array"
                 && let FunctionArguments::Subquery(query) = &f.args
             {
+                if let Some(new) = array_over_unnest(query) {
+                    *expr = new;
+                    return;
+                }
                 let sql = format!("(SELECT array_agg(_ls_array.v) FROM ({query}) AS _ls_array(v))");
                 if let Some(new) = parse_expr(&sql) {
                     *expr = new;
@@ -794,6 +828,33 @@ fn rewrite_expr(expr: &mut Expr) {
             }
             *expr = out;
         }
+        Expr::Subquery(query) => {
+            if let Some(name) = regproc_lookup_name(query) {
+                // `'pg_catalog.array_in'::regproc`: pg_proc's `proname` is unqualified.
+                let bare = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_owned();
+                if let Some(new) = parse_expr(&format!(
+                    "(SELECT oid FROM pg_catalog.pg_proc WHERE proname = '{}')",
+                    bare.replace('\'', "''")
+                )) {
+                    *expr = new;
+                }
+                return;
+            }
+            aggregate_correlated_scalar(query);
+        }
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq,
+            right,
+        } => {
+            // `typinput = 'array_in'::regproc`: the catalog holds regproc columns as names
+            // (`typinput` is `array_in`), so compare with the name rather than an oid.
+            if let Some(name) = regproc_compared(left, right) {
+                **right = name;
+            } else if let Some(name) = regproc_compared(right, left) {
+                **left = name;
+            }
+        }
         Expr::Cast {
             expr: inner,
             data_type,
@@ -803,6 +864,317 @@ fn rewrite_expr(expr: &mut Expr) {
         }
         _ => {}
     }
+}
+
+/// `ARRAY(SELECT e(x) FROM unnest(a) x [WHERE p(x)])` as
+/// `array_transform([array_filter(a, x -> p(x))], x -> e(x))`: no subquery, so `a` may name
+/// a column of the outer query (psql's `\d+` reads `unnest(tc.reloptions)`), which
+/// DataFusion cannot plan inside a subquery's `FROM`. `None` for any other shape.
+fn array_over_unnest(query: &ast::Query) -> Option<Expr> {
+    if query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return None;
+    }
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let no_group = match &select.group_by {
+        ast::GroupByExpr::Expressions(exprs, modifiers) => exprs.is_empty() && modifiers.is_empty(),
+        ast::GroupByExpr::All(_) => false,
+    };
+    if select.distinct.is_some() || !no_group || select.having.is_some() {
+        return None;
+    }
+    let ([item], [from]) = (select.projection.as_slice(), select.from.as_slice()) else {
+        return None;
+    };
+    let body = match item {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return None,
+    };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let (array, alias) = match &from.relation {
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            alias: Some(alias),
+            with_ordinality: false,
+            ..
+        } if is_unnest(name) => match args.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => (a.clone(), alias),
+            _ => return None,
+        },
+        TableFactor::Function {
+            name,
+            args,
+            alias: Some(alias),
+            with_ordinality: false,
+            ..
+        } if is_unnest(name) => match args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => (a.clone(), alias),
+            _ => return None,
+        },
+        TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => match array_exprs.as_slice() {
+            [a] => (a.clone(), alias),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let param = match alias.columns.as_slice() {
+        [] => alias.name.clone(),
+        [column] => column.name.clone(),
+        _ => return None,
+    };
+    // `x.x` (the alias qualifying its column) reads as the bare parameter.
+    let unqualify = |e: &Expr| -> Expr {
+        let mut e = e.clone();
+        let _ = visit_expressions_mut(&mut e, |e| {
+            if let Expr::CompoundIdentifier(parts) = e
+                && let [table, column] = parts.as_slice()
+                && table.value == alias.name.value
+                && column.value == param.value
+            {
+                *e = Expr::Identifier(param.clone());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e
+    };
+    let lambda = |body: Expr| {
+        Expr::Lambda(ast::LambdaFunction {
+            params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+                name: param.clone(),
+                data_type: None,
+            }),
+            body: Box::new(body),
+            syntax: ast::LambdaSyntax::Arrow,
+        })
+    };
+    let mut array = array;
+    if let Some(filter) = &select.selection {
+        array = function("array_filter", vec![array, lambda(unqualify(filter))]);
+    }
+    let body = unqualify(body);
+    if matches!(&body, Expr::Identifier(i) if i.value == param.value) {
+        return Some(array);
+    }
+    Some(function("array_transform", vec![array, lambda(body)]))
+}
+
+fn is_unnest(name: &ObjectName) -> bool {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+}
+
+/// `regproc` columns of the catalog tables, which datafusion-pg-catalog holds as function
+/// names (`pg_type.typinput` is `array_in`, not an oid).
+const REGPROC_COLUMNS: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+    "typsubscript",
+    "oprcode",
+    "oprrest",
+    "oprjoin",
+];
+
+fn is_regproc_column(expr: &Expr) -> bool {
+    let name = match expr {
+        Expr::Identifier(i) => i,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => i,
+            None => return false,
+        },
+        _ => return false,
+    };
+    REGPROC_COLUMNS.contains(&name.value.to_ascii_lowercase().as_str())
+}
+
+/// The function name `other` looks up, as a string literal, when `column` is a regproc
+/// column and `other` the rewrite of `'name'::regproc`.
+fn regproc_compared(column: &Expr, other: &Expr) -> Option<Expr> {
+    if !is_regproc_column(column) {
+        return None;
+    }
+    let Expr::Subquery(query) = other else {
+        return None;
+    };
+    let name = regproc_lookup_name(query)?;
+    let bare = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_owned();
+    Some(Expr::value(Value::SingleQuotedString(bare)))
+}
+
+/// The function name of datafusion-pg-catalog's rewrite of `'name'::regproc`,
+/// `(SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'name')`.
+fn regproc_lookup_name(query: &ast::Query) -> Option<String> {
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let ([ast::SelectItem::UnnamedExpr(Expr::Identifier(oid))], [from]) =
+        (select.projection.as_slice(), select.from.as_slice())
+    else {
+        return None;
+    };
+    let TableFactor::Table {
+        name, alias: None, ..
+    } = &from.relation
+    else {
+        return None;
+    };
+    if !oid.value.eq_ignore_ascii_case("oid")
+        || !from.joins.is_empty()
+        || !name.to_string().eq_ignore_ascii_case("pg_catalog.pg_proc")
+    {
+        return None;
+    }
+    match &select.selection {
+        Some(Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        }) if matches!(&**left, Expr::Identifier(i) if i.value.eq_ignore_ascii_case("proname")) => {
+            match &**right {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Aggregates PostgreSQL evaluates without a subquery's help, so a scalar subquery using one
+/// already yields one row.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "first_value",
+    "last_value",
+];
+
+/// A correlated scalar subquery without an aggregate, `(SELECT c.relkind = 'c' FROM pg_class
+/// c WHERE c.oid = t.typrelid)` (pgjdbc's `getTypeInfo`), as `(SELECT max(…) …)`: DataFusion
+/// plans correlated scalar subqueries only when aggregated. For the at most one row such a
+/// subquery may give in PostgreSQL, `max` of it is that row's value, and NULL for none.
+fn aggregate_correlated_scalar(query: &mut ast::Query) {
+    if query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return;
+    }
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let no_group = match &select.group_by {
+        ast::GroupByExpr::Expressions(exprs, modifiers) => exprs.is_empty() && modifiers.is_empty(),
+        ast::GroupByExpr::All(_) => false,
+    };
+    if select.distinct.is_some() || !no_group || select.having.is_some() {
+        return;
+    }
+    let bound = bound_names(&select.from);
+    if bound.is_empty() {
+        return;
+    }
+    let Some(selection) = &select.selection else {
+        return;
+    };
+    let mut correlated = false;
+    let mut aggregated = false;
+    let mut check = |e: &Expr| {
+        let _ = ast::visit_expressions(e, |e| {
+            match e {
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let qualifier = parts[parts.len() - 2].value.to_ascii_lowercase();
+                    if !bound.contains(&qualifier) {
+                        correlated = true;
+                    }
+                }
+                Expr::Function(f) => {
+                    let name = f
+                        .name
+                        .0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.to_ascii_lowercase())
+                        .unwrap_or_default();
+                    if AGGREGATES.contains(&name.as_str()) || f.over.is_some() {
+                        aggregated = true;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    };
+    check(selection);
+    let [item] = select.projection.as_mut_slice() else {
+        return;
+    };
+    let value = match item {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return,
+    };
+    check(value);
+    if correlated && !aggregated {
+        *value = function("max", vec![value.clone()]);
+    }
+}
+
+/// The names a `FROM` list binds: aliases, else the tables' own names, lower-cased.
+fn bound_names(from: &[ast::TableWithJoins]) -> Vec<String> {
+    let mut names = Vec::new();
+    let factors = from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    for factor in factors {
+        let (name, alias) = match factor {
+            TableFactor::Table { name, alias, .. } | TableFactor::Function { name, alias, .. } => {
+                (Some(name), alias)
+            }
+            TableFactor::Derived { alias, .. } | TableFactor::UNNEST { alias, .. } => (None, alias),
+            _ => return Vec::new(),
+        };
+        match (alias, name) {
+            (Some(alias), _) => names.push(alias.name.value.to_ascii_lowercase()),
+            (None, Some(name)) => {
+                if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                    names.push(last.value.to_ascii_lowercase());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    names
 }
 
 fn is_json_type(data_type: &ast::DataType) -> bool {
@@ -865,5 +1237,69 @@ mod tests {
             "{text}"
         );
         assert!(!text.to_ascii_lowercase().contains("jsonb"), "{text}");
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .expect("parses");
+        rewrite(&mut s);
+        s.to_string()
+    }
+
+    #[test]
+    fn array_of_unnest_becomes_a_lambda() {
+        // psql's `\d+` table query.
+        let text = rewritten(
+            "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x \
+             from pg_catalog.unnest(tc.reloptions) x), ', ') FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)",
+        );
+        assert!(
+            text.contains("array_transform(tc.reloptions, x -> 'toast.' || x)"),
+            "{text}"
+        );
+        let text =
+            rewritten("SELECT ARRAY(SELECT u.v FROM unnest(a.b) AS u(v) WHERE v > 1) FROM a");
+        assert!(text.contains("array_filter(a.b, v -> v > 1)"), "{text}");
+        assert!(!text.contains("array_transform"), "{text}");
+        // Other shapes keep the array_agg rewrite.
+        let text = rewritten("SELECT ARRAY(SELECT x FROM unnest(a.b) x ORDER BY 1) FROM a");
+        assert!(text.contains("array_agg(_ls_array.v)"), "{text}");
+    }
+
+    #[test]
+    fn regproc_literals_compare_as_names() {
+        // pgjdbc's TypeInfoCache, through datafusion-pg-catalog's rewrites first.
+        let parser = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
+        let mut statements = parser
+            .parse(
+                "SELECT typinput='pg_catalog.array_in'::regproc as is_array, \
+                 'pg_catalog.int4in'::regproc AS f FROM pg_catalog.pg_type",
+            )
+            .expect("parses");
+        let s = statements.first_mut().expect("one statement");
+        rewrite(s);
+        let text = s.to_string();
+        assert!(text.contains("typinput = 'array_in' AS is_array"), "{text}");
+        assert!(text.contains("proname = 'int4in'"), "{text}");
+    }
+
+    #[test]
+    fn correlated_scalar_subqueries_are_aggregated() {
+        // pgjdbc's getTypeInfo.
+        let text = rewritten(
+            "SELECT t.typname FROM pg_catalog.pg_type t WHERE (t.typrelid = 0 OR \
+             (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid))",
+        );
+        assert!(text.contains("SELECT max(c.relkind = 'c') FROM"), "{text}");
+        // Uncorrelated, or already aggregated: unchanged.
+        for sql in [
+            "SELECT (SELECT c.oid FROM pg_class c WHERE c.relname = 'logs')",
+            "SELECT (SELECT count(*) FROM pg_class c WHERE c.oid = t.typrelid) FROM pg_type t",
+        ] {
+            assert!(!rewritten(sql).contains("max("), "{sql}");
+        }
     }
 }

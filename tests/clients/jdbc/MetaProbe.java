@@ -21,8 +21,30 @@ public class MetaProbe {
         calls.put("getColumns", md -> String.join(",", col(md.getColumns(null, "public", "logs", "%"), "COLUMN_NAME")));
         calls.put("getPrimaryKeys", md -> "rows=" + col(md.getPrimaryKeys(null, "public", "logs"), "COLUMN_NAME").size());
         calls.put("getTypeInfo", md -> {
-            List<String> names = col(md.getTypeInfo(), "TYPE_NAME");
-            return "has_int8=" + names.contains("int8") + " has_text=" + names.contains("text");
+            // NAME:DATA_TYPE:PRECISION:LITERAL_PREFIX:AUTO_INCREMENT:UNSIGNED_ATTRIBUTE for a few
+            // types, then how many rows and whether table row types (pg_class) were left out.
+            Map<String, String> rows = new TreeMap<>();
+            int count = 0;
+            boolean sorted = true;
+            int last = Integer.MIN_VALUE;
+            try (ResultSet rs = md.getTypeInfo()) {
+                while (rs.next()) {
+                    count++;
+                    int type = rs.getInt("DATA_TYPE");
+                    sorted &= type >= last;
+                    last = type;
+                    rows.putIfAbsent(rs.getString("TYPE_NAME"), rs.getString("TYPE_NAME") + ":" + type
+                        + ":" + rs.getInt("PRECISION") + ":" + rs.getString("LITERAL_PREFIX")
+                        + ":" + rs.getBoolean("AUTO_INCREMENT") + ":" + rs.getBoolean("UNSIGNED_ATTRIBUTE"));
+                }
+            }
+            List<String> picked = new ArrayList<>();
+            for (String name : new String[] {"bool", "int2", "int4", "int8", "bigserial", "numeric",
+                    "float8", "text", "varchar", "timestamptz", "_text", "json"}) {
+                picked.add(rows.getOrDefault(name, name + ":missing"));
+            }
+            return String.join(" ", picked) + " rows=" + count + " sorted=" + sorted
+                + " has_pg_class=" + rows.containsKey("pg_class");
         });
         try (Connection c = DriverManager.getConnection(url)) {
             DatabaseMetaData md = c.getMetaData();
