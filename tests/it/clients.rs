@@ -66,18 +66,8 @@ fn sqlalchemy_inspector_reflects_logs() {
     run_client_script(&server, "sqlalchemy_inspect.py", "sqlalchemy ok");
 }
 
-/// Runs `cmd`, panicking with its output unless it exits 0; returns stdout.
 fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e} (needs Node.js 18+ and npm)"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    logsphere_tests::run_ok(cmd, what, "Node.js 18+ and npm")
 }
 
 /// node-postgres (`pg` from npm, pinned by tests/clients/node/package-lock.json): connect,

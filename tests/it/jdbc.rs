@@ -8,16 +8,7 @@ use std::process::Command;
 use logsphere_tests::Server;
 
 fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e} (needs Java 17+ and Maven)"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    logsphere_tests::run_ok(cmd, what, "Java 17+ and Maven")
 }
 
 /// The driver jars and the compiled probe, under the cargo target dir.

@@ -319,3 +319,18 @@ pub fn post_logs(base: &str, body: &[u8], key: Option<&str>) -> Result<(u16, Str
         .map_err(|e| e.to_string())?;
     Ok((status, text))
 }
+
+/// Runs `cmd`, panicking with its output unless it exits 0 (`needs` names what must be
+/// installed when it cannot start); returns stdout.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str, needs: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (needs {needs})"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -750,13 +750,7 @@ impl VisitorMut for FunctionAliases {
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
         Expr::Function(f) => {
-            let name = f
-                .name
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .map(|i| i.value.to_ascii_lowercase())
-                .unwrap_or_default();
+            let name = last_name(&f.name);
             if name == "array"
                 && let FunctionArguments::Subquery(query) = &f.args
             {
@@ -973,10 +967,17 @@ fn array_over_unnest(query: &ast::Query) -> Option<Expr> {
 }
 
 fn is_unnest(name: &ObjectName) -> bool {
+    last_name(name) == "unnest"
+}
+
+/// The last part of `name`, lowercased (`pg_catalog.UNNEST` → `unnest`); empty when it is
+/// not an identifier.
+fn last_name(name: &ObjectName) -> String {
     name.0
         .last()
         .and_then(|p| p.as_ident())
-        .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+        .map(|i| i.value.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// `regproc` columns of the catalog tables, which datafusion-pg-catalog holds as function
@@ -1120,13 +1121,7 @@ fn aggregate_correlated_scalar(query: &mut ast::Query) {
                     }
                 }
                 Expr::Function(f) => {
-                    let name = f
-                        .name
-                        .0
-                        .last()
-                        .and_then(|p| p.as_ident())
-                        .map(|i| i.value.to_ascii_lowercase())
-                        .unwrap_or_default();
+                    let name = last_name(&f.name);
                     if AGGREGATES.contains(&name.as_str()) || f.over.is_some() {
                         aggregated = true;
                     }
