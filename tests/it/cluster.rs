@@ -6,6 +6,7 @@
 //! keyspace) and run one at a time: one of them freezes Cassandra, and on 2 cores several
 //! nodes at once would only measure the machine.
 
+mod slt;
 mod tiering;
 
 use std::collections::HashMap;
@@ -19,6 +20,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+
+/// Config for nodes that tier only when told to (`POST /v1/flush`).
+const MANUAL_TIERING: &str = "\n[storage]\nflush_interval_secs = 3600\n";
 
 /// One cluster test at a time (see the module doc).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

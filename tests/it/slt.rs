@@ -2,6 +2,9 @@
 //! server holding a fixed fixture: hours 10 and 11 of 2026-11-24 flushed to Parquet (cold),
 //! hour 12 still in the hot buffer, plus a few malformed records in `dead_letters`.
 //!
+//! The same files run against a cluster-mode node too (`cluster::slt`); records marked
+//! `onlyif cluster` / `skipif cluster` (or `embedded`) show where the modes differ.
+//!
 //! `EXPLAIN` results are reduced to the cold partitions (`date=…/hour=…`) the plan opens, so
 //! a pruning test reads as the list of files a query touches.
 
@@ -113,7 +116,8 @@ fn cold_partitions(text: &str) -> Vec<String> {
     out
 }
 
-fn fixture(hour: u32, n: usize) -> String {
+/// `n` NDJSON records of hour `hour` of 2026-11-24, each naming its `topic`.
+pub(crate) fn fixture(hour: u32, n: usize) -> String {
     let levels = ["info", "warn", "error", "fatal", "debug"];
     let mut s = String::new();
     for i in 0..n {
@@ -146,16 +150,25 @@ async fn slt_files() {
     // record reaches the CQs, so nothing is produced; nothing listens there either.
     let server = Server::start_with_config("[notify]\nkafka_brokers = \"127.0.0.1:1\"\n");
     load_fixture(&server).await;
+    run_files(server.pg_port(), "embedded", &[], || server.log()).await;
+}
+
+/// Runs every `tests/slt/*.slt` but those named in `skip` against the server on `port`.
+/// `label` selects the records marked `onlyif <label>` and drops those marked
+/// `skipif <label>` (`embedded` or `cluster`), so a file states where the modes differ.
+pub(crate) async fn run_files(port: u16, label: &str, skip: &[&str], log: impl Fn() -> String) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("tests/slt")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "slt"))
+        .filter(|p| !skip.iter().any(|s| p.file_name().is_some_and(|n| n == *s)))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    // Every file runs, so one run shows every file's first mismatch.
+    let mut failures = Vec::new();
     for file in files {
-        let port = server.pg_port();
         let mut runner = sqllogictest::Runner::new(move || async move {
             let mut cfg = tokio_postgres::Config::new();
             cfg.host("127.0.0.1")
@@ -171,13 +184,15 @@ async fn slt_files() {
             });
             Ok(PgDb { client })
         });
+        runner.add_label(label);
         if let Err(e) = runner.run_file_async(&file).await {
-            panic!(
-                "{}: {}\n--- server log ---\n{}",
-                file.display(),
-                e.display(true),
-                server.log()
-            );
+            failures.push(format!("{} ({label}): {}", file.display(), e.display(true)));
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{}\n--- server log ---\n{}",
+        failures.join("\n\n"),
+        log()
+    );
 }

@@ -15,8 +15,7 @@ use super::{
     signal, source_counts, wait_for_count,
 };
 
-/// Config for nodes that tier only when told to (`POST /v1/flush`).
-const MANUAL: &str = "\n[storage]\nflush_interval_secs = 3600\n";
+use super::MANUAL_TIERING as MANUAL;
 
 /// Record `seq`: its time is `base_s` seconds plus `seq` × 250 ms, so a run spans hours.
 fn record(seq: u64, base_s: u64) -> String {
