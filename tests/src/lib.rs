@@ -83,7 +83,18 @@ impl Server {
             options,
             starts: 0,
         };
-        s.spawn();
+        // A port `free_port` found free can be taken (e.g. as the local port of some
+        // outgoing connection) before the server binds it: a first start then picks others.
+        for attempt in 1.. {
+            match s.try_spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    s.pg_port = free_port();
+                    s.http_port = free_port();
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         s
     }
 
@@ -97,6 +108,13 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("{log}");
+        }
+    }
+
+    /// Starts the process and waits until it is ready; `Err` holds why it exited first.
+    fn try_spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut cmd = Command::new(binary());
@@ -118,25 +136,26 @@ impl Server {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn logsphere"));
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(mut r) = ureq::get(&format!("{}/healthz", self.http_url())).call()
                 && r.status() == 200
                 && r.body_mut().read_to_string().is_ok()
             {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "logsphere exited with {status} before it was ready:\n{}",
                     self.log()
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
