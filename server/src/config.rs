@@ -121,7 +121,8 @@ pub struct ColdConfig {
     /// Cluster mode needs it: every node reads the files the manifest in Cassandra names.
     pub url: Option<String>,
     /// Seconds one write to the cold store may take before the flush or tiering round
-    /// fails and is retried (a hung namenode must not hang tiering).
+    /// fails and is retried (a hung namenode must not hang tiering), and one read before
+    /// the query reading it fails (nor a query and its client).
     pub timeout_secs: u64,
 }
 

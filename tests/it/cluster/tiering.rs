@@ -415,6 +415,23 @@ async fn hdfs_down_during_a_round_loses_nothing() {
         .await
         .expect("tiering table");
     assert_eq!(row.get::<_, Option<String>>(0), None, "recovered");
+
+    // A query over cold files while HDFS hangs fails within the timeout and says why,
+    // rather than hanging with its client; once HDFS answers, the same query works.
+    let data = "SELECT max(message) FROM logs_cold";
+    let frozen = Frozen(service_pid("hdfs"));
+    signal(frozen.0, "STOP");
+    let answer = tokio::time::timeout(Duration::from_secs(90), client.query_one(data, &[]))
+        .await
+        .expect("a query over a hung HDFS gave up within 90 s (cold.timeout_secs = 5)");
+    let err = answer.expect_err("no answer from a frozen HDFS");
+    let text = err
+        .as_db_error()
+        .map_or_else(|| err.to_string(), |e| e.message().to_string());
+    assert!(text.contains("no answer within"), "{text}");
+    drop(frozen);
+    let row = client.query_one(data, &[]).await.expect("the query again");
+    assert!(row.get::<_, Option<String>>(0).is_some());
 }
 
 /// Compaction in cluster mode: rounds leave one file per hour each; `POST /v1/compact`

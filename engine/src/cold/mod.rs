@@ -23,6 +23,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use crate::EngineError;
 use crate::catalog::{ColdFile, Manifest};
 
+mod timed;
+
 /// The default of [`ColdStore::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -44,7 +46,8 @@ pub struct ColdStore {
     /// The local directory behind `store`, for fsync (local stores only).
     local_root: Option<PathBuf>,
     /// How long one write may take before it counts as failed (a hung namenode or
-    /// datanode must not hang tiering: the round fails and is retried).
+    /// datanode must not hang tiering: the round fails and is retried), and one read
+    /// before the query fails (a hung HDFS must not hang a query and its client).
     timeout: Duration,
 }
 
@@ -167,9 +170,17 @@ impl ColdStore {
         &self.store
     }
 
-    /// Makes the files of this store readable by DataFusion sessions that use `runtime`.
+    /// Makes the files of this store readable by DataFusion sessions that use `runtime`;
+    /// every read is bounded by [`Self::timeout`] (`timed.rs`).
     pub fn register(&self, runtime: &RuntimeEnv) {
-        runtime.register_object_store(&self.base_url, Arc::clone(&self.reader));
+        runtime.register_object_store(&self.base_url, self.timed_reader());
+    }
+
+    fn timed_reader(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(timed::TimedReads::new(
+            Arc::clone(&self.reader),
+            self.timeout,
+        ))
     }
 
     /// Like [`Self::register`], with the reader passed through `wrap` first (`logsphere
@@ -181,7 +192,7 @@ impl ColdStore {
         runtime: &RuntimeEnv,
         wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
     ) {
-        runtime.register_object_store(&self.base_url, wrap(Arc::clone(&self.reader)));
+        runtime.register_object_store(&self.base_url, wrap(self.timed_reader()));
     }
 
     /// The table URL DataFusion reads one file through.
