@@ -267,9 +267,22 @@ impl HostedCq {
                 .cloned()
                 .collect(),
         };
+        let started = Instant::now();
         let bytes = self.runtime.checkpoint_with(Some(&host))?;
+        let encoded = started.elapsed();
         let path = checkpoint_path(dir, &self.def.name);
         atomic_write(&path, &bytes).map_err(|e| StorageError::write(&path, e))?;
+        let took = started.elapsed();
+        // The CQ task is busy meanwhile: a slow checkpoint delays every rule's next batch.
+        if took >= Duration::from_millis(100) {
+            tracing::info!(
+                cq = %self.def.name,
+                bytes = bytes.len(),
+                encode_ms = encoded.as_millis() as u64,
+                write_ms = (took - encoded).as_millis() as u64,
+                "slow continuous-query checkpoint"
+            );
+        }
         self.last_checkpoint = Instant::now();
         self.last_checkpoint_at = Some(now_us);
         self.checkpointed_seq = self.seq;

@@ -51,6 +51,7 @@ mod notify;
 mod plan;
 mod registry;
 mod runtime;
+mod shared;
 mod sink;
 mod spec;
 mod system_tables;

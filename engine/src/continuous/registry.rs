@@ -23,6 +23,7 @@ use super::backfill::BackfillPlan;
 use super::definitions::{CqDefinition, CqState, DefinitionsFile};
 use super::hosting::{HostedCq, checkpoint_path, prune_events};
 use super::notify::{Events, Notifier, NotifyChannel, NotifyConfig};
+use super::shared::SharedEval;
 use super::spec::parse_create;
 use super::table_store::TableStore;
 use super::{CqError, Position, StorageError};
@@ -66,14 +67,21 @@ static PARALLELISM: OnceLock<usize> = OnceLock::new();
 /// would cost more than it saves *(design)*.
 const PARALLEL_MIN_WORK: usize = 20_000;
 
-/// Feeds one batch read at WAL `seq` to `live` and folds its outputs in.
-fn feed_one(live: &mut HostedCq, seq: u64, batch: &RecordBatch, now_us: i64) {
+/// Feeds one batch read at WAL `seq` to `live` and folds its outputs in; `shared` holds what
+/// the other rules fed the same batch computed.
+fn feed_one(
+    live: &mut HostedCq,
+    seq: u64,
+    batch: &RecordBatch,
+    now_us: i64,
+    shared: Option<&SharedEval>,
+) {
     if batch.num_rows() == 0 {
         return;
     }
     let outputs = live
         .runtime
-        .process("wal", Position::Wal { seq }, batch, now_us);
+        .process_shared("wal", Position::Wal { seq }, batch, now_us, shared);
     // `handle` also advances the alert state machine to the batch's watermark, as
     // BACKTEST and the WAL replay on open do, not only on the next 250 ms tick;
     // otherwise whether a later match folds into the old alert or fires a new one
@@ -327,13 +335,16 @@ impl CqRegistry {
             .values_mut()
             .filter(|l| l.def.state == CqState::Running && (from_wal || !l.catching_up))
             .collect();
+        // The rules fed the same batch share filters and keys over it.
+        let shared = SharedEval::default();
+        let per_entry: Vec<SharedEval> = entries.iter().map(|_| SharedEval::default()).collect();
         let work = |live: &mut HostedCq| match &combined {
             Some(batch) if live.seq < first && live.backfill_queue.is_none() => {
                 live.seq = last;
-                feed_one(live, last, batch, now_us);
+                feed_one(live, last, batch, now_us, Some(&shared));
             }
             _ => {
-                for (seq, batch) in entries {
+                for ((seq, batch), shared) in entries.iter().zip(&per_entry) {
                     if *seq <= live.seq {
                         continue;
                     }
@@ -344,7 +355,7 @@ impl CqRegistry {
                         }
                         continue;
                     }
-                    feed_one(live, *seq, batch, now_us);
+                    feed_one(live, *seq, batch, now_us, Some(shared));
                 }
             }
         };

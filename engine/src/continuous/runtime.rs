@@ -10,9 +10,11 @@ use arrow::compute::{cast, filter_record_batch, take};
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
+use datafusion::physical_expr::utils::collect_columns;
 
 use super::groups::{GroupId, GroupTable};
 use super::plan::{CqPlan, QueryShape, RowOp};
+use super::shared::{SharedEval, ops_key};
 use super::{
     CheckpointError, CqError, CqMetrics, CqOutput, CqSpec, EmitPolicy, InputError, OnLate,
     OutputKind, Position,
@@ -118,6 +120,19 @@ impl CqRuntime {
         batch: &RecordBatch,
         now_us: i64,
     ) -> Result<Vec<CqOutput>, CqError> {
+        self.process_shared(partition, position, batch, now_us, None)
+    }
+
+    /// [`Self::process`], reusing what other rules computed over the same `batch`
+    /// (`shared.rs`).
+    pub(crate) fn process_shared(
+        &mut self,
+        partition: &str,
+        position: Position,
+        batch: &RecordBatch,
+        now_us: i64,
+        shared: Option<&SharedEval>,
+    ) -> Result<Vec<CqOutput>, CqError> {
         check_logs_schema(batch)?;
         self.metrics.rows_in += batch.num_rows() as u64;
         let max_ts = max_event_time(batch, self.time_index())?;
@@ -139,7 +154,7 @@ impl CqRuntime {
                     });
                 }
             }
-            QueryShape::Windowed => self.aggregate(batch, &mut out)?,
+            QueryShape::Windowed => self.aggregate(batch, &mut out, shared)?,
         }
         let p = self.partitions.entry(partition.to_string()).or_default();
         p.max_ts = p.max_ts.max(max_ts);
@@ -197,17 +212,30 @@ impl CqRuntime {
         }
     }
 
-    fn aggregate(&mut self, batch: &RecordBatch, out: &mut Vec<CqOutput>) -> Result<(), CqError> {
+    fn aggregate(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut Vec<CqOutput>,
+        shared: Option<&SharedEval>,
+    ) -> Result<(), CqError> {
         let (Some(window), Some(agg)) = (&self.plan.window, &self.plan.agg) else {
             return Ok(());
         };
         // WHERE terms over `logs` columns run before the rows are windowed, so a selective
-        // rule copies and groups only the rows it keeps.
-        let (batch, _) = apply(
-            &self.plan.pre[..self.plan.base_filters],
-            batch.clone(),
-            Vec::new(),
-        )?;
+        // rule copies and groups only the rows it keeps; rules with the same terms filter
+        // the batch once between them.
+        let base = &self.plan.pre[..self.plan.base_filters];
+        let base_key = shared.map(|_| ops_key(base));
+        let filtered = match (shared, &base_key) {
+            (Some(shared), Some(key)) if !base.is_empty() => shared.batch(key, || {
+                apply(base, batch.clone(), Vec::new()).ok().map(|(b, _)| b)
+            }),
+            _ => None,
+        };
+        let batch = match filtered {
+            Some(b) => b,
+            None => apply(base, batch.clone(), Vec::new())?.0,
+        };
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -221,7 +249,9 @@ impl CqRuntime {
         // One row per (input row, window containing it): the batch itself when each row
         // is in exactly one window (TUMBLE, date_bin) and none lacks an event time.
         let mut starts = Vec::with_capacity(ts.len());
-        let mut columns = if window.spec.size_ns == window.spec.slide_ns && ts.null_count() == 0 {
+        let one_window_per_row =
+            window.spec.size_ns == window.spec.slide_ns && ts.null_count() == 0;
+        let mut columns = if one_window_per_row {
             starts.extend(
                 ts.values()
                     .iter()
@@ -263,10 +293,26 @@ impl CqRuntime {
         if input.num_rows() == 0 {
             return Ok(());
         }
+        // When the rows grouped are exactly the filtered batch's, a key over `logs`
+        // columns alone (`source`, not `window_start`) is the same array for every rule
+        // with the same filter: computed once.
+        let same_rows = one_window_per_row && self.plan.pre.len() == self.plan.base_filters;
+        let logs_width = batch.num_columns();
         let group_arrays = agg
             .group_exprs
             .iter()
-            .map(|e| e.evaluate(&input)?.into_array(input.num_rows()))
+            .map(|e| {
+                if let (Some(shared), Some(base_key), true) = (shared, &base_key, same_rows)
+                    && collect_columns(e).iter().all(|c| c.index() < logs_width)
+                {
+                    let key = format!("{base_key}GROUP {e}");
+                    let evaluate = || e.evaluate(&batch)?.into_array(batch.num_rows());
+                    if let Some(a) = shared.array(&key, || evaluate().ok()) {
+                        return Ok(a);
+                    }
+                }
+                e.evaluate(&input)?.into_array(input.num_rows())
+            })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let converter = self
             .converter
