@@ -38,6 +38,12 @@ pub(super) struct HostedCq {
     pub(super) notifier: Arc<Notifier>,
     pub(super) checkpoint_interval: Duration,
     pub(super) last_checkpoint: Instant,
+    /// A periodic checkpoint is being written off the CQ task (see [`PendingCheckpoint`]).
+    pub(super) writing: bool,
+    /// Checkpoints encoded so far, and the number of the one last written: an older one
+    /// finishing late must not replace it.
+    pub(super) encoded: u64,
+    pub(super) written: u64,
     pub(super) last_checkpoint_at: Option<i64>,
     /// The last WAL sequence number fed to (or skipped by) this CQ.
     pub(super) seq: u64,
@@ -134,6 +140,9 @@ impl HostedCq {
             book,
             retention: cq.alert_retention(),
             last_checkpoint: Instant::now(),
+            writing: false,
+            encoded: 0,
+            written: 0,
             last_checkpoint_at: None,
             seq,
             checkpointed_seq: seq,
@@ -236,7 +245,29 @@ impl HostedCq {
         );
     }
 
+    /// Writes a checkpoint now, on this thread.
     pub(super) fn checkpoint(&mut self, dir: &Path, now_us: i64) -> Result<(), CqError> {
+        let pending = self.encode_checkpoint(dir, now_us)?;
+        atomic_write(&pending.path, &pending.bytes)
+            .map_err(|e| StorageError::write(&pending.path, e))?;
+        self.checkpoint_written(&pending);
+        Ok(())
+    }
+
+    /// Records that `pending` is on disk.
+    pub(super) fn checkpoint_written(&mut self, pending: &PendingCheckpoint) {
+        self.last_checkpoint_at = Some(pending.at);
+        self.checkpointed_seq = pending.seq;
+        self.written = pending.number;
+    }
+
+    /// Encodes a checkpoint of everything this CQ holds, to be written to `pending.path`
+    /// (by [`Self::checkpoint`], or off the CQ task: [`PendingCheckpoint`]).
+    pub(super) fn encode_checkpoint(
+        &mut self,
+        dir: &Path,
+        now_us: i64,
+    ) -> Result<PendingCheckpoint, CqError> {
         // The tables first: what the checkpoint covers must be in them after a crash.
         self.tables
             .sync(self.sinks.iter().map(|s| s.table.as_str()))?;
@@ -270,22 +301,72 @@ impl HostedCq {
         let started = Instant::now();
         let bytes = self.runtime.checkpoint_with(Some(&host))?;
         let encoded = started.elapsed();
-        let path = checkpoint_path(dir, &self.def.name);
-        atomic_write(&path, &bytes).map_err(|e| StorageError::write(&path, e))?;
-        let took = started.elapsed();
-        // The CQ task is busy meanwhile: a slow checkpoint delays every rule's next batch.
-        if took >= Duration::from_millis(100) {
+        // The CQ task is busy meanwhile: a slow encoding delays every rule's next batch.
+        if encoded >= Duration::from_millis(100) {
             tracing::info!(
                 cq = %self.def.name,
                 bytes = bytes.len(),
                 encode_ms = encoded.as_millis() as u64,
-                write_ms = (took - encoded).as_millis() as u64,
-                "slow continuous-query checkpoint"
+                "slow continuous-query checkpoint encoding"
             );
         }
         self.last_checkpoint = Instant::now();
-        self.last_checkpoint_at = Some(now_us);
-        self.checkpointed_seq = self.seq;
+        self.encoded += 1;
+        Ok(PendingCheckpoint {
+            number: self.encoded,
+            name: self.def.name.clone(),
+            version: self.def.version,
+            seq: self.seq,
+            at: now_us,
+            path: checkpoint_path(dir, &self.def.name),
+            bytes,
+        })
+    }
+}
+
+/// An encoded checkpoint on its way to disk. The periodic ones are written off the CQ task
+/// (the fsync of a large state must not hold up every rule): the file goes to a temporary
+/// name first, and [`super::CqRegistry::commit_checkpoint`] renames it into place under the
+/// registry lock, only if the CQ still exists in the same version and no checkpoint encoded
+/// after it was written meanwhile. Until then the CQ's `checkpointed_seq`, and with it the WAL it holds,
+/// does not move.
+#[derive(Debug)]
+pub(crate) struct PendingCheckpoint {
+    /// Its number among this CQ's checkpoints (`HostedCq::encoded`).
+    pub(super) number: u64,
+    pub(super) name: String,
+    pub(super) version: u64,
+    /// The WAL sequence number the state covers.
+    pub(super) seq: u64,
+    /// The wall clock it was taken at (µs).
+    pub(super) at: i64,
+    pub(super) path: PathBuf,
+    pub(super) bytes: Vec<u8>,
+}
+
+impl PendingCheckpoint {
+    /// Where the deferred write puts the file before the commit renames it.
+    pub(super) fn temp_path(&self) -> PathBuf {
+        self.path.with_extension("ckpt.pending")
+    }
+
+    /// Writes and syncs the temporary file (no lock held).
+    pub(crate) fn write_temp(&self) -> Result<(), CqError> {
+        use std::io::Write;
+        let tmp = self.temp_path();
+        let io = |source| {
+            StorageError::write(
+                &tmp,
+                crate::EngineError::Io {
+                    path: tmp.clone(),
+                    source,
+                },
+            )
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&self.bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 }

@@ -131,7 +131,20 @@ pub(crate) async fn run(
                 None => break,
             },
             _ = feed.wanted() => catch_up(&queries, &feed, &mut input, &read).await,
-            _ = tick.tick() => queries.tick(now_us()),
+            _ = tick.tick() => {
+                // Due checkpoints are encoded under the registry lock but written (and
+                // fsynced) on a blocking thread, so a large one does not hold up the rules.
+                let pending = queries.tick_deferred(now_us());
+                if !pending.is_empty() {
+                    let q = std::sync::Arc::clone(&queries);
+                    tokio::task::spawn_blocking(move || {
+                        for p in pending {
+                            let written = p.write_temp();
+                            q.commit_checkpoint(p, written);
+                        }
+                    });
+                }
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use logsphere_sql::CreateContinuousQuery;
 use super::alerts::Alert;
 use super::backfill::BackfillPlan;
 use super::definitions::{CqDefinition, CqState, DefinitionsFile};
-use super::hosting::{HostedCq, checkpoint_path, prune_events};
+use super::hosting::{HostedCq, PendingCheckpoint, checkpoint_path, prune_events};
 use super::notify::{Events, Notifier, NotifyChannel, NotifyConfig};
 use super::shared::SharedEval;
 use super::spec::parse_create;
@@ -458,7 +458,17 @@ impl CqRegistry {
     /// A timer tick: moves watermarks on the wall clock (closing windows, resolving and
     /// opening alerts), forgets alerts past their retention and writes due checkpoints.
     pub fn tick(&self, now_us: i64) {
+        for pending in self.tick_deferred(now_us) {
+            let written = pending.write_temp();
+            self.commit_checkpoint(pending, written);
+        }
+    }
+
+    /// [`Self::tick`], returning the due checkpoints encoded but not written: the CQ task
+    /// writes them on a blocking thread and hands each to [`Self::commit_checkpoint`].
+    pub(crate) fn tick_deferred(&self, now_us: i64) -> Vec<PendingCheckpoint> {
         let dir = self.ckpt_dir.clone();
+        let mut pending = Vec::new();
         let mut inner = self.lock();
         for live in inner.live.values_mut() {
             // Retries and re-queued failures come due here, and events a full queue left.
@@ -476,11 +486,17 @@ impl CqRegistry {
             if live.book.prune(retention, now_us) > 0 {
                 prune_events(&live.events, &live.book.alerts, true);
             }
-            if live.last_checkpoint.elapsed() >= live.checkpoint_interval
-                && let Err(e) = live.checkpoint(&dir, now_us)
-            {
-                tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
-                live.error = Some(e.to_string());
+            if live.last_checkpoint.elapsed() >= live.checkpoint_interval && !live.writing {
+                match live.encode_checkpoint(&dir, now_us) {
+                    Ok(p) => {
+                        live.writing = true;
+                        pending.push(p);
+                    }
+                    Err(e) => {
+                        tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
+                        live.error = Some(e.to_string());
+                    }
+                }
             }
         }
         let retention =
@@ -497,6 +513,56 @@ impl CqRegistry {
         if inner.dropped.len() != before {
             // A dropped CQ's undelivered events are not retried (its channels are gone).
             prune_events(&inner.dropped_events, &inner.dropped, false);
+        }
+        self.update_hold(&inner);
+        pending
+    }
+
+    /// Puts a checkpoint written by [`PendingCheckpoint::write_temp`] in place, unless the
+    /// CQ was dropped or replaced, or a newer checkpoint was written meanwhile (then the
+    /// temporary file goes).
+    pub(crate) fn commit_checkpoint(
+        &self,
+        pending: PendingCheckpoint,
+        written: Result<(), CqError>,
+    ) {
+        let mut inner = self.lock();
+        let tmp = pending.temp_path();
+        let Some(live) = inner
+            .live
+            .get_mut(&pending.name)
+            .filter(|l| l.def.version == pending.version)
+        else {
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        };
+        live.writing = false;
+        let result = written.and_then(|()| {
+            if pending.number < live.written {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(());
+            }
+            std::fs::rename(&tmp, &pending.path)
+                .and_then(|()| {
+                    let dir = pending.path.parent().unwrap_or(Path::new("."));
+                    std::fs::File::open(dir).and_then(|d| d.sync_all())
+                })
+                .map_err(|source| {
+                    StorageError::write(
+                        &pending.path,
+                        crate::EngineError::Io {
+                            path: pending.path.clone(),
+                            source,
+                        },
+                    )
+                })?;
+            live.checkpoint_written(&pending);
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(cq = %pending.name, error = %e, "checkpoint failed");
+            live.error = Some(e.to_string());
+            let _ = std::fs::remove_file(&tmp);
         }
         self.update_hold(&inner);
     }

@@ -904,3 +904,78 @@ async fn rules_sharing_filters_and_keys_match_their_batch_answers() {
         }
     }
 }
+
+/// A periodic checkpoint written off the CQ task lands only if nothing newer was written
+/// meanwhile and the query still exists: a late one neither replaces a newer checkpoint nor
+/// brings back a dropped query's file.
+#[tokio::test]
+async fn deferred_checkpoints_never_replace_newer_ones_nor_revive_dropped_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE CONTINUOUS QUERY burst WATERMARK INTERVAL '1 second' ALERT (SEVERITY 'warning') \
+               WITH (checkpoint_interval = '1ms') \
+               AS SELECT window_start, source, count(*) AS n \
+               FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+               GROUP BY window_start, window_end, source HAVING count(*) > 100";
+    let errors: Vec<Row> = (0..150).map(|i| row(BASE + i, "ERROR", "api")).collect();
+    let now = BASE + 10 * SEC;
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    queries.create(&create_statement(sql), now).await.unwrap();
+    let path = super::hosting::checkpoint_path(&dir.path().join("continuous"), "burst");
+    std::thread::sleep(Duration::from_millis(5));
+
+    // Written off the task and committed: the file covers entry 1 and the hold moves.
+    queries.process(1, &batch(&errors), now);
+    let pending = queries.tick_deferred(now);
+    assert_eq!(pending.len(), 1);
+    assert!(
+        queries.tick_deferred(now).is_empty(),
+        "one write in flight per query"
+    );
+    for p in pending {
+        let written = p.write_temp();
+        queries.commit_checkpoint(p, written);
+    }
+    let first = std::fs::read(&path).unwrap();
+    assert_eq!(queries.replay_from(), Some(2));
+
+    // An older one finishing after a newer synchronous checkpoint is dropped.
+    std::thread::sleep(Duration::from_millis(5));
+    queries.process(2, &batch(&errors), now);
+    let late = queries.tick_deferred(now);
+    assert_eq!(late.len(), 1);
+    queries.process(3, &batch(&errors), now);
+    queries.checkpoint_all(now);
+    let newest = std::fs::read(&path).unwrap();
+    assert_ne!(newest, first);
+    for p in late {
+        let written = p.write_temp();
+        queries.commit_checkpoint(p, written);
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        newest,
+        "not replaced by the older one"
+    );
+    assert_eq!(queries.replay_from(), Some(4));
+
+    // One finishing after DROP leaves no file behind.
+    std::thread::sleep(Duration::from_millis(5));
+    let orphan = queries.tick_deferred(now);
+    assert_eq!(orphan.len(), 1);
+    assert!(queries.drop_query("burst", false).unwrap());
+    assert!(!path.exists());
+    for p in orphan {
+        let written = p.write_temp();
+        queries.commit_checkpoint(p, written);
+    }
+    assert!(
+        !path.exists(),
+        "a dropped query's checkpoint is not revived"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("continuous"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pending"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left");
+}
