@@ -242,6 +242,29 @@ async fn idempotency_key_repeats_on_one_node_store_once() {
         n1.log()
     );
     assert_stored_once(&names, &n1, &topic, &["idem-a", "idem-b"]).await;
+
+    // Reading the same messages again must rewrite the same rows: a node of another group
+    // reads the topic from the start into the same keyspace, as a node does with records
+    // it consumed but had not yet recorded progress for when it was killed or lost its
+    // partitions. The records have no timestamp: their row key holds their Kafka time.
+    let config = names.config("n2", &[&topic], "").replace(
+        &format!("group = \"{}\"", names.group),
+        &format!("group = \"{}\"", unique_name("group_again")),
+    );
+    let n2 = Server::start_with(ServerOptions {
+        config: Some(config),
+        env: Vec::new(),
+    });
+    wait_for_count(
+        &n2,
+        &format!(
+            "SELECT coalesce(sum(next_offset), 0) FROM kafka_partitions WHERE topic = '{topic}'"
+        ),
+        (2 * RECORDS) as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_stored_once(&names, &n2, &topic, &["idem-a", "idem-b"]).await;
 }
 
 /// Two nodes: a key posted to A then to B is stored once and B answers as A did. Then keys
@@ -381,6 +404,7 @@ async fn idempotency_key_claimed_by_a_killed_node_is_stored_once_after_the_lease
     })
     .await
     .expect("client of B");
+    eprintln!("B's first answer, {answered_after:?} after A's claim: {first:?}");
     // The lease began a little before A logged the claim: well inside it, B must refuse.
     if answered_after < Duration::from_secs(lease_secs - 2) {
         assert_eq!(
