@@ -18,7 +18,6 @@ use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlValue, Row};
 
 use super::{CassandraMetrics, Shared, err, prepare};
 use crate::EngineError;
@@ -293,36 +292,14 @@ async fn read_serial(shared: &Shared, key: &str) -> Result<Option<KeyRow>, Strin
 
 /// `[applied]` of an LWT and, when it did not apply, the row Cassandra returns with it.
 fn lwt_answer(result: QueryResult) -> Result<(bool, KeyRow), String> {
-    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
-    let names: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
-    let row = rows
-        .maybe_first_row::<Row>()
-        .map_err(|e| e.to_string())?
-        .ok_or("the lightweight transaction returned no row")?;
-    let applied = match row.columns.first() {
-        Some(Some(CqlValue::Boolean(b))) => *b,
-        other => return Err(format!("unexpected [applied] column: {other:?}")),
-    };
-    let text = |name: &str| {
-        names
-            .iter()
-            .position(|n| n == name)
-            .and_then(|i| row.columns.get(i).cloned().flatten())
-            .and_then(|v| match v {
-                CqlValue::Text(s) | CqlValue::Ascii(s) => Some(s),
-                _ => None,
-            })
-    };
+    let (applied, [state, owner, answer]) =
+        super::lwt_answer(result, ["state", "owner", "answer"])?;
     Ok((
         applied,
         KeyRow {
-            state: text("state"),
-            owner: text("owner"),
-            answer: text("answer"),
+            state,
+            owner,
+            answer,
         },
     ))
 }

@@ -348,6 +348,32 @@ async fn open_session(
         })
 }
 
+/// `[applied]` of a lightweight transaction's answer and, when it did not apply, the text
+/// columns `names` of the row Cassandra returns with it (`None`: absent or null).
+fn lwt_answer<const N: usize>(
+    result: scylla::response::query_result::QueryResult,
+    names: [&str; N],
+) -> Result<(bool, [Option<String>; N]), String> {
+    use scylla::value::{CqlValue, Row};
+    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
+    let positions = names.map(|name| rows.column_specs().iter().position(|c| c.name() == name));
+    let row = rows
+        .maybe_first_row::<Row>()
+        .map_err(|e| e.to_string())?
+        .ok_or("the lightweight transaction returned no row")?;
+    let applied = match row.columns.first() {
+        Some(Some(CqlValue::Boolean(b))) => *b,
+        other => return Err(format!("unexpected [applied] column: {other:?}")),
+    };
+    let text = positions.map(
+        |i| match i.and_then(|i| row.columns.get(i).cloned().flatten()) {
+            Some(CqlValue::Text(s) | CqlValue::Ascii(s)) => Some(s),
+            _ => None,
+        },
+    );
+    Ok((applied, text))
+}
+
 /// Prepares `cql`, naming it in the error.
 async fn prepare(session: &Session, cql: &str) -> Result<PreparedStatement, EngineError> {
     session
