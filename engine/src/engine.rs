@@ -384,7 +384,7 @@ impl Engine {
         opts: DecodeOptions,
     ) -> Result<IngestOutcome, EngineError> {
         if let Some(cluster) = &self.cluster {
-            return self.produce(cluster, &body).await;
+            return self.produce(cluster, &body, key.as_deref()).await;
         }
         let Some(key) = key else {
             return self.ingest_new(body, None, opts).await;
@@ -417,8 +417,23 @@ impl Engine {
 
     /// Cluster mode: the records go to Kafka; the answer waits for the brokers' ack, and
     /// decoding happens where they are consumed (so `accepted` counts records produced).
-    async fn produce(&self, cluster: &Cluster, body: &[u8]) -> Result<IngestOutcome, EngineError> {
-        let produced = cluster.produce(body).await?;
+    /// A `key` is claimed in Cassandra first, so a repeat on any node stores nothing.
+    async fn produce(
+        &self,
+        cluster: &Cluster,
+        body: &[u8],
+        key: Option<&str>,
+    ) -> Result<IngestOutcome, EngineError> {
+        let produced = match key {
+            None => cluster.produce(body).await?,
+            Some(key) => {
+                let outcome = cluster.produce_once(key, body).await?;
+                if outcome.replayed {
+                    return Ok(self.replayed(outcome));
+                }
+                outcome.accepted
+            }
+        };
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .records_accepted

@@ -33,6 +33,11 @@ pub enum EngineError {
     Cassandra { context: String, reason: String },
     #[error("Kafka: {context}: {reason}")]
     Kafka { context: String, reason: String },
+    /// Another request with the same `Idempotency-Key` is being stored (cluster mode).
+    #[error(
+        "a request with Idempotency-Key {key:?} is being stored; retry after {retry_after_secs} s"
+    )]
+    KeyInProgress { key: String, retry_after_secs: u64 },
     #[error("the engine is shutting down")]
     ShuttingDown,
     /// The operation exists in one mode only (e.g. `POST /v1/flush` is embedded-only).

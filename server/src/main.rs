@@ -244,6 +244,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.cold_url = cfg.cold.url.clone();
     engine_cfg.cold_timeout = Duration::from_secs(cfg.cold.timeout_secs);
     engine_cfg.cluster = cfg.cluster_mode();
+    if let Some(cluster) = engine_cfg.cluster.as_mut() {
+        cluster.fault_claim_pause = fault_pause("LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS")?;
+    }
     engine_cfg.decode = logsphere_engine::ingest::DecodeOptions {
         max_record_bytes: cfg.http.max_record_bytes,
         default_topic: cfg.kafka.ingest_topic.clone(),
@@ -301,6 +304,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// `LOGSPHERE_FAULT_FLUSH_PAUSE_MS` / `LOGSPHERE_FAULT_COMPACT_PAUSE_MS`: crash tests widen
 /// the window between writing Parquet (a flush's files, a compaction's merged file) and
 /// committing it, so a kill lands inside a flush or a compaction.
+/// `LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS` (cluster mode): between claiming an
+/// `Idempotency-Key` and producing its records.
 fn fault_pause(var: &str) -> anyhow::Result<Option<Duration>> {
     match std::env::var(var) {
         Err(_) => Ok(None),

@@ -56,7 +56,8 @@ pub struct ShipArgs {
     /// Most bytes per request.
     #[arg(long, default_value_t = 1 << 20)]
     pub batch_bytes: usize,
-    /// Give up on a batch after this many failed attempts (0: never give up).
+    /// Give up on a batch after this many failed attempts (0: never give up); a 409 (its
+    /// Idempotency-Key still held by an earlier attempt) is waited out, not counted.
     #[arg(long, default_value_t = 30)]
     pub max_retries: u32,
     /// No progress output.
@@ -138,10 +139,10 @@ struct Shipper {
 impl Shipper {
     fn send(&mut self, body: &[u8], key: String, lines: u64) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
-        let mut attempt = 0u32;
+        let (mut attempt, mut failures) = (0u32, 0u32);
         loop {
             attempt += 1;
-            let retry_reason = match self.attempt(body, &key)? {
+            let retry = match self.attempt(body, &key)? {
                 Ok((accepted, rejected)) => {
                     self.accepted += accepted;
                     self.rejected += rejected;
@@ -150,24 +151,64 @@ impl Shipper {
                     self.bytes += body.len() as u64;
                     return Ok(());
                 }
-                Err(reason) => reason,
+                Err(retry) => retry,
             };
-            if self.max_retries != 0 && attempt > self.max_retries {
-                bail!("giving up on a batch after {attempt} attempts: {retry_reason}");
+            let reason = &retry.reason;
+            // A key still held elsewhere is not a failure: the lease bounds the wait.
+            if !retry.held {
+                failures += 1;
             }
+            if self.max_retries != 0 && failures > self.max_retries {
+                bail!("giving up on a batch after {attempt} attempts: {reason}");
+            }
+            // The server's Retry-After (e.g. a 409 while another attempt with this batch's
+            // Idempotency-Key is still being stored) replaces the backoff step.
+            let wait = retry.after.unwrap_or(delay);
             eprintln!(
-                "\nlogsphere ship: attempt {attempt} failed ({retry_reason}); retrying in {delay:?}"
+                "\nlogsphere ship: attempt {attempt} failed ({reason}); retrying in {wait:?}"
             );
-            std::thread::sleep(delay);
+            std::thread::sleep(wait);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }
 
+/// Why an attempt is worth repeating, and when the server asked to be asked again.
+struct Retry {
+    reason: String,
+    after: Option<Duration>,
+    /// 409: another request with the batch's `Idempotency-Key` is being stored.
+    held: bool,
+}
+
+impl Retry {
+    fn now(reason: String) -> Self {
+        Self {
+            reason,
+            after: None,
+            held: false,
+        }
+    }
+}
+
+/// A `Retry-After` header in seconds (the HTTP-date form is not used by LogSphere), capped at
+/// a minute so a confused proxy cannot stall the shipper.
+fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(60)))
+}
+
 impl Shipper {
-    /// One try: `Ok(Ok((accepted, rejected)))` when stored, `Ok(Err(reason))` when worth
+    /// One try: `Ok(Ok((accepted, rejected)))` when stored, `Ok(Err(retry))` when worth
     /// retrying, `Err` when the batch is refused for good.
-    fn attempt(&self, body: &[u8], key: &str) -> anyhow::Result<Result<(u64, u64), String>> {
+    fn attempt(&self, body: &[u8], key: &str) -> anyhow::Result<Result<(u64, u64), Retry>> {
         match &self.target {
             Target::Http { agent, url } => {
                 let result = agent
@@ -178,6 +219,7 @@ impl Shipper {
                 match result {
                     Ok(mut resp) => {
                         let status = resp.status().as_u16();
+                        let after = retry_after(&resp);
                         let text = resp.body_mut().read_to_string().unwrap_or_default();
                         if status == 200 {
                             let v: serde_json::Value =
@@ -187,13 +229,19 @@ impl Shipper {
                                 v["rejected"].as_u64().unwrap_or(0),
                             )));
                         }
-                        if status == 429 || status >= 500 {
-                            Ok(Err(format!("HTTP {status}: {text}")))
+                        // 409: another attempt with this key is being stored (cluster mode);
+                        // once it is, the retry gets its answer.
+                        if status == 409 || status == 429 || status >= 500 {
+                            Ok(Err(Retry {
+                                reason: format!("HTTP {status}: {text}"),
+                                after,
+                                held: status == 409,
+                            }))
                         } else {
                             bail!("{url} refused the batch: HTTP {status}: {text}");
                         }
                     }
-                    Err(e) => Ok(Err(e.to_string())),
+                    Err(e) => Ok(Err(Retry::now(e.to_string()))),
                 }
             }
             Target::Kafka {
@@ -205,7 +253,7 @@ impl Shipper {
                 // here, and undecodable ones show up in dead_letters.
                 match runtime.block_on(producer.send_body(topic, body)) {
                     Ok(n) => Ok(Ok((n as u64, 0))),
-                    Err(e) => Ok(Err(e.to_string())),
+                    Err(e) => Ok(Err(Retry::now(e.to_string()))),
                 }
             }
         }

@@ -3,10 +3,12 @@
 //! The settings here are the engine's view of `[cluster]`, `[kafka]` and `[cassandra]` in
 //! `logsphere.toml`; the server validates them and names the key of a bad value.
 
+mod idempotency;
 pub mod produce;
 pub mod runtime;
 pub mod tiering;
 
+pub use idempotency::{INGEST_KEY_LEASE, INGEST_KEY_RETENTION};
 pub use runtime::Cluster;
 
 use std::time::Duration;
@@ -20,6 +22,13 @@ pub struct ClusterConfig {
     pub kafka: KafkaConfig,
     /// The Cassandra hot tier and progress store.
     pub cassandra: CassandraConfig,
+    /// How long a request's claim on an `Idempotency-Key` lasts ([`INGEST_KEY_LEASE`]).
+    pub ingest_key_lease: Duration,
+    /// How long an answered `Idempotency-Key` is remembered ([`INGEST_KEY_RETENTION`]).
+    pub ingest_key_retention: Duration,
+    /// Crash tests: a pause between claiming an `Idempotency-Key` and producing, so a kill
+    /// lands there (`LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS`).
+    pub fault_claim_pause: Option<Duration>,
 }
 
 /// `[kafka]`: the consumer group LogSphere reads and the producer HTTP ingest writes to.

@@ -71,7 +71,10 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Starts connecting in the background; returns at once.
     pub fn start(config: ClusterConfig, decode: DecodeOptions) -> Result<Arc<Self>, EngineError> {
-        let producer = LogProducer::new(&config.kafka.brokers, Duration::from_secs(30))?;
+        let producer = LogProducer::new(
+            &config.kafka.brokers,
+            super::idempotency::produce_timeout(config.ingest_key_lease),
+        )?;
         let (stop, _) = watch::channel(false);
         let cluster = Arc::new(Self {
             config,

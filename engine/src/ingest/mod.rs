@@ -135,11 +135,18 @@ pub enum RecordFate {
 }
 
 impl<'a> RecordDecoder<'a> {
-    /// A decoder stamping `ingest_time_us` on every row.
+    /// A decoder stamping `ingest_time_us` on every row until [`Self::set_ingest_time`].
     pub fn new(ingest_time_us: i64, opts: &'a DecodeOptions) -> Self {
         Self {
             b: Builders::new(ingest_time_us, opts),
         }
+    }
+
+    /// Stamps the records decoded from now on with `ingest_time_us` (which is also the
+    /// timestamp of those that carry none). The Kafka source passes each message's own
+    /// Kafka timestamp, so a redelivered record decodes to the same row.
+    pub fn set_ingest_time(&mut self, ingest_time_us: i64) {
+        self.b.ingest_time_us = ingest_time_us;
     }
 
     /// Decodes one record. `topic`, when given, is the `topic` column whatever the record
@@ -176,7 +183,11 @@ struct Builders<'a> {
     opts: &'a DecodeOptions,
     forced_topic: Option<String>,
     extra: Vec<(String, Value)>,
+    /// The ingest time of the records being decoded now.
     ingest_time_us: i64,
+    /// Each row's ingest time, and each dead letter's.
+    ingest_times: Vec<i64>,
+    dl_ingest_times: Vec<i64>,
     ts: TimestampMicrosecondBuilder,
     level: StringBuilder,
     message: StringBuilder,
@@ -196,6 +207,8 @@ impl<'a> Builders<'a> {
             forced_topic: None,
             extra: Vec::new(),
             ingest_time_us,
+            ingest_times: Vec::new(),
+            dl_ingest_times: Vec::new(),
             ts: TimestampMicrosecondBuilder::new(),
             level: StringBuilder::new(),
             message: StringBuilder::new(),
@@ -287,6 +300,7 @@ impl<'a> Builders<'a> {
         self.source.append_value(source);
         self.topic.append_value(topic);
         self.attributes.append_value(attributes);
+        self.ingest_times.push(self.ingest_time_us);
         Ok(())
     }
 
@@ -296,11 +310,11 @@ impl<'a> Builders<'a> {
         self.dl_reason.append_value(reason);
         self.dl_raw.append_value(raw);
         self.dl_raw_text.append_value(String::from_utf8_lossy(raw));
+        self.dl_ingest_times.push(self.ingest_time_us);
     }
 
     fn finish(mut self) -> Decoded {
-        let n = self.ts.len();
-        let ingest = timestamps(vec![self.ingest_time_us; n]);
+        let ingest = timestamps(std::mem::take(&mut self.ingest_times));
         let ts: ArrayRef = Arc::new(self.ts.finish().with_timezone(UTC));
         let logs = RecordBatch::try_new(
             logs_schema(),
@@ -314,11 +328,10 @@ impl<'a> Builders<'a> {
                 ingest,
             ],
         );
-        let d = self.dl_origin.len();
         let dead = RecordBatch::try_new(
             dead_letters_schema(),
             vec![
-                timestamps(vec![self.ingest_time_us; d]),
+                timestamps(std::mem::take(&mut self.dl_ingest_times)),
                 Arc::new(self.dl_origin.finish()),
                 Arc::new(self.dl_reason.finish()),
                 Arc::new(self.dl_raw.finish()),

@@ -170,3 +170,36 @@ fn ndjson_starting_with_an_array_line_is_still_ndjson() {
         "a pretty-printed array stays an array"
     );
 }
+
+/// The Kafka source stamps each record with its message's time: a record without a
+/// timestamp takes it as its time, so decoding the same message again gives the same row.
+#[test]
+fn each_record_keeps_the_ingest_time_it_was_decoded_with() {
+    let opts = opts();
+    let mut d = RecordDecoder::new(5, &opts);
+    d.set_ingest_time(1_000);
+    assert_eq!(
+        d.record(br#"{"msg":"no time"}"#, "m0", None, Vec::new()),
+        RecordFate::Accepted
+    );
+    d.set_ingest_time(2_000);
+    assert_eq!(
+        d.record(br#"{"msg":"timed","ts":3}"#, "m1", None, Vec::new()),
+        RecordFate::Accepted
+    );
+    d.set_ingest_time(4_000);
+    assert_eq!(
+        d.record(b"not json", "m2", None, Vec::new()),
+        RecordFate::Rejected
+    );
+    let out = d.finish();
+    let times = |b: &RecordBatch, name: &str| -> Vec<i64> {
+        let c = b.column_by_name(name).expect("column");
+        c.as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .to_vec()
+    };
+    assert_eq!(times(&out.logs, "ingest_time"), vec![1_000, 2_000]);
+    assert_eq!(times(&out.logs, "timestamp")[0], 1_000);
+    assert_eq!(times(&out.dead_letters, "ingest_time"), vec![4_000]);
+}

@@ -8,11 +8,26 @@ use logsphere_engine::cluster::{CassandraConfig, ClusterConfig, KafkaConfig};
 use serde::Deserialize;
 
 /// `[cluster]`: this node.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// This node's name in `kafka_partitions` and in partition claims [default: host name].
     pub node_id: Option<String>,
+    /// How long a request's claim on an `Idempotency-Key` lasts, seconds: the longest a
+    /// key stays blocked (409) after the node storing it died.
+    pub ingest_key_lease_secs: u64,
+    /// How long an answered `Idempotency-Key` is remembered, seconds.
+    pub ingest_key_retention_secs: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            ingest_key_lease_secs: logsphere_engine::cluster::INGEST_KEY_LEASE.as_secs(),
+            ingest_key_retention_secs: logsphere_engine::cluster::INGEST_KEY_RETENTION.as_secs(),
+        }
+    }
 }
 
 /// `[kafka]`: the topics LogSphere consumes in cluster mode.
@@ -157,6 +172,22 @@ pub fn validate(
         .is_some_and(|n| n.trim().is_empty())
     {
         bail!("cluster.node_id is empty: name this node or leave the key out (host name)");
+    }
+    if !(2..=3600).contains(&cluster.ingest_key_lease_secs) {
+        bail!(
+            "cluster.ingest_key_lease_secs = {} must be between 2 and 3600",
+            cluster.ingest_key_lease_secs
+        );
+    }
+    if cluster.ingest_key_retention_secs < cluster.ingest_key_lease_secs
+        || cluster.ingest_key_retention_secs > 30 * 24 * 3600
+    {
+        bail!(
+            "cluster.ingest_key_retention_secs = {} must be at least cluster.ingest_key_lease_secs \
+             ({}) and at most 2592000 (30 days)",
+            cluster.ingest_key_retention_secs,
+            cluster.ingest_key_lease_secs
+        );
     }
     validate_kafka(kafka)?;
     validate_cassandra(cassandra)?;
@@ -348,6 +379,9 @@ pub fn to_engine(
         node_id: cluster.node_id.clone().unwrap_or_else(host_name),
         kafka: k,
         cassandra: c,
+        ingest_key_lease: Duration::from_secs(cluster.ingest_key_lease_secs),
+        ingest_key_retention: Duration::from_secs(cluster.ingest_key_retention_secs),
+        fault_claim_pause: None,
     }
 }
 

@@ -51,6 +51,8 @@ fn kafka_and_cassandra_switch_on_cluster_mode() {
         vec!["127.0.0.1:9042".to_string()]
     );
     assert!(!c.node_id.is_empty());
+    assert_eq!(c.ingest_key_lease, std::time::Duration::from_secs(45));
+    assert_eq!(c.ingest_key_retention, std::time::Duration::from_secs(900));
     assert!(
         Config::default().cluster_mode().is_none(),
         "embedded by default"
@@ -100,6 +102,14 @@ fn bad_cluster_values_name_their_key() {
         ),
         ("[kafka]\ningest_topic = \"^re.*\"\n", "kafka.ingest_topic"),
         ("[cluster]\nnode_id = \" \"\n", "cluster.node_id"),
+        (
+            "[cluster]\ningest_key_lease_secs = 1\n",
+            "cluster.ingest_key_lease_secs",
+        ),
+        (
+            "[cluster]\ningest_key_lease_secs = 60\ningest_key_retention_secs = 30\n",
+            "cluster.ingest_key_retention_secs",
+        ),
     ] {
         // The same table twice is a TOML error: merge the extra keys into CLUSTER's tables.
         let toml = merge(CLUSTER, extra);

@@ -104,6 +104,18 @@ async fn ingest(
             }
             resp
         }
+        Err(
+            e @ EngineError::KeyInProgress {
+                retry_after_secs, ..
+            },
+        ) => {
+            let mut resp = error(StatusCode::CONFLICT, e.to_string());
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry_after_secs),
+            );
+            resp
+        }
         Err(EngineError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry")
         }

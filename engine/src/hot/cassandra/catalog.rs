@@ -11,7 +11,6 @@
 
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlValue, Row};
 
 use super::{CassandraMetrics, Shared, err, prepare};
 use crate::EngineError;
@@ -190,21 +189,5 @@ fn applied<E: std::fmt::Display>(
 fn applied_and_owner(
     result: scylla::response::query_result::QueryResult,
 ) -> Result<(bool, Option<String>), String> {
-    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
-    let owner_index = rows.column_specs().iter().position(|c| c.name() == "owner");
-    let row = rows
-        .maybe_first_row::<Row>()
-        .map_err(|e| e.to_string())?
-        .ok_or("the lightweight transaction returned no row")?;
-    let applied = match row.columns.first() {
-        Some(Some(CqlValue::Boolean(b))) => *b,
-        other => return Err(format!("unexpected [applied] column: {other:?}")),
-    };
-    let owner = owner_index
-        .and_then(|i| row.columns.get(i).cloned().flatten())
-        .and_then(|v| match v {
-            CqlValue::Text(s) | CqlValue::Ascii(s) => Some(s),
-            _ => None,
-        });
-    Ok((applied, owner))
+    super::lwt_answer(result, ["owner"]).map(|(applied, [owner])| (applied, owner))
 }

@@ -3,6 +3,7 @@
 //! - [`schema`]: the keyspace and tables, created idempotently at connect.
 //! - [`write`]: [`HotStore::append`], idempotent by each row's Kafka identity.
 //! - [`progress`]: [`ProgressStore`], fenced by an epoch bumped with lightweight transactions.
+//! - [`keys`]: the `Idempotency-Key`s of HTTP ingest, claimed and answered by LWT.
 //! - [`scan`]: `logs` and `dead_letters` as DataFusion tables, reading only the
 //!   (bucket, shard) partitions a time filter allows; [`exec`] reads them.
 //!
@@ -12,6 +13,7 @@
 
 mod catalog;
 mod exec;
+mod keys;
 mod progress;
 mod scan;
 mod schema;
@@ -37,6 +39,7 @@ use tokio::sync::Semaphore;
 
 pub use catalog::Lease;
 pub use exec::{CassandraScanExec, Keep};
+pub use keys::{KeyClaim, KeyFinish};
 pub use scan::CassandraTable;
 
 use crate::EngineError;
@@ -94,6 +97,7 @@ struct Shared {
     in_flight: Semaphore,
     writes: write::WriteStatements,
     progress: progress::ProgressStatements,
+    keys: keys::KeyStatements,
     ping: PreparedStatement,
     /// Scan statements, prepared once per CQL text.
     scan_statements: Mutex<HashMap<String, PreparedStatement>>,
@@ -209,6 +213,7 @@ impl CassandraStore {
             read_consistency,
         )
         .await?;
+        let keys = keys::KeyStatements::prepare(&session, &keyspace, write_consistency).await?;
         let mut ping = prepare(&session, "SELECT release_version FROM system.local").await?;
         ping.set_consistency(Consistency::One);
         let max_in_flight = config.max_in_flight.max(1);
@@ -225,6 +230,7 @@ impl CassandraStore {
                 in_flight: Semaphore::new(max_in_flight),
                 writes,
                 progress,
+                keys,
                 ping,
                 scan_statements: Mutex::new(HashMap::new()),
                 metrics: CassandraMetrics::default(),
@@ -278,6 +284,33 @@ impl CassandraStore {
         catalog::lease(&self.shared, owner, ttl_secs).await
     }
 
+    /// Claims the `Idempotency-Key` `key` for the request `token` for `lease` (see
+    /// `keys.rs`): whether this request stores the records, or what answered it before.
+    pub async fn claim_ingest_key(
+        &self,
+        key: &str,
+        token: &str,
+        lease: std::time::Duration,
+    ) -> Result<KeyClaim, EngineError> {
+        keys::claim(&self.shared, key, token, lease).await
+    }
+
+    /// Records `answer` to `key` for `retention`, once its records are acknowledged.
+    pub async fn finish_ingest_key(
+        &self,
+        key: &str,
+        token: &str,
+        answer: &str,
+        retention: std::time::Duration,
+    ) -> Result<KeyFinish, EngineError> {
+        keys::finish(&self.shared, key, token, answer, retention).await
+    }
+
+    /// Gives `key` up if `token` holds it, so a retry can store the records.
+    pub async fn release_ingest_key(&self, key: &str, token: &str) -> Result<(), EngineError> {
+        keys::release(&self.shared, key, token).await
+    }
+
     /// Lets go of the tiering lease if `owner` holds it.
     pub async fn release_tiering_lease(&self, owner: &str) -> Result<(), EngineError> {
         catalog::release(&self.shared, owner).await
@@ -313,6 +346,32 @@ async fn open_session(
                 e,
             )
         })
+}
+
+/// `[applied]` of a lightweight transaction's answer and, when it did not apply, the text
+/// columns `names` of the row Cassandra returns with it (`None`: absent or null).
+fn lwt_answer<const N: usize>(
+    result: scylla::response::query_result::QueryResult,
+    names: [&str; N],
+) -> Result<(bool, [Option<String>; N]), String> {
+    use scylla::value::{CqlValue, Row};
+    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
+    let positions = names.map(|name| rows.column_specs().iter().position(|c| c.name() == name));
+    let row = rows
+        .maybe_first_row::<Row>()
+        .map_err(|e| e.to_string())?
+        .ok_or("the lightweight transaction returned no row")?;
+    let applied = match row.columns.first() {
+        Some(Some(CqlValue::Boolean(b))) => *b,
+        other => return Err(format!("unexpected [applied] column: {other:?}")),
+    };
+    let text = positions.map(
+        |i| match i.and_then(|i| row.columns.get(i).cloned().flatten()) {
+            Some(CqlValue::Text(s) | CqlValue::Ascii(s)) => Some(s),
+            _ => None,
+        },
+    );
+    Ok((applied, text))
 }
 
 /// Prepares `cql`, naming it in the error.

@@ -6,7 +6,8 @@
 //! never guess. `progress` has one Cassandra partition per Kafka partition: lightweight
 //! transactions on one Cassandra partition serialize, and a group's partitions must not
 //! wait on each other. `progress_by_group` lists a group's partitions for `list()`.
-//! `tier_state` and `tier_lease` are the cluster catalog (`catalog.rs`).
+//! `tier_state` and `tier_lease` are the cluster catalog (`catalog.rs`). `ingest_keys` holds
+//! the `Idempotency-Key`s of HTTP ingest, each its own Cassandra partition (`keys.rs`).
 
 use std::time::Duration;
 
@@ -131,6 +132,10 @@ fn create_tables(ks: &str, ttl: Duration) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.progress_by_group (\
              consumer_group text, topic text, kpart int, \
              PRIMARY KEY ((consumer_group), topic, kpart))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.ingest_keys (\
+             key text PRIMARY KEY, state text, owner text, answer text)"
         ),
     ]
 }

@@ -665,3 +665,65 @@ async fn manifest_and_lease_are_lightweight_transactions() {
     );
     drop_keyspace(&store).await;
 }
+
+/// `ingest_keys`: one claimant per key, its answer replayed to everyone after it, a key
+/// released only by its holder, and an answer recorded even after the claim expired.
+#[tokio::test]
+async fn ingest_keys_are_claimed_answered_and_released() {
+    let store = CassandraStore::connect(&config(100), "g")
+        .await
+        .expect("connect");
+    let lease = Duration::from_secs(30);
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let answer = r#"{"accepted":3,"rejected":0}"#;
+    let claim = |key: &'static str, token: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim_ingest_key(key, token, lease)
+                .await
+                .expect("claim")
+        }
+    };
+    assert_eq!(claim("k1", "t1").await, KeyClaim::Mine);
+    assert_eq!(claim("k1", "t2").await, KeyClaim::Held);
+    assert_eq!(
+        claim("k1", "t1").await,
+        KeyClaim::Mine,
+        "a claim that applied although its answer was lost is still ours"
+    );
+    assert_eq!(
+        store
+            .finish_ingest_key("k1", "t1", answer, week)
+            .await
+            .expect("finish"),
+        KeyFinish::Recorded
+    );
+    assert_eq!(claim("k1", "t3").await, KeyClaim::Done(answer.into()));
+
+    // Only the holder releases; then another request may claim.
+    assert_eq!(claim("k2", "t1").await, KeyClaim::Mine);
+    store.release_ingest_key("k2", "t2").await.expect("release");
+    assert_eq!(claim("k2", "t2").await, KeyClaim::Held);
+    store.release_ingest_key("k2", "t1").await.expect("release");
+    assert_eq!(claim("k2", "t2").await, KeyClaim::Mine);
+    assert_eq!(
+        store
+            .finish_ingest_key("k2", "t1", answer, week)
+            .await
+            .expect("finish"),
+        KeyFinish::LeaseLost("t2".into()),
+        "a holder whose lease went to another request learns who has it"
+    );
+
+    // A claim that expired before its answer was recorded: the answer is recorded anew.
+    assert_eq!(
+        store
+            .finish_ingest_key("k3", "t1", answer, week)
+            .await
+            .expect("finish"),
+        KeyFinish::Recorded
+    );
+    assert_eq!(claim("k3", "t2").await, KeyClaim::Done(answer.into()));
+    drop_keyspace(&store).await;
+}

@@ -12,6 +12,8 @@ use crate::source::{PartitionId, SourcedBatch};
 pub(super) struct PendingBatch<'a> {
     partition: &'a PartitionId,
     decoder: RecordDecoder<'a>,
+    /// The ingest time of a message without a Kafka timestamp.
+    fallback_ingest_us: i64,
     log_offsets: Vec<i64>,
     dead_offsets: Vec<i64>,
     next_offset: i64,
@@ -19,7 +21,10 @@ pub(super) struct PendingBatch<'a> {
 }
 
 impl<'a> PendingBatch<'a> {
-    /// An empty batch whose rows are stamped with `ingest_time_us`.
+    /// An empty batch. Each row's ingest time (and the timestamp of a record that carries
+    /// none) is its message's Kafka timestamp, so reading a message again after a crash or
+    /// a rebalance rewrites the same row (the time is part of the row's key); a message
+    /// without one is stamped `ingest_time_us`.
     pub(super) fn new(
         partition: &'a PartitionId,
         opts: &'a DecodeOptions,
@@ -28,6 +33,7 @@ impl<'a> PendingBatch<'a> {
         Self {
             partition,
             decoder: RecordDecoder::new(ingest_time_us, opts),
+            fallback_ingest_us: ingest_time_us,
             log_offsets: Vec::new(),
             dead_offsets: Vec::new(),
             next_offset: -1,
@@ -51,6 +57,11 @@ impl<'a> PendingBatch<'a> {
         let raw = msg.payload().unwrap_or_default();
         let offset = msg.offset();
         let position = format!("{} offset {offset}", self.partition);
+        let ingest_us = timestamp_ms(msg)
+            .filter(|ms| *ms >= 0)
+            .and_then(|ms| ms.checked_mul(1000))
+            .unwrap_or(self.fallback_ingest_us);
+        self.decoder.set_ingest_time(ingest_us);
         let fate = self.decoder.record(
             raw,
             &position,

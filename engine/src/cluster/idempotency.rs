@@ -1,0 +1,167 @@
+//! `Idempotency-Key` in cluster mode: a repeated key stores its records once, whichever
+//! node each attempt reaches and whichever node dies.
+//!
+//! ```text
+//! claim (LWT, lease) ──Mine──► produce, wait for the acks ──ok──► mark done (LWT) ──► 200
+//!        │                             └──failed──► release (LWT) ──► 503, retry
+//!        ├──Done──► the stored answer, nothing produced
+//!        └──Held──► 409 + Retry-After (another request is storing them, or died holding it)
+//! ```
+//!
+//! The claim is a lease so a node that dies between claim and produce does not block the key
+//! for good; the producer's delivery timeout is kept below the lease, so a produce cannot
+//! outlive the claim it runs under. Once the records are acknowledged the claim is never
+//! given up: if marking it done fails, the answer is still 200 (the records are stored) and
+//! the claim expires with its lease. The statements and the unknown-outcome rules are in
+//! `hot/cassandra/keys.rs`.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::hot::cassandra::{KeyClaim, KeyFinish};
+use crate::{EngineError, IngestOutcome};
+
+/// How long a claim on a key lasts unless it is marked done: the longest a key stays
+/// blocked by a node that died mid-request.
+pub const INGEST_KEY_LEASE: Duration = Duration::from_secs(45);
+
+/// How long an answered key is remembered (as in embedded mode).
+pub const INGEST_KEY_RETENTION: Duration = crate::idempotency::RETENTION;
+
+/// What a client is told to wait before retrying a key another request holds.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The producer's delivery timeout for a given lease: two thirds of it, at most 30 s, so
+/// a produce started under a fresh claim ends (acknowledged or failed) before it expires.
+pub(super) fn produce_timeout(lease: Duration) -> Duration {
+    (lease * 2 / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// The answer stored with a key: the body of the first response.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAnswer {
+    accepted: usize,
+    rejected: usize,
+}
+
+/// An [`EngineError::Cassandra`] about `key`.
+fn key_error(key: &str, reason: impl Into<String>) -> EngineError {
+    EngineError::Cassandra {
+        context: format!("Idempotency-Key {key:?}"),
+        reason: reason.into(),
+    }
+}
+
+impl Cluster {
+    /// Produces `body` unless a request with `key` already did: the first answer to `key`,
+    /// flagged `replayed`, or [`EngineError::KeyInProgress`] while another request holds it.
+    pub async fn produce_once(&self, key: &str, body: &[u8]) -> Result<IngestOutcome, EngineError> {
+        let store = self
+            .store()
+            .ok_or_else(|| key_error(key, "not connected to Cassandra yet; retry"))?;
+        let lease = self.config().ingest_key_lease;
+        let token = format!("{}/{}", self.config().node_id, uuid::Uuid::new_v4());
+        let started = Instant::now();
+        match store.claim_ingest_key(key, &token, lease).await? {
+            KeyClaim::Mine => {}
+            KeyClaim::Done(answer) => {
+                let stored: StoredAnswer = serde_json::from_str(&answer).map_err(|e| {
+                    key_error(key, format!("stored answer {answer:?} is not valid: {e}"))
+                })?;
+                return Ok(IngestOutcome {
+                    accepted: stored.accepted,
+                    rejected: stored.rejected,
+                    replayed: true,
+                });
+            }
+            KeyClaim::Held => {
+                return Err(EngineError::KeyInProgress {
+                    key: key.to_string(),
+                    retry_after_secs: RETRY_AFTER.as_secs(),
+                });
+            }
+        }
+        if let Some(pause) = self.config().fault_claim_pause {
+            tracing::warn!(
+                key,
+                token,
+                ?pause,
+                "fault injection: pausing between claiming an Idempotency-Key and producing"
+            );
+            tokio::time::sleep(pause).await;
+        }
+        // The lease started before the claim was sent; a produce must end inside it.
+        if started.elapsed() + produce_timeout(lease) >= lease {
+            self.release_key(key, &token).await;
+            return Err(key_error(
+                key,
+                format!(
+                    "claiming it took {:?}, too close to its {lease:?} lease to produce safely; retry",
+                    started.elapsed()
+                ),
+            ));
+        }
+        let produced = match self.produce(body).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.release_key(key, &token).await;
+                return Err(e);
+            }
+        };
+        let answer = serde_json::to_string(&StoredAnswer {
+            accepted: produced,
+            rejected: 0,
+        })
+        .map_err(|e| key_error(key, format!("encoding the answer: {e}")))?;
+        let retention = self.config().ingest_key_retention;
+        match store
+            .finish_ingest_key(key, &token, &answer, retention)
+            .await
+        {
+            Ok(KeyFinish::Recorded) => {}
+            Ok(KeyFinish::LeaseLost(holder)) => tracing::error!(
+                key,
+                token,
+                holder,
+                "the lease on an Idempotency-Key ran out before its answer was recorded: the \
+                 request that claimed it since may store the same records again"
+            ),
+            Err(e) => tracing::error!(
+                key, token, error = %e,
+                "records stored but the Idempotency-Key not marked done: a retry after its \
+                 lease expires would store them again"
+            ),
+        }
+        Ok(IngestOutcome {
+            accepted: produced,
+            rejected: 0,
+            replayed: false,
+        })
+    }
+
+    /// Gives a key back after a failed produce; when that fails too, the lease expires.
+    async fn release_key(&self, key: &str, token: &str) {
+        let Some(store) = self.store() else { return };
+        if let Err(e) = store.release_ingest_key(key, token).await {
+            tracing::warn!(key, token, error = %e, "cannot release an Idempotency-Key; it frees itself when its lease expires");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{INGEST_KEY_LEASE, produce_timeout};
+
+    #[test]
+    fn a_produce_ends_inside_its_lease() {
+        assert_eq!(produce_timeout(INGEST_KEY_LEASE), Duration::from_secs(30));
+        for secs in [2, 3, 8, 45, 600] {
+            let lease = Duration::from_secs(secs);
+            assert!(produce_timeout(lease) < lease, "{lease:?}");
+        }
+    }
+}
