@@ -10,7 +10,13 @@
 //!   `json_as_text(j, 'a', 'b')`: the path is a text-array literal, integer elements index
 //!   arrays;
 //! - `a @> b` / `a <@ b` → [`jsonb_contains`](jsonb_contains_udf)`(a, b)`: PostgreSQL's
-//!   `jsonb` containment, when both sides are text.
+//!   `jsonb` containment, when both sides are text;
+//! - `j ?| ARRAY['a','b']` / `j ?& '{a,b}'` → `jsonb_exists_any(j, 'a', 'b')` /
+//!   `jsonb_exists_all(j, 'a', 'b')`: whether any / all of the keys are top-level keys of an
+//!   object (or strings of a top-level array), as in PostgreSQL.
+//!
+//! PostgreSQL's path functions are aliases of the same functions: `json[b]_extract_path(j,
+//! k, …)` is `j #> '{k,…}'`, `json[b]_extract_path_text` is `#>>`.
 
 use std::sync::Arc;
 
@@ -22,7 +28,8 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::expr::{Alias, ScalarFunction};
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprSchemable, ScalarUDF, Volatility, create_udf,
+    ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, create_udf,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::BinaryOperator;
@@ -36,7 +43,103 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
     state.register_expr_planner(Arc::new(PgJsonPlanner))?;
     datafusion_functions_json::register_all(&mut *state)?;
     state.register_udf(Arc::new(jsonb_contains_udf()))?;
+    state.register_udf(Arc::new(ScalarUDF::new_from_impl(KeysExist::new(true))))?;
+    state.register_udf(Arc::new(ScalarUDF::new_from_impl(KeysExist::new(false))))?;
+    let extract = json_get_json_udf()
+        .as_ref()
+        .clone()
+        .with_aliases(["json_extract_path", "jsonb_extract_path"]);
+    state.register_udf(Arc::new(extract))?;
+    let extract_text = json_as_text_udf()
+        .as_ref()
+        .clone()
+        .with_aliases(["json_extract_path_text", "jsonb_extract_path_text"]);
+    state.register_udf(Arc::new(extract_text))?;
     Ok(())
+}
+
+/// `jsonb_exists_any(j, k, …)` / `jsonb_exists_all(j, k, …)`: PostgreSQL's `?|` / `?&`
+/// with the keys as arguments. NULL when `j` is NULL or not JSON; NULL keys are ignored.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KeysExist {
+    any: bool,
+    signature: Signature,
+}
+
+impl KeysExist {
+    fn new(any: bool) -> Self {
+        Self {
+            any,
+            signature: Signature::variadic(vec![DataType::Utf8], Volatility::Immutable),
+        }
+    }
+}
+
+/// Whether `key` is a top-level key of `j` (an object) or a string element (an array).
+fn has_key(j: &Value, key: &str) -> bool {
+    match j {
+        Value::Object(m) => m.contains_key(key),
+        Value::Array(a) => a.iter().any(|v| v.as_str() == Some(key)),
+        _ => false,
+    }
+}
+
+impl ScalarUDFImpl for KeysExist {
+    fn name(&self) -> &str {
+        if self.any {
+            "jsonb_exists_any"
+        } else {
+            "jsonb_exists_all"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let columns = arrays
+            .iter()
+            .map(|a| cast(a, &DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()?;
+        let columns: Vec<&StringArray> = columns
+            .iter()
+            .filter_map(|c| c.as_any().downcast_ref::<StringArray>())
+            .collect();
+        let Some((json, keys)) = columns.split_first() else {
+            return plan_err!("{} needs a JSON value and keys", self.name());
+        };
+        let out: BooleanArray = (0..json.len())
+            .map(|row| {
+                let j: Value =
+                    serde_json::from_str(json.is_valid(row).then(|| json.value(row))?).ok()?;
+                let mut present = keys
+                    .iter()
+                    .filter(|k| k.is_valid(row))
+                    .map(|k| has_key(&j, k.value(row)));
+                Some(if self.any {
+                    present.any(|p| p)
+                } else {
+                    present.all(|p| p)
+                })
+            })
+            .collect();
+        let out: ArrayRef = Arc::new(out);
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
 }
 
 /// `jsonb_contains(a, b)`: whether JSON text `a` contains `b` as PostgreSQL's `jsonb @>`
@@ -131,6 +234,20 @@ impl ExprPlanner for PgJsonPlanner {
                 let name = format!("{} {symbol} {}", repr(&a), repr(&b));
                 return Ok(planned(Arc::new(jsonb_contains_udf()), vec![a, b], name));
             }
+            BinaryOperator::QuestionPipe | BinaryOperator::QuestionAnd => {
+                if !is_text(&expr.left, schema) {
+                    return Ok(PlannerResult::Original(expr));
+                }
+                let (udf, symbol) = if expr.op == BinaryOperator::QuestionPipe {
+                    (KeysExist::new(true), "?|")
+                } else {
+                    (KeysExist::new(false), "?&")
+                };
+                let name = format!("{} {symbol} {}", repr(&expr.left), repr(&expr.right));
+                let mut args = vec![expr.left];
+                args.extend(key_list(&expr.right)?);
+                return Ok(planned(Arc::new(ScalarUDF::new_from_impl(udf)), args, name));
+            }
             _ => return Ok(PlannerResult::Original(expr)),
         };
         let name = format!("{} {symbol} {}", repr(&expr.left), repr(&expr.right));
@@ -157,6 +274,32 @@ fn is_text(expr: &Expr, schema: &DFSchema) -> bool {
         expr.get_type(schema),
         Ok(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
     )
+}
+
+/// The keys of `?|` / `?&`: `ARRAY['a', 'b']` or a text-array literal `'{a,b}'`.
+fn key_list(keys: &Expr) -> Result<Vec<Expr>> {
+    match keys {
+        Expr::ScalarFunction(f) if f.func.name() == "make_array" => Ok(f.args.clone()),
+        Expr::Alias(a) => key_list(&a.expr),
+        Expr::Cast(c) => key_list(&c.expr),
+        Expr::TryCast(c) => key_list(&c.expr),
+        other => Ok(path_elements(other)
+            .map_err(|_| {
+                datafusion::common::DataFusionError::Plan(format!(
+                    "the keys of ?| and ?& must be ARRAY['a', …] or a text-array literal such as \
+                     '{{a,b}}', not {other}"
+                ))
+            })?
+            .into_iter()
+            .map(|e| match e {
+                // Keys are text even when they look like numbers.
+                Expr::Literal(ScalarValue::Int64(Some(i)), m) => {
+                    Expr::Literal(ScalarValue::Utf8(Some(i.to_string())), m)
+                }
+                e => e,
+            })
+            .collect()),
+    }
 }
 
 /// `'{a,0,"b c"}'` → `'a', 0, 'b c'`.
