@@ -45,6 +45,9 @@ pub struct PgConfig {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key, PEM (PKCS#8, PKCS#1 or SEC1). Set with `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Connections served at once; one more is refused with SQLSTATE 53300, as
+    /// PostgreSQL's `max_connections` does.
+    pub max_connections: usize,
 }
 
 /// One `[[pg.users]]` entry.
@@ -209,6 +212,7 @@ impl Default for PgConfig {
             users: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            max_connections: 100,
         }
     }
 }
@@ -255,6 +259,9 @@ impl Config {
 
     /// Checks what serde cannot: values that parse but cannot work together.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.pg.max_connections == 0 {
+            bail!("pg.max_connections must be at least 1");
+        }
         if self.pg.users.is_empty() && !self.pg.listen.ip().is_loopback() {
             bail!(
                 "pg.listen = {} is not a loopback address, but no pg.users are configured: \

@@ -271,6 +271,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&engine),
         cfg.pg.users.clone(),
         pg_tls,
+        cfg.pg.max_connections,
         shutdown_rx.clone(),
     ));
     let http = tokio::spawn(http::serve(

@@ -595,3 +595,50 @@ async fn savepoints_are_accepted_inside_a_transaction() {
         );
     }
 }
+
+/// A connection over `pg.max_connections` is refused with SQLSTATE 53300 ("too many
+/// clients"), as PostgreSQL refuses it, both by tokio-postgres and by psql (libpq asks for
+/// SSL first); once a client leaves, its slot serves the next one.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_53300() {
+    let server = Server::start_with_config("[pg]\nmax_connections = 2\n");
+    let first = server.pg_client().await;
+    let second = server.pg_client().await;
+    let refused = server
+        .pg_client_as("logsphere", None)
+        .await
+        .err()
+        .expect("a third connection is refused");
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "{refused}"
+    );
+    let psql = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &server.pg_port().to_string()])
+        .args(["-U", "logsphere", "-d", "logsphere", "-X", "-c", "SELECT 1"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql (postgresql-client)");
+    let stderr = String::from_utf8_lossy(&psql.stderr);
+    assert!(!psql.status.success(), "psql got in: {stderr}");
+    assert!(stderr.contains("too many clients"), "{stderr}");
+    // The refused ones held nothing: both served connections still work.
+    for client in [&first, &second] {
+        client.simple_query("SELECT 1").await.expect("still served");
+    }
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let third = loop {
+        match server.pg_client_as("logsphere", None).await {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the freed slot was never given out: {e}"),
+        }
+    };
+    third.simple_query("SELECT 1").await.expect("served");
+    drop(second);
+}

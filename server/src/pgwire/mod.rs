@@ -75,6 +75,56 @@ pub(crate) struct ServerState {
     backends: Arc<backend::Backends>,
 }
 
+/// Refuses a connection over `pg.max_connections` as PostgreSQL does: a FATAL
+/// ErrorResponse with SQLSTATE 53300 in answer to the startup message, then close.
+async fn too_many_clients(mut socket: tokio::net::TcpStream, max_connections: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let message =
+        format!("sorry, too many clients already (pg.max_connections = {max_connections})");
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', errors::sqlstate::TOO_MANY_CONNECTIONS),
+        (b'M', message.as_str()),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut frame = vec![b'E'];
+    frame.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
+    frame.extend_from_slice(&fields);
+    // Like the postmaster: decline SSL / GSS encryption requests ('N'), read the startup
+    // message, then answer it with the error (libpq shows an error sent in answer to an
+    // SSLRequest only as "error response during SSL exchange").
+    let exchange = async {
+        loop {
+            let mut head = [0u8; 8];
+            socket.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            const SSL_REQUEST: u32 = 80_877_103;
+            const GSSENC_REQUEST: u32 = 80_877_104;
+            if len == 8 && (code == SSL_REQUEST || code == GSSENC_REQUEST) {
+                socket.write_all(b"N").await?;
+                continue;
+            }
+            // The rest of the startup message (parameters), bounded like any startup.
+            let mut rest = vec![0u8; len.saturating_sub(8).min(10_000)];
+            socket.read_exact(&mut rest).await?;
+            return socket.write_all(&frame).await;
+        }
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        let _ = socket.shutdown().await;
+        // Give the client a moment to read the answer before the socket closes.
+        let mut rest = [0u8; 256];
+        let _ = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut rest)).await;
+    }
+}
+
 /// Accepts PostgreSQL connections until `shutdown` turns true, then lets running queries
 /// finish (up to [`DRAIN_TIMEOUT`]) and closes every connection.
 pub async fn serve(
@@ -82,6 +132,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     users: Vec<PgUser>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -136,6 +187,10 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) if connections.len() >= max_connections => {
+                    tracing::warn!(%peer, max_connections, "pg connection refused: too many clients");
+                    tokio::spawn(too_many_clients(socket, max_connections));
+                }
                 Ok((socket, peer)) => {
                     let state = Arc::clone(&state);
                     let tls = tls.clone();
