@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
 use tokio::sync::{Notify, watch};
 
@@ -59,6 +60,11 @@ pub struct EngineConfig {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Decoding limits for the records the Kafka source reads (cluster mode).
     pub decode: DecodeOptions,
+    /// Memory all running SQL queries may hold together, in bytes: sorts, aggregations and
+    /// joins share it fairly and spill to disk beyond their share; an operator that cannot
+    /// spill fails its query (SQLSTATE 53200) instead of growing the server. `None`: no
+    /// limit.
+    pub query_memory: Option<usize>,
 }
 
 impl EngineConfig {
@@ -79,6 +85,7 @@ impl EngineConfig {
             cold_timeout: crate::cold::DEFAULT_TIMEOUT,
             cluster: None,
             decode: DecodeOptions::default(),
+            query_memory: None,
         }
     }
 }
@@ -303,6 +310,12 @@ impl Engine {
         let cq_feed = Arc::new(cq_feed);
         continuous.set_feed(Arc::clone(&cq_feed));
         let (stop, _) = watch::channel(false);
+        let runtime = match config.query_memory {
+            Some(bytes) => RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
+                .build_arc()?,
+            None => Arc::new(RuntimeEnv::default()),
+        };
         let engine = Arc::new(Self {
             config,
             tiers,
@@ -313,7 +326,7 @@ impl Engine {
             keys,
             wal_holds: Mutex::new(HashMap::new()),
             metrics: EngineMetrics::default(),
-            runtime: Arc::new(RuntimeEnv::default()),
+            runtime,
             tiering: Default::default(),
             tables,
             cluster,

@@ -48,6 +48,36 @@ pub struct PgConfig {
     /// Connections served at once; one more is refused with SQLSTATE 53300, as
     /// PostgreSQL's `max_connections` does.
     pub max_connections: usize,
+    /// MiB all running queries may hold together (sorts, aggregations and joins spill to
+    /// disk beyond it; what cannot spill fails with 53200). Absent: half of the machine's
+    /// memory; 0: no limit.
+    pub query_memory_mb: Option<u64>,
+}
+
+impl PgConfig {
+    /// The query memory limit in bytes (`None`: unlimited).
+    pub fn query_memory_bytes(&self) -> Option<usize> {
+        let mb = match self.query_memory_mb {
+            Some(0) => return None,
+            Some(mb) => mb,
+            None => physical_memory_mb().map_or(4096, |total| (total / 2).max(256)),
+        };
+        usize::try_from(mb.saturating_mul(1024 * 1024)).ok()
+    }
+}
+
+/// MemTotal of /proc/meminfo, in MiB.
+fn physical_memory_mb() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
 }
 
 /// One `[[pg.users]]` entry.
@@ -213,6 +243,7 @@ impl Default for PgConfig {
             tls_cert: None,
             tls_key: None,
             max_connections: 100,
+            query_memory_mb: None,
         }
     }
 }

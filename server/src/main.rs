@@ -243,6 +243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.notify = cfg.notify.to_engine();
     engine_cfg.cold_url = cfg.cold.url.clone();
     engine_cfg.cold_timeout = Duration::from_secs(cfg.cold.timeout_secs);
+    engine_cfg.query_memory = cfg.pg.query_memory_bytes();
     engine_cfg.cluster = cfg.cluster_mode();
     if let Some(cluster) = engine_cfg.cluster.as_mut() {
         cluster.fault_claim_pause = fault_pause("LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS")?;

@@ -642,3 +642,61 @@ async fn connections_over_the_limit_are_refused_with_53300() {
     third.simple_query("SELECT 1").await.expect("served");
     drop(second);
 }
+
+/// `n` records with distinct ~210-byte messages, posted to `server`.
+fn post_distinct_messages(server: &Server, n: usize) {
+    let pad = "x".repeat(200);
+    for chunk in 0..n.div_ceil(10_000) {
+        let body: String = (chunk * 10_000..((chunk + 1) * 10_000).min(n))
+            .map(|i| {
+                format!(
+                    "{{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"info\",\"message\":\"m{i:06} {pad}\",\"host\":\"h{}\"}}\n",
+                    i % 7
+                )
+            })
+            .collect();
+        server.post_expect(body.as_bytes(), (n - chunk * 10_000).min(10_000), 0);
+    }
+}
+
+/// A GROUP BY and ORDER BY over distinct ~210-byte messages.
+const BIG_GROUPING: &str =
+    "SELECT message, count(*) AS n FROM logs GROUP BY message ORDER BY message DESC";
+
+/// A query that needs more than `pg.query_memory_mb` fails with SQLSTATE 53200 instead of
+/// growing the server, and the server goes on ingesting and answering; under the default
+/// limit (half of the machine's memory) the same query runs to its exact answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_the_memory_limit_fail_with_53200_and_hurt_nothing() {
+    let n = 60_000;
+    let starved = Server::start_with_config("[pg]\nquery_memory_mb = 2\n");
+    post_distinct_messages(&starved, n);
+    let client = starved.pg_client().await;
+    let err = client
+        .query(BIG_GROUPING, &[])
+        .await
+        .err()
+        .expect("2 MiB is too little for grouping 12 MB of messages");
+    assert_eq!(err.code(), Some(&SqlState::OUT_OF_MEMORY), "{err:?}");
+    starved.post_expect(b"{\"message\":\"after\"}\n", 1, 0);
+    assert_eq!(
+        starved.query_i64("SELECT count(*) FROM logs").await,
+        n as i64 + 1
+    );
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the connection is still usable");
+
+    let roomy = Server::start();
+    post_distinct_messages(&roomy, n);
+    let rows = roomy
+        .pg_client()
+        .await
+        .query(BIG_GROUPING, &[])
+        .await
+        .unwrap_or_else(|e| panic!("under the default limit: {e:?}"));
+    assert_eq!(rows.len(), n);
+    let first: String = rows[0].get(0);
+    assert!(first.starts_with(&format!("m{:06} ", n - 1)), "{first}");
+}
