@@ -100,6 +100,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest accepted single record (one NDJSON line or array element), in bytes.
     pub max_record_bytes: usize,
+    /// `POST /v1/logs` requests handled at once; more get `429` with `Retry-After`.
+    pub max_concurrent_requests: usize,
 }
 
 /// `[storage]`: when the hot buffer is flushed to Parquet.
@@ -254,6 +256,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1024 * 1024,
+            max_concurrent_requests: 128,
         }
     }
 }
@@ -354,6 +357,9 @@ impl Config {
                  pile up (the longest query only needs minutes)",
                 st.retired_grace_secs
             );
+        }
+        if self.http.max_concurrent_requests == 0 {
+            bail!("http.max_concurrent_requests must be at least 1");
         }
         if self.http.max_record_bytes == 0 || self.http.max_body_bytes == 0 {
             bail!("http.max_record_bytes and http.max_body_bytes must be at least 1");

@@ -327,3 +327,63 @@ async fn wait_for(server: &Server, n: i64) -> bool {
     }
     false
 }
+
+/// With every `http.max_concurrent_requests` slot held (here one slow upload), another
+/// `POST /v1/logs` is refused at once with 429 and `Retry-After`, nothing stored, and
+/// counted on `/metrics`; when the slot frees, ingest goes on.
+#[test]
+fn ingest_beyond_the_concurrency_limit_gets_429_and_stores_nothing() {
+    use std::io::Write;
+    let server = Server::start_with_config("[http]\nmax_concurrent_requests = 1\n");
+    let addr = server.http_url().trim_start_matches("http://").to_string();
+    // Headers announce 1000 bytes; the body never comes: the request holds its slot.
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.write_all(
+        b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
+          Content-Length: 1000\r\n\r\n{\"message\":",
+    )
+    .expect("send headers");
+    let record = b"{\"message\":\"hello\"}\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Until the server has the slow request's headers, a POST may still get in.
+    let mut admitted = 0;
+    let (status, body) = loop {
+        let answer = server.post(record, None).expect("POST");
+        if answer.0 == 429 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        admitted += i64::from(answer.0 == 200);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("max_concurrent_requests"), "{body}");
+    let metrics = ureq::get(&format!("{}/metrics", server.http_url()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics text");
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("logsphere_ingest_refused_busy_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("logsphere_ingest_refused_busy_total");
+    assert!(refused >= 1, "{refused}");
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = server.post(record, None).expect("POST");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let client = tokio::runtime::Runtime::new().expect("runtime");
+    let stored = client.block_on(server.query_i64("SELECT count(*) FROM logs"));
+    assert_eq!(stored, admitted + 1, "only the admitted records are stored");
+}

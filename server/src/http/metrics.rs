@@ -18,11 +18,16 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let (hot_rows, cold_files) = state.engine.tier_stats();
     let cold = state.engine.cold_stats();
     let t = state.engine.tiering_metrics();
-    let counters: [(&str, &str, u64); 21] = [
+    let counters: [(&str, &str, u64); 22] = [
         (
             "logsphere_ingest_requests_total",
             "Ingest requests stored.",
             m.requests.load(Relaxed),
+        ),
+        (
+            "logsphere_ingest_refused_busy_total",
+            "Ingest requests refused with 429: http.max_concurrent_requests were in flight.",
+            state.ingest_refused_busy.load(Relaxed),
         ),
         (
             "logsphere_records_accepted_total",

@@ -25,6 +25,11 @@ use crate::config::HttpConfig;
 struct HttpState {
     engine: Arc<Engine>,
     max_record_bytes: usize,
+    /// `POST /v1/logs` requests being read or stored (`http.max_concurrent_requests`).
+    ingest_slots: Arc<tokio::sync::Semaphore>,
+    max_concurrent: usize,
+    /// Requests refused with 429 because every slot was taken.
+    ingest_refused_busy: std::sync::atomic::AtomicU64,
 }
 
 /// Serves HTTP until `shutdown` turns true; requests in flight are answered first.
@@ -37,9 +42,16 @@ pub async fn serve(
     let state = Arc::new(HttpState {
         engine,
         max_record_bytes: cfg.max_record_bytes,
+        ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests)),
+        max_concurrent: cfg.max_concurrent_requests,
+        ingest_refused_busy: Default::default(),
     });
+    let ingest_route = post(ingest).route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state),
+        ingest_slot,
+    ));
     let app = Router::new()
-        .route("/v1/logs", post(ingest))
+        .route("/v1/logs", ingest_route)
         .route("/v1/flush", post(flush))
         .route("/v1/compact", post(compact))
         .route("/healthz", get(healthz))
@@ -55,6 +67,35 @@ pub async fn serve(
     })
     .await?;
     Ok(())
+}
+
+/// Admits a `POST /v1/logs` only while fewer than `http.max_concurrent_requests` are in
+/// flight, before its body is read: memory for request bodies stays bounded by the limit
+/// times `http.max_body_bytes`. Beyond it: `429` with `Retry-After`, nothing stored, so a
+/// shipper retries (as `logsphere ship`, Vector and Fluent Bit do) instead of the server
+/// queueing without bound.
+async fn ingest_slot(
+    State(state): State<Arc<HttpState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = Arc::clone(&state.ingest_slots).try_acquire_owned() else {
+        state
+            .ingest_refused_busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many ingest requests in flight (http.max_concurrent_requests = {}); \
+                 nothing was stored, retry",
+                state.max_concurrent
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(1u32));
+        return resp;
+    };
+    next.run(request).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
