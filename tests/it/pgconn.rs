@@ -587,3 +587,52 @@ fn tls_config_errors_name_the_key() {
         "{err}"
     );
 }
+
+/// A cross join of generated series: pure CPU, no I/O to wait on, minutes of work.
+const CPU_BOUND: &str =
+    "SELECT count(*) FROM generate_series(1, 400000) a CROSS JOIN generate_series(1, 400000) b";
+
+/// `statement_timeout` and a CancelRequest stop a CPU-bound statement too (queries run on
+/// their own runtime, so the connection's timer and the cancel are served while it
+/// computes), and HTTP ingest is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_bound_statements_are_stopped_and_ingest_goes_on() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client
+        .simple_query("SET statement_timeout = '500ms'")
+        .await
+        .unwrap();
+    // The bound only tells a hang from an answer: the join itself would take minutes.
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.simple_query(CPU_BOUND))
+        .await
+        .expect("statement_timeout answered while the join computes");
+    let e = answer.map(|_| ()).unwrap_err();
+    assert_eq!(code(&e), SqlState::QUERY_CANCELED, "{e}");
+    client
+        .simple_query("SET statement_timeout = 0")
+        .await
+        .unwrap();
+
+    // Without a timeout: ingest is served while the join runs, then a cancel stops it.
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move { client.simple_query(CPU_BOUND).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = server.http_url();
+    let posted = tokio::task::spawn_blocking(move || {
+        logsphere_tests::post_logs(&url, b"{\"message\":\"during the join\"}\n", None)
+    });
+    let posted = tokio::time::timeout(Duration::from_secs(30), posted)
+        .await
+        .expect("ingest answered while the join computes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(posted.0, 200, "{}", posted.1);
+    token.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the cancel answered while the join computes")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), SqlState::QUERY_CANCELED, "{e}");
+}

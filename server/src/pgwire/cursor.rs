@@ -466,8 +466,7 @@ impl PreparedCursor {
                 }
                 let df = planned.dataframe(session, params).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let stream = df
-                    .execute_stream()
+                let stream = super::executor::execute_stream(df)
                     .await
                     .map_err(|e| errors::datafusion_error(&e))?;
                 let cursor = Cursor {

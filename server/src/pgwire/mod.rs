@@ -20,6 +20,8 @@
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping;
+//! - `executor`: queries run on their own runtime, so a CPU-bound one cannot starve the
+//!   connections, ingest, cancels and timeouts;
 //! - `tls`: the TLS acceptor from `[pg] tls_cert` / `tls_key`.
 
 mod activity;
@@ -31,6 +33,7 @@ mod connection;
 mod copy;
 mod cursor;
 mod errors;
+mod executor;
 mod extended;
 mod info_schema;
 mod pg_compat;

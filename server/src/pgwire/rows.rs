@@ -40,8 +40,7 @@ pub(crate) async fn encode_named_rows(
         Some(format_options),
         names,
     )?);
-    let batches = df
-        .execute_stream()
+    let batches = super::executor::execute_stream(df)
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
     let row_fields = Arc::clone(&fields);
