@@ -57,10 +57,26 @@ pub(super) struct DefinitionsFile {
     pub(super) dropped_events: Vec<AlertEvent>,
 }
 impl DefinitionsFile {
-    /// The file at `path`; empty when there is none yet.
+    /// The file at `path`; empty when there is none yet. A file that does not parse (a
+    /// bit flip or a torn write on a failing disk: the file is only ever replaced whole) is
+    /// set aside as `<name>.corrupt-<unix seconds>`, named in the log, and the engine starts
+    /// without CQs rather than not at all: ingest and queries must not depend on alert
+    /// rules. Their checkpoints stay, so restoring a repaired file resumes them.
     pub(super) fn load(path: &Path) -> Result<Self, CqError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageError::json(path, e)),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(file) => Ok(file),
+                Err(e) => {
+                    let aside = set_aside(path).map_err(|io| StorageError::io(path, io))?;
+                    tracing::error!(
+                        file = %path.display(),
+                        set_aside = %aside.display(),
+                        error = %e,
+                        "the continuous-query definitions do not parse; set aside, starting without continuous queries"
+                    );
+                    Ok(Self::default())
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(StorageError::io(path, e)),
         }
@@ -71,4 +87,16 @@ impl DefinitionsFile {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| StorageError::json(path, e))?;
         atomic_write(path, &bytes).map_err(|e| StorageError::write(path, e))
     }
+}
+
+/// Renames a damaged file to `<name>.corrupt-<unix seconds>` beside it; returns the new path.
+pub(super) fn set_aside(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{secs}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
 }

@@ -143,7 +143,12 @@ impl CqRegistry {
             {
                 Ok(live) => live,
                 Err(e) if checkpoint.is_some() => {
-                    tracing::warn!(cq = %def.name, error = %e, "cannot restore checkpoint; starting fresh");
+                    // Kept for whoever investigates; the next checkpoint takes its place.
+                    let aside = super::definitions::set_aside(&path).map_or_else(
+                        |io| format!("(not set aside: {io})"),
+                        |p| p.display().to_string(),
+                    );
+                    tracing::warn!(cq = %def.name, error = %e, set_aside = %aside, "cannot restore checkpoint; starting fresh");
                     match HostedCq::build(def.clone(), None, &notifier, &tables).await {
                         Ok(mut live) => {
                             live.error = Some(format!("checkpoint not restored: {e}"));

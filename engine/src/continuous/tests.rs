@@ -979,3 +979,60 @@ async fn deferred_checkpoints_never_replace_newer_ones_nor_revive_dropped_querie
         .collect();
     assert!(leftovers.is_empty(), "no temporary files left");
 }
+
+/// Damaged CQ files do not keep the engine from starting: a checkpoint that does not decode
+/// is set aside and its CQ starts fresh, saying why; a definitions file that does not parse
+/// is set aside and the engine starts without CQs (new ones can be created).
+#[tokio::test]
+async fn damaged_cq_files_are_set_aside_and_the_registry_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE CONTINUOUS QUERY burst ALERT \
+               AS SELECT * FROM logs WHERE log_level = 'CRITICAL'";
+    let now = BASE + 10 * SEC;
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    queries.create(&create_statement(sql), now).await.unwrap();
+    queries.process(1, &batch(&[row(BASE, "CRITICAL", "api")]), now);
+    queries.checkpoint_all(now);
+    drop(queries);
+    let set_aside = |prefix: &str| {
+        std::fs::read_dir(dir.path().join("continuous"))
+            .unwrap()
+            .chain(std::fs::read_dir(dir.path()).unwrap())
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(prefix) && n.contains(".corrupt-")
+            })
+            .count()
+    };
+
+    let ckpt = super::hosting::checkpoint_path(&dir.path().join("continuous"), "burst");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    let listed = queries.queries_batch().unwrap();
+    let error = listed
+        .column_by_name("error")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_string();
+    assert!(error.starts_with("checkpoint not restored"), "{error}");
+    let ckpt_name = ckpt.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        set_aside(&ckpt_name),
+        1,
+        "the damaged checkpoint is kept aside"
+    );
+    drop(queries);
+
+    let defs = dir.path().join("continuous_queries.json");
+    std::fs::write(&defs, b"{\"queries\": [{\"name\": \"bur").unwrap();
+    let queries = CqRegistry::open(dir.path()).await.unwrap();
+    assert_eq!(queries.queries_batch().unwrap().num_rows(), 0);
+    assert_eq!(set_aside("continuous_queries.json"), 1);
+    queries.create(&create_statement(sql), now).await.unwrap();
+    assert_eq!(queries.queries_batch().unwrap().num_rows(), 1);
+}
