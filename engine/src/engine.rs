@@ -209,7 +209,7 @@ impl Engine {
             });
         }
         let catalog = LocalCatalog::new(dir);
-        let manifest = catalog.load()?;
+        let mut manifest = catalog.load()?;
         let cold = match &config.cold_url {
             Some(url) => ColdStore::open(url, "cold.url")?,
             None => ColdStore::local(&dir.join("cold"))?,
@@ -222,6 +222,14 @@ impl Engine {
         } else {
             0
         };
+        // A damaged committed file would fail every query over its table: set it aside.
+        if config.cluster.is_none() {
+            let damaged = cold.set_aside_damaged(&mut manifest).await?;
+            if !damaged.is_empty() {
+                manifest.version += 1;
+                catalog.commit(&manifest)?;
+            }
+        }
         // Cluster mode's manifest is Cassandra's, loaded by the tierer within a second; until
         // then nothing counts as tiered and every hot row is answered (none is deleted).
         let tiers = Arc::new(Tiers::new(if config.cluster.is_some() {

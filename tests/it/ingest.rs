@@ -387,3 +387,56 @@ fn ingest_beyond_the_concurrency_limit_gets_429_and_stores_nothing() {
     let stored = client.block_on(server.query_i64("SELECT count(*) FROM logs"));
     assert_eq!(stored, admitted + 1, "only the admitted records are stored");
 }
+
+/// A committed Parquet file damaged on disk (truncated, as by a failing disk) is found at
+/// start-up, moved to `cold/quarantine/`, named in the log with its row count and dropped
+/// from the catalog: the server starts and answers from everything else instead of failing
+/// every query over `logs`.
+#[tokio::test]
+async fn a_damaged_cold_file_is_set_aside_at_start() {
+    let mut server = Server::start();
+    for hour in [10, 11] {
+        let body: String = (0..50)
+            .map(|i| {
+                format!("{{\"ts\":\"2026-11-24T{hour}:00:{i:02}Z\",\"level\":\"info\",\"message\":\"m{i}\"}}\n")
+            })
+            .collect();
+        server.post_expect(body.as_bytes(), 50, 0);
+    }
+    assert_eq!(server.flush(), 100);
+    assert!(server.stop(), "clean stop");
+    let cold = server.data_dir().join("cold");
+    let hour_11 = cold.join("logs/date=2026-11-24/hour=11");
+    let file = std::fs::read_dir(&hour_11)
+        .expect("hour 11 was flushed")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .expect("a Parquet file of hour 11");
+    let bytes = std::fs::read(&file).expect("read the file");
+    std::fs::write(&file, &bytes[..bytes.len() - 20]).expect("truncate it");
+
+    server.restart();
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 50);
+    let name = file
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    let log = server.log();
+    assert!(
+        log.contains("a committed cold file is damaged") && log.contains(&name),
+        "{log}"
+    );
+    assert!(!file.exists(), "moved away");
+    let aside = cold
+        .join("quarantine/logs/date=2026-11-24/hour=11")
+        .join(&name);
+    assert!(aside.exists(), "kept in {}", aside.display());
+    let catalog = std::fs::read_to_string(server.data_dir().join("catalog.json")).expect("catalog");
+    assert!(!catalog.contains(&name), "the catalog no longer names it");
+    // A second start finds nothing more to set aside, and ingest goes on.
+    server.restart();
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 50);
+    server.post_expect(b"{\"message\":\"after\"}\n", 1, 0);
+}

@@ -388,6 +388,114 @@ impl ColdStore {
     }
 }
 
+/// A committed cold file that cannot be read, found at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedFile {
+    /// Its path below the cold root.
+    pub path: String,
+    /// Where it was moved (`quarantine/…`), if it still existed.
+    pub set_aside: Option<String>,
+    /// Rows the manifest said it held: no longer answered.
+    pub rows: u64,
+    /// Why it counts as damaged.
+    pub reason: String,
+}
+
+impl ColdStore {
+    /// Checks the footer of every file `manifest` names. A file that is gone, or whose
+    /// footer does not parse (truncated, bit-flipped), is moved to `quarantine/<path>` and
+    /// dropped from `manifest` (the caller commits it), so every query does not fail on it:
+    /// its rows are lost to SQL either way, and the log names it with its row count. A file
+    /// that cannot be *read* right now (permissions, a store that does not answer) is left
+    /// alone: that is not damage.
+    pub async fn set_aside_damaged(
+        &self,
+        manifest: &mut Manifest,
+    ) -> Result<Vec<DamagedFile>, EngineError> {
+        let mut damaged = Vec::new();
+        for table in [&mut manifest.logs, &mut manifest.dead_letters] {
+            let mut kept = Vec::with_capacity(table.len());
+            for file in table.drain(..) {
+                let location = ObjectPath::from(file.path.as_str());
+                let reason = match tokio::time::timeout(
+                    self.timeout,
+                    footer_damage(&*self.store, &location),
+                )
+                .await
+                {
+                    Ok(Ok(damage)) => damage,
+                    Ok(Err(e)) => {
+                        tracing::warn!(file = %file.path, error = %e, "cannot check a cold file now; keeping it");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(file = %file.path, "no answer while checking a cold file; keeping it");
+                        None
+                    }
+                };
+                let Some(reason) = reason else {
+                    kept.push(file);
+                    continue;
+                };
+                let aside = format!("quarantine/{}", file.path);
+                let set_aside = match self
+                    .store
+                    .rename(&location, &ObjectPath::from(aside.as_str()))
+                    .await
+                {
+                    Ok(()) => Some(aside),
+                    Err(_) => None,
+                };
+                tracing::error!(
+                    file = %file.path,
+                    set_aside = set_aside.as_deref().unwrap_or("-"),
+                    rows = file.rows,
+                    reason = %reason,
+                    "a committed cold file is damaged: set aside; its rows are no longer answered"
+                );
+                damaged.push(DamagedFile {
+                    path: file.path,
+                    set_aside,
+                    rows: file.rows,
+                    reason,
+                });
+            }
+            *table = kept;
+        }
+        Ok(damaged)
+    }
+}
+
+/// Why the Parquet file at `location` is damaged (gone, or its footer does not parse: a
+/// truncation loses the magic at the end), or `None` when its footer parses; `Err` when it
+/// cannot be read now. Damage inside data pages shows only when a query reads them.
+async fn footer_damage(
+    store: &dyn ObjectStore,
+    location: &ObjectPath,
+) -> Result<Option<String>, object_store::Error> {
+    let size = match store.head(location).await {
+        Ok(meta) => meta.size,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Some("the file is gone".into())),
+        Err(e) => return Err(e),
+    };
+    if size < 12 {
+        return Ok(Some(format!("{size} bytes is too short for Parquet")));
+    }
+    let tail = store.get_range(location, size - 8..size).await?;
+    if tail.len() != 8 || &tail[4..] != b"PAR1" {
+        return Ok(Some("no Parquet magic at its end".into()));
+    }
+    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if len + 12 > size {
+        return Ok(Some(format!("its footer length {len} exceeds the file")));
+    }
+    let footer = store.get_range(location, size - 8 - len..size - 8).await?;
+    match parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer) {
+        Ok(_) => Ok(None),
+        Err(e) => Ok(Some(format!("its footer does not parse: {e}"))),
+    }
+}
+
 fn bad_url(url: &str, e: url::ParseError) -> EngineError {
     EngineError::Catalog {
         path: PathBuf::from(url),
