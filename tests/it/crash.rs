@@ -202,3 +202,96 @@ fn count_parquet(dir: &std::path::Path) -> usize {
     walk(dir, &mut n);
     n
 }
+
+/// A mounted tmpfs of `mb` MiB at a fresh directory, unmounted on drop. Needs root, as the
+/// test command has (it installs Debian packages); without it the test fails and says so.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(mb: u32) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("logsphere-full-")
+            .tempdir()
+            .expect("temp dir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {mb} MiB tmpfs needs root (scripts/test runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The data disk fills up during ingest: every request that got a 2xx is durable, the rest
+/// get 503 naming the full disk (never a 2xx for a record not stored); when space returns,
+/// ingest and flushing resume without a restart; after `kill -9` exactly the acknowledged
+/// records are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_ingest_then_resumes_and_loses_nothing() {
+    let disk = SmallDisk::new(24);
+    // Most of the disk taken by something else, freed later.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 14 * 1024 * 1024]).expect("filler");
+    let data = disk.path().join("data");
+    let mut server = Server::start_in(ServerOptions::default(), Some(data));
+    let body: String = (0..2000)
+        .map(|i| {
+            format!(
+                "{{\"message\":\"m{i} {}\",\"level\":\"info\"}}\n",
+                "x".repeat(200)
+            )
+        })
+        .collect();
+    let url = server.http_url();
+    let (acked, refused) = tokio::task::spawn_blocking(move || {
+        let (mut acked, mut refused) = (0i64, Vec::new());
+        for _ in 0..60 {
+            let (status, text) = post_logs(&url, body.as_bytes(), None).expect("POST");
+            match status {
+                200 => acked += 2000,
+                _ => refused.push((status, text)),
+            }
+        }
+        (acked, refused)
+    })
+    .await
+    .expect("senders");
+    assert!(acked > 0, "some requests fit");
+    assert!(!refused.is_empty(), "the disk filled up");
+    for (status, text) in &refused {
+        assert_eq!(*status, 503, "{text}");
+        assert!(text.contains("No space left on device"), "{text}");
+    }
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, acked);
+
+    std::fs::remove_file(&filler).expect("free space");
+    server.post_expect(b"{\"message\":\"after\"}\n", 1, 0);
+    assert_eq!(server.flush(), (acked + 1) as u64, "the flush works again");
+    server.post_expect(b"{\"message\":\"hot\"}\n", 1, 0);
+    server.restart();
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs").await,
+        acked + 2,
+        "after kill -9, exactly the acknowledged records"
+    );
+    drop(server);
+}

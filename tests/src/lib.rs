@@ -53,6 +53,8 @@ pub struct Server {
     http_port: u16,
     options: ServerOptions,
     starts: u32,
+    /// `start_in`: the data directory, instead of one in `dir`.
+    data_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -71,6 +73,12 @@ impl Server {
 
     /// Starts a server with `options`.
     pub fn start_with(options: ServerOptions) -> Self {
+        Self::start_in(options, None)
+    }
+
+    /// Starts a server with `options` on the data directory `data_dir` (e.g. a small
+    /// file system the test mounted), or one of its own when `None`.
+    pub fn start_in(options: ServerOptions, data_dir: Option<PathBuf>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("logsphere-test-")
             .tempdir()
@@ -82,6 +90,7 @@ impl Server {
             http_port: free_port(),
             options,
             starts: 0,
+            data_dir,
         };
         // A port `free_port` found free can be taken (e.g. as the local port of some
         // outgoing connection) before the server binds it: a first start then picks others.
@@ -100,7 +109,9 @@ impl Server {
 
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     fn log_path(&self) -> PathBuf {
