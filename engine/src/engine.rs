@@ -810,6 +810,11 @@ impl Engine {
     }
 
     /// The engine's counters.
+    /// Bytes the running queries hold in the query memory pool (`pg.query_memory_mb`).
+    pub fn query_memory_reserved(&self) -> usize {
+        self.runtime.memory_pool.reserved()
+    }
+
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
     }

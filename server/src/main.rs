@@ -267,18 +267,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pg_stats = Arc::new(pgwire::PgStats::default());
     let pg = tokio::spawn(pgwire::serve(
         pg_listener,
         Arc::clone(&engine),
         cfg.pg.users.clone(),
         pg_tls,
         cfg.pg.max_connections,
+        Arc::clone(&pg_stats),
         shutdown_rx.clone(),
     ));
     let http = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&engine),
         cfg.http.clone(),
+        pg_stats,
         shutdown_rx,
     ));
     match engine.cluster().map(|c| c.config()) {

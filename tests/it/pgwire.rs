@@ -627,6 +627,26 @@ async fn connections_over_the_limit_are_refused_with_53300() {
     for client in [&first, &second] {
         client.simple_query("SELECT 1").await.expect("still served");
     }
+    let url = format!("{}/metrics", server.http_url());
+    let metrics = tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .expect("metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("metrics text")
+    })
+    .await
+    .unwrap();
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(metric("logsphere_pg_connections_refused_total"), 2);
+    assert_eq!(metric("logsphere_pg_connections"), 2);
     drop(first);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let third = loop {

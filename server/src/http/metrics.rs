@@ -18,7 +18,12 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let (hot_rows, cold_files) = state.engine.tier_stats();
     let cold = state.engine.cold_stats();
     let t = state.engine.tiering_metrics();
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 23] = [
+        (
+            "logsphere_pg_connections_refused_total",
+            "PostgreSQL connections refused with 53300: pg.max_connections were open.",
+            state.pg.refused.load(Relaxed),
+        ),
         (
             "logsphere_ingest_requests_total",
             "Ingest requests stored.",
@@ -140,6 +145,16 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let last_round = t.last_round_us.load(Relaxed);
     let horizon = state.engine.tier_horizon_us().unwrap_or(0);
     let gauges = [
+        (
+            "logsphere_pg_connections",
+            "PostgreSQL connections being served.",
+            state.pg.open.load(Relaxed),
+        ),
+        (
+            "logsphere_query_memory_reserved_bytes",
+            "Bytes running queries hold in the query memory pool (pg.query_memory_mb).",
+            state.engine.query_memory_reserved() as u64,
+        ),
         (
             "logsphere_tiering_last_round_seconds",
             "When the last tiering round committed (Unix time; 0: none yet).",

@@ -30,6 +30,8 @@ struct HttpState {
     max_concurrent: usize,
     /// Requests refused with 429 because every slot was taken.
     ingest_refused_busy: std::sync::atomic::AtomicU64,
+    /// The PostgreSQL listener's connection counts.
+    pg: Arc<crate::pgwire::PgStats>,
 }
 
 /// Serves HTTP until `shutdown` turns true; requests in flight are answered first.
@@ -37,6 +39,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     cfg: HttpConfig,
+    pg: Arc<crate::pgwire::PgStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state = Arc::new(HttpState {
@@ -45,6 +48,7 @@ pub async fn serve(
         ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests)),
         max_concurrent: cfg.max_concurrent_requests,
         ingest_refused_busy: Default::default(),
+        pg,
     });
     let ingest_route = post(ingest).route_layer(axum::middleware::from_fn_with_state(
         Arc::clone(&state),

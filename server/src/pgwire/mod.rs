@@ -68,6 +68,15 @@ use crate::config::PgUser;
 /// How long shutdown waits for running queries before closing their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connection counts for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PgStats {
+    /// Connections being served.
+    pub open: std::sync::atomic::AtomicU64,
+    /// Connections refused with 53300 (`pg.max_connections`).
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
 /// What all connections share.
 pub(crate) struct ServerState {
     engine: Arc<Engine>,
@@ -136,6 +145,7 @@ pub async fn serve(
     users: Vec<PgUser>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     max_connections: usize,
+    stats: Arc<PgStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -192,6 +202,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) if connections.len() >= max_connections => {
                     tracing::warn!(%peer, max_connections, "pg connection refused: too many clients");
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(too_many_clients(socket, max_connections));
                 }
                 Ok((socket, peer)) => {
@@ -215,6 +226,7 @@ pub async fn serve(
                         }
                         .instrument(span),
                     );
+                    stats.open.store(connections.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning on the error.
@@ -223,6 +235,7 @@ pub async fn serve(
                 }
             },
             Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                stats.open.store(connections.len() as u64, Ordering::Relaxed);
                 if let Err(e) = finished
                     && e.is_panic()
                 {
