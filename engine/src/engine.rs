@@ -829,6 +829,16 @@ impl Engine {
         self.wal.metrics()
     }
 
+    /// Why ingest is refused until a restart (the WAL's fsync failed), if it is.
+    pub fn not_durable(&self) -> Option<String> {
+        self.wal
+            .metrics()
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Cluster mode: the committed cold horizon (µs), once a round moved anything.
     pub fn tier_horizon_us(&self) -> Option<i64> {
         self.tiers.manifest().cut.as_ref().map(|c| c.horizon_us)

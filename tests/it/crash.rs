@@ -295,3 +295,43 @@ async fn a_full_disk_refuses_ingest_then_resumes_and_loses_nothing() {
     );
     drop(server);
 }
+
+/// A failed WAL fsync (injected after three good ones) is never retried into a false
+/// success: that request and every later one get 503 naming the fsync, `/healthz` says the
+/// node does not accept writes, and after a restart exactly the acknowledged records are
+/// there and ingest works again.
+#[tokio::test]
+async fn a_failed_fsync_stops_acknowledging_until_a_restart() {
+    let mut server = Server::start_with(ServerOptions {
+        config: None,
+        env: vec![("LOGSPHERE_FAULT_WAL_FSYNC_FAIL_AFTER".into(), "3".into())],
+    });
+    for i in 0..3 {
+        server.post_expect(format!("{{\"message\":\"acked {i}\"}}\n").as_bytes(), 1, 0);
+    }
+    for _ in 0..3 {
+        let (status, text) = server
+            .post(b"{\"message\":\"not durable\"}\n", None)
+            .expect("POST");
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("fsync"), "{text}");
+    }
+    let mut health = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .get(&format!("{}/healthz", server.http_url()))
+        .call()
+        .expect("healthz");
+    assert_eq!(health.status().as_u16(), 503);
+    let text = health.body_mut().read_to_string().expect("healthz text");
+    assert!(text.contains("fsync"), "{text}");
+
+    server.restart();
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs").await,
+        3,
+        "exactly the acknowledged records"
+    );
+    server.post_expect(b"{\"message\":\"after the restart\"}\n", 1, 0);
+}

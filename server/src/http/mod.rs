@@ -174,9 +174,17 @@ async fn ingest(
     }
 }
 
-/// `200 ok` when the node can serve; in cluster mode `503` with what it waits for
+/// `200 ok` when the node can serve; `503` when the WAL refuses writes after a failed
+/// fsync, and in cluster mode with what it waits for
 /// (Cassandra or Kafka not answering yet).
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    if let Some(why) = state.engine.not_durable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not accepting writes: {why}\n"),
+        )
+            .into_response();
+    }
     match state.engine.cluster() {
         None => "ok\n".into_response(),
         Some(cluster) => match cluster.ping().await {

@@ -38,6 +38,8 @@ pub struct WalMetrics {
     pub entries: AtomicU64,
     /// fsync calls (one per group commit).
     pub syncs: AtomicU64,
+    /// Why the WAL acknowledges nothing more (a failed fsync), until a restart.
+    pub broken: Mutex<Option<String>>,
 }
 
 /// What opening the WAL found on disk.
@@ -284,6 +286,9 @@ struct Writer {
     metrics: Arc<WalMetrics>,
     active_first_seq: Arc<AtomicU64>,
     broken: Option<String>,
+    /// Test hook (`LOGSPHERE_FAULT_WAL_FSYNC_FAIL_AFTER`): fsyncs that succeed before one
+    /// is made to fail, as a failing disk's would.
+    fsync_fault_after: Option<u64>,
 }
 
 /// Most bytes gathered into one group commit.
@@ -309,7 +314,23 @@ impl Writer {
             metrics,
             active_first_seq,
             broken: None,
+            fsync_fault_after: std::env::var("LOGSPHERE_FAULT_WAL_FSYNC_FAIL_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         })
+    }
+
+    /// fsync of the active segment (or the injected failure of the test hook).
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let Some(left) = self.fsync_fault_after.as_mut() {
+            if *left == 0 {
+                return Err(std::io::Error::other(
+                    "injected fsync failure (LOGSPHERE_FAULT_WAL_FSYNC_FAIL_AFTER)",
+                ));
+            }
+            *left -= 1;
+        }
+        self.file.sync_data()
     }
 
     fn new_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), EngineError> {
@@ -354,7 +375,33 @@ impl Writer {
         for (i, a) in group.iter().enumerate() {
             encode_entry(first_seq + i as u64, &a.payload, buf);
         }
-        let result = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+        let result = self.file.write_all(buf);
+        if result.is_ok()
+            && let Err(e) = self.sync()
+        {
+            // After a failed fsync the page cache cannot be trusted (PostgreSQL's
+            // "fsyncgate"): the kernel may have dropped the dirty pages and a later fsync
+            // would report success for data that never reached the disk. Acknowledge
+            // nothing more; a restart replays what is really on disk, checksummed.
+            let why = format!(
+                "fsync of WAL segment {} failed: {e}; nothing more is acknowledged until a \
+                 restart replays the WAL from disk",
+                self.path.display()
+            );
+            tracing::error!(segment = %self.path.display(), error = %e, "WAL fsync failed; refusing further appends");
+            // Best effort: the group was not acknowledged, so it should not come back.
+            let _ = self.file.set_len(self.written);
+            self.broken = Some(why.clone());
+            *self
+                .metrics
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            for a in group {
+                let _ = a.reply.send(Err(why.clone()));
+            }
+            return;
+        }
         if let Err(e) = result {
             let why = format!("WAL write to {} failed: {e}", self.path.display());
             tracing::error!(segment = %self.path.display(), error = %e, "WAL write failed");
@@ -367,6 +414,11 @@ impl Writer {
                 .is_err()
             {
                 self.broken = Some(why.clone());
+                *self
+                    .metrics
+                    .broken
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
             }
             for a in group {
                 let _ = a.reply.send(Err(why.clone()));
