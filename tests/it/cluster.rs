@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use logsphere_tests::services::{service_endpoint, unique_name};
-use logsphere_tests::{Server, ServerOptions};
+use logsphere_tests::{Server, ServerOptions, rss_bytes};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -227,15 +227,6 @@ async fn per_source(node: &Server, table: &str) -> HashMap<String, i64> {
         .await
         .expect("per-source counts");
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// 100 000 records over 3 partitions of 2 topics while the node is SIGKILLed 5 times:

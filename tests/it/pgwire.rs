@@ -720,3 +720,43 @@ async fn queries_over_the_memory_limit_fail_with_53200_and_hurt_nothing() {
     let first: String = rows[0].get(0);
     assert!(first.starts_with(&format!("m{:06} ", n - 1)), "{first}");
 }
+
+/// A client that asks for ~2 GB of rows and then stops reading holds only what fits in
+/// the socket buffers and one or two batches on the server: results are streamed with
+/// back-pressure, never buffered whole; other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_no_server_memory() {
+    use std::io::Write;
+    let server = Server::start();
+    let pid = server.pid().expect("server pid");
+    let before = logsphere_tests::rss_bytes(pid) / (1024 * 1024);
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", server.pg_port())).expect("connect");
+    // StartupMessage (protocol 3.0), then a simple Query; nothing is ever read.
+    let params = b"user\0logsphere\0database\0logsphere\0\0";
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&((8 + params.len()) as i32).to_be_bytes());
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    startup.extend_from_slice(params);
+    let sql = b"SELECT repeat('x', 1000) AS wide FROM generate_series(1, 2000000)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    slow.write_all(&startup).expect("startup");
+    slow.write_all(&query).expect("query");
+    // Let it produce until the socket is full, then some more.
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        peak = peak.max(logsphere_tests::rss_bytes(pid) / (1024 * 1024));
+    }
+    assert!(
+        peak < before + 300,
+        "RSS went from {before} MiB to {peak} MiB while a client did not read ~2 GB of rows"
+    );
+    assert_eq!(
+        server.query_i64("SELECT 40 + 2").await,
+        42,
+        "others are served"
+    );
+    drop(slow);
+}

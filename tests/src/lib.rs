@@ -18,6 +18,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The resident memory of process `pid` in bytes, from /proc (0 when it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Path of the `logsphere` binary: `LOGSPHERE_BIN`, or beside this test executable's
 /// `deps/` directory (`cargo build -p logsphere-server`, which `scripts/test` runs).
 pub fn binary() -> PathBuf {
