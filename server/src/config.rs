@@ -52,6 +52,9 @@ pub struct PgConfig {
     /// disk beyond it; what cannot spill fails with 53200). Absent: half of the machine's
     /// memory; 0: no limit.
     pub query_memory_mb: Option<u64>,
+    /// Every session's initial `statement_timeout` in ms (0: none); a session may `SET`
+    /// another, and `RESET` returns to this.
+    pub statement_timeout_ms: u64,
 }
 
 impl PgConfig {
@@ -246,6 +249,7 @@ impl Default for PgConfig {
             tls_key: None,
             max_connections: 100,
             query_memory_mb: None,
+            statement_timeout_ms: 0,
         }
     }
 }

@@ -273,7 +273,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&engine),
         cfg.pg.users.clone(),
         pg_tls,
-        cfg.pg.max_connections,
+        pgwire::Limits {
+            max_connections: cfg.pg.max_connections,
+            statement_timeout_ms: cfg.pg.statement_timeout_ms,
+        },
         Arc::clone(&pg_stats),
         shutdown_rx.clone(),
     ));

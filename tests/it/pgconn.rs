@@ -636,3 +636,29 @@ async fn cpu_bound_statements_are_stopped_and_ingest_goes_on() {
         .unwrap_err();
     assert_eq!(code(&e), SqlState::QUERY_CANCELED, "{e}");
 }
+
+/// `pg.statement_timeout_ms` is every session's initial `statement_timeout`: it stops a
+/// runaway statement without the client asking, and `RESET` returns to it.
+#[tokio::test]
+async fn the_server_wide_statement_timeout_applies_to_every_session() {
+    let server = Server::start_with_config("[pg]\nstatement_timeout_ms = 800\n");
+    let client = server.pg_client().await;
+    let m = client.simple_query("SHOW statement_timeout").await.unwrap();
+    assert_eq!(first_column(&m), ["800ms"]);
+    let e = tokio::time::timeout(Duration::from_secs(30), client.simple_query(CPU_BOUND))
+        .await
+        .expect("answered")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(code(&e), SqlState::QUERY_CANCELED, "{e}");
+    client
+        .simple_query("SET statement_timeout = '5s'")
+        .await
+        .unwrap();
+    client
+        .simple_query("RESET statement_timeout")
+        .await
+        .unwrap();
+    let m = client.simple_query("SHOW statement_timeout").await.unwrap();
+    assert_eq!(first_column(&m), ["800ms"]);
+}

@@ -56,7 +56,10 @@ impl ConnectionHandlers {
     /// A fresh session for a client connecting from `peer`.
     pub(crate) fn new(server: &ServerState, peer: SocketAddr) -> anyhow::Result<Self> {
         let ctx = server.engine.session_context();
-        let vars = Arc::new(Mutex::new(SessionVars::new("")));
+        let vars = SessionVars::new("")
+            .with_default("statement_timeout", &server.statement_timeout)
+            .map_err(|e| anyhow::anyhow!("pg.statement_timeout_ms: {e}"))?;
+        let vars = Arc::new(Mutex::new(vars));
         server
             .catalog
             .install(&ctx, CATALOG, Arc::clone(&vars))

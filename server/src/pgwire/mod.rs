@@ -85,6 +85,17 @@ pub(crate) struct ServerState {
     startup: StartupContext,
     activity: Arc<Activity>,
     backends: Arc<backend::Backends>,
+    /// Every session's initial `statement_timeout` (`pg.statement_timeout_ms`).
+    statement_timeout: String,
+}
+
+/// Limits every connection gets (from `[pg]`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `pg.max_connections`.
+    pub max_connections: usize,
+    /// `pg.statement_timeout_ms`: the sessions' default `statement_timeout` (0: none).
+    pub statement_timeout_ms: u64,
 }
 
 /// Refuses a connection over `pg.max_connections` as PostgreSQL does: a FATAL
@@ -144,7 +155,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     users: Vec<PgUser>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
-    max_connections: usize,
+    limits: Limits,
     stats: Arc<PgStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -174,7 +185,9 @@ pub async fn serve(
         },
         activity: Arc::new(Activity::new()),
         backends: Arc::new(backend::Backends::default()),
+        statement_timeout: limits.statement_timeout_ms.to_string(),
     });
+    let max_connections = limits.max_connections;
     let local = listener.local_addr().ok();
     if tls.is_none() && local.is_some_and(|a| !a.ip().is_loopback()) {
         tracing::warn!(

@@ -98,6 +98,18 @@ impl SessionVars {
         Self { params }
     }
 
+    /// These parameters, with `name`'s startup value (and what `RESET` returns to) set to
+    /// `value`: the server's configured default.
+    pub(crate) fn with_default(mut self, name: &str, value: &str) -> PgWireResult<Self> {
+        let key = name.to_ascii_lowercase();
+        let value = normalise_value(&key, value)?;
+        if let Some(p) = self.params.get_mut(&key) {
+            p.default = value.clone();
+            p.value = value;
+        }
+        Ok(self)
+    }
+
     /// The value of `name` (case-insensitive), if the parameter exists.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.params
