@@ -252,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_record_bytes: cfg.http.max_record_bytes,
         default_topic: cfg.kafka.ingest_topic.clone(),
         origin: "kafka".into(),
+        ..Default::default()
     };
     let pg_tls = match (&cfg.pg.tls_cert, &cfg.pg.tls_key) {
         (Some(cert), Some(key)) => Some(pgwire::tls_acceptor(cert, key)?),

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use logsphere_engine::ingest::DecodeOptions;
+use logsphere_engine::ingest::{DecodeOptions, Format};
 use logsphere_engine::{Engine, EngineError};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -125,6 +125,20 @@ async fn ingest(
             );
         }
     };
+    let format = match body_format(&params, &headers) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if format != Format::Json && state.engine.cluster().is_some() {
+        // Cluster mode produces the raw records to Kafka, where they are decoded as JSON.
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "format={format}: text formats are not supported in cluster mode yet; \
+                 send JSON (format=json) in cluster mode"
+            ),
+        );
+    }
     let opts = DecodeOptions {
         max_record_bytes: state.max_record_bytes,
         default_topic: params
@@ -132,6 +146,8 @@ async fn ingest(
             .cloned()
             .unwrap_or_else(|| "logs".into()),
         origin: format!("http {peer}"),
+        format,
+        default_source: params.get("source").filter(|s| !s.is_empty()).cloned(),
     };
     match state.engine.ingest(body, key, opts).await {
         Ok(o) => {
@@ -168,6 +184,26 @@ async fn ingest(
             )
         }
     }
+}
+
+/// The body's format: `?format=` when given, else `auto` for a `text/plain` body, else
+/// JSON (NDJSON or an array), as before formats existed.
+fn body_format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, String> {
+    if let Some(f) = params.get("format") {
+        return f
+            .parse()
+            .map_err(|e| format!("query parameter format: {e}"));
+    }
+    let text_plain = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/plain"));
+    Ok(if text_plain {
+        Format::Auto
+    } else {
+        Format::Json
+    })
 }
 
 /// `200 ok` when the node can serve; in cluster mode `503` with what it waits for
