@@ -5,7 +5,7 @@
 //! match on at least 99% of the lines.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -30,7 +30,7 @@ fn datasets() -> PathBuf {
     dir
 }
 
-fn read(path: &PathBuf) -> String {
+fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
@@ -342,7 +342,7 @@ impl Tally {
 }
 
 /// Runs every claimed system, in `format` and in `auto`; returns the failures.
-fn check(system: &System, dir: &PathBuf, results: &mut Vec<(String, String, Tally)>) {
+fn check(system: &System, dir: &Path, results: &mut Vec<(String, String, Tally)>) {
     let base = dir.join("loghub-2k").join(system.name);
     let log = read(&base.join(format!("{}_2k.log", system.name)));
     let csv = read(&base.join(format!("{}_2k.log_structured.csv", system.name)));
@@ -403,7 +403,7 @@ fn check(system: &System, dir: &PathBuf, results: &mut Vec<(String, String, Tall
 
 /// The Apache combined log: each field against a split on `"` (an independent reading),
 /// and the whole line rebuilt from the parse.
-fn check_access(dir: &PathBuf, results: &mut Vec<(String, String, Tally)>) {
+fn check_access(dir: &Path, results: &mut Vec<(String, String, Tally)>) {
     let log = read(&dir.join("apache-access/apache_logs"));
     for format in [Format::Access, Format::Auto] {
         let label = format!("apache_logs ({format})");
