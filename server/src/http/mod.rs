@@ -129,13 +129,14 @@ async fn ingest(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if format != Format::Json && state.engine.cluster().is_some() {
-        // Cluster mode produces the raw records to Kafka, where they are decoded as JSON.
+    let consumed_as = state.engine.config().decode.format;
+    if state.engine.cluster().is_some() && format != Format::Json && format != consumed_as {
+        // Cluster mode produces the raw records to Kafka, where kafka.format decodes them.
         return error(
             StatusCode::NOT_IMPLEMENTED,
             format!(
-                "format={format}: text formats are not supported in cluster mode yet; \
-                 send JSON (format=json) in cluster mode"
+                "format={format}: in cluster mode records are decoded where they are consumed, \
+                 as kafka.format = {consumed_as}; send that format or JSON"
             ),
         );
     }

@@ -20,7 +20,7 @@ use std::str::FromStr;
 pub(crate) use attrs::Attrs;
 
 /// How a record's bytes are read: chosen by `?format=` on `POST /v1/logs`, by
-/// `logsphere ship --format`, or by `[kafka] format` for a consumed topic.
+/// `logsphere ship --format`, or by `kafka.format` for the topics consumed in cluster mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// NDJSON or a JSON array of objects; anything else is a dead letter (the default).
@@ -100,6 +100,7 @@ pub(crate) struct Row<'a> {
     pub raw_level: Option<&'a str>,
     /// The host that wrote the line; empty when the format does not say.
     pub source: &'a str,
+    /// The message: borrowed from the line unless unescaping copied it.
     pub message: Cow<'a, str>,
 }
 
