@@ -22,7 +22,8 @@ pub(super) fn parse<'a>(line: &'a str, a: &mut Attrs) -> Option<Row<'a>> {
     if !sc.eat_str(" \"") {
         return None;
     }
-    let request = quoted(&mut sc)?;
+    // Apache writes a `"` inside as `\"`; the text is kept as written.
+    let (request, _) = sc.quoted()?;
     sc.eat(b' ').then_some(())?;
     let status = sc.token()?;
     let status_code = status.parse::<u16>().ok();
@@ -72,8 +73,8 @@ pub(super) fn parse<'a>(line: &'a str, a: &mut Attrs) -> Option<Row<'a>> {
         if !sc.eat_str(" \"") {
             break;
         }
-        match quoted(&mut sc) {
-            Some(v) => {
+        match sc.quoted() {
+            Some((v, _)) => {
                 if v != "-" {
                     a.str(key, v);
                 }
@@ -104,22 +105,4 @@ fn clf_time(sc: &mut Scan<'_>) -> Option<i64> {
     let off = if sc.eat(b' ') { sc.zone()? } else { 0 };
     sc.eat(b']').then_some(())?;
     Some(civil_us(y as i32, mo, d, h, mi, s, us)? - off * 1_000_000)
-}
-
-/// The text up to the closing `"` (consumed); Apache writes a `"` inside as `\"`.
-fn quoted<'a>(sc: &mut Scan<'a>) -> Option<&'a str> {
-    let rest = sc.rest();
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => {
-                sc.i += i + 1;
-                return Some(&rest[..i]);
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }

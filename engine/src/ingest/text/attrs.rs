@@ -58,9 +58,9 @@ impl Attrs {
             && value.len() < 18
             && value.bytes().all(|c| c.is_ascii_digit())
             && (value == "0" || !value.starts_with('0'));
-        match value.parse::<i64>() {
-            Ok(n) if numeric => self.int(key, n),
-            _ => self.str(key, value),
+        match numeric.then(|| value.parse::<i64>().ok()).flatten() {
+            Some(n) => self.int(key, n),
+            None => self.str(key, value),
         }
     }
 

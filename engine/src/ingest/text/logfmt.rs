@@ -82,32 +82,15 @@ fn value<'a>(sc: &mut Scan<'a>) -> Option<Cow<'a, str>> {
         }
         return Some(Cow::Borrowed(v));
     }
-    let rest = sc.rest();
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    let mut escaped = false;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            b'"' => {
-                sc.i += i + 1;
-                if !matches!(sc.peek(), None | Some(b' ')) {
-                    return None;
-                }
-                let raw = &rest[..i];
-                return Some(if escaped {
-                    Cow::Owned(unescape(raw))
-                } else {
-                    Cow::Borrowed(raw)
-                });
-            }
-            _ => i += 1,
-        }
+    let (raw, escaped) = sc.quoted()?;
+    if !matches!(sc.peek(), None | Some(b' ')) {
+        return None;
     }
-    None
+    Some(if escaped {
+        Cow::Owned(unescape(raw))
+    } else {
+        Cow::Borrowed(raw)
+    })
 }
 
 fn unescape(raw: &str) -> String {

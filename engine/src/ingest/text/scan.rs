@@ -106,6 +106,29 @@ impl<'a> Scan<'a> {
         Some(&rest[..n])
     }
 
+    /// After an opening `"`: the raw text up to the closing `"` (consumed; a `\x` escape
+    /// never closes), and whether it holds a backslash to unescape. `None` if unclosed.
+    pub fn quoted(&mut self) -> Option<(&'a str, bool)> {
+        let rest = self.rest();
+        let bytes = rest.as_bytes();
+        let mut i = 0;
+        let mut escaped = false;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                b'"' => {
+                    self.i += i + 1;
+                    return Some((&rest[..i], escaped));
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
     /// A digit run `d d` that is 1 or 2 wide, the `Oct  3` / `Oct 13` day.
     pub fn day(&mut self) -> Option<u32> {
         self.number(2).map(|d| d as u32)

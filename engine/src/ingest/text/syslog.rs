@@ -211,42 +211,16 @@ fn structured_data(sc: &mut Scan<'_>, a: &mut Attrs) -> Option<()> {
             if !(sc.eat(b'=') && sc.eat(b'"')) {
                 return None;
             }
-            let value = quoted_value(sc)?;
-            a.str(name, &value);
+            match sc.quoted()? {
+                (raw, false) => a.str(name, raw),
+                (raw, true) => a.str(name, &unescape(raw)),
+            }
         }
         sc.eat(b']').then_some(())?;
         a.close();
     }
     a.close();
     Some(())
-}
-
-/// The value after an opening `"`, up to the closing one (consumed).
-fn quoted_value<'a>(sc: &mut Scan<'a>) -> Option<Cow<'a, str>> {
-    let rest = sc.rest();
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    let mut escaped = false;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => {
-                escaped = true;
-                i += 1;
-            }
-            b'"' => {
-                sc.i += i + 1;
-                let raw = &rest[..i];
-                return Some(if escaped {
-                    Cow::Owned(unescape(raw))
-                } else {
-                    Cow::Borrowed(raw)
-                });
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 fn unescape(raw: &str) -> String {
