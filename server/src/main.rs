@@ -83,6 +83,10 @@ struct ClusterArgs {
     /// Consumer group [config: kafka.group; default: logsphere].
     #[arg(long, env = "LOGSPHERE_KAFKA_GROUP")]
     kafka_group: Option<String>,
+    /// How consumed records are read: json, auto, syslog, access, logfmt, app, text
+    /// [config: kafka.format; default: json].
+    #[arg(long, env = "LOGSPHERE_KAFKA_FORMAT")]
+    kafka_format: Option<String>,
     /// librdkafka prefetch cap per partition, KiB [config: kafka.fetch_queue_kbytes].
     #[arg(long, env = "LOGSPHERE_KAFKA_FETCH_QUEUE_KBYTES")]
     kafka_fetch_queue_kbytes: Option<usize>,
@@ -131,6 +135,7 @@ impl ClusterArgs {
         }
         set(&mut cfg.kafka.topics, &self.kafka_topics);
         set(&mut cfg.kafka.group, &self.kafka_group);
+        set(&mut cfg.kafka.format, &self.kafka_format);
         set(
             &mut cfg.kafka.fetch_queue_kbytes,
             &self.kafka_fetch_queue_kbytes,
@@ -252,6 +257,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_record_bytes: cfg.http.max_record_bytes,
         default_topic: cfg.kafka.ingest_topic.clone(),
         origin: "kafka".into(),
+        // Checked by Config::validate in cluster mode; JSON when cluster mode is off.
+        format: cfg.kafka.format.parse().unwrap_or_default(),
+        ..Default::default()
     };
     let pg_tls = match (&cfg.pg.tls_cert, &cfg.pg.tls_key) {
         (Some(cert), Some(key)) => Some(pgwire::tls_acceptor(cert, key)?),

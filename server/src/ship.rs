@@ -17,6 +17,31 @@ pub enum Format {
     Json,
     /// Each line is a message; `--source`, `--level` and `--topic` fill in the rest.
     Text,
+    /// The server tells each line's format: JSON, syslog, access log, logfmt, app layout,
+    /// or else the line is the message.
+    Auto,
+    /// RFC 5424 or RFC 3164 syslog, parsed by the server.
+    Syslog,
+    /// Apache/nginx common or combined access log, parsed by the server.
+    Access,
+    /// logfmt `key=value` pairs, parsed by the server.
+    Logfmt,
+    /// Application layouts (log4j, Python logging, glog, …), parsed by the server.
+    App,
+}
+
+impl Format {
+    /// The server's `?format=` for lines sent raw; `None` for the formats built here.
+    fn server_side(self) -> Option<&'static str> {
+        match self {
+            Format::Json | Format::Text => None,
+            Format::Auto => Some("auto"),
+            Format::Syslog => Some("syslog"),
+            Format::Access => Some("access"),
+            Format::Logfmt => Some("logfmt"),
+            Format::App => Some("app"),
+        }
+    }
 }
 
 /// Arguments of `logsphere ship`.
@@ -31,13 +56,15 @@ pub struct ShipArgs {
         env = "LOGSPHERE_SHIP_TO"
     )]
     pub to: String,
-    /// Line format.
+    /// Line format. Apart from json and text, lines are sent as they are and the server
+    /// parses them (`POST /v1/logs?format=…`).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-    /// `source` of text lines [default: the file name, or "stdin"].
+    /// `source` of text lines, and of parsed lines that name no host [default: the file
+    /// name, or "stdin"].
     #[arg(long)]
     pub source: Option<String>,
-    /// `log_level` of text lines.
+    /// `log_level` of `--format text` lines.
     #[arg(long, default_value = "INFO")]
     pub level: String,
     /// `topic` of records that name none; with `--kafka`, the Kafka topic [default: logs].
@@ -117,12 +144,24 @@ enum Target {
     Http {
         agent: ureq::Agent,
         url: String,
+        content_type: &'static str,
     },
     Kafka {
         producer: logsphere_engine::cluster::produce::LogProducer,
         topic: String,
         runtime: tokio::runtime::Runtime,
     },
+}
+
+/// `--source`, else the file name, else `stdin`.
+fn default_source(args: &ShipArgs) -> String {
+    args.source.clone().unwrap_or_else(|| match &args.file {
+        Some(p) if p.as_os_str() != "-" => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        _ => "stdin".into(),
+    })
 }
 
 struct Shipper {
@@ -210,10 +249,14 @@ impl Shipper {
     /// retrying, `Err` when the batch is refused for good.
     fn attempt(&self, body: &[u8], key: &str) -> anyhow::Result<Result<(u64, u64), Retry>> {
         match &self.target {
-            Target::Http { agent, url } => {
+            Target::Http {
+                agent,
+                url,
+                content_type,
+            } => {
                 let result = agent
                     .post(url)
-                    .header("Content-Type", "application/x-ndjson")
+                    .header("Content-Type", *content_type)
                     .header("Idempotency-Key", key)
                     .send(body);
                 match result {
@@ -318,13 +361,7 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
         accepted: 0,
         rejected: 0,
     };
-    let source = args.source.clone().unwrap_or_else(|| match &args.file {
-        Some(p) if p.as_os_str() != "-" => p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        _ => "stdin".into(),
-    });
+    let source = default_source(&args);
     let mut input = Input::open(args.file.as_ref())?;
     let mut progress = Progress {
         started: Instant::now(),
@@ -409,6 +446,12 @@ fn target(args: &ShipArgs) -> anyhow::Result<Target> {
         if brokers.trim().is_empty() {
             bail!("--kafka is empty: give host:port[,host:port…]");
         }
+        if let Some(f) = args.format.server_side() {
+            bail!(
+                "--format {f} is parsed by the HTTP endpoint; with --kafka use --format json \
+                 or --format text"
+            );
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -423,10 +466,18 @@ fn target(args: &ShipArgs) -> anyhow::Result<Target> {
             runtime,
         });
     }
-    let mut url = format!("{}/v1/logs", args.to.trim_end_matches('/'));
+    let mut params = Vec::new();
     if let Some(t) = &args.topic {
-        url.push_str("?topic=");
-        url.push_str(&urlencode(t));
+        params.push(format!("topic={}", urlencode(t)));
+    }
+    if let Some(f) = args.format.server_side() {
+        params.push(format!("format={f}"));
+        params.push(format!("source={}", urlencode(&default_source(args))));
+    }
+    let mut url = format!("{}/v1/logs", args.to.trim_end_matches('/'));
+    if !params.is_empty() {
+        url.push('?');
+        url.push_str(&params.join("&"));
     }
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -435,6 +486,10 @@ fn target(args: &ShipArgs) -> anyhow::Result<Target> {
     Ok(Target::Http {
         agent: ureq::Agent::new_with_config(config),
         url,
+        content_type: match args.format.server_side() {
+            Some(_) => "text/plain; charset=utf-8",
+            None => "application/x-ndjson",
+        },
     })
 }
 
@@ -445,12 +500,13 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 
 fn append_record(body: &mut Vec<u8>, line: &[u8], format: Format, source: &str, level: &str) {
     match format {
-        Format::Json => body.extend_from_slice(line),
         Format::Text => {
             let message = String::from_utf8_lossy(line);
             let rec = serde_json::json!({ "message": message, "source": source, "level": level });
             body.extend_from_slice(rec.to_string().as_bytes());
         }
+        // JSON as is; the server parses the other formats.
+        _ => body.extend_from_slice(line),
     }
     body.push(b'\n');
 }

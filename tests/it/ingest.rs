@@ -440,3 +440,172 @@ async fn a_damaged_cold_file_is_set_aside_at_start() {
     assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 50);
     server.post_expect(b"{\"message\":\"after\"}\n", 1, 0);
 }
+
+/// POSTs `body` to `/v1/logs?{query}`: status and answer.
+fn post_query(server: &Server, query: &str, body: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{}/v1/logs?{query}", server.http_url()))
+        .header("Content-Type", "text/plain")
+        .send(body.as_bytes())
+        .expect("POST /v1/logs");
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (resp.status().as_u16(), text)
+}
+
+#[tokio::test]
+async fn text_formats_become_rows_with_time_level_source_and_attributes() {
+    let server = Server::start();
+    let body = "\
+<165>1 2026-11-24T13:00:00.250Z web-1 nginx 4242 ID47 [origin@1 ip=\"10.0.0.9\"] upstream timed out\n\
+<11>Nov 24 13:00:01 db-2 postgres[99]: could not write block\n\
+10.1.2.3 - alice [24/Nov/2026:13:00:02 +0100] \"POST /api/v1/items HTTP/1.1\" 503 17 \"-\" \"curl/8.5\"\n\
+ts=2026-11-24T13:00:03Z level=warn msg=\"cache \\\"hot\\\" miss\" host=cache-1 key=user:7\n\
+2026-11-24 13:00:04,500 ERROR [main] com.example.Billing: charge failed\n\
+{\"ts\":\"2026-11-24T13:00:05Z\",\"msg\":\"json line\",\"host\":\"api-3\"}\n\
+no format at all\n";
+    let (status, answer) = post_query(&server, "format=auto&source=fallback", body);
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, r#"{"accepted":7,"rejected":0}"#)
+    );
+
+    let (status, answer) = post_query(&server, "format=yaml", "x\n");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("format") && answer.contains("yaml") && answer.contains("logfmt"),
+        "{answer}"
+    );
+
+    let client = server.pg_client().await;
+    let rows = client
+        .query(
+            "SELECT timestamp, log_level, source, message, \
+               coalesce(attributes ->> 'program', attributes ->> 'method', \
+                        attributes ->> 'key', attributes ->> 'logger', ''), \
+               coalesce(attributes #>> '{sd,origin@1,ip}', attributes ->> 'status', \
+                        attributes ->> 'pid', attributes ->> 'thread', '') \
+             FROM logs ORDER BY message",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, String>(4),
+                r.get::<_, String>(5),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str, d: &str, e: &str| {
+        (
+            a.to_string(),
+            b.to_string(),
+            c.to_string(),
+            d.to_string(),
+            e.to_string(),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            s(
+                "ERROR",
+                "fallback",
+                "POST /api/v1/items HTTP/1.1",
+                "POST",
+                "503"
+            ),
+            s("WARN", "cache-1", "cache \"hot\" miss", "user:7", ""),
+            s(
+                "ERROR",
+                "fallback",
+                "charge failed",
+                "com.example.Billing",
+                "main"
+            ),
+            s("ERROR", "db-2", "could not write block", "postgres", "99"),
+            s("INFO", "api-3", "json line", "", ""),
+            s("INFO", "fallback", "no format at all", "", ""),
+            s("INFO", "web-1", "upstream timed out", "nginx", "10.0.0.9"),
+        ]
+    );
+    let at = |m: &str| {
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, String>(3) == m)
+            .unwrap_or_else(|| panic!("no row {m:?}"));
+        row.get::<_, std::time::SystemTime>(0)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let base = 1_795_525_200_000u128; // 2026-11-24T13:00:00Z
+    assert_eq!(at("upstream timed out"), base + 250);
+    assert_eq!(
+        at("POST /api/v1/items HTTP/1.1"),
+        base + 2_000 - 3_600_000,
+        "+0100 zone"
+    );
+    assert_eq!(at("cache \"hot\" miss"), base + 3_000);
+    assert_eq!(at("charge failed"), base + 4_500, "no zone: UTC");
+    assert_eq!(at("json line"), base + 5_000);
+
+    // `ship --format syslog` sends the lines as they are; the server parses them.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages");
+    std::fs::write(
+        &file,
+        "Nov 24 13:00:06 mail-1 postfix/smtpd[311]: connect from unknown\n\
+         Nov 24 13:00:07 postfix/qmgr[312]: removed\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args([
+            "ship",
+            "--format",
+            "syslog",
+            "-q",
+            "--to",
+            &server.http_url(),
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = client
+        .query(
+            "SELECT source, attributes ->> 'program', message FROM logs \
+             WHERE attributes ->> 'program' LIKE 'postfix/%' ORDER BY message",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "mail-1".into(),
+                "postfix/smtpd".into(),
+                "connect from unknown".into()
+            ),
+            ("messages".into(), "postfix/qmgr".into(), "removed".into()),
+        ]
+    );
+}

@@ -17,21 +17,7 @@ pub fn normalize_level(v: &Value) -> (&'static str, bool) {
 }
 
 fn by_name(s: &str) -> Option<&'static str> {
-    let lower = s.to_ascii_lowercase();
-    Some(match lower.as_str() {
-        "trace" | "trc" | "finest" | "finer" => "TRACE",
-        "debug" | "dbg" | "fine" | "verbose" | "config" => "DEBUG",
-        "info" | "inf" | "information" | "informational" | "notice" | "log" => "INFO",
-        "warn" | "warning" | "wrn" => "WARN",
-        "error" | "err" | "eror" | "severe" => "ERROR",
-        "critical" | "crit" | "fatal" | "emerg" | "emergency" | "alert" | "panic" => "CRITICAL",
-        _ => {
-            if let Ok(n) = lower.parse::<i64>() {
-                return Some(by_number(n));
-            }
-            return None;
-        }
-    })
+    level_by_name(s).or_else(|| s.parse::<i64>().ok().map(by_number))
 }
 
 /// Syslog severities 0–7, then pino/bunyan levels 10–60.
@@ -50,4 +36,48 @@ fn by_number(n: i64) -> &'static str {
         _ if n > 50 => "CRITICAL",
         _ => "INFO",
     }
+}
+
+/// The level a name as written means (any case; `warning`, `err`, `notice`, …), without
+/// allocating; `None` when it names none.
+pub(crate) fn level_by_name(s: &str) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .find(|(names, _)| names.iter().any(|n| n.eq_ignore_ascii_case(s)))
+        .map(|(_, level)| *level)
+}
+
+const NAMES: [(&[&str], &str); 6] = [
+    (
+        &[
+            "info",
+            "inf",
+            "information",
+            "informational",
+            "notice",
+            "log",
+        ],
+        "INFO",
+    ),
+    (&["debug", "dbg", "fine", "verbose", "config"], "DEBUG"),
+    (&["warn", "warning", "wrn"], "WARN"),
+    (&["error", "err", "eror", "severe"], "ERROR"),
+    (&["trace", "trc", "finest", "finer"], "TRACE"),
+    (
+        &[
+            "critical",
+            "crit",
+            "fatal",
+            "emerg",
+            "emergency",
+            "alert",
+            "panic",
+        ],
+        "CRITICAL",
+    ),
+];
+
+/// The level of a syslog severity 0–7.
+pub(crate) fn syslog_severity(severity: u8) -> &'static str {
+    by_number(i64::from(severity))
 }

@@ -1,9 +1,12 @@
-//! Decoding log records — NDJSON or a JSON array — into Arrow, once.
+//! Decoding log records — NDJSON or a JSON array, or text lines in the formats servers
+//! write (syslog, access logs, logfmt, application layouts; see [`Format`]) — into Arrow,
+//! once. HTTP and the Kafka source share this one path.
 //!
 //! A record that cannot become a row is never dropped: it becomes a dead letter with its
 //! raw bytes, its origin and a reason, and decoding goes on with the next record.
 
 mod level;
+mod text;
 mod timestamp;
 
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::model::{UTC, dead_letters_schema, logs_schema};
 
 pub use level::normalize_level;
+pub use text::Format;
 pub use timestamp::parse_timestamp;
 
 /// Limits and defaults applied while decoding.
@@ -27,6 +31,10 @@ pub struct DecodeOptions {
     pub default_topic: String,
     /// Where the records came from, recorded on dead letters (e.g. `http 127.0.0.1:5555`).
     pub origin: String,
+    /// How records are read: JSON (the default) or a text format.
+    pub format: Format,
+    /// `source` of records that name none (`?source=`).
+    pub default_source: Option<String>,
 }
 
 impl Default for DecodeOptions {
@@ -35,6 +43,8 @@ impl Default for DecodeOptions {
             max_record_bytes: 1024 * 1024,
             default_topic: "logs".into(),
             origin: "http".into(),
+            format: Format::Json,
+            default_source: None,
         }
     }
 }
@@ -62,11 +72,16 @@ impl Decoded {
     }
 }
 
-/// Decodes a body of NDJSON (one object per line) or a JSON array of objects.
-/// `ingest_time_us` stamps every row and is the timestamp of records that carry none.
+/// Decodes a body of NDJSON (one object per line) or a JSON array of objects, or, in a
+/// text format, one record per line. `ingest_time_us` stamps every row and is the
+/// timestamp of records that carry none.
 pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> Decoded {
     let mut b = Builders::new(ingest_time_us, opts);
     let first = body.iter().position(|c| !c.is_ascii_whitespace());
+    if opts.format != Format::Json {
+        decode_lines(body, &mut b);
+        return b.finish();
+    }
     match first.map(|i| body[i]) {
         Some(b'[') if !first_line_is_json(body) => decode_array(body, &mut b),
         Some(_) => decode_lines(body, &mut b),
@@ -198,6 +213,8 @@ struct Builders<'a> {
     dl_reason: StringBuilder,
     dl_raw: BinaryBuilder,
     dl_raw_text: StringBuilder,
+    /// The attributes of a text line, reused from row to row.
+    attrs: text::Attrs,
 }
 
 impl<'a> Builders<'a> {
@@ -219,6 +236,7 @@ impl<'a> Builders<'a> {
             dl_reason: StringBuilder::new(),
             dl_raw: BinaryBuilder::new(),
             dl_raw_text: StringBuilder::new(),
+            attrs: text::Attrs::default(),
         }
     }
 
@@ -246,6 +264,10 @@ impl<'a> Builders<'a> {
                 return;
             }
         };
+        if self.opts.format != Format::Json {
+            self.text_record(text);
+            return;
+        }
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
@@ -267,6 +289,52 @@ impl<'a> Builders<'a> {
         }
     }
 
+    /// A record in a text format: parsed into a row, or stored whole as the message when
+    /// it matches no format; never a dead letter.
+    fn text_record(&mut self, line: &str) {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let format = self.opts.format;
+        if format == Format::Auto
+            && line.trim_start().starts_with('{')
+            && let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line)
+            && self.row(obj).is_ok()
+        {
+            return;
+        }
+        self.attrs.clear();
+        let row = match text::parse_line(format, line, self.ingest_time_us, &mut self.attrs) {
+            Some(row) => row,
+            None => {
+                self.attrs.clear();
+                if !matches!(format, Format::Auto | Format::Text) {
+                    // Findable: `WHERE attributes ? 'unparsed'`.
+                    self.attrs.raw_json("unparsed", "true");
+                }
+                text::Row::new(line)
+            }
+        };
+        if let Some(raw) = row.raw_level {
+            self.attrs.str("raw_level", raw);
+        }
+        for (k, v) in &self.extra {
+            self.attrs.raw_json(k, &v.to_string());
+        }
+        let source = match (row.source, &self.opts.default_source) {
+            ("", Some(d)) => d.as_str(),
+            (s, _) => s,
+        };
+        self.ts.append_value(row.ts.unwrap_or(self.ingest_time_us));
+        self.level.append_value(row.level);
+        self.message.append_value(&row.message);
+        self.source.append_value(source);
+        match &self.forced_topic {
+            Some(t) => self.topic.append_value(t),
+            None => self.topic.append_value(&self.opts.default_topic),
+        }
+        self.attributes.append_value(self.attrs.finish());
+        self.ingest_times.push(self.ingest_time_us);
+    }
+
     fn row(&mut self, mut obj: Map<String, Value>) -> Result<(), String> {
         let ts = match take_first(&mut obj, &["timestamp", "ts", "@timestamp", "time"]) {
             None | Some((_, Value::Null)) => self.ingest_time_us,
@@ -280,7 +348,12 @@ impl<'a> Builders<'a> {
             }
         };
         let message = take_text(&mut obj, &["message", "msg"]);
-        let source = take_text(&mut obj, &["source", "host", "hostname"]);
+        let mut source = take_text(&mut obj, &["source", "host", "hostname"]);
+        if source.is_empty()
+            && let Some(d) = &self.opts.default_source
+        {
+            source.clone_from(d);
+        }
         let topic = match &self.forced_topic {
             Some(t) => t.clone(),
             None => take_first(&mut obj, &["topic"])

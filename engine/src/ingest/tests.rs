@@ -203,3 +203,81 @@ fn each_record_keeps_the_ingest_time_it_was_decoded_with() {
     assert_eq!(times(&out.logs, "timestamp")[0], 1_000);
     assert_eq!(times(&out.dead_letters, "ingest_time"), vec![4_000]);
 }
+
+#[test]
+fn text_formats_store_every_line_and_dead_letter_only_bad_bytes() {
+    let opts = DecodeOptions {
+        format: Format::Auto,
+        default_source: Some("shipper".into()),
+        ..opts()
+    };
+    let mut body = b"<13>Oct  3 12:00:00 web-1 nginx[7]: started\r\n\
+{\"msg\":\"json still works\",\"level\":\"warn\"}\n\
+{not json at all\n\
+level=error msg=\"quoted \\\"x\\\"\"\n\
+just some words\n\n"
+        .to_vec();
+    body.extend_from_slice(b"bad \xff bytes\n");
+    body.extend_from_slice(&[b'x'; 1001]);
+    let d = decode_body(&body, 1_796_619_600_000_000, &opts);
+    assert_eq!((d.accepted(), d.rejected()), (5, 2));
+    let msg = col(&d.logs, "message");
+    let src = col(&d.logs, "source");
+    let lvl = col(&d.logs, "log_level");
+    assert_eq!((msg.value(0), src.value(0)), ("started", "web-1"));
+    assert_eq!(
+        (msg.value(1), src.value(1), lvl.value(1)),
+        ("json still works", "shipper", "WARN")
+    );
+    assert_eq!(
+        (msg.value(2), col(&d.logs, "attributes").value(2)),
+        ("{not json at all", "{}")
+    );
+    assert_eq!((msg.value(3), lvl.value(3)), ("quoted \"x\"", "ERROR"));
+    assert_eq!((msg.value(4), src.value(4)), ("just some words", "shipper"));
+    let reasons = col(&d.dead_letters, "reason");
+    assert!(reasons.value(0).contains("UTF-8"), "{}", reasons.value(0));
+    assert!(
+        reasons.value(1).contains("over the limit"),
+        "{}",
+        reasons.value(1)
+    );
+}
+
+#[test]
+fn explicit_text_format_marks_lines_it_cannot_parse() {
+    let opts = DecodeOptions {
+        format: Format::Syslog,
+        ..opts()
+    };
+    let d = decode_body(b"[1,2]\nnot syslog\n", 5, &opts);
+    assert_eq!(
+        (d.accepted(), d.rejected()),
+        (2, 0),
+        "a [ body is lines, not an array"
+    );
+    assert_eq!(col(&d.logs, "message").value(1), "not syslog");
+    assert_eq!(col(&d.logs, "attributes").value(1), r#"{"unparsed":true}"#);
+    let ts = d.logs.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(1), 5);
+}
+
+#[test]
+fn record_decoder_parses_text_and_keeps_kafka_attributes() {
+    let opts = DecodeOptions {
+        format: Format::Auto,
+        ..opts()
+    };
+    let mut dec = RecordDecoder::new(0, &opts);
+    let fate = dec.record(
+        b"level=info msg=hi\n",
+        "p0 offset 1",
+        Some("raw"),
+        vec![("kafka_offset".into(), json!(1))],
+    );
+    assert_eq!(fate, RecordFate::Accepted);
+    let d = dec.finish();
+    assert_eq!(col(&d.logs, "topic").value(0), "raw");
+    assert_eq!(col(&d.logs, "message").value(0), "hi");
+    assert_eq!(col(&d.logs, "attributes").value(0), r#"{"kafka_offset":1}"#);
+}

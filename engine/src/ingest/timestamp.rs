@@ -27,7 +27,7 @@ pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn parse_str(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_str(s: &str) -> Result<i64, String> {
     if let Ok(i) = s.parse::<i64>() {
         return Ok(from_epoch_int(i));
     }

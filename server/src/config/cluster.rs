@@ -58,6 +58,9 @@ pub struct KafkaSection {
     pub metadata_refresh_ms: u64,
     /// The topic `POST /v1/logs` produces to in cluster mode.
     pub ingest_topic: String,
+    /// How consumed records are read: `json` (the default), `auto`, `syslog`, `access`,
+    /// `logfmt`, `app` or `text` (see the README's Text formats).
+    pub format: String,
 }
 
 impl Default for KafkaSection {
@@ -76,6 +79,7 @@ impl Default for KafkaSection {
             session_timeout_ms: d.session_timeout.as_millis() as u64,
             metadata_refresh_ms: d.metadata_refresh.as_millis() as u64,
             ingest_topic: d.ingest_topic,
+            format: "json".into(),
         }
     }
 }
@@ -245,6 +249,9 @@ fn validate_kafka(k: &KafkaSection) -> anyhow::Result<()> {
             "kafka.ingest_topic = {:?} must be a topic name (not a regex)",
             k.ingest_topic
         );
+    }
+    if let Err(e) = k.format.parse::<logsphere_engine::ingest::Format>() {
+        bail!("kafka.format: {e}");
     }
     if k.dead_letter_topic
         .as_deref()

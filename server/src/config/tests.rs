@@ -101,6 +101,7 @@ fn bad_cluster_values_name_their_key() {
             "kafka.fetch_queue_kbytes",
         ),
         ("[kafka]\ningest_topic = \"^re.*\"\n", "kafka.ingest_topic"),
+        ("[kafka]\nformat = \"yaml\"\n", "kafka.format"),
         ("[cluster]\nnode_id = \" \"\n", "cluster.node_id"),
         (
             "[cluster]\ningest_key_lease_secs = 1\n",

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use logsphere_engine::ingest::DecodeOptions;
+use logsphere_engine::ingest::{DecodeOptions, Format};
 use logsphere_engine::{Engine, EngineError};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -129,6 +129,21 @@ async fn ingest(
             );
         }
     };
+    let format = match body_format(&params) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let consumed_as = state.engine.config().decode.format;
+    if state.engine.cluster().is_some() && format != Format::Json && format != consumed_as {
+        // Cluster mode produces the raw records to Kafka, where kafka.format decodes them.
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "format={format}: in cluster mode records are decoded where they are consumed, \
+                 as kafka.format = {consumed_as}; send that format or JSON"
+            ),
+        );
+    }
     let opts = DecodeOptions {
         max_record_bytes: state.max_record_bytes,
         default_topic: params
@@ -136,6 +151,8 @@ async fn ingest(
             .cloned()
             .unwrap_or_else(|| "logs".into()),
         origin: format!("http {peer}"),
+        format,
+        default_source: params.get("source").filter(|s| !s.is_empty()).cloned(),
     };
     match state.engine.ingest(body, key, opts).await {
         Ok(o) => {
@@ -171,6 +188,18 @@ async fn ingest(
                 format!("not stored, retry: {e}"),
             )
         }
+    }
+}
+
+/// The body's format: `?format=` when given, else JSON (NDJSON or an array), as before
+/// formats existed. The Content-Type is not consulted: clients post JSON as `text/plain`
+/// too, and their arrays and dead letters must keep working.
+fn body_format(params: &HashMap<String, String>) -> Result<Format, String> {
+    match params.get("format") {
+        Some(f) => f
+            .parse()
+            .map_err(|e| format!("query parameter format: {e}")),
+        None => Ok(Format::Json),
     }
 }
 
