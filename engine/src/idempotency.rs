@@ -98,14 +98,32 @@ impl KeyFiles {
         let mut loaded = 0;
         for entry in std::fs::read_dir(&self.dir).map_err(self.io(&self.dir))? {
             let path = entry.map_err(self.io(&self.dir))?.path();
-            let text = std::fs::read_to_string(&path).map_err(self.io(&path))?;
+            let bytes = std::fs::read(&path).map_err(self.io(&path))?;
+            // Damaged bytes must not keep the server from starting: lossy text, and a line
+            // that does not parse is skipped (and counted).
+            let text = String::from_utf8_lossy(&bytes);
             let mut live = false;
-            // A torn last line (crash while writing) is skipped: its keys are still in the WAL,
-            // which is only cut after this file is complete.
-            for line in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<KeyLine>(l).ok())
-            {
+            let mut damaged = 0usize;
+            let lines: Vec<&str> = text.lines().collect();
+            let parsed = lines.iter().enumerate().filter_map(|(i, l)| {
+                let line = serde_json::from_str::<KeyLine>(l).ok();
+                // A torn last line (a crash while writing, no newline after it) is expected:
+                // its keys are still in the WAL, which is only cut after this file is whole.
+                let torn_tail = i + 1 == lines.len() && !text.ends_with('\n');
+                if line.is_none() && !torn_tail {
+                    damaged += 1;
+                }
+                line
+            });
+            let parsed: Vec<KeyLine> = parsed.collect();
+            if damaged > 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    damaged_lines = damaged,
+                    "idempotency key lines do not parse (a damaged disk?); their keys are forgotten, so a retry of those requests may be stored again"
+                );
+            }
+            for line in parsed {
                 let age = Duration::from_millis(now.saturating_sub(line.t));
                 if age < RETENTION {
                     live = true;
@@ -170,5 +188,34 @@ impl KeyFiles {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file with a damaged line in the middle (not UTF-8, not JSON) and a torn last
+    /// line still loads: the good keys are remembered, the damaged line is skipped.
+    #[test]
+    fn damaged_key_lines_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = KeyFiles::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let now = unix_ms();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(
+            format!("{{\"k\":\"good-1\",\"a\":2,\"r\":0,\"t\":{now}}}\n").as_bytes(),
+        );
+        bytes.extend_from_slice(b"{\"k\":\"bro\xff\xfeken\",\"a\n");
+        bytes.extend_from_slice(
+            format!("{{\"k\":\"good-2\",\"a\":1,\"r\":1,\"t\":{now}}}\n").as_bytes(),
+        );
+        bytes.extend_from_slice(b"{\"k\":\"torn");
+        std::fs::write(dir.path().join("keys/00000000000000000001.keys"), bytes).unwrap();
+        let mut idem = Idempotency::default();
+        assert_eq!(files.load(&mut idem).unwrap(), 2);
+        assert!(idem.done.contains_key("good-1") && idem.done.contains_key("good-2"));
+        assert_eq!(idem.done.len(), 2);
     }
 }
