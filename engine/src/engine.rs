@@ -168,6 +168,8 @@ pub struct Engine {
     tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     /// Cluster mode's Kafka source, Cassandra store and producer.
     cluster: Option<Arc<Cluster>>,
+    /// Cluster mode's continuous queries (shared definitions, feeder, alerts).
+    cluster_cq: Option<Arc<crate::cluster::continuous::ClusterCq>>,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) compaction: crate::compaction::Scheduler,
     flush_wanted: Arc<Notify>,
@@ -297,6 +299,14 @@ impl Engine {
             None => None,
         };
         let tables = register_tables(&tiers, &cold, cluster.as_ref());
+        let cluster_cq = cluster.as_ref().map(|c| {
+            crate::cluster::continuous::ClusterCq::start(
+                Arc::clone(c),
+                Arc::clone(&continuous),
+                dir,
+                config.decode.clone(),
+            )
+        });
         // Every CQ resumes from its checkpoint: the WAL entries after it are fed again
         // (alerts are upserted by deterministic id, so this adds no duplicates).
         if let Some(from) = cq_replay_from {
@@ -338,6 +348,7 @@ impl Engine {
             tiering: Default::default(),
             tables,
             cluster,
+            cluster_cq,
             flush_lock: tokio::sync::Mutex::new(()),
             compaction: crate::compaction::Scheduler::default(),
             flush_wanted: Arc::new(Notify::new()),
@@ -644,6 +655,16 @@ impl Engine {
             }
         }
         for (name, schema, queries, snapshot) in system {
+            if let (Some(cq), "alerts") = (&self.cluster_cq, name) {
+                // Cluster mode: the alerts of every node, from Cassandra.
+                let cq = Arc::clone(cq);
+                let table =
+                    crate::query::system::SnapshotTable::new(schema, move || cq.alerts_batch());
+                if let Err(e) = ctx.register_table(name, Arc::new(table)) {
+                    tracing::error!(table = name, error = %e, "cannot register table");
+                }
+                continue;
+            }
             let table =
                 crate::query::system::SnapshotTable::new(schema, move || snapshot(&queries));
             if let Err(e) = ctx.register_table(name, Arc::new(table)) {
@@ -671,13 +692,8 @@ impl Engine {
         cq: &logsphere_sql::CreateContinuousQuery,
     ) -> Result<crate::continuous::Created, crate::continuous::CqError> {
         use crate::continuous::{BackfillPlan, CqError};
-        if self.cluster.is_some() {
-            return Err(CqError::Unsupported {
-                sql: cq.name.to_string(),
-                reason: "continuous queries do not run in cluster mode yet (they read the \
-                         embedded WAL; running them over Kafka partitions is the next cluster step)"
-                    .into(),
-            });
+        if let Some(cluster_cq) = &self.cluster_cq {
+            return cluster_cq.create(cq).await;
         }
         if cq.start_from == logsphere_sql::StartFrom::Now {
             return self
@@ -709,7 +725,7 @@ impl Engine {
         };
         let created = self
             .continuous
-            .create_with_history(cq, crate::continuous::now_us(), Some(&history))
+            .create_with_history(cq, crate::continuous::now_us(), Some(&history), None)
             .await;
         self.release_wal(&holder);
         let created = created?;
@@ -727,6 +743,30 @@ impl Engine {
             }
         }
         Ok(created)
+    }
+
+    /// `DROP CONTINUOUS QUERY [IF EXISTS]`: on every node in cluster mode.
+    pub async fn drop_continuous_query(
+        &self,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<bool, crate::continuous::CqError> {
+        match &self.cluster_cq {
+            Some(c) => c.drop_query(name, if_exists).await,
+            None => self.continuous.drop_query(name, if_exists),
+        }
+    }
+
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`: on every node in cluster mode.
+    pub async fn alter_continuous_query(
+        &self,
+        name: &str,
+        state: crate::continuous::CqState,
+    ) -> Result<(), crate::continuous::CqError> {
+        match &self.cluster_cq {
+            Some(c) => c.set_state(name, state).await,
+            None => self.continuous.set_state(name, state),
+        }
     }
 
     fn spawn_backfill(
@@ -866,6 +906,9 @@ impl Engine {
 
     /// Stops the flusher and closes the WAL after every acknowledged append is synced.
     pub async fn shutdown(&self) {
+        if let Some(cq) = &self.cluster_cq {
+            cq.stop();
+        }
         if let Some(cluster) = &self.cluster {
             cluster.stop().await;
         }

@@ -6,6 +6,7 @@
 //! keyspace) and run one at a time: one of them freezes Cassandra, and on 2 cores several
 //! nodes at once would only measure the machine.
 
+mod continuous;
 mod idempotency;
 mod slt;
 mod tiering;

@@ -3,6 +3,7 @@
 //! The settings here are the engine's view of `[cluster]`, `[kafka]` and `[cassandra]` in
 //! `logsphere.toml`; the server validates them and names the key of a bad value.
 
+pub mod continuous;
 mod idempotency;
 pub mod produce;
 pub mod runtime;

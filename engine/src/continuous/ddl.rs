@@ -20,6 +20,14 @@ pub enum Created {
     /// `IF NOT EXISTS` and the name was taken: nothing changed.
     Exists,
 }
+/// The version and creation time a definition has cluster-wide (cluster mode): every node
+/// builds it with these, so its alerts get the same ids everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedVersion {
+    pub version: u64,
+    pub created_at: i64,
+}
+
 impl CqRegistry {
     /// `CREATE [OR REPLACE] CONTINUOUS QUERY [IF NOT EXISTS]`: validates the body by
     /// building the runtime, then stores the definition. `START FROM` other than NOW needs
@@ -29,7 +37,7 @@ impl CqRegistry {
         cq: &CreateContinuousQuery,
         now_us: i64,
     ) -> Result<Created, CqError> {
-        self.create_with_history(cq, now_us, None).await
+        self.create_with_history(cq, now_us, None, None).await
     }
 
     /// [`Self::create`] with `history`, which, called under the registry lock with the start
@@ -40,6 +48,7 @@ impl CqRegistry {
         cq: &CreateContinuousQuery,
         now_us: i64,
         history: Option<&History<'_>>,
+        shared: Option<SharedVersion>,
     ) -> Result<Created, CqError> {
         let start = super::backfill::start_from_us(cq).await?;
         if start.is_some() && history.is_none() {
@@ -54,7 +63,12 @@ impl CqRegistry {
             (inner.live.get(&name).map(|l| l.def.version))
                 .or_else(|| inner.failed.get(&name).map(|(d, _)| d.version))
         };
-        if existing.is_some() {
+        if let (Some(v), Some(wanted)) = (existing, shared)
+            && v == wanted.version
+        {
+            return Ok(Created::Exists);
+        }
+        if existing.is_some() && shared.is_none() {
             if cq.if_not_exists {
                 return Ok(Created::Exists);
             }
@@ -64,10 +78,10 @@ impl CqRegistry {
         }
         let def = CqDefinition {
             name: name.clone(),
-            version: existing.map_or(1, |v| v + 1),
+            version: shared.map_or_else(|| existing.map_or(1, |v| v + 1), |s| s.version),
             sql_text: cq.sql_text.clone(),
             state: CqState::Running,
-            created_at: now_us,
+            created_at: shared.map_or(now_us, |s| s.created_at),
             from_seq: 0,
             backfill: None,
         };

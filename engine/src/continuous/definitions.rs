@@ -20,7 +20,8 @@ pub enum CqState {
 }
 
 impl CqState {
-    pub(super) fn as_str(self) -> &'static str {
+    /// `RUNNING` or `PAUSED`, as `continuous_queries` shows it.
+    pub fn as_str(self) -> &'static str {
         match self {
             CqState::Running => "RUNNING",
             CqState::Paused => "PAUSED",

@@ -46,6 +46,9 @@ pub enum CqError {
     /// An INTO / NOTIFY TABLE name is taken: a system table, or a table with other columns.
     #[error("{0}")]
     TableExists(String),
+    /// Cluster mode: the shared catalog in Cassandra could not be read or changed.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Why an input batch cannot be processed.

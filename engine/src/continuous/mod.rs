@@ -40,6 +40,7 @@ mod alerts;
 mod backfill;
 mod backtest;
 mod checkpoint;
+mod cluster;
 mod ddl;
 mod definitions;
 mod error;
@@ -60,17 +61,19 @@ mod table_store;
 pub use alerts::Alert;
 pub use backfill::{BackfillPlan, start_from_us};
 pub use backtest::{backtest, explain};
+pub use cluster::{GENERATION_SHIFT, LocalDefinition, parse_definition};
 pub use ddl::Created;
 pub use definitions::{CqDefinition, CqState};
 pub use error::{CheckpointError, CqError, InputError, StorageError};
-pub use notify::{AlertEvent, NotifyConfig};
+pub use notify::{AlertEvent, Claim, DeliveryClaims, NotifyConfig};
 pub use plan::{CqPlan, QueryShape, is_monotone};
 pub use registry::CqRegistry;
 pub use runtime::CqRuntime;
 pub use sink::RESERVED_TABLES;
 pub use spec::spec_from;
 pub use system_tables::{
-    alert_events_schema, alerts_schema, backtest_schema, explain_schema, queries_schema,
+    alert_events_schema, alerts_batch, alerts_schema, backtest_schema, explain_schema,
+    queries_schema,
 };
 pub use table_store::{TableStore, UPDATED_AT, table_schema};
 

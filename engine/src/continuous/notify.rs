@@ -22,6 +22,7 @@ mod service;
 mod webhook;
 
 pub(crate) use channel::NotifyChannel;
+pub use service::{Claim, DeliveryClaims};
 pub(crate) use service::{Notifier, prune};
 
 /// One row of the `alert_events` system table.

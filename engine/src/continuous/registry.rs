@@ -56,6 +56,10 @@ pub struct CqRegistry {
     /// The NOTIFY delivery service shared by every CQ.
     pub(super) notifier: Arc<Notifier>,
     pub(super) feed: OnceLock<std::sync::Arc<super::feed::Feed>>,
+    /// Cluster mode: checkpoints are written only at the feeder's cuts
+    /// ([`Self::checkpoint_all`]), never per CQ on the timer, so every checkpoint is at a
+    /// position whose Kafka offsets the feeder recorded.
+    pub(super) cut_checkpoints: std::sync::atomic::AtomicBool,
 }
 
 type WalHold = Box<dyn Fn(Option<u64>) + Send + Sync>;
@@ -71,17 +75,32 @@ const PARALLEL_MIN_WORK: usize = 20_000;
 /// the other rules fed the same batch computed.
 fn feed_one(
     live: &mut HostedCq,
+    partition: &str,
     seq: u64,
     batch: &RecordBatch,
     now_us: i64,
     shared: Option<&SharedEval>,
+    since: Option<i64>,
 ) {
     if batch.num_rows() == 0 {
         return;
     }
-    let outputs = live
-        .runtime
-        .process_shared("wal", Position::Wal { seq }, batch, now_us, shared);
+    // Cluster mode: a node that joins replays records from before a rule was created; the
+    // rule sees only those ingested since (as on the node where it was created).
+    let since_creation;
+    let (batch, shared) = match since.map(|at| super::cluster::ingested_since(batch, at)) {
+        None => (batch, shared),
+        Some(None) => return,
+        Some(Some(std::borrow::Cow::Borrowed(b))) => (b, shared),
+        Some(Some(std::borrow::Cow::Owned(b))) => {
+            since_creation = b;
+            // Shared results were computed over the whole batch.
+            (&since_creation, None)
+        }
+    };
+    let outputs =
+        live.runtime
+            .process_shared(partition, Position::Wal { seq }, batch, now_us, shared);
     // `handle` also advances the alert state machine to the batch's watermark, as
     // BACKTEST and the WAL replay on open do, not only on the next 250 ms tick;
     // otherwise whether a later match folds into the old alert or fires a new one
@@ -183,6 +202,7 @@ impl CqRegistry {
             wal_hold: OnceLock::new(),
             notifier,
             feed: OnceLock::new(),
+            cut_checkpoints: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -322,6 +342,18 @@ impl CqRegistry {
         now_us: i64,
         from_wal: bool,
     ) {
+        self.process_from("wal", entries, now_us, from_wal);
+    }
+
+    /// [`Self::process_entries`] for entries of the source partition `partition` (its own
+    /// watermark): cluster mode feeds each Kafka partition's records under its name.
+    pub(crate) fn process_from(
+        &self,
+        partition: &str,
+        entries: &[(u64, RecordBatch)],
+        now_us: i64,
+        from_wal: bool,
+    ) {
         let Some(&(last, _)) = entries.last() else {
             return;
         };
@@ -343,10 +375,14 @@ impl CqRegistry {
         // The rules fed the same batch share filters and keys over it.
         let shared = SharedEval::default();
         let per_entry: Vec<SharedEval> = entries.iter().map(|_| SharedEval::default()).collect();
+        let cluster = self
+            .cut_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed);
         let work = |live: &mut HostedCq| match &combined {
             Some(batch) if live.seq < first && live.backfill_queue.is_none() => {
                 live.seq = last;
-                feed_one(live, last, batch, now_us, Some(&shared));
+                let since = cluster.then_some(live.def.created_at);
+                feed_one(live, partition, last, batch, now_us, Some(&shared), since);
             }
             _ => {
                 for ((seq, batch), shared) in entries.iter().zip(&per_entry) {
@@ -360,7 +396,8 @@ impl CqRegistry {
                         }
                         continue;
                     }
-                    feed_one(live, *seq, batch, now_us, Some(shared));
+                    let since = cluster.then_some(live.def.created_at);
+                    feed_one(live, partition, *seq, batch, now_us, Some(shared), since);
                 }
             }
         };
@@ -491,7 +528,11 @@ impl CqRegistry {
             if live.book.prune(retention, now_us) > 0 {
                 prune_events(&live.events, &live.book.alerts, true);
             }
-            if live.last_checkpoint.elapsed() >= live.checkpoint_interval && !live.writing {
+            let timed = !self
+                .cut_checkpoints
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if timed && live.last_checkpoint.elapsed() >= live.checkpoint_interval && !live.writing
+            {
                 match live.encode_checkpoint(&dir, now_us) {
                     Ok(p) => {
                         live.writing = true;

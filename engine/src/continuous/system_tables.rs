@@ -207,7 +207,7 @@ pub fn alerts_schema() -> SchemaRef {
 }
 
 /// `alerts` as one batch of [`alerts_schema`].
-pub(super) fn alerts_batch<'a>(
+pub fn alerts_batch<'a>(
     alerts: impl Iterator<Item = &'a Alert>,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     let alerts: Vec<&Alert> = alerts.collect();

@@ -135,6 +135,7 @@ const DUPLICATE_OBJECT: &str = "42710";
 const INVALID_OBJECT_DEFINITION: &str = "42P17";
 const INVALID_PARAMETER_VALUE: &str = "22023";
 const DUPLICATE_TABLE: &str = "42P07";
+const SERIALIZATION_FAILURE: &str = "40001";
 
 /// The SQLSTATE a client can branch on for each continuous-query error.
 fn cq_error(e: &CqError) -> PgWireError {
@@ -158,6 +159,8 @@ fn cq_error(e: &CqError) -> PgWireError {
         CqError::Table(_) => INVALID_OBJECT_DEFINITION,
         CqError::TableExists(_) => DUPLICATE_TABLE,
         CqError::Checkpoint(_) | CqError::Storage(_) => sqlstate::INTERNAL_ERROR,
+        // Cassandra unreachable, or a concurrent change on another node: try again.
+        CqError::Cluster(_) => SERIALIZATION_FAILURE,
     };
     user_error(code, e.to_string())
 }
@@ -204,8 +207,10 @@ impl LogSphereStatement {
                 Ok(Response::Execution(Tag::new("CREATE CONTINUOUS QUERY")))
             }
             LogSphereStatement::Drop { name, if_exists } => {
-                queries
-                    .drop_query(name, *if_exists)
+                session
+                    .engine
+                    .drop_continuous_query(name, *if_exists)
+                    .await
                     .map_err(|e| cq_error(&e))?;
                 Ok(Response::Execution(Tag::new("DROP CONTINUOUS QUERY")))
             }
@@ -214,7 +219,11 @@ impl LogSphereStatement {
                     AlterAction::Pause => CqState::Paused,
                     AlterAction::Resume => CqState::Running,
                 };
-                queries.set_state(name, state).map_err(|e| cq_error(&e))?;
+                session
+                    .engine
+                    .alter_continuous_query(name, state)
+                    .await
+                    .map_err(|e| cq_error(&e))?;
                 Ok(Response::Execution(Tag::new("ALTER CONTINUOUS QUERY")))
             }
             LogSphereStatement::ShowCreate(name) => {

@@ -89,6 +89,35 @@ struct Shared {
     /// One idempotent producer per (broker list, timeout), shared by the KAFKA channels
     /// using it.
     producers: Mutex<HashMap<(String, Duration), FutureProducer>>,
+    /// Cluster mode: who sends each event (see [`DeliveryClaims`]).
+    claims: std::sync::OnceLock<Arc<dyn DeliveryClaims>>,
+}
+
+/// What a node is told when it asks to send an event (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This node sends it.
+    Mine,
+    /// Another node delivered it.
+    Done,
+    /// Another node is sending it: look again later.
+    Held,
+}
+
+/// Cluster mode: several nodes derive the same events (same ids); each event is sent by
+/// the node that claims it, and recorded done after.
+pub trait DeliveryClaims: Send + Sync {
+    /// Claims `event_id` for this node.
+    fn claim(&self, event_id: &str) -> Result<Claim, String>;
+    /// `event_id` was delivered by this node.
+    fn done(&self, event_id: &str);
+}
+
+/// How long an event held by another node waits before it is looked at again.
+const HELD_RETRY: Duration = Duration::from_secs(2);
+
+fn now() -> i64 {
+    super::super::now_us()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +146,7 @@ impl Notifier {
             policy: RetryPolicy::from_config(config),
             in_flight: Mutex::new(HashSet::new()),
             producers: Mutex::new(HashMap::new()),
+            claims: std::sync::OnceLock::new(),
         });
         for i in 0..config.workers.max(1) {
             let (rx, shared) = (Arc::clone(&rx), Arc::clone(&shared));
@@ -132,6 +162,11 @@ impl Notifier {
             jobs,
             shared,
         }
+    }
+
+    /// Sends only the events `claims` gives this node (cluster mode).
+    pub(crate) fn set_claims(&self, claims: Arc<dyn DeliveryClaims>) {
+        let _ = self.shared.claims.set(claims);
     }
 
     /// What the service was started with.
@@ -243,6 +278,31 @@ impl Shared {
             .filter(|e| e.status != "delivered")
             .map(|e| (e.payload.clone(), e.fingerprint.clone(), e.kind.clone()));
         if let Some((payload, fingerprint, kind)) = current {
+            let claims = self.claims.get();
+            match claims.map(|c| c.claim(&job.event_id)) {
+                None | Some(Ok(Claim::Mine)) => {}
+                Some(Ok(Claim::Done)) => {
+                    let mut events = lock(&job.events);
+                    self.record(&mut events, &job.channel, &job.event_id, None, now());
+                    lock(&self.in_flight).remove(&job.key);
+                    return;
+                }
+                Some(Ok(Claim::Held)) => {
+                    if let Some(e) = lock(&job.events).get_mut(&job.event_id) {
+                        let wait = i64::try_from(HELD_RETRY.as_micros()).unwrap_or(i64::MAX);
+                        e.next_attempt = Some(now().saturating_add(wait));
+                    }
+                    lock(&self.in_flight).remove(&job.key);
+                    return;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(event_id = %job.event_id, error = %error, "cannot claim a NOTIFY delivery");
+                    let mut events = lock(&job.events);
+                    self.record(&mut events, &job.channel, &job.event_id, Some(error), now());
+                    lock(&self.in_flight).remove(&job.key);
+                    return;
+                }
+            }
             let outcome = match &job.channel {
                 NotifyChannel::Webhook(h) => webhook::post(h, &job.event_id, &payload),
                 NotifyChannel::Kafka(k) => {
@@ -257,13 +317,18 @@ impl Shared {
                     "NOTIFY delivery attempt failed"
                 );
             }
+            if outcome.is_ok()
+                && let Some(c) = claims
+            {
+                c.done(&job.event_id);
+            }
             let mut events = lock(&job.events);
             self.record(
                 &mut events,
                 &job.channel,
                 &job.event_id,
                 outcome.err(),
-                super::super::now_us(),
+                now(),
             );
         }
         lock(&self.in_flight).remove(&job.key);

@@ -29,14 +29,14 @@ pub enum Lease {
 }
 
 impl Shared {
-    async fn lwt(&self, cql: &str) -> Result<PreparedStatement, EngineError> {
+    pub(super) async fn lwt(&self, cql: &str) -> Result<PreparedStatement, EngineError> {
         let mut p = prepare(&self.session, cql).await?;
         p.set_consistency(self.write_consistency);
         p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
         Ok(p)
     }
 
-    async fn serial_read(&self, cql: &str) -> Result<PreparedStatement, EngineError> {
+    pub(super) async fn serial_read(&self, cql: &str) -> Result<PreparedStatement, EngineError> {
         let mut p = prepare(&self.session, cql).await?;
         p.set_consistency(Consistency::LocalSerial);
         Ok(p)

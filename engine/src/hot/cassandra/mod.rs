@@ -12,6 +12,7 @@
 //! example, is in `cassandra.md` beside this module.
 
 mod catalog;
+mod cq;
 mod exec;
 mod keys;
 mod progress;
@@ -38,6 +39,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::Semaphore;
 
 pub use catalog::Lease;
+pub use cq::{DeliveryClaim, SharedDefinition};
 pub use exec::{CassandraScanExec, Keep};
 pub use keys::{KeyClaim, KeyFinish};
 pub use scan::CassandraTable;
@@ -309,6 +311,72 @@ impl CassandraStore {
     /// Gives `key` up if `token` holds it, so a retry can store the records.
     pub async fn release_ingest_key(&self, key: &str, token: &str) -> Result<(), EngineError> {
         keys::release(&self.shared, key, token).await
+    }
+
+    /// The continuous query definitions every node runs (`cq.rs`).
+    pub async fn cq_definitions(&self) -> Result<Vec<SharedDefinition>, EngineError> {
+        cq::definitions(&self.shared).await
+    }
+
+    /// Stores `def` if the stored version is still `expected` (`None`: not defined yet).
+    pub async fn put_cq_definition(
+        &self,
+        def: &SharedDefinition,
+        expected: Option<i64>,
+    ) -> Result<bool, EngineError> {
+        cq::put_definition(&self.shared, def, expected).await
+    }
+
+    /// Sets a continuous query's state; `false` when it is not defined.
+    pub async fn set_cq_state(&self, name: &str, state: &str) -> Result<bool, EngineError> {
+        cq::set_definition_state(&self.shared, name, state).await
+    }
+
+    /// Drops a continuous query's definition; `false` when there was none.
+    pub async fn delete_cq_definition(&self, name: &str) -> Result<bool, EngineError> {
+        cq::delete_definition(&self.shared, name).await
+    }
+
+    /// Creates alert `id` unless it exists: `None` when this call created it, else the
+    /// stored body.
+    pub async fn insert_alert(
+        &self,
+        id: &str,
+        cq_name: &str,
+        body: &str,
+        writer: &str,
+    ) -> Result<Option<String>, EngineError> {
+        cq::insert_alert(&self.shared, id, cq_name, body, writer).await
+    }
+
+    /// Replaces the stored body of alert `id`.
+    pub async fn update_alert(&self, id: &str, body: &str) -> Result<(), EngineError> {
+        cq::update_alert(&self.shared, id, body).await
+    }
+
+    /// Every stored alert (JSON bodies).
+    pub async fn alerts(&self) -> Result<Vec<String>, EngineError> {
+        cq::alerts(&self.shared).await
+    }
+
+    /// Claims the delivery of a notification event for `owner`.
+    pub async fn claim_delivery(
+        &self,
+        event_id: &str,
+        owner: &str,
+        lease_secs: i32,
+    ) -> Result<DeliveryClaim, EngineError> {
+        cq::claim_delivery(&self.shared, event_id, owner, lease_secs).await
+    }
+
+    /// Records that `owner` delivered `event_id`.
+    pub async fn delivery_done(
+        &self,
+        event_id: &str,
+        owner: &str,
+        retention_secs: i32,
+    ) -> Result<(), EngineError> {
+        cq::delivery_done(&self.shared, event_id, owner, retention_secs).await
     }
 
     /// Lets go of the tiering lease if `owner` holds it.

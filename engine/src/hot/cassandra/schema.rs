@@ -26,6 +26,7 @@ pub(super) async fn migrate(
     let keyspace = identifier("cassandra.keyspace", &config.keyspace)?;
     let mut statements = vec![create_keyspace(&keyspace, config)?];
     statements.extend(create_tables(&keyspace, config.ttl));
+    statements.extend(super::cq::tables(&keyspace));
     for cql in &statements {
         session
             .query_unpaged(cql.as_str(), ())

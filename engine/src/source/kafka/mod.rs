@@ -26,6 +26,7 @@ mod assignment;
 mod batch;
 mod consumer;
 mod partition;
+pub mod reader;
 mod status;
 mod write;
 

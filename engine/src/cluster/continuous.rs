@@ -1,0 +1,627 @@
+//! Continuous queries in cluster mode (see `docs/cluster.md`, "Continuous queries").
+//!
+//! Every node runs every query over every partition, and what must happen once happens
+//! once through Cassandra:
+//!
+//! - **Definitions** live in `cq_definitions`. A `CREATE`, `ALTER` or `DROP` on any node
+//!   changes that table by lightweight transaction; each node reads it every second
+//!   ([`sync_definitions`]) and builds, replaces, pauses or drops its own copy, at the
+//!   version the table gives, so alert ids agree across nodes.
+//! - **Input**: a [`Feeder`] thread reads all partitions outside the consumer group
+//!   ([`AllPartitions`]) and feeds each partition's rows under its own name, so watermarks
+//!   are per partition as the CQ contract says, and `GROUP BY source` counts a source's
+//!   records from all partitions.
+//! - **State and offsets together**: the feeder checkpoints every query at *cuts*. It first
+//!   writes the next offset of every partition to `continuous/cluster_cuts.json` (fsynced),
+//!   then moves every query to the cut's position and checkpoints them all. After a crash a
+//!   query restores its checkpoint and the feeder seeks every partition to the offsets of the
+//!   cut it is at, so the records after it are replayed once (`continuous/cluster.rs`).
+//! - **Alerts**: [`share_alerts`] writes each alert instance to `cq_alerts` by its
+//!   deterministic id (`IF NOT EXISTS`, then state changes), and `alerts` on every node reads
+//!   that table. **Notifications**: each event is claimed in `cq_deliveries` before it is
+//!   sent ([`Claims`]), so one node sends it, with the event id as its idempotency key.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::continuous::{
+    Alert, Claim, CqError, CqRegistry, CqState, DeliveryClaims, GENERATION_SHIFT, now_us,
+};
+use crate::hot::cassandra::{CassandraStore, DeliveryClaim, SharedDefinition};
+use crate::ingest::DecodeOptions;
+use crate::source::kafka::reader::{AllPartitions, Start, partition_key};
+
+/// How often definitions and alerts are synchronised with Cassandra.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the feeder cuts (checkpoints every query with the offsets it covers).
+const CUT_INTERVAL: Duration = Duration::from_secs(5);
+/// How far back a node with no checkpoint starts reading, so that it has the state of the
+/// windows still open when it joins *(design)*.
+pub const REBUILD: Duration = Duration::from_secs(600);
+/// How long a delivery claim lasts before another node may send the event.
+const CLAIM_LEASE_SECS: i32 = 30;
+/// How long a delivered event's id is remembered.
+const DELIVERED_RETENTION_SECS: i32 = 7 * 24 * 3600;
+/// Records read per poll of the feeder.
+const POLL_RECORDS: usize = 20_000;
+
+/// The cluster-mode continuous-query parts of one node.
+pub struct ClusterCq {
+    node_id: String,
+    registry: Arc<CqRegistry>,
+    cluster: Arc<Cluster>,
+    /// `CREATE`/`ALTER`/`DROP` and a sync round do not interleave.
+    ddl: tokio::sync::Mutex<()>,
+    /// `cq_alerts` as last read (every [`SYNC_INTERVAL`]).
+    alerts: Mutex<Vec<Alert>>,
+    /// The definitions were read from Cassandra once: the feeder waits for it, so a
+    /// joining node's replay reaches the queries.
+    synced: AtomicBool,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ClusterCq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCq")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage(e: crate::EngineError) -> CqError {
+    CqError::Cluster(e.to_string())
+}
+
+impl ClusterCq {
+    /// Starts the definition sync, the feeder and the alert sharing; they wait for
+    /// Cassandra and Kafka like the rest of the node.
+    pub fn start(
+        cluster: Arc<Cluster>,
+        registry: Arc<CqRegistry>,
+        data_dir: &Path,
+        decode: DecodeOptions,
+    ) -> Arc<Self> {
+        registry.enter_cluster_mode();
+        let node_id = cluster.config().node_id.clone();
+        registry.set_delivery_claims(Arc::new(Claims {
+            cluster: Arc::clone(&cluster),
+            node_id: node_id.clone(),
+            handle: tokio::runtime::Handle::current(),
+        }));
+        let this = Arc::new(Self {
+            node_id,
+            registry,
+            cluster,
+            ddl: tokio::sync::Mutex::new(()),
+            alerts: Mutex::new(Vec::new()),
+            synced: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let feeder = Feeder {
+            cq: Arc::clone(&this),
+            cuts_path: data_dir.join("continuous").join("cluster_cuts.json"),
+            decode,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("cq-feeder".into())
+            .spawn(move || feeder.run());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the continuous-query feeder");
+        }
+        tokio::spawn(sync_loop(Arc::clone(&this)));
+        this
+    }
+
+    /// Stops the feeder and the sync (the feeder cuts once more first).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn store(&self) -> Result<Arc<CassandraStore>, CqError> {
+        self.cluster
+            .store()
+            .ok_or_else(|| CqError::Cluster("not connected to Cassandra yet".into()))
+    }
+
+    /// The `alerts` table: every node's alerts, as Cassandra holds them.
+    pub fn alerts_batch(&self) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+        let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        crate::continuous::alerts_batch(alerts.iter())
+    }
+
+    /// `CREATE CONTINUOUS QUERY` in cluster mode: checked against the shared catalog, built
+    /// here (which validates it), then stored for every node.
+    pub async fn create(
+        &self,
+        cq: &logsphere_sql::CreateContinuousQuery,
+    ) -> Result<crate::continuous::Created, CqError> {
+        use crate::continuous::Created;
+        if cq.start_from != logsphere_sql::StartFrom::Now {
+            return Err(CqError::Unsupported {
+                sql: cq.name.to_string(),
+                reason: "START FROM before NOW is not available in cluster mode yet".into(),
+            });
+        }
+        let _ddl = self.ddl.lock().await;
+        let store = self.store()?;
+        let name = cq.name.to_string();
+        let stored = store.cq_definitions().await.map_err(storage)?;
+        let old = stored.iter().find(|d| d.name == name);
+        if old.is_some() && !cq.or_replace {
+            if cq.if_not_exists {
+                return Ok(Created::Exists);
+            }
+            return Err(CqError::AlreadyExists(name));
+        }
+        let def = SharedDefinition {
+            name: name.clone(),
+            version: old.map_or(1, |d| d.version + 1),
+            sql: cq.sql_text.clone(),
+            state: CqState::Running.as_str().to_string(),
+            created_us: now_us(),
+        };
+        let version = u64::try_from(def.version).unwrap_or(1);
+        let created = self
+            .registry
+            .create_shared(cq, version, def.created_us)
+            .await?;
+        if !store
+            .put_cq_definition(&def, old.map(|d| d.version))
+            .await
+            .map_err(storage)?
+        {
+            // The next sync builds whatever won.
+            return Err(CqError::Cluster(format!(
+                "continuous query {name} was changed on another node at the same time; try again"
+            )));
+        }
+        Ok(if old.is_some() {
+            Created::Replaced
+        } else {
+            created
+        })
+    }
+
+    /// `DROP CONTINUOUS QUERY [IF EXISTS]` in cluster mode.
+    pub async fn drop_query(&self, name: &str, if_exists: bool) -> Result<bool, CqError> {
+        let _ddl = self.ddl.lock().await;
+        let store = self.store()?;
+        let dropped = store.delete_cq_definition(name).await.map_err(storage)?;
+        if !dropped && !if_exists {
+            return Err(CqError::NotFound(name.to_string()));
+        }
+        self.registry.drop_query(name, true)?;
+        Ok(dropped)
+    }
+
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME` in cluster mode.
+    pub async fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
+        let _ddl = self.ddl.lock().await;
+        let store = self.store()?;
+        if !store
+            .set_cq_state(name, state.as_str())
+            .await
+            .map_err(storage)?
+        {
+            return Err(CqError::NotFound(name.to_string()));
+        }
+        self.registry.set_state_live(name, state)
+    }
+}
+
+/// Definitions and alerts, every [`SYNC_INTERVAL`], until stopped.
+async fn sync_loop(cq: Arc<ClusterCq>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shared = SharedAlerts::default();
+    let mut failing = HashSet::new();
+    while !cq.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let Some(store) = cq.cluster.store() else {
+            continue;
+        };
+        match sync_definitions(&cq, &store, &mut failing).await {
+            Ok(()) => cq.synced.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "cannot read the continuous query definitions"),
+        }
+        if let Err(e) = share_alerts(&cq, &store, &mut shared).await {
+            tracing::warn!(error = %e, "cannot share alerts");
+        }
+    }
+}
+
+/// Makes this node run what `cq_definitions` says. A definition this node cannot build is
+/// logged once per version (it would fail the same on the node that created it).
+async fn sync_definitions(
+    cq: &ClusterCq,
+    store: &CassandraStore,
+    failing: &mut HashSet<(String, i64)>,
+) -> Result<(), crate::EngineError> {
+    let _ddl = cq.ddl.lock().await;
+    let stored = store.cq_definitions().await?;
+    let local = cq.registry.local_definitions();
+    for def in &stored {
+        let version = u64::try_from(def.version).unwrap_or(1);
+        let here = local.get(&def.name);
+        if here.is_none_or(|l| l.version != version) {
+            if failing.contains(&(def.name.clone(), def.version)) {
+                continue;
+            }
+            let built = match crate::continuous::parse_definition(&def.sql) {
+                Ok(parsed) => {
+                    cq.registry
+                        .create_shared(&parsed, version, def.created_us)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match built {
+                Ok(_) => {
+                    tracing::info!(cq = %def.name, version, "continuous query defined by the cluster")
+                }
+                Err(e) => {
+                    tracing::error!(cq = %def.name, version, error = %e, "cannot build a continuous query of the cluster");
+                    failing.insert((def.name.clone(), def.version));
+                    continue;
+                }
+            }
+        }
+        let state = if def.state == CqState::Paused.as_str() {
+            CqState::Paused
+        } else {
+            CqState::Running
+        };
+        let now_state = cq
+            .registry
+            .local_definitions()
+            .get(&def.name)
+            .map(|l| l.state);
+        if now_state.is_some_and(|s| s != state)
+            && let Err(e) = cq.registry.set_state_live(&def.name, state)
+        {
+            tracing::warn!(cq = %def.name, error = %e, "cannot change a continuous query's state");
+        }
+    }
+    let names: HashSet<&str> = stored.iter().map(|d| d.name.as_str()).collect();
+    for name in local.keys().filter(|n| !names.contains(n.as_str())) {
+        match cq.registry.drop_query(name, true) {
+            Ok(_) => tracing::info!(cq = %name, "continuous query dropped by the cluster"),
+            Err(e) => tracing::warn!(cq = %name, error = %e, "cannot drop a continuous query"),
+        }
+    }
+    Ok(())
+}
+
+/// What this node wrote to `cq_alerts`: id → (state rank, body).
+#[derive(Default)]
+struct SharedAlerts {
+    written: HashMap<String, (u8, String)>,
+}
+
+/// `pending` < `firing` < `resolved`: a row only moves forward.
+fn rank(state: &str) -> u8 {
+    match state {
+        "pending" => 0,
+        "firing" => 1,
+        _ => 2,
+    }
+}
+
+/// Writes this node's new and changed alerts to `cq_alerts`, then reads the table back for
+/// `alerts`.
+async fn share_alerts(
+    cq: &ClusterCq,
+    store: &CassandraStore,
+    shared: &mut SharedAlerts,
+) -> Result<(), crate::EngineError> {
+    for alert in cq.registry.alerts_snapshot() {
+        let body = serde_json::to_string(&alert).map_err(|e| crate::EngineError::Cassandra {
+            context: "encoding an alert".into(),
+            reason: e.to_string(),
+        })?;
+        let ours = rank(&alert.state);
+        match shared.written.get(&alert.alert_id) {
+            Some((r, b)) if *b == body || *r > ours => continue,
+            Some(_) => store.update_alert(&alert.alert_id, &body).await?,
+            None => {
+                let stored = store
+                    .insert_alert(&alert.alert_id, &alert.cq_name, &body, &cq.node_id)
+                    .await?;
+                if let Some(stored) = stored {
+                    let theirs = serde_json::from_str::<Alert>(&stored)
+                        .map(|a| rank(&a.state))
+                        .unwrap_or(0);
+                    if ours <= theirs {
+                        shared
+                            .written
+                            .insert(alert.alert_id.clone(), (theirs, stored));
+                        continue;
+                    }
+                    store.update_alert(&alert.alert_id, &body).await?;
+                }
+            }
+        }
+        shared.written.insert(alert.alert_id.clone(), (ours, body));
+    }
+    let mut alerts = Vec::new();
+    for body in store.alerts().await? {
+        match serde_json::from_str::<Alert>(&body) {
+            Ok(a) => alerts.push(a),
+            Err(e) => tracing::warn!(error = %e, "an alert row does not parse; not listed"),
+        }
+    }
+    alerts.sort_by(|a, b| (a.fired_at, &a.alert_id).cmp(&(b.fired_at, &b.alert_id)));
+    *cq.alerts.lock().unwrap_or_else(|p| p.into_inner()) = alerts;
+    Ok(())
+}
+
+/// Delivery claims in `cq_deliveries`, asked from the NOTIFY worker threads.
+struct Claims {
+    cluster: Arc<Cluster>,
+    node_id: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl DeliveryClaims for Claims {
+    fn claim(&self, event_id: &str) -> Result<Claim, String> {
+        let store = self
+            .cluster
+            .store()
+            .ok_or_else(|| "not connected to Cassandra yet".to_string())?;
+        let claimed = self
+            .handle
+            .block_on(store.claim_delivery(event_id, &self.node_id, CLAIM_LEASE_SECS))
+            .map_err(|e| e.to_string())?;
+        Ok(match claimed {
+            DeliveryClaim::Mine => Claim::Mine,
+            DeliveryClaim::Done => Claim::Done,
+            DeliveryClaim::Held(_) => Claim::Held,
+        })
+    }
+
+    fn done(&self, event_id: &str) {
+        let Some(store) = self.cluster.store() else {
+            return;
+        };
+        let recorded = self.handle.block_on(store.delivery_done(
+            event_id,
+            &self.node_id,
+            DELIVERED_RETENTION_SECS,
+        ));
+        if let Err(e) = recorded {
+            // The claim expires; another node may then send it again, same id.
+            tracing::warn!(event_id, error = %e, "cannot record a NOTIFY delivery");
+        }
+    }
+}
+
+/// One cut: the generation and the next offset of each partition (`topic/partition`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cut {
+    generation: u64,
+    offsets: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CutsFile {
+    cuts: Vec<Cut>,
+}
+
+impl CutsFile {
+    fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "damaged cuts file; continuous queries rebuild from Kafka");
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    fn store(&self, path: &Path) -> Result<(), CqError> {
+        let json = serde_json::to_vec(self).map_err(|e| CqError::Cluster(e.to_string()))?;
+        crate::catalog::atomic_write(path, &json)
+            .map_err(|e| CqError::Cluster(format!("writing {}: {e}", path.display())))
+    }
+}
+
+/// The thread that reads every partition into the queries (see the module docs).
+struct Feeder {
+    cq: Arc<ClusterCq>,
+    cuts_path: PathBuf,
+    decode: DecodeOptions,
+}
+
+impl Feeder {
+    fn run(self) {
+        let stop = Arc::clone(&self.cq.stop);
+        while !stop.load(Ordering::Relaxed) {
+            match self.open() {
+                Ok((reader, cuts)) => {
+                    self.feed(reader, cuts);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "continuous-query feeder cannot start yet; retrying");
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Opens the reader at the cut the oldest query's state is at (or [`REBUILD`] back).
+    fn open(&self) -> Result<(AllPartitions, CutsFile), CqError> {
+        // The definitions first: they arrive through Cassandra.
+        if !self.cq.synced.load(Ordering::Relaxed) {
+            return Err(CqError::Cluster(
+                "waiting for the continuous query definitions".into(),
+            ));
+        }
+        let cuts = CutsFile::load(&self.cuts_path);
+        let generations = self.cq.registry.generations();
+        let from = generations
+            .values()
+            .min()
+            .and_then(|g| {
+                cuts.cuts
+                    .iter()
+                    .find(|c| c.generation == *g)
+                    .or_else(|| cuts.cuts.first())
+            })
+            .or_else(|| cuts.cuts.last())
+            .cloned();
+        let rebuild_ms = (now_us() / 1000).saturating_sub(REBUILD.as_millis() as i64);
+        let config = &self.cq.cluster.config();
+        let reader = AllPartitions::open(
+            &config.kafka,
+            &config.node_id,
+            self.decode.clone(),
+            |p| match from.as_ref().and_then(|c| c.offsets.get(&partition_key(p))) {
+                Some(o) => Start::Offset(*o),
+                None => Start::Time(rebuild_ms),
+            },
+        )
+        .map_err(|e| CqError::Cluster(e.to_string()))?;
+        tracing::info!(
+            partitions = reader.partitions().len(),
+            from_generation = from.as_ref().map(|c| c.generation),
+            "continuous-query feeder reading every partition"
+        );
+        Ok((reader, cuts))
+    }
+
+    fn feed(self, mut reader: AllPartitions, mut cuts: CutsFile) {
+        let registry = Arc::clone(&self.cq.registry);
+        registry.start_catch_up();
+        let mut catching_up = true;
+        let mut generation = cuts.cuts.last().map_or(0, |c| c.generation);
+        let mut numbers: HashMap<u64, u64> = HashMap::new();
+        let mut last_cut = Instant::now();
+        loop {
+            let stopping = self.cq.stop.load(Ordering::Relaxed);
+            let batches = if stopping {
+                Vec::new()
+            } else {
+                reader.poll(Duration::from_millis(250), POLL_RECORDS)
+            };
+            let now = now_us();
+            let mut newest = i64::MIN;
+            for b in &batches {
+                let key = partition_key(&b.partition);
+                for (g, rows) in split_at_cuts(&cuts, &key, &b.log_offsets, generation) {
+                    let logs = b.logs.slice(rows.start, rows.len());
+                    let clock = crate::continuous::max_ingest_time(&logs)
+                        .unwrap_or(now)
+                        .min(now);
+                    newest = newest.max(clock);
+                    let n = numbers.entry(g).or_insert(0);
+                    *n += 1;
+                    let seq = (g << GENERATION_SHIFT) | *n;
+                    registry.process_partition(&key, seq, &logs, clock);
+                }
+            }
+            if catching_up && (batches.is_empty() || newest >= now - 2_000_000) {
+                registry.caught_up(None);
+                catching_up = false;
+                tracing::info!(generation, "continuous-query feeder caught up");
+            }
+            if stopping || (!catching_up && last_cut.elapsed() >= CUT_INTERVAL) {
+                generation += 1;
+                numbers.retain(|g, _| *g >= generation);
+                if let Err(e) = self.cut(&registry, &reader, &mut cuts, generation) {
+                    tracing::warn!(error = %e, "continuous-query cut failed; the next one retries");
+                    generation -= 1;
+                }
+                last_cut = Instant::now();
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Writes the cut's offsets, then moves every query to it and checkpoints them.
+    fn cut(
+        &self,
+        registry: &CqRegistry,
+        reader: &AllPartitions,
+        cuts: &mut CutsFile,
+        generation: u64,
+    ) -> Result<(), CqError> {
+        let mut offsets = cuts
+            .cuts
+            .last()
+            .map(|c| c.offsets.clone())
+            .unwrap_or_default();
+        offsets.extend(reader.next_offsets());
+        cuts.cuts.push(Cut {
+            generation,
+            offsets,
+        });
+        // Keep the cuts some query's state is at, and the newest.
+        let needed: HashSet<u64> = registry.generations().into_values().collect();
+        let newest = cuts.cuts.len() - 1;
+        let mut i = 0;
+        cuts.cuts.retain(|c| {
+            let keep = i == newest || needed.contains(&c.generation);
+            i += 1;
+            keep
+        });
+        cuts.store(&self.cuts_path)?;
+        registry.cut(generation, now_us());
+        Ok(())
+    }
+}
+
+/// Splits one partition's rows (`offsets`, ascending) by the generation each offset falls
+/// in: the newest cut at or below it, or `current` past the last cut.
+fn split_at_cuts(
+    cuts: &CutsFile,
+    key: &str,
+    offsets: &[i64],
+    current: u64,
+) -> Vec<(u64, std::ops::Range<usize>)> {
+    let generation_of = |o: i64| {
+        cuts.cuts
+            .iter()
+            .rev()
+            .find(|c| c.offsets.get(key).is_some_and(|start| *start <= o))
+            .map_or(current, |c| c.generation)
+            .min(current)
+    };
+    let mut out: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+    for (i, o) in offsets.iter().enumerate() {
+        let g = generation_of(*o);
+        match out.last_mut() {
+            Some((last, range)) if *last == g => range.end = i + 1,
+            _ => out.push((g, i..i + 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_numbered_in_the_generation_of_their_offset() {
+        let cut = |generation, o| Cut {
+            generation,
+            offsets: BTreeMap::from([("t/0".to_string(), o)]),
+        };
+        let cuts = CutsFile {
+            cuts: vec![cut(3, 10), cut(4, 20)],
+        };
+        let split = split_at_cuts(&cuts, "t/0", &[8, 12, 19, 20, 25], 4);
+        assert_eq!(split, vec![(4, 0..1), (3, 1..3), (4, 3..5)]);
+        // A partition no cut knows is in the current generation.
+        assert_eq!(split_at_cuts(&cuts, "t/1", &[1, 2], 4), vec![(4, 0..2)]);
+    }
+}

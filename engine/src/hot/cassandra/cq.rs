@@ -1,0 +1,331 @@
+//! Continuous queries in cluster mode: what every node shares through Cassandra.
+//!
+//! - `cq_definitions`: one row per continuous query (`version`, the `CREATE` text, `state`).
+//!   It changes only by lightweight transaction (`IF NOT EXISTS`, `IF version = :old`,
+//!   `IF EXISTS`), so two nodes replacing one query at once cannot both win; every node
+//!   reads the table each second and runs what it says.
+//! - `cq_alerts`: one row per alert instance, keyed by its deterministic `alert_id` (query,
+//!   version, labels, anchor time). Every node evaluates every rule over every partition, so
+//!   several derive the same instance; the first `INSERT … IF NOT EXISTS` creates the row and
+//!   later changes (fired, resolved) are plain updates of the same row. `alerts` on any node
+//!   reads this table.
+//! - `cq_deliveries`: one row per notification event (its deterministic `event_id`, also
+//!   the webhook's `Idempotency-Key`). A node claims an event (`IF NOT EXISTS USING TTL`)
+//!   before sending it and marks it `done` after; another node that derived the same event
+//!   finds it done (and records it delivered) or held (and looks again later). A node that
+//!   dies mid-delivery leaves the claim to expire, and the next node sends it, same key.
+
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{Shared, err};
+use crate::EngineError;
+
+/// One row of `cq_definitions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDefinition {
+    pub name: String,
+    pub version: i64,
+    pub sql: String,
+    /// `RUNNING` or `PAUSED`.
+    pub state: String,
+    pub created_us: i64,
+}
+
+/// What a delivery claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    /// This node sends the event, then calls [`deliver_done`].
+    Mine,
+    /// Another node delivered it.
+    Done,
+    /// Another node (named) holds it and has not finished.
+    Held(String),
+}
+
+pub(super) fn tables(ks: &str) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_definitions (\
+             name text PRIMARY KEY, version bigint, sql text, state text, created_us bigint)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_alerts (\
+             alert_id text PRIMARY KEY, cq_name text, body text, writer text)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_deliveries (\
+             event_id text PRIMARY KEY, owner text, state text)"
+        ),
+    ]
+}
+
+/// A plain write at the write consistency.
+async fn write(shared: &Shared, cql: &str) -> Result<PreparedStatement, EngineError> {
+    let mut p = super::prepare(&shared.session, cql).await?;
+    p.set_consistency(shared.write_consistency);
+    Ok(p)
+}
+
+/// Every definition, read at LOCAL_SERIAL so a node never runs an older version than one a
+/// `CREATE` elsewhere already reported done.
+pub(super) async fn definitions(shared: &Shared) -> Result<Vec<SharedDefinition>, EngineError> {
+    let ks = &shared.keyspace;
+    let select = shared
+        .serial_read(&format!(
+            "SELECT name, version, sql, state, created_us FROM {ks}.cq_definitions"
+        ))
+        .await?;
+    let context = "reading the continuous query definitions";
+    let rows = shared
+        .session
+        .execute_unpaged(&select, ())
+        .await
+        .map_err(|e| err(context, e))?
+        .into_rows_result()
+        .map_err(|e| err(context, e))?;
+    let mut out = Vec::new();
+    for row in rows
+        .rows::<(
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        )>()
+        .map_err(|e| err(context, e))?
+    {
+        let (name, version, sql, state, created_us) = row.map_err(|e| err(context, e))?;
+        out.push(SharedDefinition {
+            name,
+            version: version.unwrap_or(1),
+            sql: sql.unwrap_or_default(),
+            state: state.unwrap_or_else(|| "RUNNING".into()),
+            created_us: created_us.unwrap_or(0),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Stores `def` if the stored version is still `expected` (`None`: no row yet); `false` when
+/// another node changed it first.
+pub(super) async fn put_definition(
+    shared: &Shared,
+    def: &SharedDefinition,
+    expected: Option<i64>,
+) -> Result<bool, EngineError> {
+    let ks = &shared.keyspace;
+    let context = || {
+        format!(
+            "storing continuous query {} version {}",
+            def.name, def.version
+        )
+    };
+    let result = match expected {
+        None => {
+            let insert = shared
+                .lwt(&format!(
+                    "INSERT INTO {ks}.cq_definitions (name, version, sql, state, created_us) \
+                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+                ))
+                .await?;
+            shared
+                .session
+                .execute_unpaged(
+                    &insert,
+                    (&def.name, def.version, &def.sql, &def.state, def.created_us),
+                )
+                .await
+        }
+        Some(old) => {
+            let update = shared
+                .lwt(&format!(
+                    "UPDATE {ks}.cq_definitions SET version = ?, sql = ?, state = ?, \
+                     created_us = ? WHERE name = ? IF version = ?"
+                ))
+                .await?;
+            shared
+                .session
+                .execute_unpaged(
+                    &update,
+                    (
+                        def.version,
+                        &def.sql,
+                        &def.state,
+                        def.created_us,
+                        &def.name,
+                        old,
+                    ),
+                )
+                .await
+        }
+    };
+    let result = result.map_err(|e| err(context(), e))?;
+    super::lwt_answer(result, [])
+        .map(|(applied, [])| applied)
+        .map_err(|e| err(context(), e))
+}
+
+/// Sets the state of `name` (`RUNNING`, `PAUSED`); `false` when there is no such query.
+pub(super) async fn set_definition_state(
+    shared: &Shared,
+    name: &str,
+    state: &str,
+) -> Result<bool, EngineError> {
+    let ks = &shared.keyspace;
+    let update = shared
+        .lwt(&format!(
+            "UPDATE {ks}.cq_definitions SET state = ? WHERE name = ? IF EXISTS"
+        ))
+        .await?;
+    let context = || format!("setting continuous query {name} {state}");
+    let result = shared
+        .session
+        .execute_unpaged(&update, (state, name))
+        .await
+        .map_err(|e| err(context(), e))?;
+    super::lwt_answer(result, [])
+        .map(|(applied, [])| applied)
+        .map_err(|e| err(context(), e))
+}
+
+/// Deletes `name`; `false` when there was none.
+pub(super) async fn delete_definition(shared: &Shared, name: &str) -> Result<bool, EngineError> {
+    let ks = &shared.keyspace;
+    let delete = shared
+        .lwt(&format!(
+            "DELETE FROM {ks}.cq_definitions WHERE name = ? IF EXISTS"
+        ))
+        .await?;
+    let context = || format!("dropping continuous query {name}");
+    let result = shared
+        .session
+        .execute_unpaged(&delete, (name,))
+        .await
+        .map_err(|e| err(context(), e))?;
+    super::lwt_answer(result, [])
+        .map(|(applied, [])| applied)
+        .map_err(|e| err(context(), e))
+}
+
+/// Creates the row of alert `id` with `body` (JSON) unless it exists: `None` when this call
+/// created it, else the body stored.
+pub(super) async fn insert_alert(
+    shared: &Shared,
+    id: &str,
+    cq_name: &str,
+    body: &str,
+    writer: &str,
+) -> Result<Option<String>, EngineError> {
+    let ks = &shared.keyspace;
+    let insert = shared
+        .lwt(&format!(
+            "INSERT INTO {ks}.cq_alerts (alert_id, cq_name, body, writer) VALUES (?, ?, ?, ?) \
+             IF NOT EXISTS"
+        ))
+        .await?;
+    let context = || format!("recording alert {id}");
+    let result = shared
+        .session
+        .execute_unpaged(&insert, (id, cq_name, body, writer))
+        .await
+        .map_err(|e| err(context(), e))?;
+    super::lwt_answer(result, ["body"])
+        .map(|(applied, [stored])| (!applied).then(|| stored.unwrap_or_default()))
+        .map_err(|e| err(context(), e))
+}
+
+/// Replaces the body of alert `id` (a state change of an instance that exists).
+pub(super) async fn update_alert(shared: &Shared, id: &str, body: &str) -> Result<(), EngineError> {
+    let ks = &shared.keyspace;
+    let update = write(
+        shared,
+        &format!("UPDATE {ks}.cq_alerts SET body = ? WHERE alert_id = ?"),
+    )
+    .await?;
+    shared
+        .session
+        .execute_unpaged(&update, (body, id))
+        .await
+        .map_err(|e| err(format!("updating alert {id}"), e))?;
+    Ok(())
+}
+
+/// Every alert row's body (JSON).
+pub(super) async fn alerts(shared: &Shared) -> Result<Vec<String>, EngineError> {
+    let ks = &shared.keyspace;
+    let select =
+        super::scan::statement(shared, &format!("SELECT body FROM {ks}.cq_alerts")).await?;
+    let context = "reading the alerts";
+    let mut out = Vec::new();
+    let mut pager = shared
+        .session
+        .execute_iter(select, ())
+        .await
+        .map_err(|e| err(context, e))?
+        .rows_stream::<(Option<String>,)>()
+        .map_err(|e| err(context, e))?;
+    use futures::StreamExt;
+    while let Some(row) = pager.next().await {
+        let (body,) = row.map_err(|e| err(context, e))?;
+        out.extend(body);
+    }
+    Ok(out)
+}
+
+/// Claims the delivery of `event_id` for `owner` for `lease_secs`.
+pub(super) async fn claim_delivery(
+    shared: &Shared,
+    event_id: &str,
+    owner: &str,
+    lease_secs: i32,
+) -> Result<DeliveryClaim, EngineError> {
+    let ks = &shared.keyspace;
+    let insert = shared
+        .lwt(&format!(
+            "INSERT INTO {ks}.cq_deliveries (event_id, owner, state) VALUES (?, ?, 'sending') \
+             IF NOT EXISTS USING TTL ?"
+        ))
+        .await?;
+    let context = || format!("claiming the delivery of event {event_id}");
+    let result = shared
+        .session
+        .execute_unpaged(&insert, (event_id, owner, lease_secs))
+        .await
+        .map_err(|e| err(context(), e))?;
+    let (applied, [holder, state]) =
+        super::lwt_answer(result, ["owner", "state"]).map_err(|e| err(context(), e))?;
+    Ok(if applied {
+        DeliveryClaim::Mine
+    } else if state.as_deref() == Some("done") {
+        DeliveryClaim::Done
+    } else if holder.as_deref() == Some(owner) {
+        // This node's own claim from an attempt that failed: it tries again.
+        DeliveryClaim::Mine
+    } else {
+        DeliveryClaim::Held(holder.unwrap_or_default())
+    })
+}
+
+/// Marks `event_id` delivered, kept `retention_secs`.
+pub(super) async fn delivery_done(
+    shared: &Shared,
+    event_id: &str,
+    owner: &str,
+    retention_secs: i32,
+) -> Result<(), EngineError> {
+    let ks = &shared.keyspace;
+    let update = write(
+        shared,
+        &format!(
+            "UPDATE {ks}.cq_deliveries USING TTL ? SET owner = ?, state = 'done' WHERE event_id = ?"
+        ),
+    )
+    .await?;
+    shared
+        .session
+        .execute_unpaged(&update, (retention_secs, owner, event_id))
+        .await
+        .map_err(|e| err(format!("recording the delivery of event {event_id}"), e))?;
+    Ok(())
+}
