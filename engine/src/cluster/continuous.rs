@@ -333,6 +333,9 @@ async fn share_alerts(
                 let stored = store
                     .insert_alert(&alert.alert_id, &alert.cq_name, &body, &cq.node_id)
                     .await?;
+                if stored.is_none() {
+                    tracing::info!(cq = %alert.cq_name, alert_id = %alert.alert_id, labels = %alert.labels, value = %alert.value, state = %alert.state, "alert instance recorded");
+                }
                 if let Some(stored) = stored {
                     let theirs = serde_json::from_str::<Alert>(&stored)
                         .map(|a| rank(&a.state))
@@ -465,17 +468,13 @@ impl Feeder {
         }
         let cuts = CutsFile::load(&self.cuts_path);
         let generations = self.cq.registry.generations();
-        let from = generations
-            .values()
-            .min()
-            .and_then(|g| {
-                cuts.cuts
-                    .iter()
-                    .find(|c| c.generation == *g)
-                    .or_else(|| cuts.cuts.first())
-            })
-            .or_else(|| cuts.cuts.last())
-            .cloned();
+        // The cut the oldest state is at; a state older than every cut kept (a query that
+        // never reached a cut) reads from REBUILD back, as a new node does.
+        let from = match generations.values().min() {
+            Some(g) => cuts.cuts.iter().find(|c| c.generation == *g),
+            None => cuts.cuts.last(),
+        }
+        .cloned();
         let rebuild_ms = (now_us() / 1000).saturating_sub(REBUILD.as_millis() as i64);
         let config = &self.cq.cluster.config();
         let reader = AllPartitions::open(
@@ -500,6 +499,12 @@ impl Feeder {
         let registry = Arc::clone(&self.cq.registry);
         registry.start_catch_up();
         let mut catching_up = true;
+        // Replay reads up to where each partition ended when the node started.
+        let ends = reader.ends().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the partitions' ends; replay ends at the first empty read");
+            BTreeMap::new()
+        });
+        let mut held = Held::default();
         let mut generation = cuts.cuts.last().map_or(0, |c| c.generation);
         let mut numbers: HashMap<u64, u64> = HashMap::new();
         let mut last_cut = Instant::now();
@@ -511,27 +516,48 @@ impl Feeder {
                 reader.poll(Duration::from_millis(250), POLL_RECORDS)
             };
             let now = now_us();
-            let mut newest = i64::MIN;
-            for b in &batches {
-                let key = partition_key(&b.partition);
-                for (g, rows) in split_at_cuts(&cuts, &key, &b.log_offsets, generation) {
-                    let logs = b.logs.slice(rows.start, rows.len());
-                    let clock = crate::continuous::max_ingest_time(&logs)
-                        .unwrap_or(now)
-                        .min(now);
-                    newest = newest.max(clock);
+            let newest = batches
+                .iter()
+                .filter_map(|b| crate::continuous::max_ingest_time(&b.logs))
+                .max();
+            for b in batches {
+                held.push(b);
+            }
+            let positions = reader.next_offsets();
+            let behind: Vec<&String> = ends
+                .iter()
+                .filter(|(k, end)| positions.get(*k).is_none_or(|p| p < *end))
+                .map(|(k, _)| k)
+                .collect();
+            let replayed = if ends.is_empty() {
+                newest.is_none_or(|t| t >= now - 2_000_000)
+            } else {
+                behind.is_empty()
+            };
+            // Replaying, rows are released in ingest-time order across partitions (see
+            // [`Held`]); live, as they come.
+            let until = if catching_up && !replayed {
+                held.aligned(&behind)
+            } else {
+                i64::MAX
+            };
+            for (key, logs, offsets, clock) in held.release(until) {
+                let clock = clock.min(now);
+                for (g, rows) in split_at_cuts(&cuts, &key, &offsets, generation) {
+                    let part = logs.slice(rows.start, rows.len());
                     let n = numbers.entry(g).or_insert(0);
                     *n += 1;
                     let seq = (g << GENERATION_SHIFT) | *n;
-                    registry.process_partition(&key, seq, &logs, clock);
+                    registry.process_partition(&key, seq, &part, clock);
                 }
             }
-            if catching_up && (batches.is_empty() || newest >= now - 2_000_000) {
+            if catching_up && replayed {
                 registry.caught_up(None);
                 catching_up = false;
                 tracing::info!(generation, "continuous-query feeder caught up");
             }
-            if stopping || (!catching_up && last_cut.elapsed() >= CUT_INTERVAL) {
+            // A cut covers what was read: only once nothing is held back.
+            if !catching_up && (stopping || last_cut.elapsed() >= CUT_INTERVAL) {
                 generation += 1;
                 numbers.retain(|g, _| *g >= generation);
                 if let Err(e) = self.cut(&registry, &reader, &mut cuts, generation) {
@@ -579,6 +605,135 @@ impl Feeder {
     }
 }
 
+/// Rows read but not yet fed while replaying.
+///
+/// librdkafka may return one partition's whole backlog before another's first record. Fed
+/// as they come, the partition ahead would move the watermark (the minimum over the
+/// partitions the query has seen) past rows the others have not delivered yet, and those
+/// would arrive late: a window missing them, an alert resolved and opened again. So while
+/// replaying, rows are held and released in ingest-time order: up to the newest ingest time
+/// read from every partition that has not reached its end (Kafka Streams and Flink call
+/// this aligning partitions by timestamp). The clock of what is released is that time, so
+/// no partition looks idle for having been read late.
+#[derive(Default)]
+struct Held {
+    /// Per partition (`topic/partition`): batches with their row offsets, in order.
+    rows: BTreeMap<String, std::collections::VecDeque<(arrow::array::RecordBatch, Vec<i64>)>>,
+    /// The newest ingest time read from each partition.
+    read_up_to: BTreeMap<String, i64>,
+    count: usize,
+}
+
+/// Rows held before they are released whatever the alignment, so a partition that never
+/// delivers cannot hold memory without bound *(design)*.
+const HELD_MAX_ROWS: usize = 500_000;
+
+impl Held {
+    fn push(&mut self, b: crate::source::SourcedBatch) {
+        let key = partition_key(&b.partition);
+        if let Some(t) = crate::continuous::max_ingest_time(&b.logs) {
+            self.read_up_to.insert(key.clone(), t);
+        }
+        if b.logs.num_rows() > 0 {
+            self.count += b.logs.num_rows();
+            self.rows
+                .entry(key)
+                .or_default()
+                .push_back((b.logs, b.log_offsets));
+        }
+    }
+
+    /// The ingest time up to which rows may go: the oldest newest-read time over the
+    /// partitions `behind` (`i64::MIN` while one of them has delivered nothing).
+    fn aligned(&self, behind: &[&String]) -> i64 {
+        if self.count > HELD_MAX_ROWS {
+            tracing::warn!(
+                rows = self.count,
+                "replay: a partition lags far behind; feeding without aligning"
+            );
+            return i64::MAX;
+        }
+        behind
+            .iter()
+            .map(|k| self.read_up_to.get(*k).copied().unwrap_or(i64::MIN))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Takes every held row ingested at or before `until` (`i64::MAX`: all), merged
+    /// across partitions in ingest-time order: `(partition, rows, their offsets, clock)`,
+    /// where the clock (the newest ingest time released so far) never goes back.
+    fn release(&mut self, until: i64) -> Vec<(String, arrow::array::RecordBatch, Vec<i64>, i64)> {
+        let mut out = Vec::new();
+        loop {
+            // The partition whose next row is oldest, and the next-oldest head after it.
+            let mut heads: Vec<(i64, &String)> = self
+                .rows
+                .iter()
+                .filter_map(|(k, q)| q.front().map(|(logs, _)| (first_time(logs), k)))
+                .filter(|(t, _)| *t <= until)
+                .collect();
+            heads.sort();
+            let Some(&(_, key)) = heads.first() else {
+                break;
+            };
+            let key = key.clone();
+            let bound = heads.get(1).map_or(until, |(t, _)| (*t).min(until));
+            let Some(queue) = self.rows.get_mut(&key) else {
+                break;
+            };
+            let Some((logs, offsets)) = queue.pop_front() else {
+                break;
+            };
+            let times = ingest_times(&logs);
+            // At least one row, then every row up to `bound` (rows of a partition go in
+            // offset order).
+            let take = (1..logs.num_rows())
+                .find(|i| times.get(*i).copied().flatten().is_some_and(|t| t > bound))
+                .unwrap_or(logs.num_rows());
+            let clock = times[..take]
+                .iter()
+                .flatten()
+                .max()
+                .copied()
+                .unwrap_or(i64::MAX);
+            self.count -= take;
+            if take < logs.num_rows() {
+                let rest = logs.slice(take, logs.num_rows() - take);
+                queue.push_front((rest, offsets[take..].to_vec()));
+                out.push((key, logs.slice(0, take), offsets[..take].to_vec(), clock));
+            } else {
+                out.push((key, logs, offsets, clock));
+            }
+        }
+        self.rows.retain(|_, q| !q.is_empty());
+        out
+    }
+}
+
+/// The `ingest_time` of each row (`None`: null or no such column).
+fn ingest_times(logs: &arrow::array::RecordBatch) -> Vec<Option<i64>> {
+    use arrow::array::{Array, TimestampMicrosecondArray};
+    match logs
+        .column_by_name("ingest_time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+    {
+        Some(t) => (0..t.len())
+            .map(|i| t.is_valid(i).then(|| t.value(i)))
+            .collect(),
+        None => vec![None; logs.num_rows()],
+    }
+}
+
+/// The ingest time of a batch's first row (`i64::MIN` when unknown: it goes first).
+fn first_time(logs: &arrow::array::RecordBatch) -> i64 {
+    ingest_times(&logs.slice(0, logs.num_rows().min(1)))
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or(i64::MIN)
+}
+
 /// Splits one partition's rows (`offsets`, ascending) by the generation each offset falls
 /// in: the newest cut at or below it, or `current` past the last cut.
 fn split_at_cuts(
@@ -587,12 +742,18 @@ fn split_at_cuts(
     offsets: &[i64],
     current: u64,
 ) -> Vec<(u64, std::ops::Range<usize>)> {
+    // Before the oldest cut that knows the partition: the generation before it.
+    let before_all = cuts
+        .cuts
+        .iter()
+        .find(|c| c.offsets.contains_key(key))
+        .map_or(current, |c| c.generation.saturating_sub(1));
     let generation_of = |o: i64| {
         cuts.cuts
             .iter()
             .rev()
             .find(|c| c.offsets.get(key).is_some_and(|start| *start <= o))
-            .map_or(current, |c| c.generation)
+            .map_or(before_all, |c| c.generation)
             .min(current)
     };
     let mut out: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
@@ -619,8 +780,9 @@ mod tests {
         let cuts = CutsFile {
             cuts: vec![cut(3, 10), cut(4, 20)],
         };
+        // Offset 8 is before the oldest cut: the generation before it.
         let split = split_at_cuts(&cuts, "t/0", &[8, 12, 19, 20, 25], 4);
-        assert_eq!(split, vec![(4, 0..1), (3, 1..3), (4, 3..5)]);
+        assert_eq!(split, vec![(2, 0..1), (3, 1..3), (4, 3..5)]);
         // A partition no cut knows is in the current generation.
         assert_eq!(split_at_cuts(&cuts, "t/1", &[1, 2], 4), vec![(4, 0..2)]);
     }

@@ -33,7 +33,7 @@ pub struct LocalDefinition {
 
 impl CqRegistry {
     /// Cluster mode: no timed per-CQ checkpoints (see the module docs), and every position
-    /// a CQ was restored at rounded up to a cut.
+    /// a CQ was restored at is a cut.
     pub fn enter_cluster_mode(&self) {
         self.cut_checkpoints.store(true, Ordering::Relaxed);
         let mut inner = self.lock();
@@ -41,11 +41,12 @@ impl CqRegistry {
         for live in inner.live.values_mut() {
             let low = live.seq & ((1u64 << GENERATION_SHIFT) - 1);
             if low != 0 {
-                // A CQ created between two cuts and checkpointed at creation: the records
-                // between its creation and the next cut are not replayed to it.
-                let up = ((live.seq >> GENERATION_SHIFT) + 1) << GENERATION_SHIFT;
-                live.seq = up;
-                live.checkpointed_seq = up;
+                // Only a CQ created between two cuts is checkpointed off a cut: at creation,
+                // with no rows in its state. It replays from the cut before, and the rows
+                // ingested before its creation are not fed to it (`ingested_since`).
+                let down = (live.seq >> GENERATION_SHIFT) << GENERATION_SHIFT;
+                live.seq = down;
+                live.checkpointed_seq = down;
             }
             top = top.max(live.seq);
         }
@@ -87,7 +88,7 @@ impl CqRegistry {
         let seq = generation << GENERATION_SHIFT;
         let empty = arrow::array::RecordBatch::new_empty(crate::model::logs_schema());
         self.process_from("cut", &[(seq, empty)], now_us, true);
-        self.checkpoint_all(now_us);
+        self.checkpoint_every(now_us);
     }
 
     /// The definitions this node runs: name → version and state.

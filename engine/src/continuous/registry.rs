@@ -57,7 +57,7 @@ pub struct CqRegistry {
     pub(super) notifier: Arc<Notifier>,
     pub(super) feed: OnceLock<std::sync::Arc<super::feed::Feed>>,
     /// Cluster mode: checkpoints are written only at the feeder's cuts
-    /// ([`Self::checkpoint_all`]), never per CQ on the timer, so every checkpoint is at a
+    /// (`CqRegistry::cut`), never per CQ on the timer, so every checkpoint is at a
     /// position whose Kafka offsets the feeder recorded.
     pub(super) cut_checkpoints: std::sync::atomic::AtomicBool,
 }
@@ -613,8 +613,20 @@ impl CqRegistry {
         self.update_hold(&inner);
     }
 
-    /// Checkpoints every CQ now (on shutdown, so a clean restart replays nothing).
+    /// Checkpoints every CQ now (on shutdown, so a clean restart replays nothing). In
+    /// cluster mode only the feeder's cuts checkpoint (`cluster.rs`): a checkpoint between
+    /// two cuts would be at a position a restart cannot seek Kafka to.
     pub fn checkpoint_all(&self, now_us: i64) {
+        if self
+            .cut_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        self.checkpoint_every(now_us);
+    }
+
+    pub(super) fn checkpoint_every(&self, now_us: i64) {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
         for live in inner.live.values_mut() {

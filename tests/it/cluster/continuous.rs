@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logsphere_tests::Server;
 use logsphere_tests::services::unique_name;
+use rdkafka::producer::FutureRecord;
 
 use super::{Names, SERIAL, create_topics, produce_records, producer};
 use crate::webhook_receiver::WebhookReceiver;
@@ -227,4 +228,333 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
         "3 CRITICAL alerts and 1 burst alert fired: {deliveries:?}"
     );
     drop(n4);
+}
+
+/// The rules of the kill test: shape A per source, and more than 40 ERRORs per source per
+/// minute. Event time alone closes windows (`max_ingest_delay` is out of the way), so the
+/// live alerts can be compared with BACKTEST over the stored rows.
+fn kill_rules(url: &str) -> Vec<(&'static str, String)> {
+    let opts = "WATERMARK INTERVAL '10 seconds' \
+                WITH (max_ingest_delay = '3650 days', idle_timeout = '5s')";
+    vec![
+        (
+            "k_crit",
+            format!(
+                "CREATE CONTINUOUS QUERY k_crit {opts} \
+                 ALERT (SEVERITY 'critical', DEDUP BY (source)) NOTIFY (WEBHOOK '{url}') \
+                 AS SELECT timestamp, source, log_level FROM logs WHERE log_level = 'CRITICAL'"
+            ),
+        ),
+        (
+            "k_burst",
+            format!(
+                "CREATE CONTINUOUS QUERY k_burst {opts} EMIT ON THRESHOLD \
+                 ALERT (SEVERITY 'warning') NOTIFY (WEBHOOK '{url}') \
+                 AS SELECT window_start, source, count(*) AS n \
+                 FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') WHERE log_level = 'ERROR' \
+                 GROUP BY window_start, source HAVING count(*) > 40"
+            ),
+        ),
+    ]
+}
+
+/// Per fingerprint: the first fired alert's id (windowed) or the number of alerts (per
+/// row), from `alerts` rows or BACKTEST transitions (see continuous_equivalence.rs).
+fn fired_facts(rows: &[tokio_postgres::Row], per_row: bool) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, (u32, String)> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for r in rows {
+        let fired = r.columns().iter().all(|c| c.name() != "transition")
+            || r.get::<_, String>("transition") == "fired";
+        let (fp, id): (String, String) = (r.get("fingerprint"), r.get("alert_id"));
+        if fired && seen.insert(id.clone()) {
+            out.entry(fp).or_insert((0, id)).0 += 1;
+        }
+    }
+    out.into_iter()
+        .map(|(fp, (n, first))| {
+            (
+                fp,
+                if per_row {
+                    format!("{n} alerts")
+                } else {
+                    first
+                },
+            )
+        })
+        .collect()
+}
+
+async fn live_facts(node: &Server, cq: &str, per_row: bool) -> Option<BTreeMap<String, String>> {
+    let client = node.pg_client_as("logsphere", None).await.ok()?;
+    let rows = client
+        .query(
+            "SELECT alert_id, fingerprint FROM alerts WHERE cq_name = $1 AND state <> 'pending' \
+             ORDER BY fired_at, alert_id",
+            &[&cq],
+        )
+        .await
+        .ok()?;
+    Some(fired_facts(&rows, per_row))
+}
+
+/// A seeded stream over six partitions while random nodes are SIGKILLed and restarted ten
+/// times: on every node `alerts` equals BACKTEST over the stored rows, and the webhook saw
+/// every fired alert under one event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_equal_backtest_across_ten_kills() {
+    use rand::{Rng, SeedableRng};
+    let _serial = SERIAL.lock().await;
+    let seed: u64 = std::env::var("LOGSPHERE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random_range(0..1_000_000));
+    eprintln!("cluster CQ kill test: LOGSPHERE_TEST_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let names = Names::new();
+    let topic = unique_name("cqk");
+    create_topics(&names.brokers, &[&topic], 6).await;
+    let receiver = WebhookReceiver::start();
+    let mut nodes = vec![
+        names.node("n1", &[&topic], ""),
+        names.node("n2", &[&topic], ""),
+        names.node("n3", &[&topic], ""),
+    ];
+    let rules = kill_rules(&receiver.url("/hook"));
+    let client = nodes[0].pg_client().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (_, sql) in &rules {
+        while let Err(e) = client.batch_execute(sql).await {
+            assert!(Instant::now() < deadline, "create: {e}\n{}", nodes[0].log());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let defined = BTreeMap::from([("k_burst".to_string(), 1), ("k_crit".to_string(), 1)]);
+    for node in &nodes {
+        wait_for_pairs(
+            node,
+            "SELECT name, version FROM continuous_queries ORDER BY name",
+            &defined,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 20 rounds of 15 s of event time (5 minutes) in the past; per round and source 0–20
+    // ERRORs (so some minutes cross 40 and some do not), now and then a CRITICAL, and a
+    // heartbeat per partition so every partition's watermark moves.
+    let base = (now_ms() / 60_000 - 10) * 60_000;
+    let sources = ["api", "db", "web", "queue"];
+    let p = producer(&names.brokers);
+    let mut total = 0u64;
+    let mut kills = 0;
+    for round in 0..20i64 {
+        let start = base + round * 15_000;
+        let mut lines: Vec<(i64, String)> = Vec::new();
+        for source in sources {
+            for _ in 0..rng.random_range(0..=20) {
+                let ts = start + rng.random_range(0..14_000);
+                lines.push((ts, line(ts, "ERROR", source, "boom")));
+            }
+            for _ in 0..rng.random_range(0..10) {
+                let ts = start + rng.random_range(0..14_000);
+                lines.push((ts, line(ts, "INFO", source, "fine")));
+            }
+        }
+        if rng.random_range(0..3) == 0 {
+            let ts = start + rng.random_range(0..14_000);
+            let source = sources[rng.random_range(0..sources.len())];
+            lines.push((ts, line(ts, "CRITICAL", source, "down")));
+        }
+        lines.sort();
+        let mut sends = Vec::new();
+        for (ts, body) in &lines {
+            let partition = rng.random_range(0..6);
+            let record = FutureRecord::<(), String>::to(&topic)
+                .partition(partition)
+                .payload(body);
+            sends.push(p.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+            let _ = ts;
+        }
+        for partition in 0..6 {
+            let body = line(start + 14_500, "INFO", "heartbeat", "beat");
+            let record = FutureRecord::<(), String>::to(&topic)
+                .partition(partition)
+                .payload(&body);
+            sends.push(p.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+        }
+        total += sends.len() as u64;
+        for s in sends {
+            s.await.expect("delivery").expect("delivered");
+        }
+        if round % 2 == 1 {
+            let victim = rng.random_range(0..nodes.len());
+            nodes[victim].restart();
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(kills, 10);
+    // Five minutes past the stream, outside the backtest range: every window closes.
+    let mut sends = Vec::new();
+    for partition in 0..6 {
+        let body = line(base + 10 * 60_000, "INFO", "closer", "close");
+        let record = FutureRecord::<(), String>::to(&topic)
+            .partition(partition)
+            .payload(&body);
+        sends.push(p.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    total += sends.len() as u64;
+    for s in sends {
+        s.await.expect("delivery").expect("delivered");
+    }
+    super::wait_for_count(
+        &nodes[0],
+        "SELECT count(*) FROM logs",
+        total as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+
+    // The first node may have been restarted since `client` connected.
+    let client = nodes[0].pg_client().await;
+    let mut fired_alerts = 0;
+    for (name, _) in &rules {
+        let per_row = *name == "k_crit";
+        let sql = format!(
+            "BACKTEST CONTINUOUS QUERY {name} FROM to_timestamp_millis({base}) \
+             TO to_timestamp_millis({})",
+            base + 5 * 60_000
+        );
+        let rows = client
+            .query(sql.as_str(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let batch = fired_facts(&rows, per_row);
+        let rows_bt = rows;
+        fired_alerts += rows_bt
+            .iter()
+            .filter(|r| r.get::<_, String>("transition") == "fired")
+            .count();
+        for node in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut got = live_facts(node, name, per_row).await;
+            while got.as_ref() != Some(&batch) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                got = live_facts(node, name, per_row).await;
+            }
+            if got.as_ref() != Some(&batch) {
+                let rows = client
+                    .query(
+                        "SELECT alert_id, fingerprint, state, labels, value, observation_count, \
+                         resolved_reason FROM alerts WHERE cq_name = $1",
+                        &[name],
+                    )
+                    .await
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| {
+                                let c: Vec<String> = (0..7)
+                                    .map(|i| match i {
+                                        5 => r.get::<_, i64>(i).to_string(),
+                                        6 => r.get::<_, Option<String>>(i).unwrap_or_default(),
+                                        _ => r.get::<_, String>(i),
+                                    })
+                                    .collect();
+                                c.join(" | ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                let crit = client
+                    .query(
+                        "SELECT CAST(timestamp AS TEXT) AS t, source, CAST(ingest_time AS TEXT) AS i \
+                         FROM logs WHERE log_level = 'CRITICAL' ORDER BY timestamp",
+                        &[],
+                    )
+                    .await
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {} ingested {}",
+                                    r.get::<_, String>(0),
+                                    r.get::<_, String>(1),
+                                    r.get::<_, String>(2)
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                eprintln!("CRITICAL rows:\n{crit:?}");
+                for (i, n) in nodes.iter().enumerate() {
+                    let q = query_pairs(n, "SELECT name, rows_in FROM continuous_queries").await;
+                    eprintln!("n{} rows_in {q:?} (total {total})", i + 1);
+                }
+                let mut feeders: Vec<String> = Vec::new();
+                for (i, n) in nodes.iter().enumerate() {
+                    let Some(dir) = n.data_dir().parent().map(|p| p.to_path_buf()) else {
+                        continue;
+                    };
+                    for start in 0..20 {
+                        let Ok(text) =
+                            std::fs::read_to_string(dir.join(format!("server-{start}.log")))
+                        else {
+                            continue;
+                        };
+                        feeders.extend(
+                            text.lines()
+                                .filter(|l| l.contains("cluster::continuous"))
+                                .map(|l| {
+                                    format!("n{} life {start}: {}", i + 1, &l[..l.len().min(260)])
+                                }),
+                        );
+                    }
+                }
+                panic!(
+                    "seed {seed}, {name}: live alerts {got:?} differ from {sql}: {batch:?}\n\
+                     alerts:\n{rows:?}\nbacktest:\n{}\nfeeders:\n{}",
+                    backtest_rows(&rows_bt),
+                    feeders.join("\n")
+                );
+            }
+        }
+    }
+    assert!(
+        fired_alerts >= 3,
+        "seed {seed}: only {fired_alerts} alerts fired"
+    );
+    // Every fired alert reached the webhook, under one event id each.
+    let firing = |d: &[crate::webhook_receiver::Delivery]| {
+        d.iter()
+            .filter(|d| d.body["status"] == "firing")
+            .map(|d| d.key.clone())
+            .collect::<BTreeSet<String>>()
+    };
+    let deliveries = receiver
+        .wait(Duration::from_secs(90), |d| firing(d).len() >= fired_alerts)
+        .await;
+    assert_eq!(
+        firing(&deliveries).len(),
+        fired_alerts,
+        "seed {seed}: one event id per fired alert: {deliveries:?}"
+    );
+}
+
+/// BACKTEST transitions, one line each, for failure messages.
+fn backtest_rows(rows: &[tokio_postgres::Row]) -> String {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{} | {} | {} | {} | {}",
+                r.get::<_, String>("alert_id"),
+                r.get::<_, String>("fingerprint"),
+                r.get::<_, String>("transition"),
+                r.get::<_, String>("state"),
+                r.get::<_, String>("value"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

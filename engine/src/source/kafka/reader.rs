@@ -155,6 +155,20 @@ impl AllPartitions {
         })
     }
 
+    /// The end of every partition now (`topic/partition` → the offset after its last
+    /// record): how far a replay must read to have caught up.
+    pub fn ends(&self) -> Result<BTreeMap<String, i64>, EngineError> {
+        let mut out = BTreeMap::new();
+        for p in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&p.topic, p.partition, LOOKUP_TIMEOUT)
+                .map_err(|e| kafka_err(format!("reading the end of {p}"), e))?;
+            out.insert(partition_key(p), high);
+        }
+        Ok(out)
+    }
+
     /// The partitions read.
     pub fn partitions(&self) -> &[PartitionId] {
         &self.partitions
