@@ -1,0 +1,487 @@
+//! Shippers that work unchanged: OTLP/HTTP logs from the OpenTelemetry Python SDK's exporter
+//! and as OTLP JSON, the Elasticsearch `_bulk` API from elasticsearch-py's `helpers.bulk`,
+//! Loki's push API (JSON and snappy protobuf), and syslog over TCP and UDP from rsyslog —
+//! each checked over SQL, with the same dead-letter and `Idempotency-Key` rules as
+//! `POST /v1/logs`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use logsphere_tests::Server;
+use serde_json::{Value, json};
+
+use crate::clients::python;
+
+/// Runs `tests/clients/<script> <http base>`; asserts it exits 0 printing `ok_line`;
+/// returns its stdout.
+fn run_http_client(server: &Server, script: &str, ok_line: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .arg(server.http_url())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(ok_line),
+        "{script} failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
+        server.log()
+    );
+    stdout
+}
+
+/// POSTs `body` to `<server><path>` with `headers`; the status, the headers asked for in
+/// `want_headers` and the body.
+pub(crate) fn post(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.post(&format!("{}{path}", server.http_url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = resp.status().as_u16();
+    let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
+    (status, bytes, replayed)
+}
+
+/// `(timestamp as RFC 3339 UTC µs, log_level, source, topic, message, attributes)` of the
+/// rows `filter` selects, ordered by message.
+async fn query_rows(
+    server: &Server,
+    filter: &str,
+) -> Vec<(String, String, String, String, String, Value)> {
+    let client = server.pg_client().await;
+    let sql = format!(
+        "SELECT to_char(timestamp, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), \
+         log_level, source, topic, message, attributes FROM logs WHERE {filter} ORDER BY message"
+    );
+    client
+        .query(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| {
+            let attrs: String = r.get(5);
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                serde_json::from_str(&attrs).unwrap_or_else(|e| panic!("attributes {attrs}: {e}")),
+            )
+        })
+        .collect()
+}
+
+async fn dead_letter_reasons(server: &Server, origin_like: &str) -> Vec<String> {
+    let client = server.pg_client().await;
+    client
+        .query(
+            "SELECT reason FROM dead_letters WHERE origin LIKE $1 ORDER BY reason",
+            &[&origin_like],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("dead_letters: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn otlp_sdk_exporter_logs_land_with_time_level_source_and_attributes() {
+    let server = Server::start();
+    let out = run_http_client(&server, "otel_logs.py", "otel ok");
+    let ids = out.lines().next().unwrap_or_default();
+    let trace_id = ids
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("trace_id=");
+    let span_id = ids
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .trim_start_matches("span_id=");
+    assert_eq!((trace_id.len(), span_id.len()), (32, 16), "{out}");
+
+    let rows = query_rows(&server, "source = 'otel-host-1'").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // The logs API record: exact time, ERROR2 → ERROR, a kvlist body as JSON.
+    let (ts, level, _, topic, message, attrs) = &rows[1];
+    assert_eq!(ts, "2026-12-07T05:00:00.123456");
+    assert_eq!((level.as_str(), topic.as_str()), ("ERROR", "logs"));
+    let body: Value = serde_json::from_str(message).expect("structured body is JSON");
+    assert_eq!(
+        body,
+        json!({"event": "refund", "amount": 12.5, "items": ["a", "b"]})
+    );
+    assert_eq!(attrs["user"], "u-9");
+    assert_eq!(attrs["ok"], false);
+    assert_eq!(attrs["count"], 3);
+    assert_eq!(attrs["scope.name"], "shop.audit");
+    assert_eq!(attrs["scope.version"], "1.2.3");
+    assert_eq!(attrs["service.name"], "checkout");
+    // The Python logging record, inside a span: WARNING → WARN, trace context kept.
+    let (ts, level, _, _, message, attrs) = &rows[0];
+    assert_eq!(message, "card declined for order A-17");
+    assert_eq!(level, "WARN");
+    assert_eq!(
+        attrs.get("raw_level"),
+        None,
+        "the SDK writes WARN, a level's own name: {attrs}"
+    );
+    assert_eq!(
+        attrs["code.function.name"], "<module>",
+        "the SDK's own attributes: {attrs}"
+    );
+    assert_eq!(attrs["trace_id"], trace_id);
+    assert_eq!(attrs["span_id"], span_id);
+    assert_eq!(attrs["order_id"], "A-17");
+    assert_eq!(attrs["attempt"], 2);
+    assert_eq!(attrs["deployment.environment"], "test");
+    assert_eq!(attrs["scope.name"], "shop.payments");
+    let now = chrono_like_now();
+    assert_eq!(
+        &ts[..10],
+        &now[..10],
+        "the logging record's own time, today"
+    );
+}
+
+/// Today as `YYYY-MM-DD` in UTC, from the server's clock.
+fn chrono_like_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn otlp_json_by_shape_partial_success_and_idempotency() {
+    let server = Server::start_with_config("[http]\nmax_record_bytes = 2000\n");
+    let big = "x".repeat(3000);
+    let body = json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "billing"}}]},
+        "scopeLogs": [{"scope": {"name": "billing.jobs"}, "logRecords": [
+            {"timeUnixNano": "1796619600000000000", "severityNumber": 17, "severityText": "Err",
+             "body": {"stringValue": "invoice failed"},
+             "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+             "attributes": [{"key": "invoice", "value": {"intValue": "42"}},
+                            {"key": "message", "value": {"stringValue": "shadowed"}}]},
+            {"observedTimeUnixNano": 1796619601000000000u64, "severityNumber": 10,
+             "body": {"stringValue": big}}
+        ]}]
+    }]})
+    .to_string();
+    // Plain `application/json`, as the OTLP JSON exporters send: told apart by its shape.
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "otlp-1"),
+    ];
+    let (status, answer, replayed) = post(&server, "/v1/logs", &headers, body.as_bytes());
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON answer");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["partialSuccess"]["rejectedLogRecords"], "1",
+        "{answer}"
+    );
+    assert_eq!(replayed, None);
+    let again = post(&server, "/v1/logs", &headers, body.as_bytes());
+    assert_eq!(
+        (again.0, again.2.as_deref()),
+        (200, Some("true")),
+        "a retry is a replay"
+    );
+
+    let rows = query_rows(&server, "source = 'billing'").await;
+    assert_eq!(rows.len(), 1, "stored once: {rows:?}");
+    let (ts, level, _, _, message, attrs) = &rows[0];
+    assert_eq!(
+        (ts.as_str(), level.as_str()),
+        ("2026-12-07T05:00:00.000000", "ERROR")
+    );
+    assert_eq!(message, "invoice failed");
+    assert_eq!(attrs["invoice"], 42);
+    assert_eq!(
+        attrs["_message"], "shadowed",
+        "an attribute named like a column: {attrs}"
+    );
+    assert_eq!(attrs["trace_id"], "5b8efff798038103d269b633813fc60c");
+    assert_eq!(attrs["raw_level"], "Err", "severity text as sent: {attrs}");
+    let reasons = dead_letter_reasons(&server, "otlp http %").await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("max_record_bytes"), "{reasons:?}");
+
+    // Our own JSON on the same path is unchanged, and a broken OTLP body is a 400.
+    let native = post(
+        &server,
+        "/v1/logs",
+        &[],
+        br#"{"message":"native","host":"h"}"#,
+    );
+    assert_eq!(
+        (native.0, native.1.as_slice()),
+        (200, &br#"{"accepted":1,"rejected":0}"#[..])
+    );
+    let broken = post(
+        &server,
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        b"\xff\xff\xff",
+    );
+    assert_eq!(broken.0, 400, "{}", String::from_utf8_lossy(&broken.1));
+    let broken = post(&server, "/v1/logs", &[], br#"{"resourceLogs": 7}"#);
+    assert_eq!(broken.0, 400, "{}", String::from_utf8_lossy(&broken.1));
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);
+}
+
+#[tokio::test]
+async fn elasticsearch_client_bulk_lands_with_index_as_topic() {
+    let server = Server::start();
+    run_http_client(&server, "es_bulk.py", "es ok");
+    let rows = query_rows(&server, "source LIKE 'es-host-%'").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let (ts, level, source, topic, message, attrs) = &rows[0];
+    assert_eq!(message, "plain fluent-bit line");
+    assert_eq!(
+        (ts.as_str(), level.as_str()),
+        ("2026-12-07T10:00:00.000000", "ERROR")
+    );
+    assert_eq!((source.as_str(), topic.as_str()), ("es-host-2", "app-logs"));
+    assert_eq!(attrs, &json!({}));
+    let (ts, _, source, topic, message, attrs) = &rows[1];
+    assert_eq!(
+        (message.as_str(), source.as_str(), topic.as_str()),
+        ("third", "es-host-3", "other-index")
+    );
+    assert_eq!(attrs["tags"], json!(["x", "y"]));
+    assert_eq!(
+        &ts[..4],
+        &chrono_like_now()[..4],
+        "no time: the ingest time"
+    );
+    let (ts, level, source, topic, message, attrs) = &rows[2];
+    assert_eq!(message, "user logged in");
+    assert_eq!(
+        (ts.as_str(), level.as_str()),
+        ("2026-12-07T10:00:00.250000", "WARN")
+    );
+    assert_eq!((source.as_str(), topic.as_str()), ("es-host-1", "app-logs"));
+    assert_eq!(attrs["user"], "alice");
+    assert_eq!(
+        attrs["log"],
+        json!({"logger": "auth"}),
+        "what is left of log: {attrs}"
+    );
+    assert_eq!(attrs["host"], json!({"os": {"family": "debian"}}));
+    let reasons = dead_letter_reasons(&server, "_bulk http %").await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("timestamp"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn bulk_answers_per_item_and_refuses_what_is_not_bulk() {
+    let server = Server::start();
+    let body = b"{\"index\":{}}\n{\"message\":\"a\",\"level\":\"info\"}\n\
+{\"create\":{\"_index\":\"idx\",\"_id\":\"7\"}}\nnot json\n\
+{\"delete\":{\"_index\":\"idx\",\"_id\":\"7\"}}\n\
+{\"update\":{\"_id\":\"8\"}}\n{\"doc\":{\"message\":\"b\"}}\n\
+{\"index\":{}}\n[1,2]\n";
+    let headers = [
+        ("Content-Type", "application/x-ndjson"),
+        ("Idempotency-Key", "bulk-1"),
+    ];
+    let (status, answer, _) = post(&server, "/web/_bulk", &headers, body);
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["errors"], true);
+    let statuses: Vec<(String, u64)> = answer["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            let (action, r) = i
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .expect("one action");
+            (action.clone(), r["status"].as_u64().unwrap_or_default())
+        })
+        .collect();
+    let want = [
+        ("index", 201),
+        ("create", 400),
+        ("delete", 400),
+        ("update", 400),
+        ("index", 400),
+    ];
+    let want: Vec<(String, u64)> = want.iter().map(|(a, s)| (a.to_string(), *s)).collect();
+    assert_eq!(statuses, want, "{answer}");
+    assert!(
+        answer["items"][1]["create"]["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not valid JSON")),
+        "{answer}"
+    );
+    assert_eq!(answer["items"][1]["create"]["_id"], "7");
+    assert!(
+        answer["items"][3]["update"]["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not supported")),
+        "{answer}"
+    );
+    // The same answer on a retry, and nothing stored twice.
+    let again = post(&server, "/web/_bulk", &headers, body);
+    assert_eq!(again.2.as_deref(), Some("true"));
+    let again: Value = serde_json::from_slice(&again.1).expect("JSON");
+    assert_eq!(again["errors"], true);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM logs WHERE topic = 'web'")
+            .await,
+        1
+    );
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM dead_letters WHERE origin LIKE '_bulk http %'")
+            .await,
+        4
+    );
+    // A line that is not an action is the whole request's error, as Elasticsearch answers.
+    let (status, answer, _) = post(&server, "/_bulk", &[], b"{\"frobnicate\":{}}\n{}\n");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    // The probes shippers make first, with the product header clients check.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for path in ["/", "/_license", "/_xpack", "/_cluster/health"] {
+        let resp = agent
+            .get(&format!("{}{path}", server.http_url()))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        assert_eq!(
+            resp.headers()
+                .get("x-elastic-product")
+                .and_then(|v| v.to_str().ok()),
+            Some("Elasticsearch"),
+            "GET {path}"
+        );
+    }
+    let head = agent.head(&server.http_url()).call().expect("HEAD /");
+    assert_eq!(head.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn loki_push_json_and_snappy_protobuf_labels_become_columns_and_attributes() {
+    let server = Server::start();
+    let body = json!({"streams": [
+        {"stream": {"job": "nginx", "host": "loki-host-1", "level": "warn", "env": "prod"},
+         "values": [["1796619600500000000", "GET /a 200"],
+                    ["1796619601000000000", "GET /b 500", {"trace_id": "abc", "level": "error"}]]},
+        {"stream": {"service_name": "api", "hostname": "loki-host-2"},
+         "values": [["yesterday", "bad time"]]}
+    ]})
+    .to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "loki-1"),
+    ];
+    let (status, answer, _) = post(&server, "/loki/api/v1/push", &headers, body.as_bytes());
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&answer));
+    let again = post(&server, "/loki/api/v1/push", &headers, body.as_bytes());
+    assert_eq!((again.0, again.2.as_deref()), (204, Some("true")));
+
+    let rows = query_rows(&server, "source LIKE 'loki-host-%'").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (ts, level, source, _, message, attrs) = &rows[0];
+    assert_eq!(
+        (ts.as_str(), level.as_str(), source.as_str()),
+        ("2026-12-07T05:00:00.500000", "WARN", "loki-host-1")
+    );
+    assert_eq!(message, "GET /a 200");
+    assert_eq!(attrs, &json!({"job": "nginx", "env": "prod"}));
+    let (_, level, _, _, message, attrs) = &rows[1];
+    assert_eq!(
+        (level.as_str(), message.as_str()),
+        ("ERROR", "GET /b 500"),
+        "metadata level wins"
+    );
+    assert_eq!(attrs["trace_id"], "abc");
+    let reasons = dead_letter_reasons(&server, "loki http %").await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("timestamp"), "{reasons:?}");
+
+    // Snappy-compressed protobuf, as Promtail and Alloy send it: the fixture the engine's
+    // unit test builds with the same messages and checks byte for byte.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/loki_push.pb.snappy");
+    let proto = std::fs::read(&fixture).expect("fixture");
+    let (status, answer, _) = post(
+        &server,
+        "/loki/api/v1/push",
+        &[("Content-Type", "application/x-protobuf")],
+        &proto,
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        rows_with_source(&server, "loki-proto").await,
+        vec![
+            (
+                "2026-12-07T05:00:00.000001".to_string(),
+                "INFO".to_string(),
+                "first \"quoted\" line".to_string()
+            ),
+            (
+                "2026-12-07T05:00:01.000000".to_string(),
+                "ERROR".to_string(),
+                "second line".to_string()
+            ),
+        ]
+    );
+    let rows = query_rows(&server, "source = 'loki-proto'").await;
+    assert_eq!(
+        rows[0].5,
+        json!({"job": "promtail", "path": "/var/log/a \"b\".log"})
+    );
+    assert_eq!(
+        rows[1].5,
+        json!({"job": "promtail", "path": "/var/log/a \"b\".log", "trace_id": "t-1"})
+    );
+    let broken = post(
+        &server,
+        "/loki/api/v1/push",
+        &[("Content-Type", "application/x-protobuf")],
+        b"not snappy",
+    );
+    assert_eq!(broken.0, 400);
+}
+
+async fn rows_with_source(server: &Server, source: &str) -> Vec<(String, String, String)> {
+    query_rows(server, &format!("source = '{source}'"))
+        .await
+        .into_iter()
+        .map(|(ts, level, _, _, message, _)| (ts, level, message))
+        .collect()
+}
