@@ -485,3 +485,202 @@ async fn rows_with_source(server: &Server, source: &str) -> Vec<(String, String,
         .map(|(ts, level, _, _, message, _)| (ts, level, message))
         .collect()
 }
+
+/// rsyslogd in the foreground, killed when dropped.
+struct Rsyslog(std::process::Child);
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts rsyslogd with two TCP inputs: what `logger` sends to the first is forwarded to
+/// LogSphere over TCP, octet-counted, in RFC 5424 (`RSYSLOG_SyslogProtocol23Format`); what it
+/// sends to the second goes over UDP in rsyslog's RFC 3164 forwarding format.
+fn start_rsyslog(dir: &std::path::Path, to_tcp: u16, to_udp: u16) -> (Rsyslog, u16, u16) {
+    let (in_tcp, in_udp) = (logsphere_tests::free_port(), logsphere_tests::free_port());
+    let conf = dir.join("rsyslog.conf");
+    let text = format!(
+        r#"global(workDirectory="{work}")
+module(load="imtcp")
+input(type="imtcp" port="{in_tcp}" ruleset="to_tcp")
+input(type="imtcp" port="{in_udp}" ruleset="to_udp")
+ruleset(name="to_tcp") {{
+  action(type="omfwd" target="127.0.0.1" port="{to_tcp}" protocol="tcp"
+         TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+}}
+ruleset(name="to_udp") {{
+  action(type="omfwd" target="127.0.0.1" port="{to_udp}" protocol="udp"
+         template="RSYSLOG_ForwardFormat")
+}}
+"#,
+        work = dir.display()
+    );
+    std::fs::write(&conf, text).expect("write rsyslog.conf");
+    let child = Command::new("/usr/sbin/rsyslogd")
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start rsyslogd (scripts/test installs Debian's rsyslog)");
+    let rsyslog = Rsyslog(child);
+    for port in [in_tcp, in_udp] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslogd does not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (rsyslog, in_tcp, in_udp)
+}
+
+/// `logger` (util-linux) sending one message over TCP to `port`.
+fn logger(port: u16, args: &[&str], message: &str) {
+    let out = Command::new("logger")
+        .args(["--tcp", "-n", "127.0.0.1", "-P", &port.to_string()])
+        .args(args)
+        .arg(message)
+        .output()
+        .expect("run logger (util-linux)");
+    assert!(
+        out.status.success(),
+        "logger: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls until `sql` counts `want`, for up to 20 s; the last count.
+async fn wait_count(server: &Server, sql: &str, want: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = server.query_i64(sql).await;
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn rsyslog_forwards_over_tcp_octet_counted_and_udp() {
+    use std::io::Write;
+    let (tcp, udp) = (logsphere_tests::free_port(), logsphere_tests::free_port());
+    let server = Server::start_with_config(&format!(
+        "[http]\nmax_record_bytes = 2000\n[syslog]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+         udp_listen = \"127.0.0.1:{udp}\"\nbatch_ms = 50\n"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_rsyslog, in_tcp, in_udp) = start_rsyslog(dir.path(), tcp, udp);
+    logger(
+        in_tcp,
+        &[
+            "--rfc5424",
+            "-t",
+            "billing",
+            "--id=4242",
+            "-p",
+            "local0.warning",
+        ],
+        "invoice 7 overdue",
+    );
+    logger(
+        in_udp,
+        &["-t", "cron", "--id=77", "-p", "user.err"],
+        "job failed: exit 2",
+    );
+    // Straight to LogSphere: logger's LF framing, a NUL-framed line, and an octet-counted
+    // message over http.max_record_bytes (a dead letter; the stream goes on after it).
+    logger(
+        tcp,
+        &["--rfc3164", "-t", "direct", "--id=5", "-p", "daemon.info"],
+        "lf framed",
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
+    let big = format!("<13>Dec  7 10:00:00 nulhost app: {}", "z".repeat(3000));
+    let mut bytes = format!("{} {big}", big.len()).into_bytes();
+    bytes.extend_from_slice(b"<13>Dec  7 10:00:01 nulhost app[9]: nul framed\0");
+    s.write_all(&bytes).expect("write");
+    drop(s);
+
+    let n = wait_count(&server, "SELECT count(*) FROM logs", 4).await;
+    assert_eq!(n, 4, "--- server log ---\n{}", server.log());
+    let host = Command::new("hostname").output().expect("hostname").stdout;
+    let host = String::from_utf8_lossy(&host).trim().to_string();
+    let rows = query_rows(&server, "true").await;
+    let got: Vec<(&str, &str, &str, Value, Value)> = rows
+        .iter()
+        .map(|(_, level, source, _, message, a)| {
+            (
+                level.as_str(),
+                source.as_str(),
+                message.as_str(),
+                a["program"].clone(),
+                a["pid"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "WARN",
+                host.as_str(),
+                "invoice 7 overdue",
+                json!("billing"),
+                json!(4242)
+            ),
+            (
+                "ERROR",
+                host.as_str(),
+                "job failed: exit 2",
+                json!("cron"),
+                json!(77)
+            ),
+            (
+                "INFO",
+                host.as_str(),
+                "lf framed",
+                json!("direct"),
+                json!(5)
+            ),
+            ("INFO", "nulhost", "nul framed", json!("app"), json!(9)),
+        ]
+    );
+    let reasons = dead_letter_reasons(&server, "syslog%").await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("max_record_bytes"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn syslog_messages_read_before_shutdown_are_stored() {
+    use std::io::Write;
+    let tcp = logsphere_tests::free_port();
+    let mut server = Server::start_with_config(&format!(
+        "[syslog]\ntcp_listen = \"127.0.0.1:{tcp}\"\nbatch_ms = 60000\n"
+    ));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
+    s.write_all(b"<11>Dec  7 10:00:00 h1 app[1]: one\n<11>Dec  7 10:00:01 h1 app[1]: two\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs").await,
+        0,
+        "still batching"
+    );
+    assert!(server.stop(), "clean exit:\n{}", server.log());
+    server.restart();
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM logs WHERE source = 'h1'")
+            .await,
+        2
+    );
+}
