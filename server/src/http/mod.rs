@@ -135,6 +135,10 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let body = match shippers::inflate(&headers, body, state.max_body_bytes) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     if body.iter().all(|c| c.is_ascii_whitespace()) {
         return error(
             StatusCode::BAD_REQUEST,

@@ -41,7 +41,7 @@ pub(super) fn is_protobuf(headers: &HeaderMap) -> bool {
 
 /// The body, inflated when it came with `Content-Encoding: gzip`; at most `limit` bytes.
 #[allow(clippy::result_large_err)]
-fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, String> {
+pub(super) fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, String> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -133,11 +133,8 @@ pub(super) async fn otlp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // `body` is inflated already (`mod.rs` reads it for its shape).
     let protobuf = is_protobuf(&headers);
-    let body = match inflate(&headers, body, state.max_body_bytes) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
     let topic = topic(&params);
     let shipped = if protobuf {
         ot::from_protobuf(&body, &topic)
@@ -236,7 +233,7 @@ pub(super) async fn loki(
     };
     let topic = topic(&params);
     let shipped = if is_protobuf(&headers) {
-        lk::from_snappy_protobuf(&body, &topic)
+        lk::from_snappy_protobuf(&body, &topic, state.max_body_bytes)
     } else {
         lk::from_json(&body, &topic)
     };

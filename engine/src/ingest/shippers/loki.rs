@@ -58,8 +58,16 @@ pub struct Timestamp {
     pub nanos: i32,
 }
 
-/// Reads a snappy-compressed (block format) protobuf `PushRequest`.
-pub fn from_snappy_protobuf(body: &[u8], topic: &str) -> Result<Shipped, String> {
+/// Reads a snappy-compressed (block format) protobuf `PushRequest` that decompresses to at
+/// most `max_len` bytes (checked from the snappy header before anything is allocated).
+pub fn from_snappy_protobuf(body: &[u8], topic: &str, max_len: usize) -> Result<Shipped, String> {
+    let len = snap::raw::decompress_len(body)
+        .map_err(|e| format!("body is not snappy-compressed (block format): {e}"))?;
+    if len > max_len {
+        return Err(format!(
+            "body decompresses to {len} bytes, over http.max_body_bytes ({max_len})"
+        ));
+    }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| format!("body is not snappy-compressed (block format): {e}"))?;

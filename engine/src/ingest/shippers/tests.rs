@@ -157,7 +157,9 @@ fn loki_snappy_protobuf_round_trip_matches_the_fixture() {
         fixture, built,
         "the fixture is what these messages encode to"
     );
-    let shipped = loki::from_snappy_protobuf(&fixture, "logs").expect("decodes");
+    let shipped = loki::from_snappy_protobuf(&fixture, "logs", 1 << 20).expect("decodes");
+    let err = loki::from_snappy_protobuf(&fixture, "logs", 10).expect_err("over the limit");
+    assert!(err.contains("max_body_bytes"), "{err}");
     assert_eq!(
         lines(&shipped),
         vec![
@@ -168,7 +170,7 @@ fn loki_snappy_protobuf_round_trip_matches_the_fixture() {
                    "trace_id": "t-1"}),
         ]
     );
-    assert!(loki::from_snappy_protobuf(b"plain", "logs").is_err());
+    assert!(loki::from_snappy_protobuf(b"plain", "logs", 1 << 20).is_err());
 }
 
 #[test]
