@@ -212,7 +212,13 @@ async fn bulk_into(
     match store(&state, peer, "_bulk", &headers, parts, &params).await {
         Ok((o, opts)) => {
             let took = started.elapsed().as_millis() as u64;
-            let answer = parsed.response(&records, &opts, took);
+            // Embedded mode counts the dead letters; in cluster mode records are decoded
+            // where they are consumed, so the answer decodes them here to tell.
+            let decoder_rejected = match state.engine.cluster() {
+                Some(_) => None,
+                None => Some(o.rejected.saturating_sub(opts.rejected.len())),
+            };
+            let answer = parsed.response(&records, &opts, took, decoder_rejected);
             replayed(es_json(StatusCode::OK, answer), o)
         }
         Err(resp) => es_product(resp),

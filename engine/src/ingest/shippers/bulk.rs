@@ -183,19 +183,32 @@ fn nested(o: &mut Map<String, Value>, outer: &str, inner: &str) -> Option<Value>
 
 impl Bulk {
     /// The bulk response: `took`, `errors`, and per item `status` 201 (a row of `logs`) or
-    /// 400 with the dead letter's reason. Each record's fate is what the decoder makes of
-    /// it with `opts`, found by decoding the records again here (the stored request is
+    /// 400 with the dead letter's reason. When some record was rejected, each record's fate
+    /// is found by decoding the records again here with `opts` (the stored request was
     /// decoded by the same code with the same options, so they agree; a replay with the
     /// same `Idempotency-Key` answers the same).
-    /// `records` is `shipped.body` (which the caller may have taken to store it).
-    pub fn response(&self, records: &[u8], opts: &DecodeOptions, took_ms: u64) -> Value {
+    /// `records` is `shipped.body` (which the caller may have taken to store it);
+    /// `decoder_rejected` is how many of them the decoder stored as dead letters when that
+    /// is known (embedded mode: the request's `rejected` less [`Shipped::rejected`]). When
+    /// it is 0 every record is a row and nothing is decoded again.
+    pub fn response(
+        &self,
+        records: &[u8],
+        opts: &DecodeOptions,
+        took_ms: u64,
+        decoder_rejected: Option<usize>,
+    ) -> Value {
         let mut decoder = RecordDecoder::new(0, opts);
-        let fates: Vec<RecordFate> = records
-            .split(|c| *c == b'\n')
-            .take(self.shipped.records)
-            .enumerate()
-            .map(|(i, line)| decoder.record(line, &format!("line {}", i + 1), None, Vec::new()))
-            .collect();
+        let fates: Vec<RecordFate> = if decoder_rejected == Some(0) {
+            vec![RecordFate::Accepted; self.shipped.records]
+        } else {
+            records
+                .split(|c| *c == b'\n')
+                .take(self.shipped.records)
+                .enumerate()
+                .map(|(i, line)| decoder.record(line, &format!("line {}", i + 1), None, Vec::new()))
+                .collect()
+        };
         let decoded = decoder.finish();
         let reasons = decoded
             .dead_letters
