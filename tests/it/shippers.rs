@@ -94,6 +94,13 @@ async fn query_rows(
         .collect()
 }
 
+/// Asserts the dead letters whose origin is `LIKE origin_like` are one, naming `reason_has`.
+async fn one_dead_letter(server: &Server, origin_like: &str, reason_has: &str) {
+    let reasons = dead_letter_reasons(server, origin_like).await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains(reason_has), "{reasons:?}");
+}
+
 async fn dead_letter_reasons(server: &Server, origin_like: &str) -> Vec<String> {
     let client = server.pg_client().await;
     client
@@ -230,9 +237,7 @@ async fn otlp_json_by_shape_partial_success_and_idempotency() {
     );
     assert_eq!(attrs["trace_id"], "5b8efff798038103d269b633813fc60c");
     assert_eq!(attrs["raw_level"], "Err", "severity text as sent: {attrs}");
-    let reasons = dead_letter_reasons(&server, "otlp http %").await;
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(reasons[0].contains("max_record_bytes"), "{reasons:?}");
+    one_dead_letter(&server, "otlp http %", "max_record_bytes").await;
 
     // Our own JSON on the same path is unchanged, and a broken OTLP body is a 400.
     let native = post(
@@ -326,9 +331,7 @@ async fn elasticsearch_client_bulk_lands_with_index_as_topic() {
         "what is left of log: {attrs}"
     );
     assert_eq!(attrs["host"], json!({"os": {"family": "debian"}}));
-    let reasons = dead_letter_reasons(&server, "_bulk http %").await;
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(reasons[0].contains("timestamp"), "{reasons:?}");
+    one_dead_letter(&server, "_bulk http %", "timestamp").await;
 }
 
 #[tokio::test]
@@ -460,9 +463,7 @@ async fn loki_push_json_and_snappy_protobuf_labels_become_columns_and_attributes
         "metadata level wins"
     );
     assert_eq!(attrs["trace_id"], "abc");
-    let reasons = dead_letter_reasons(&server, "loki http %").await;
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(reasons[0].contains("timestamp"), "{reasons:?}");
+    one_dead_letter(&server, "loki http %", "timestamp").await;
 
     // Snappy-compressed protobuf, as Promtail and Alloy send it: the fixture the engine's
     // unit test builds with the same messages and checks byte for byte.
@@ -684,9 +685,7 @@ async fn rsyslog_forwards_over_tcp_octet_counted_and_udp() {
             ("INFO", "nulhost", "nul framed", json!("app"), json!(9)),
         ]
     );
-    let reasons = dead_letter_reasons(&server, "syslog%").await;
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(reasons[0].contains("max_record_bytes"), "{reasons:?}");
+    one_dead_letter(&server, "syslog%", "max_record_bytes").await;
 }
 
 #[tokio::test]

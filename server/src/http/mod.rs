@@ -66,9 +66,7 @@ pub async fn serve(
         )
         .route(
             "/{index}/_bulk",
-            post(shippers::bulk_index)
-                .put(shippers::bulk_index)
-                .route_layer(slot()),
+            post(shippers::bulk).put(shippers::bulk).route_layer(slot()),
         )
         .route(
             "/loki/api/v1/push",

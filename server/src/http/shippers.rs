@@ -113,6 +113,22 @@ async fn store(
     }
 }
 
+/// Reads an envelope with `decode` (given the topic) and stores its records; a body that
+/// does not decode is a 400 naming `what`.
+async fn decode_and_store(
+    state: &HttpState,
+    peer: SocketAddr,
+    what: &str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    decode: impl FnOnce(&str) -> Result<Shipped, String>,
+) -> Result<IngestOutcome, Response> {
+    let shipped = decode(&topic(params))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))?;
+    let (o, _) = store(state, peer, what, headers, parts(shipped), params).await?;
+    Ok(o)
+}
+
 fn parts(s: Shipped) -> (Bytes, usize, Vec<Rejected>) {
     (s.body.into(), s.records, s.rejected)
 }
@@ -135,18 +151,15 @@ pub(super) async fn otlp(
 ) -> Response {
     // `body` is inflated already (`mod.rs` reads it for its shape).
     let protobuf = is_protobuf(&headers);
-    let topic = topic(&params);
-    let shipped = if protobuf {
-        ot::from_protobuf(&body, &topic)
-    } else {
-        ot::from_json(&body, &topic)
-    };
-    let shipped = match shipped {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("OTLP logs: {e}")),
-    };
-    match store(&state, peer, "otlp", &headers, parts(shipped), &params).await {
-        Ok((o, _)) => {
+    let decoded = decode_and_store(&state, peer, "otlp", &headers, &params, |topic| {
+        if protobuf {
+            ot::from_protobuf(&body, topic)
+        } else {
+            ot::from_json(&body, topic)
+        }
+    });
+    match decoded.await {
+        Ok(o) => {
             let ct = if protobuf {
                 "application/x-protobuf"
             } else {
@@ -162,27 +175,17 @@ pub(super) async fn otlp(
     }
 }
 
-/// `POST /_bulk`.
+/// `POST /_bulk` and `POST /{index}/_bulk`.
 pub(super) async fn bulk(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    index: Option<Path<String>>,
     Query(params): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    bulk_into(state, peer, None, params, headers, body).await
-}
-
-/// `POST /{index}/_bulk`.
-pub(super) async fn bulk_index(
-    State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(index): Path<String>,
-    Query(params): Params,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    bulk_into(state, peer, Some(index), params, headers, body).await
+    let index = index.map(|Path(i)| i);
+    bulk_into(state, peer, index, params, headers, body).await
 }
 
 async fn bulk_into(
@@ -237,18 +240,17 @@ pub(super) async fn loki(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let topic = topic(&params);
-    let shipped = if is_protobuf(&headers) {
-        lk::from_snappy_protobuf(&body, &topic, state.max_body_bytes)
-    } else {
-        lk::from_json(&body, &topic)
-    };
-    let shipped = match shipped {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("Loki push: {e}")),
-    };
-    match store(&state, peer, "loki", &headers, parts(shipped), &params).await {
-        Ok((o, _)) => replayed(StatusCode::NO_CONTENT.into_response(), o),
+    let protobuf = is_protobuf(&headers);
+    let max = state.max_body_bytes;
+    let decoded = decode_and_store(&state, peer, "loki", &headers, &params, |topic| {
+        if protobuf {
+            lk::from_snappy_protobuf(&body, topic, max)
+        } else {
+            lk::from_json(&body, topic)
+        }
+    });
+    match decoded.await {
+        Ok(o) => replayed(StatusCode::NO_CONTENT.into_response(), o),
         Err(resp) => resp,
     }
 }
