@@ -401,6 +401,32 @@ async fn bulk_answers_per_item_and_refuses_what_is_not_bulk() {
             .await,
         4
     );
+    // Without a key, a request is keyed by its body (and index): Fluent Bit sends the same
+    // chunk again after an answer with errors, and that is a replay, not a second copy.
+    let nokey =
+        b"{\"index\":{}}\n{\"message\":\"c\"}\n{\"index\":{}}\n{\"@timestamp\":\"never\"}\n";
+    let first = post(&server, "/fb/_bulk", &[], nokey);
+    let again = post(&server, "/fb/_bulk", &[], nokey);
+    assert_eq!((first.0, first.2.as_deref()), (200, None));
+    assert_eq!((again.0, again.2.as_deref()), (200, Some("true")));
+    let untimed = |b: &[u8]| {
+        let mut v: Value = serde_json::from_slice(b).expect("JSON");
+        v["took"] = json!(0);
+        v
+    };
+    assert_eq!(
+        untimed(&first.1),
+        untimed(&again.1),
+        "answered alike, ids too"
+    );
+    let elsewhere = post(&server, "/fb2/_bulk", &[], nokey);
+    assert_eq!(elsewhere.2, None, "another index is another request");
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM logs WHERE topic LIKE 'fb%'")
+            .await,
+        2
+    );
     // A line that is not an action is the whole request's error, as Elasticsearch answers.
     let (status, answer, _) = post(&server, "/_bulk", &[], b"{\"frobnicate\":{}}\n{}\n");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));

@@ -75,11 +75,10 @@ async fn store(
     state: &HttpState,
     peer: SocketAddr,
     what: &str,
-    headers: &HeaderMap,
+    key: Option<String>,
     (body, records, rejected): (Bytes, usize, Vec<Rejected>),
     params: &HashMap<String, String>,
 ) -> Result<(IngestOutcome, DecodeOptions), Response> {
-    let key = idempotency_key(headers)?;
     let consumed_as = state.engine.config().decode.format;
     if state.engine.cluster().is_some() && !matches!(consumed_as, Format::Json | Format::Auto) {
         return Err(error(
@@ -125,7 +124,8 @@ async fn decode_and_store(
 ) -> Result<IngestOutcome, Response> {
     let shipped = decode(&topic(params))
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))?;
-    let (o, _) = store(state, peer, what, headers, parts(shipped), params).await?;
+    let key = idempotency_key(headers)?;
+    let (o, _) = store(state, peer, what, key, parts(shipped), params).await?;
     Ok(o)
 }
 
@@ -201,6 +201,11 @@ async fn bulk_into(
         Ok(b) => b,
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", e),
     };
+    let key = match idempotency_key(&headers) {
+        Ok(Some(k)) => k,
+        Ok(None) => bulk_key(index.as_deref(), &params, &body),
+        Err(resp) => return es_product(resp),
+    };
     let parsed = match es::parse(&body, index.as_deref(), &topic(&params)) {
         Ok(b) => b,
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", e),
@@ -212,7 +217,7 @@ async fn bulk_into(
         parsed.shipped.records,
         parsed.shipped.rejected.clone(),
     );
-    match store(&state, peer, "_bulk", &headers, parts, &params).await {
+    match store(&state, peer, "_bulk", Some(key.clone()), parts, &params).await {
         Ok((o, opts)) => {
             let took = started.elapsed().as_millis() as u64;
             // Embedded mode counts the dead letters; in cluster mode records are decoded
@@ -221,11 +226,33 @@ async fn bulk_into(
                 Some(_) => None,
                 None => Some(o.rejected.saturating_sub(opts.rejected.len())),
             };
-            let answer = parsed.response(&records, &opts, took, decoder_rejected);
+            // Ids from the key: a replay names the same ones.
+            let id_prefix = format!("{}-", &blake3::hash(key.as_bytes()).to_hex()[..20]);
+            let answer = parsed.response(&records, &opts, took, decoder_rejected, &id_prefix);
             replayed(es_json(StatusCode::OK, answer), o)
         }
         Err(resp) => es_product(resp),
     }
+}
+
+/// The `Idempotency-Key` of a `_bulk` request that brings none: a hash of the body and of
+/// what else decides its rows (the index in the URL, `?topic=`, `?source=`). Fluent Bit
+/// sends a whole chunk again when any item of the answer failed, and shippers resend a
+/// request after a timeout; byte for byte the same, it is now a replay instead of a second
+/// copy of every record.
+fn bulk_key(index: Option<&str>, params: &HashMap<String, String>, body: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [
+        index,
+        params.get("topic").map(String::as_str),
+        params.get("source").map(String::as_str),
+    ] {
+        let part = part.unwrap_or_default().as_bytes();
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    format!("_bulk blake3 {}", h.finalize().to_hex())
 }
 
 /// Loki push: 204 once stored.

@@ -190,13 +190,15 @@ impl Bulk {
     /// `records` is `shipped.body` (which the caller may have taken to store it);
     /// `decoder_rejected` is how many of them the decoder stored as dead letters when that
     /// is known (embedded mode: the request's `rejected` less [`Shipped::rejected`]). When
-    /// it is 0 every record is a row and nothing is decoded again.
+    /// it is 0 every record is a row and nothing is decoded again. An item without an `_id`
+    /// is answered `id_prefix` and its place in the request.
     pub fn response(
         &self,
         records: &[u8],
         opts: &DecodeOptions,
         took_ms: u64,
         decoder_rejected: Option<usize>,
+        id_prefix: &str,
     ) -> Value {
         let mut decoder = RecordDecoder::new(0, opts);
         let fates: Vec<RecordFate> = if decoder_rejected == Some(0) {
@@ -226,7 +228,7 @@ impl Bulk {
                 let id = item
                     .id
                     .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                    .unwrap_or_else(|| format!("{id_prefix}{seq}"));
                 let rejected = if item.stored_as_row_candidate {
                     match fates.next() {
                         Some(RecordFate::Rejected) => {
