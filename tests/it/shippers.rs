@@ -739,3 +739,40 @@ async fn syslog_messages_read_before_shutdown_are_stored() {
         2
     );
 }
+
+#[test]
+fn syslog_settings_that_cannot_work_stop_startup_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let cases = [
+        (
+            format!("[syslog]\ntcp_listen = \"127.0.0.1:{port}\"\n"),
+            "syslog.tcp_listen",
+        ),
+        (
+            "[syslog]\nudp_listen = \"not an address\"\n".to_string(),
+            "udp_listen",
+        ),
+        ("[syslog]\nbatch_ms = 0\n".to_string(), "syslog.batch_ms"),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.toml"));
+        let data = dir.path().join(format!("d{i}"));
+        let text = format!(
+            "data_dir = \"{}\"\n[pg]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{toml}",
+            data.display(),
+            logsphere_tests::free_port(),
+            logsphere_tests::free_port()
+        );
+        std::fs::write(&cfg, text).expect("write config");
+        let out = Command::new(logsphere_tests::binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("run logsphere");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{toml}: {err}");
+    }
+}
