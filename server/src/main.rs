@@ -291,18 +291,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let syslog_on = syslog_listeners.any();
+    let syslog_stats = Arc::new(syslog::SyslogStats::default());
     let syslog = tokio::spawn(syslog::serve(
         syslog_listeners,
         Arc::clone(&engine),
         cfg.syslog.clone(),
         cfg.http.max_record_bytes,
+        Arc::clone(&syslog_stats),
         shutdown_rx.clone(),
     ));
     let http = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&engine),
         cfg.http.clone(),
-        pg_stats,
+        http::Stats {
+            pg: pg_stats,
+            syslog: syslog_stats,
+        },
         shutdown_rx,
     ));
     if syslog_on {

@@ -14,7 +14,7 @@
 //! the socket's buffer are lost, as with any UDP receiver).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +30,19 @@ use crate::config::SyslogConfig;
 /// A batch is stored once it holds this many messages or bytes, whatever `batch_ms` says.
 const BATCH_MESSAGES: usize = 10_000;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SyslogStats {
+    /// Messages read over TCP, and over UDP.
+    pub tcp_messages: AtomicU64,
+    pub udp_messages: AtomicU64,
+    /// TCP connections open now, and refused at `syslog.max_connections`.
+    pub connections: AtomicUsize,
+    pub connections_refused: AtomicU64,
+    /// Attempts to store a batch that failed (each is retried).
+    pub store_failures: AtomicU64,
+}
 
 /// The bound sockets (bound before the engine opens, so a taken port stops startup).
 pub struct Listeners {
@@ -71,6 +84,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     cfg: SyslogConfig,
     max_record_bytes: usize,
+    stats: Arc<SyslogStats>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(8192);
@@ -80,11 +94,17 @@ pub async fn serve(
             tx.clone(),
             cfg.max_connections,
             max_record_bytes,
+            Arc::clone(&stats),
             shutdown.clone(),
         ));
     }
     if let Some(s) = listeners.udp {
-        tokio::spawn(datagrams(s, tx.clone(), shutdown.clone()));
+        tokio::spawn(datagrams(
+            s,
+            tx.clone(),
+            Arc::clone(&stats),
+            shutdown.clone(),
+        ));
     }
     drop(tx);
     let opts = DecodeOptions {
@@ -95,7 +115,14 @@ pub async fn serve(
         default_source: None,
         rejected: Vec::new(),
     };
-    batch(rx, &engine, Duration::from_millis(cfg.batch_ms), &opts).await;
+    batch(
+        rx,
+        &engine,
+        Duration::from_millis(cfg.batch_ms),
+        &opts,
+        &stats,
+    )
+    .await;
     Ok(())
 }
 
@@ -105,6 +132,7 @@ async fn batch(
     engine: &Engine,
     interval: Duration,
     opts: &DecodeOptions,
+    stats: &SyslogStats,
 ) {
     let mut body = Vec::new();
     let mut count = 0;
@@ -113,7 +141,7 @@ async fn batch(
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = tokio::time::sleep_until(deadline), if count > 0 => {
-                store(engine, std::mem::take(&mut body), count, opts).await;
+                store(engine, std::mem::take(&mut body), count, opts, stats).await;
                 count = 0;
                 continue;
             }
@@ -126,17 +154,23 @@ async fn batch(
         body.push(b'\n');
         count += 1;
         if count >= BATCH_MESSAGES || body.len() >= BATCH_BYTES {
-            store(engine, std::mem::take(&mut body), count, opts).await;
+            store(engine, std::mem::take(&mut body), count, opts, stats).await;
             count = 0;
         }
     }
     if count > 0 {
-        store(engine, body, count, opts).await;
+        store(engine, body, count, opts, stats).await;
     }
 }
 
 /// Stores one batch, retrying while the engine refuses for a reason that may pass.
-async fn store(engine: &Engine, body: Vec<u8>, count: usize, opts: &DecodeOptions) {
+async fn store(
+    engine: &Engine,
+    body: Vec<u8>,
+    count: usize,
+    opts: &DecodeOptions,
+    stats: &SyslogStats,
+) {
     let body = bytes::Bytes::from(body);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -157,6 +191,7 @@ async fn store(engine: &Engine, body: Vec<u8>, count: usize, opts: &DecodeOption
                 return;
             }
             Err(e) => {
+                stats.store_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(messages = count, error = %e, "syslog batch not stored yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -170,9 +205,9 @@ async fn accept(
     tx: mpsc::Sender<Vec<u8>>,
     max_connections: usize,
     max_record_bytes: usize,
+    stats: Arc<SyslogStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -185,17 +220,18 @@ async fn accept(
             },
             _ = stopped(&mut shutdown) => return,
         };
-        if open.load(Ordering::Relaxed) >= max_connections {
+        if stats.connections.load(Ordering::Relaxed) >= max_connections {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, max_connections, "syslog tcp connection refused: syslog.max_connections reached");
             continue;
         }
-        open.fetch_add(1, Ordering::Relaxed);
-        let (tx, shutdown, open) = (tx.clone(), shutdown.clone(), Arc::clone(&open));
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (tx, shutdown, stats) = (tx.clone(), shutdown.clone(), Arc::clone(&stats));
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, tx, max_record_bytes, shutdown).await {
+            if let Err(e) = connection(stream, tx, max_record_bytes, &stats, shutdown).await {
                 tracing::debug!(%peer, error = %e, "syslog tcp connection ended");
             }
-            open.fetch_sub(1, Ordering::Relaxed);
+            stats.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -204,11 +240,13 @@ async fn connection(
     mut stream: TcpStream,
     tx: mpsc::Sender<Vec<u8>>,
     max_record_bytes: usize,
+    stats: &SyslogStats,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut framer = Framer::new(max_record_bytes);
     loop {
         while let Some(frame) = framer.next_frame() {
+            stats.tcp_messages.fetch_add(1, Ordering::Relaxed);
             if tx.send(frame).await.is_err() {
                 return Ok(());
             }
@@ -220,6 +258,7 @@ async fn connection(
         if n == 0 {
             // The sender closed: a last line without its LF is still a message.
             if let Some(frame) = framer.finish() {
+                stats.tcp_messages.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(frame).await;
             }
             return Ok(());
@@ -230,6 +269,7 @@ async fn connection(
 async fn datagrams(
     socket: UdpSocket,
     tx: mpsc::Sender<Vec<u8>>,
+    stats: Arc<SyslogStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 65_536];
@@ -249,6 +289,7 @@ async fn datagrams(
         if msg.iter().all(|c| c.is_ascii_whitespace() || *c == 0) {
             continue;
         }
+        stats.udp_messages.fetch_add(1, Ordering::Relaxed);
         if tx.send(escape_lf(msg)).await.is_err() {
             return;
         }

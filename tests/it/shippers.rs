@@ -64,6 +64,16 @@ pub(crate) fn post(
     (status, bytes, replayed)
 }
 
+/// `GET <server><path>`: the body.
+fn get_text(server: &Server, path: &str) -> String {
+    ureq::get(&format!("{}{path}", server.http_url()))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_default()
+}
+
 /// `(timestamp as RFC 3339 UTC µs, log_level, source, topic, message, attributes)` of the
 /// rows `filter` selects, ordered by message.
 async fn query_rows(
@@ -526,6 +536,10 @@ async fn loki_push_json_and_snappy_protobuf_labels_become_columns_and_attributes
         rows[1].5,
         json!({"job": "promtail", "path": "/var/log/a \"b\".log", "trace_id": "t-1"})
     );
+    assert!(
+        get_text(&server, "/metrics").contains("logsphere_loki_requests_total 3\n"),
+        "pushes that decoded are counted"
+    );
     let broken = post(
         &server,
         "/loki/api/v1/push",
@@ -712,6 +726,14 @@ async fn rsyslog_forwards_over_tcp_octet_counted_and_udp() {
         ]
     );
     one_dead_letter(&server, "syslog%", "max_record_bytes").await;
+    let metrics = get_text(&server, "/metrics");
+    for line in [
+        "logsphere_syslog_tcp_messages_total 4\n",
+        "logsphere_syslog_udp_messages_total 1\n",
+        "logsphere_syslog_store_failures_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

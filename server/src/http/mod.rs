@@ -37,6 +37,16 @@ struct HttpState {
     ingest_refused_busy: std::sync::atomic::AtomicU64,
     /// The PostgreSQL listener's connection counts.
     pg: Arc<crate::pgwire::PgStats>,
+    /// The syslog listeners' counts.
+    syslog: Arc<crate::syslog::SyslogStats>,
+    /// Requests read by the shippers' endpoints: OTLP, `_bulk`, Loki push.
+    shipper_requests: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// The other listeners' counters `/metrics` shows.
+pub struct Stats {
+    pub pg: Arc<crate::pgwire::PgStats>,
+    pub syslog: Arc<crate::syslog::SyslogStats>,
 }
 
 /// Serves HTTP until `shutdown` turns true; requests in flight are answered first.
@@ -44,7 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     cfg: HttpConfig,
-    pg: Arc<crate::pgwire::PgStats>,
+    stats: Stats,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state = Arc::new(HttpState {
@@ -54,7 +64,9 @@ pub async fn serve(
         ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests)),
         max_concurrent: cfg.max_concurrent_requests,
         ingest_refused_busy: Default::default(),
-        pg,
+        pg: stats.pg,
+        syslog: stats.syslog,
+        shipper_requests: Default::default(),
     });
     // Every ingest route takes a slot of http.max_concurrent_requests before its body is read.
     let slot = || axum::middleware::from_fn_with_state(Arc::clone(&state), ingest_slot);

@@ -79,6 +79,12 @@ async fn store(
     (body, records, rejected): (Bytes, usize, Vec<Rejected>),
     params: &HashMap<String, String>,
 ) -> Result<(IngestOutcome, DecodeOptions), Response> {
+    let endpoint = match what {
+        "otlp" => 0,
+        "_bulk" => 1,
+        _ => 2,
+    };
+    state.shipper_requests[endpoint].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let consumed_as = state.engine.config().decode.format;
     if state.engine.cluster().is_some() && !matches!(consumed_as, Format::Json | Format::Auto) {
         return Err(error(
