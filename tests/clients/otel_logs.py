@@ -1,6 +1,7 @@
-"""Exports log records with the real OpenTelemetry Python SDK and its OTLP/HTTP protobuf
-exporter (gzip) to LogSphere's POST /v1/logs. Usage: otel_logs.py HTTP_BASE_URL.
-Prints the trace id it logged under, then "otel ok" when every export succeeded."""
+"""Exports log records with the real OpenTelemetry Python SDK to LogSphere's POST /v1/logs:
+through its OTLP/HTTP protobuf exporter (gzip), then one record through its OTLP/HTTP JSON
+exporter. Usage: otel_logs.py HTTP_BASE_URL. Prints the trace id it logged under, then
+"otel ok" when every export succeeded."""
 
 import logging
 import sys
@@ -8,6 +9,7 @@ import sys
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter as JsonLogExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
@@ -19,6 +21,13 @@ results = []
 
 
 class Recording(OTLPLogExporter):
+    def export(self, batch):
+        result = super().export(batch)
+        results.append(result)
+        return result
+
+
+class RecordingJson(JsonLogExporter):
     def export(self, batch):
         result = super().export(batch)
         results.append(result)
@@ -51,8 +60,21 @@ otel_logger.emit(
 provider.force_flush()
 provider.shutdown()
 
+# 3. The JSON exporter: the same path, told apart from LogSphere's own JSON by its shape.
+json_provider = LoggerProvider(resource=Resource.create({"service.name": "json-svc"}))
+json_provider.add_log_record_processor(SimpleLogRecordProcessor(RecordingJson(endpoint=f"{base}/v1/logs", timeout=10)))
+json_provider.get_logger("json.scope").emit(
+    timestamp=1_796_619_602_000_000_000,  # 2026-12-07T05:00:02Z
+    severity_number=SeverityNumber.INFO,
+    severity_text="notice",
+    body="sent as OTLP JSON",
+    attributes={"big": 2**53 + 1, "ratio": 0.25},
+)
+json_provider.force_flush()
+json_provider.shutdown()
+
 print(f"trace_id={trace_id} span_id={span_id}")
-if len(results) == 2 and all(r == LogRecordExportResult.SUCCESS for r in results):
+if len(results) == 3 and all(r == LogRecordExportResult.SUCCESS for r in results):
     print("otel ok")
 else:
     print(f"exports: {results}")

@@ -184,6 +184,20 @@ async fn otlp_sdk_exporter_logs_land_with_time_level_source_and_attributes() {
         &now[..10],
         "the logging record's own time, today"
     );
+    // The JSON exporter's record: no host.name, so service.name is the source; 64-bit
+    // integers arrive as strings in OTLP JSON and are numbers again.
+    let rows = query_rows(&server, "source = 'json-svc'").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (ts, level, _, _, message, attrs) = &rows[0];
+    assert_eq!(
+        (ts.as_str(), level.as_str()),
+        ("2026-12-07T05:00:02.000000", "INFO")
+    );
+    assert_eq!(message, "sent as OTLP JSON");
+    assert_eq!(attrs["raw_level"], "notice");
+    assert_eq!(attrs["big"], json!(9_007_199_254_740_993i64));
+    assert_eq!(attrs["ratio"], 0.25);
+    assert_eq!(attrs["scope.name"], "json.scope");
 }
 
 /// Today as `YYYY-MM-DD` in UTC, from the server's clock.
