@@ -281,6 +281,17 @@ async fn otlp_json_by_shape_partial_success_and_idempotency() {
         b"\xff\xff\xff",
     );
     assert_eq!(broken.0, 400, "{}", String::from_utf8_lossy(&broken.1));
+    let empty = post(
+        &server,
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        b"",
+    );
+    assert_eq!(
+        (empty.0, empty.1.as_slice()),
+        (200, &b""[..]),
+        "an export of nothing"
+    );
     let broken = post(&server, "/v1/logs", &[], br#"{"resourceLogs": 7}"#);
     assert_eq!(broken.0, 400, "{}", String::from_utf8_lossy(&broken.1));
     assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 2);

@@ -149,6 +149,13 @@ async fn ingest(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    // OTLP/HTTP logs share the path: protobuf by Content-Type (an empty protobuf request is
+    // a valid one with no records), JSON by its shape.
+    if !params.contains_key("format")
+        && (shippers::is_protobuf(&headers) || otlp::is_otlp_json(&body))
+    {
+        return shippers::otlp(state, peer, params, headers, body).await;
+    }
     if body.iter().all(|c| c.is_ascii_whitespace()) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -159,12 +166,6 @@ async fn ingest(
         Ok(k) => k,
         Err(resp) => return resp,
     };
-    if !params.contains_key("format") {
-        // OTLP/HTTP logs share the path: protobuf by Content-Type, JSON by its shape.
-        if shippers::is_protobuf(&headers) || otlp::is_otlp_json(&body) {
-            return shippers::otlp(state, peer, params, headers, body).await;
-        }
-    }
     let format = match body_format(&params) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
