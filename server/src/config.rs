@@ -132,7 +132,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest accepted single record (one NDJSON line or array element), in bytes.
     pub max_record_bytes: usize,
-    /// `POST /v1/logs` requests handled at once; more get `429` with `Retry-After`.
+    /// Ingest requests (`POST /v1/logs`, `_bulk`, Loki push) handled at once; more get `429`
+    /// with `Retry-After`.
     pub max_concurrent_requests: usize,
 }
 
