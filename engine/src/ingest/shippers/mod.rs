@@ -35,10 +35,24 @@ pub struct Shipped {
 impl Shipped {
     /// Appends one record.
     pub(crate) fn push(&mut self, record: Record) {
-        // A map of strings and JSON values always serialises.
-        if serde_json::to_writer(&mut self.body, &record.0).is_ok() {
-            self.body.push(b'\n');
-            self.records += 1;
+        let start = self.body.len();
+        match serde_json::to_writer(&mut self.body, &record.0) {
+            Ok(()) => {
+                self.body.push(b'\n');
+                self.records += 1;
+            }
+            Err(e) => {
+                // A map of strings and JSON values serialises; should that ever change, the
+                // record is still kept, as a dead letter.
+                self.body.truncate(start);
+                let raw = format!("{:?}", record.0);
+                let position = format!("record {}", self.records + self.rejected.len() + 1);
+                self.reject(
+                    raw.as_bytes(),
+                    position,
+                    format!("record does not serialise: {e}"),
+                );
+            }
         }
     }
 
