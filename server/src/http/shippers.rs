@@ -212,11 +212,10 @@ async fn bulk_into(
         Ok(None) => bulk_key(index.as_deref(), &params, &body),
         Err(resp) => return es_product(resp),
     };
-    let parsed = match es::parse(&body, index.as_deref(), &topic(&params)) {
+    let mut parsed = match es::parse(&body, index.as_deref(), &topic(&params)) {
         Ok(b) => b,
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", e),
     };
-    let mut parsed = parsed;
     let records = Bytes::from(std::mem::take(&mut parsed.shipped.body));
     let parts = (
         records.clone(),
