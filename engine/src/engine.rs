@@ -416,6 +416,20 @@ impl Engine {
         opts: DecodeOptions,
     ) -> Result<IngestOutcome, EngineError> {
         if let Some(cluster) = &self.cluster {
+            if opts.rejected.is_empty() {
+                return self.produce(cluster, &body, key.as_deref()).await;
+            }
+            // Records a shipper's envelope could not map travel as JSON strings, which the
+            // consumer's decoder stores in dead_letters (with its own reason).
+            let mut body = body.to_vec();
+            for r in &opts.rejected {
+                if !body.is_empty() && !body.ends_with(b"\n") {
+                    body.push(b'\n');
+                }
+                let line =
+                    serde_json::to_string(&String::from_utf8_lossy(&r.raw)).unwrap_or_default();
+                body.extend_from_slice(line.as_bytes());
+            }
             return self.produce(cluster, &body, key.as_deref()).await;
         }
         let Some(key) = key else {

@@ -31,6 +31,35 @@ pub struct Config {
     pub kafka: cluster::KafkaSection,
     /// Cluster mode: the Cassandra hot tier.
     pub cassandra: cluster::CassandraSection,
+    /// syslog over TCP and UDP (off unless a listen address is set).
+    pub syslog: SyslogConfig,
+}
+
+/// `[syslog]`: syslog receivers (rsyslog, syslog-ng, network devices), off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogConfig {
+    /// TCP address; framing per connection: octet-counting (RFC 6587/5425 `LEN SP MSG`) or
+    /// LF/NUL-terminated lines.
+    pub tcp_listen: Option<SocketAddr>,
+    /// UDP address; one message per datagram (RFC 5426).
+    pub udp_listen: Option<SocketAddr>,
+    /// Messages read are stored together at most this many ms after the first of them
+    /// (one WAL write and fsync per batch).
+    pub batch_ms: u64,
+    /// TCP connections served at once; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        Self {
+            tcp_listen: None,
+            udp_listen: None,
+            batch_ms: 200,
+            max_connections: 1024,
+        }
+    }
 }
 
 /// `[pg]`: the PostgreSQL wire protocol listener.
@@ -103,7 +132,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest accepted single record (one NDJSON line or array element), in bytes.
     pub max_record_bytes: usize,
-    /// `POST /v1/logs` requests handled at once; more get `429` with `Retry-After`.
+    /// Ingest requests (`POST /v1/logs`, `_bulk`, Loki push) handled at once; more get `429`
+    /// with `Retry-After`.
     pub max_concurrent_requests: usize,
 }
 
@@ -236,6 +266,7 @@ impl Default for Config {
             cluster: cluster::ClusterSection::default(),
             kafka: cluster::KafkaSection::default(),
             cassandra: cluster::CassandraSection::default(),
+            syslog: SyslogConfig::default(),
         }
     }
 }
@@ -388,6 +419,7 @@ impl Config {
             bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
         let cluster = cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
+        self.validate_syslog(cluster)?;
         if self.cold.timeout_secs == 0 {
             bail!("cold.timeout_secs must be at least 1");
         }
@@ -403,6 +435,34 @@ impl Config {
                  it, e.g. hdfs://namenode:9000/logsphere (--cold / LOGSPHERE_COLD)"
             ),
             None => {}
+        }
+        Ok(())
+    }
+
+    fn validate_syslog(&self, cluster: bool) -> anyhow::Result<()> {
+        let s = &self.syslog;
+        if !(1..=60_000).contains(&s.batch_ms) {
+            bail!(
+                "syslog.batch_ms = {} must be between 1 and 60000",
+                s.batch_ms
+            );
+        }
+        if s.max_connections == 0 {
+            bail!("syslog.max_connections must be at least 1");
+        }
+        let on = s.tcp_listen.is_some() || s.udp_listen.is_some();
+        if on && cluster && !["syslog", "auto"].contains(&self.kafka.format.trim()) {
+            bail!(
+                "syslog.tcp_listen / syslog.udp_listen in cluster mode produce the raw lines to \
+                 Kafka, decoded where they are consumed: set kafka.format = \"syslog\" or \"auto\" \
+                 (it is {:?})",
+                self.kafka.format
+            );
+        }
+        if let Some(a) = s.tcp_listen
+            && (a == self.http.listen || a == self.pg.listen)
+        {
+            bail!("syslog.tcp_listen = {a} is the address of http.listen or pg.listen");
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ mod http;
 mod pgwire;
 mod report;
 mod ship;
+mod syslog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -271,6 +272,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
+    let syslog_listeners = syslog::Listeners::bind(&cfg.syslog).await?;
     let engine = Engine::open(engine_cfg)
         .await
         .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
@@ -288,13 +290,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&pg_stats),
         shutdown_rx.clone(),
     ));
+    let syslog_on = syslog_listeners.any();
+    let syslog_stats = Arc::new(syslog::SyslogStats::default());
+    let syslog = tokio::spawn(syslog::serve(
+        syslog_listeners,
+        Arc::clone(&engine),
+        cfg.syslog.clone(),
+        cfg.http.max_record_bytes,
+        Arc::clone(&syslog_stats),
+        shutdown_rx.clone(),
+    ));
     let http = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&engine),
         cfg.http.clone(),
-        pg_stats,
+        http::Stats {
+            pg: pg_stats,
+            syslog: syslog_stats,
+        },
         shutdown_rx,
     ));
+    if syslog_on {
+        tracing::info!(
+            tcp = ?cfg.syslog.tcp_listen, udp = ?cfg.syslog.udp_listen,
+            "syslog listening"
+        );
+    }
     match engine.cluster().map(|c| c.config()) {
         Some(c) => tracing::info!(
             pg = %cfg.pg.listen, http = %cfg.http.listen, node_id = %c.node_id,
@@ -309,10 +330,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down: answering requests in flight");
     let _ = shutdown_tx.send(true);
-    let (pg, http) = tokio::join!(pg, http);
+    // The syslog batcher stores what was read before the engine stops.
+    let (pg, http, syslog) = tokio::join!(pg, http, syslog);
     engine.shutdown().await;
     pg.context("pg listener task")??;
     http.context("http listener task")??;
+    syslog.context("syslog listener task")??;
     tracing::info!("stopped; the WAL is synced");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod pgconn;
 mod pgwire;
 mod report;
 mod services;
+mod shippers;
 mod sinks;
 mod slt;
 mod webhook_receiver;

@@ -6,6 +6,7 @@
 //! raw bytes, its origin and a reason, and decoding goes on with the next record.
 
 mod level;
+pub mod shippers;
 mod text;
 mod timestamp;
 
@@ -35,6 +36,20 @@ pub struct DecodeOptions {
     pub format: Format,
     /// `source` of records that name none (`?source=`).
     pub default_source: Option<String>,
+    /// Records a shipper's envelope held that cannot become rows (see [`shippers`]):
+    /// stored as dead letters with the body's.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A record refused before decoding, with its raw bytes and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The record as sent.
+    pub raw: Vec<u8>,
+    /// Where it was in the request (`_bulk line 7`).
+    pub position: String,
+    /// Why it is not a row.
+    pub reason: String,
 }
 
 impl Default for DecodeOptions {
@@ -45,6 +60,7 @@ impl Default for DecodeOptions {
             origin: "http".into(),
             format: Format::Json,
             default_source: None,
+            rejected: Vec::new(),
         }
     }
 }
@@ -77,6 +93,9 @@ impl Decoded {
 /// timestamp of records that carry none.
 pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> Decoded {
     let mut b = Builders::new(ingest_time_us, opts);
+    for r in &opts.rejected {
+        b.dead(&r.raw, &r.position, r.reason.clone());
+    }
     let first = body.iter().position(|c| !c.is_ascii_whitespace());
     if opts.format != Format::Json {
         decode_lines(body, &mut b);

@@ -197,3 +197,35 @@ fn compaction_keys_have_defaults_and_bad_values_are_named() {
     let err = Config::from_toml("[storage]\ncompact_min_file = 3\n").unwrap_err();
     assert!(format!("{err:#}").contains("compact_min_file"));
 }
+
+#[test]
+fn syslog_is_off_by_default_and_bad_values_are_named() {
+    let cfg = Config::default();
+    assert_eq!((cfg.syslog.tcp_listen, cfg.syslog.udp_listen), (None, None));
+    let err = Config::from_toml("[syslog]\ntcp_listen = \"localhost:514\"\n").unwrap_err();
+    assert!(format!("{err:#}").contains("tcp_listen"), "{err:#}");
+    let err = Config::from_toml("[syslog]\nudp_port = 514\n").unwrap_err();
+    assert!(format!("{err:#}").contains("udp_port"), "{err:#}");
+    for (toml, key) in [
+        ("[syslog]\nbatch_ms = 0\n", "syslog.batch_ms"),
+        ("[syslog]\nmax_connections = 0\n", "syslog.max_connections"),
+        (
+            "[syslog]\ntcp_listen = \"127.0.0.1:8080\"\n",
+            "syslog.tcp_listen",
+        ),
+    ] {
+        let cfg = Config::from_toml(toml).expect("parses");
+        let msg = format!("{:#}", cfg.validate().expect_err(toml));
+        assert!(msg.contains(key), "{toml}: {msg}");
+    }
+    let msg = cluster_error(&format!(
+        "{CLUSTER}[syslog]\nudp_listen = \"127.0.0.1:5514\"\n"
+    ));
+    assert!(msg.contains("kafka.format"), "{msg}");
+    let on = CLUSTER.replace("[cassandra]", "format = \"syslog\"\n[cassandra]")
+        + "[syslog]\nudp_listen = \"127.0.0.1:5514\"\n";
+    Config::from_toml(&on)
+        .expect("parses")
+        .validate()
+        .expect("syslog in cluster mode");
+}

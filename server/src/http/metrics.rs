@@ -18,7 +18,7 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
     let (hot_rows, cold_files) = state.engine.tier_stats();
     let cold = state.engine.cold_stats();
     let t = state.engine.tiering_metrics();
-    let counters: [(&str, &str, u64); 23] = [
+    let counters: [(&str, &str, u64); 30] = [
         (
             "logsphere_pg_connections_refused_total",
             "PostgreSQL connections refused with 53300: pg.max_connections were open.",
@@ -130,6 +130,41 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             m.retired_files_removed.load(Relaxed),
         ),
         (
+            "logsphere_otlp_requests_total",
+            "OTLP/HTTP log export requests read (POST /v1/logs, protobuf or OTLP JSON).",
+            state.shipper_requests[0].load(Relaxed),
+        ),
+        (
+            "logsphere_bulk_requests_total",
+            "Elasticsearch _bulk requests read.",
+            state.shipper_requests[1].load(Relaxed),
+        ),
+        (
+            "logsphere_loki_requests_total",
+            "Loki push requests read.",
+            state.shipper_requests[2].load(Relaxed),
+        ),
+        (
+            "logsphere_syslog_tcp_messages_total",
+            "syslog messages read over TCP.",
+            state.syslog.tcp_messages.load(Relaxed),
+        ),
+        (
+            "logsphere_syslog_udp_messages_total",
+            "syslog messages read over UDP.",
+            state.syslog.udp_messages.load(Relaxed),
+        ),
+        (
+            "logsphere_syslog_connections_refused_total",
+            "syslog TCP connections closed at once: syslog.max_connections were open.",
+            state.syslog.connections_refused.load(Relaxed),
+        ),
+        (
+            "logsphere_syslog_store_failures_total",
+            "Failed attempts to store a batch of syslog messages (each is retried).",
+            state.syslog.store_failures.load(Relaxed),
+        ),
+        (
             "logsphere_cq_catch_ups_total",
             "Times continuous queries fell behind ingest and caught up from the WAL.",
             state.engine.cq_catch_ups(),
@@ -149,6 +184,11 @@ pub(super) async fn render(State(state): State<Arc<HttpState>>) -> impl IntoResp
             "logsphere_pg_connections",
             "PostgreSQL connections being served.",
             state.pg.open.load(Relaxed),
+        ),
+        (
+            "logsphere_syslog_connections",
+            "syslog TCP connections being read.",
+            state.syslog.connections.load(Relaxed) as u64,
         ),
         (
             "logsphere_query_memory_reserved_bytes",

@@ -1,7 +1,9 @@
-//! HTTP: `POST /v1/logs` ingest, `POST /v1/flush`, `POST /v1/compact`, `GET /healthz`,
-//! `GET /metrics`.
+//! HTTP: `POST /v1/logs` ingest (LogSphere JSON, text formats, OTLP), the shippers'
+//! endpoints (`_bulk`, Loki push; see `shippers.rs`), `POST /v1/flush`, `POST /v1/compact`,
+//! `GET /healthz`, `GET /metrics`.
 
 mod metrics;
+mod shippers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use logsphere_engine::ingest::shippers::otlp;
 use logsphere_engine::ingest::{DecodeOptions, Format};
 use logsphere_engine::{Engine, EngineError};
 use serde_json::json;
@@ -25,6 +28,8 @@ use crate::config::HttpConfig;
 struct HttpState {
     engine: Arc<Engine>,
     max_record_bytes: usize,
+    /// `http.max_body_bytes`: also the bound on a gzip body once inflated.
+    max_body_bytes: usize,
     /// `POST /v1/logs` requests being read or stored (`http.max_concurrent_requests`).
     ingest_slots: Arc<tokio::sync::Semaphore>,
     max_concurrent: usize,
@@ -32,6 +37,16 @@ struct HttpState {
     ingest_refused_busy: std::sync::atomic::AtomicU64,
     /// The PostgreSQL listener's connection counts.
     pg: Arc<crate::pgwire::PgStats>,
+    /// The syslog listeners' counts.
+    syslog: Arc<crate::syslog::SyslogStats>,
+    /// Requests read by the shippers' endpoints: OTLP, `_bulk`, Loki push.
+    shipper_requests: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// The other listeners' counters `/metrics` shows.
+pub struct Stats {
+    pub pg: Arc<crate::pgwire::PgStats>,
+    pub syslog: Arc<crate::syslog::SyslogStats>,
 }
 
 /// Serves HTTP until `shutdown` turns true; requests in flight are answered first.
@@ -39,23 +54,40 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     cfg: HttpConfig,
-    pg: Arc<crate::pgwire::PgStats>,
+    stats: Stats,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state = Arc::new(HttpState {
         engine,
         max_record_bytes: cfg.max_record_bytes,
+        max_body_bytes: cfg.max_body_bytes,
         ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests)),
         max_concurrent: cfg.max_concurrent_requests,
         ingest_refused_busy: Default::default(),
-        pg,
+        pg: stats.pg,
+        syslog: stats.syslog,
+        shipper_requests: Default::default(),
     });
-    let ingest_route = post(ingest).route_layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&state),
-        ingest_slot,
-    ));
+    // Every ingest route takes a slot of http.max_concurrent_requests before its body is read.
+    let slot = || axum::middleware::from_fn_with_state(Arc::clone(&state), ingest_slot);
     let app = Router::new()
-        .route("/v1/logs", ingest_route)
+        .route("/v1/logs", post(ingest).route_layer(slot()))
+        .route(
+            "/_bulk",
+            post(shippers::bulk).put(shippers::bulk).route_layer(slot()),
+        )
+        .route(
+            "/{index}/_bulk",
+            post(shippers::bulk).put(shippers::bulk).route_layer(slot()),
+        )
+        .route(
+            "/loki/api/v1/push",
+            post(shippers::loki).route_layer(slot()),
+        )
+        .route("/", get(shippers::es_root))
+        .route("/_license", get(shippers::es_license))
+        .route("/_xpack", get(shippers::es_xpack))
+        .route("/_cluster/health", get(shippers::es_health))
         .route("/v1/flush", post(flush))
         .route("/v1/compact", post(compact))
         .route("/healthz", get(healthz))
@@ -113,21 +145,26 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let body = match shippers::inflate(&headers, body, state.max_body_bytes) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    // OTLP/HTTP logs share the path: protobuf by Content-Type (an empty protobuf request is
+    // a valid one with no records), JSON by its shape.
+    if !params.contains_key("format")
+        && (shippers::is_protobuf(&headers) || otlp::is_otlp_json(&body))
+    {
+        return shippers::otlp(state, peer, params, headers, body).await;
+    }
     if body.iter().all(|c| c.is_ascii_whitespace()) {
         return error(
             StatusCode::BAD_REQUEST,
             "empty body: send NDJSON (one JSON object per line) or a JSON array of objects",
         );
     }
-    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Idempotency-Key must be 1 to 256 visible ASCII characters",
-            );
-        }
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(resp) => return resp,
     };
     let format = match body_format(&params) {
         Ok(f) => f,
@@ -153,24 +190,48 @@ async fn ingest(
         origin: format!("http {peer}"),
         format,
         default_source: params.get("source").filter(|s| !s.is_empty()).cloned(),
+        rejected: Vec::new(),
     };
     match state.engine.ingest(body, key, opts).await {
         Ok(o) => {
-            let mut resp = axum::Json(json!({ "accepted": o.accepted, "rejected": o.rejected }))
+            let resp = axum::Json(json!({ "accepted": o.accepted, "rejected": o.rejected }))
                 .into_response();
-            if o.replayed {
-                resp.headers_mut().insert(
-                    "idempotent-replayed",
-                    header::HeaderValue::from_static("true"),
-                );
-            }
-            resp
+            replayed(resp, o)
         }
-        Err(
-            e @ EngineError::KeyInProgress {
-                retry_after_secs, ..
-            },
-        ) => {
+        Err(e) => ingest_error(e, peer),
+    }
+}
+
+/// The `Idempotency-Key` header, checked; a bad one is a 400.
+#[allow(clippy::result_large_err)]
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Ok(Some(k.to_string())),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be 1 to 256 visible ASCII characters",
+        )),
+    }
+}
+
+/// Marks the answer to a repeated `Idempotency-Key` (`Idempotent-Replayed: true`).
+fn replayed(mut resp: Response, o: logsphere_engine::IngestOutcome) -> Response {
+    if o.replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// The answer when storing failed: nothing was stored, the client retries.
+fn ingest_error(e: EngineError, peer: SocketAddr) -> Response {
+    match e {
+        e @ EngineError::KeyInProgress {
+            retry_after_secs, ..
+        } => {
             let mut resp = error(StatusCode::CONFLICT, e.to_string());
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -178,10 +239,8 @@ async fn ingest(
             );
             resp
         }
-        Err(EngineError::ShuttingDown) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry")
-        }
-        Err(e) => {
+        EngineError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+        e => {
             tracing::error!(peer = %peer, error = %e, "ingest failed");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,

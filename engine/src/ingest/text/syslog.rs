@@ -122,9 +122,26 @@ fn rfc3164<'a>(
         && tag(&rest[..colon], a)
     {
         sc.i += (colon + 2).min(rest.len());
+    } else if let Some((first, _)) = rest.split_once(' ')
+        && pid_tag(first)
+        && tag(first, a)
+    {
+        // `prog[pid] msg` without the colon: what rsyslog forwards of an RFC 5424 message
+        // with its RFC 3164 templates (RSYSLOG_ForwardFormat).
+        sc.i += first.len() + 1;
     }
     row.message = Cow::Borrowed(sc.rest());
     Some(row)
+}
+
+/// `program[1234]`: a tag that needs no colon after it, its pid marking its end.
+fn pid_tag(token: &str) -> bool {
+    token
+        .strip_suffix(']')
+        .and_then(|t| t.rsplit_once('['))
+        .is_some_and(|(program, pid)| {
+            !program.is_empty() && !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit())
+        })
 }
 
 /// `program[pid]`, `program`, macOS's `Microsoft Word[14463]` and `sandboxd[129]

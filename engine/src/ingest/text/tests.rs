@@ -103,6 +103,23 @@ fn rfc3164_with_and_without_host_pri_and_padded_day() {
     .unwrap();
     assert_eq!(row.ts, ts(2026, 11, 24, 12, 0, 0, 500_000));
     assert_eq!(row.source, "web-1");
+
+    // rsyslog's RSYSLOG_ForwardFormat of a message received as RFC 5424: no colon after
+    // the tag, whose pid ends it; a bracketed word that is not a pid stays in the message.
+    let (row, attrs) = parse(
+        Format::Syslog,
+        "<11>2026-12-07T12:56:02.162840+00:00 vm udpapp[77] over udp: done",
+    )
+    .unwrap();
+    assert_eq!((row.source, row.level), ("vm", "ERROR"));
+    assert_eq!(row.message, "over udp: done");
+    assert_eq!(
+        attrs,
+        json!({"facility": "user", "program": "udpapp", "pid": 77})
+    );
+    let (row, attrs) = parse(Format::Syslog, "<11>Oct  3 22:14:15 vm [note] text").unwrap();
+    assert_eq!(row.message, "[note] text");
+    assert_eq!(attrs, json!({"facility": "user"}));
 }
 
 #[test]
