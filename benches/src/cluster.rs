@@ -245,7 +245,7 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -290,7 +290,7 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, record: &[u8]
     }
 }
 
-fn produce_backlog(brokers: &str, topic: &str, n: u64) -> anyhow::Result<()> {
+pub(crate) fn produce_backlog(brokers: &str, topic: &str, n: u64) -> anyhow::Result<()> {
     let p = producer(brokers)?;
     let hosts = hosts();
     let mut rng = Rng::new(7);

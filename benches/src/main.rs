@@ -29,6 +29,7 @@ mod ingest;
 mod pg;
 mod query;
 mod records;
+mod scale;
 mod report;
 mod server;
 
@@ -52,6 +53,8 @@ enum Command {
     Cq(cq::CqArgs),
     /// Cluster mode: Kafka → Cassandra vs rdkafka and scylla alone, visibility latency, RSS.
     Cluster(cluster::ClusterArgs),
+    /// Cluster mode on 1, 2 and 3 nodes: Kafka → Cassandra and the rules' lag, same run.
+    Scale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => query::run(args),
         Command::Cq(args) => cq::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Scale(args) => scale::run(args),
     }
 }
