@@ -29,8 +29,8 @@ mod ingest;
 mod pg;
 mod query;
 mod records;
-mod scale;
 mod report;
+mod scale;
 mod server;
 
 use clap::{Parser, Subcommand};

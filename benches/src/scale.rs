@@ -107,8 +107,7 @@ fn run_in(args: &ScaleArgs, work: &Path) -> anyhow::Result<()> {
                 work.join(format!("cold-{stamp}")).display(),
             );
             let dir = work.join(format!("n{n}-node{i}"));
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             servers.push(Server::start_with_config(
                 &args.bin,
                 &dir,
