@@ -157,7 +157,7 @@ fn stream(seed: u64, from_ms: i64) -> Stream {
 
 /// What must agree: per windowed fingerprint (fingerprint, -1, its first alert id); per
 /// per-row fingerprint (fingerprint, -1, "<alerts> alerts").
-type Facts = Vec<(String, i64, String)>;
+pub(crate) type Facts = Vec<(String, i64, String)>;
 
 /// The alerts that fired, comparable between live and BACKTEST. `rows` hold `alert_id` and
 /// `fingerprint` in the order the alerts fired; BACKTEST rows are transitions, of which the
@@ -172,7 +172,7 @@ type Facts = Vec<(String, i64, String)>;
 /// HOP rules: which fingerprints fired (overlapping windows of one burst can cross in
 /// either order, and the first to cross anchors the id). Per-row rules, whose id anchors on
 /// the first *arriving* match: alerts per fingerprint.
-fn facts(rows: &[tokio_postgres::Row], per_row: bool, hop: bool) -> Facts {
+pub(crate) fn facts(rows: &[tokio_postgres::Row], per_row: bool, hop: bool) -> Facts {
     let mut fired: Vec<(String, String)> = Vec::new();
     for r in rows {
         let is_fired = r.columns().iter().all(|c| c.name() != "transition")

@@ -126,21 +126,7 @@ impl CqRegistry {
     /// Pauses or resumes `name` without re-reading from where it paused: in cluster mode a
     /// resumed query continues with the live stream.
     pub fn set_state_live(&self, name: &str, state: CqState) -> Result<(), CqError> {
-        let mut inner = self.lock();
-        let live = inner
-            .live
-            .get_mut(name)
-            .ok_or_else(|| CqError::NotFound(name.to_string()))?;
-        let before = live.def.state;
-        live.def.state = state;
-        live.catching_up = false;
-        if let Err(e) = self.save_definitions(&inner) {
-            if let Some(l) = inner.live.get_mut(name) {
-                l.def.state = before;
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.store_state(name, state, false).map(|_| ())
     }
 
     /// Every alert this node knows (its CQs' books and those of dropped CQs).

@@ -229,32 +229,38 @@ impl CqRegistry {
     /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME`. A resumed CQ re-reads the WAL from
     /// where it paused (its WAL hold kept those entries), so a pause skips nothing.
     pub fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
-        let resume_from = {
-            let mut inner = self.lock();
-            let live = inner
-                .live
-                .get_mut(name)
-                .ok_or_else(|| CqError::NotFound(name.to_string()))?;
-            let before = live.def.state;
-            live.def.state = state;
-            let resumed = before != CqState::Running && state == CqState::Running;
-            let from = live.seq + 1;
-            if resumed {
-                live.catching_up = true;
-            }
-            if let Err(e) = self.save_definitions(&inner) {
-                if let Some(l) = inner.live.get_mut(name) {
-                    l.def.state = before;
-                    l.catching_up = false;
-                }
-                return Err(e);
-            }
-            resumed.then_some(from)
-        };
+        let resume_from = self.store_state(name, state, true)?;
         // Not under the registry lock: the feed's lock is taken first when it goes live.
         if let (Some(from), Some(feed)) = (resume_from, self.feed.get()) {
             feed.rewind(from);
         }
         Ok(())
+    }
+
+    /// Stores `state` for `name`. With `replay`, a resumed CQ is marked catching up and the
+    /// position to re-read from is returned; without, it goes on with what comes next.
+    pub(super) fn store_state(
+        &self,
+        name: &str,
+        state: CqState,
+        replay: bool,
+    ) -> Result<Option<u64>, CqError> {
+        let mut inner = self.lock();
+        let live = inner
+            .live
+            .get_mut(name)
+            .ok_or_else(|| CqError::NotFound(name.to_string()))?;
+        let before = (live.def.state, live.catching_up);
+        live.def.state = state;
+        let resumed = replay && before.0 != CqState::Running && state == CqState::Running;
+        let from = live.seq + 1;
+        live.catching_up = resumed || (replay && before.1);
+        if let Err(e) = self.save_definitions(&inner) {
+            if let Some(l) = inner.live.get_mut(name) {
+                (l.def.state, l.catching_up) = before;
+            }
+            return Err(e);
+        }
+        Ok(resumed.then_some(from))
     }
 }

@@ -12,7 +12,8 @@ use logsphere_tests::services::unique_name;
 use rdkafka::producer::FutureRecord;
 
 use super::{Names, SERIAL, create_topics, produce_records, producer};
-use crate::webhook_receiver::WebhookReceiver;
+use crate::continuous_equivalence::{Facts, facts};
+use crate::webhook_receiver::{Delivery, WebhookReceiver};
 
 /// Seed rule A: any CRITICAL line is an alert (one instance per source and message).
 fn rule_critical(url: &str) -> String {
@@ -73,6 +74,33 @@ async fn wait_for_pairs(node: &Server, sql: &str, want: &BTreeMap<String, i64>, 
     );
 }
 
+/// Runs each `CREATE` on `node`, retrying while it answers 40001 (Cassandra not connected
+/// yet) for up to two minutes.
+async fn create_rules(node: &Server, rules: &[String]) {
+    let client = node.pg_client().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for rule in rules {
+        while let Err(e) = client.batch_execute(rule).await {
+            let message = e.as_db_error().map(|d| d.message().to_string());
+            assert!(
+                Instant::now() < deadline,
+                "create rule: {e} {message:?}\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The event ids of the `firing` notifications received.
+fn firing_keys(deliveries: &[Delivery]) -> BTreeSet<String> {
+    deliveries
+        .iter()
+        .filter(|d| d.body["status"] == "firing")
+        .map(|d| d.key.clone())
+        .collect()
+}
+
 /// One record: `level` from `source` at `ts_ms`, with a findable message.
 fn line(ts_ms: i64, level: &str, source: &str, message: &str) -> String {
     serde_json::json!({
@@ -96,27 +124,14 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
     let n3 = names.node("n3", &[&topic], "");
 
     // Defined on n1; every node runs them within seconds.
-    let client = n1.pg_client().await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for rule in [
-        rule_critical(&receiver.url("/pager")),
-        rule_burst(&receiver.url("/slack")),
-    ] {
-        loop {
-            match client.batch_execute(&rule).await {
-                Ok(()) => break,
-                // Cassandra not connected yet: 40001, try again.
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!(
-                        "create: {:?}",
-                        e.as_db_error().map(|d| d.message().to_string())
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => panic!("create rule: {e}\n{}", n1.log()),
-            }
-        }
-    }
+    create_rules(
+        &n1,
+        &[
+            rule_critical(&receiver.url("/pager")),
+            rule_burst(&receiver.url("/slack")),
+        ],
+    )
+    .await;
     let defined = BTreeMap::from([
         ("critical_log_alert".to_string(), 1),
         ("error_burst_per_source".to_string(), 1),
@@ -202,14 +217,8 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
     );
 
     // Each fired event reached the receiver, each under one id, once.
-    let firing = |d: &[crate::webhook_receiver::Delivery]| {
-        d.iter()
-            .filter(|d| d.body["status"] == "firing")
-            .map(|d| d.key.clone())
-            .collect::<BTreeSet<String>>()
-    };
     receiver
-        .wait(Duration::from_secs(60), |d| firing(d).len() >= 4)
+        .wait(Duration::from_secs(60), |d| firing_keys(d).len() >= 4)
         .await;
     // Late duplicates would come from the nodes' next delivery sweeps.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -223,7 +232,7 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
         );
     }
     assert_eq!(
-        firing(&deliveries).len(),
+        firing_keys(&deliveries).len(),
         4,
         "3 CRITICAL alerts and 1 burst alert fired: {deliveries:?}"
     );
@@ -258,34 +267,8 @@ fn kill_rules(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Per fingerprint: the first fired alert's id (windowed) or the number of alerts (per
-/// row), from `alerts` rows or BACKTEST transitions (see continuous_equivalence.rs).
-fn fired_facts(rows: &[tokio_postgres::Row], per_row: bool) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, (u32, String)> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for r in rows {
-        let fired = r.columns().iter().all(|c| c.name() != "transition")
-            || r.get::<_, String>("transition") == "fired";
-        let (fp, id): (String, String) = (r.get("fingerprint"), r.get("alert_id"));
-        if fired && seen.insert(id.clone()) {
-            out.entry(fp).or_insert((0, id)).0 += 1;
-        }
-    }
-    out.into_iter()
-        .map(|(fp, (n, first))| {
-            (
-                fp,
-                if per_row {
-                    format!("{n} alerts")
-                } else {
-                    first
-                },
-            )
-        })
-        .collect()
-}
-
-async fn live_facts(node: &Server, cq: &str, per_row: bool) -> Option<BTreeMap<String, String>> {
+/// The fired alerts of `cq` on `node`, comparable with BACKTEST's (continuous_equivalence.rs).
+async fn live_facts(node: &Server, cq: &str, per_row: bool) -> Option<Facts> {
     let client = node.pg_client_as("logsphere", None).await.ok()?;
     let rows = client
         .query(
@@ -295,7 +278,7 @@ async fn live_facts(node: &Server, cq: &str, per_row: bool) -> Option<BTreeMap<S
         )
         .await
         .ok()?;
-    Some(fired_facts(&rows, per_row))
+    Some(facts(&rows, per_row, false))
 }
 
 /// A seeded stream over six partitions while random nodes are SIGKILLed and restarted ten
@@ -321,14 +304,8 @@ async fn alerts_equal_backtest_across_ten_kills() {
         names.node("n3", &[&topic], ""),
     ];
     let rules = kill_rules(&receiver.url("/hook"));
-    let client = nodes[0].pg_client().await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (_, sql) in &rules {
-        while let Err(e) = client.batch_execute(sql).await {
-            assert!(Instant::now() < deadline, "create: {e}\n{}", nodes[0].log());
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
+    let sqls: Vec<String> = rules.iter().map(|(_, sql)| sql.clone()).collect();
+    create_rules(&nodes[0], &sqls).await;
     let defined = BTreeMap::from([("k_burst".to_string(), 1), ("k_crit".to_string(), 1)]);
     for node in &nodes {
         wait_for_pairs(
@@ -417,7 +394,7 @@ async fn alerts_equal_backtest_across_ten_kills() {
     )
     .await;
 
-    // The first node may have been restarted since `client` connected.
+    // A fresh connection: the first node may have been restarted during the stream.
     let client = nodes[0].pg_client().await;
     let mut fired_alerts = 0;
     for (name, _) in &rules {
@@ -431,7 +408,7 @@ async fn alerts_equal_backtest_across_ten_kills() {
             .query(sql.as_str(), &[])
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let batch = fired_facts(&rows, per_row);
+        let batch = facts(&rows, per_row, false);
         let rows_bt = rows;
         fired_alerts += rows_bt
             .iter()
@@ -526,17 +503,13 @@ async fn alerts_equal_backtest_across_ten_kills() {
         "seed {seed}: only {fired_alerts} alerts fired"
     );
     // Every fired alert reached the webhook, under one event id each.
-    let firing = |d: &[crate::webhook_receiver::Delivery]| {
-        d.iter()
-            .filter(|d| d.body["status"] == "firing")
-            .map(|d| d.key.clone())
-            .collect::<BTreeSet<String>>()
-    };
     let deliveries = receiver
-        .wait(Duration::from_secs(90), |d| firing(d).len() >= fired_alerts)
+        .wait(Duration::from_secs(90), |d| {
+            firing_keys(d).len() >= fired_alerts
+        })
         .await;
     assert_eq!(
-        firing(&deliveries).len(),
+        firing_keys(&deliveries).len(),
         fired_alerts,
         "seed {seed}: one event id per fired alert: {deliveries:?}"
     );
