@@ -7,13 +7,16 @@ use serde_json::Value;
 /// exactly that level name; when it is not, the caller keeps the raw value.
 pub fn normalize_level(v: &Value) -> (&'static str, bool) {
     match v {
-        Value::String(s) => {
-            let norm = by_name(s.trim()).unwrap_or("INFO");
-            (norm, norm.eq_ignore_ascii_case(s.trim()))
-        }
+        Value::String(s) => normalize_level_str(s),
         Value::Number(n) => (n.as_i64().map(by_number).unwrap_or("INFO"), false),
         _ => ("INFO", false),
     }
+}
+
+/// [`normalize_level`] of a string value.
+pub fn normalize_level_str(s: &str) -> (&'static str, bool) {
+    let norm = by_name(s.trim()).unwrap_or("INFO");
+    (norm, norm.eq_ignore_ascii_case(s.trim()))
 }
 
 fn by_name(s: &str) -> Option<&'static str> {

@@ -5,11 +5,14 @@
 //! A record that cannot become a row is never dropped: it becomes a dead letter with its
 //! raw bytes, its origin and a reason, and decoding goes on with the next record.
 
+mod fields;
 mod level;
 pub mod shippers;
 mod text;
 mod timestamp;
 
+use std::borrow::Cow;
+use std::fmt::Display;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,6 +20,7 @@ use arrow::array::{
 };
 use serde_json::{Map, Value};
 
+use self::fields::{FieldValue, Fields, Raw, Scalar};
 use crate::model::{UTC, dead_letters_schema, logs_schema};
 
 pub use level::normalize_level;
@@ -124,7 +128,7 @@ fn decode_lines(body: &[u8], b: &mut Builders<'_>) {
         if line.iter().all(|c| c.is_ascii_whitespace()) {
             continue;
         }
-        b.record(line, &format!("line {}", lineno + 1));
+        b.record(line, &format_args!("line {}", lineno + 1));
     }
 }
 
@@ -133,7 +137,7 @@ fn decode_array(body: &[u8], b: &mut Builders<'_>) {
         // A JSON array is parsed whole; refuse absurd ones rather than allocate for them.
         b.dead(
             body,
-            "JSON array body",
+            &"JSON array body",
             "JSON array body too large; send NDJSON".into(),
         );
         return;
@@ -145,12 +149,12 @@ fn decode_array(body: &[u8], b: &mut Builders<'_>) {
                 Err(u) => format!("body is not valid UTF-8 (at byte {})", u.valid_up_to()),
                 Ok(_) => format!("body is not a valid JSON array: {e}"),
             };
-            b.dead(body, "JSON array body", reason);
+            b.dead(body, &"JSON array body", reason);
             return;
         }
     };
     for (i, item) in items.iter().enumerate() {
-        b.record(item.get().as_bytes(), &format!("array element {i}"));
+        b.record(item.get().as_bytes(), &format_args!("array element {i}"));
     }
 }
 
@@ -190,14 +194,14 @@ impl<'a> RecordDecoder<'a> {
     pub fn record(
         &mut self,
         raw: &[u8],
-        position: &str,
+        position: impl Display,
         topic: Option<&str>,
         extra: Vec<(String, Value)>,
     ) -> RecordFate {
         let before = self.b.dl_origin.len();
         self.b.forced_topic = topic.map(str::to_string);
         self.b.extra = extra;
-        self.b.record(raw, position);
+        self.b.record(raw, &position);
         self.b.forced_topic = None;
         self.b.extra = Vec::new();
         if self.b.dl_origin.len() > before {
@@ -234,6 +238,8 @@ struct Builders<'a> {
     dl_raw_text: StringBuilder,
     /// The attributes of a text line, reused from row to row.
     attrs: text::Attrs,
+    /// The attributes of a JSON record, reused from row to row.
+    json: String,
 }
 
 impl<'a> Builders<'a> {
@@ -256,10 +262,11 @@ impl<'a> Builders<'a> {
             dl_raw: BinaryBuilder::new(),
             dl_raw_text: StringBuilder::new(),
             attrs: text::Attrs::default(),
+            json: String::new(),
         }
     }
 
-    fn record(&mut self, raw: &[u8], position: &str) {
+    fn record(&mut self, raw: &[u8], position: &dyn Display) {
         if raw.len() > self.opts.max_record_bytes {
             let reason = format!(
                 "record is {} bytes, over the limit of {} (http.max_record_bytes); \
@@ -287,6 +294,13 @@ impl<'a> Builders<'a> {
             self.text_record(text);
             return;
         }
+        if let Some(fields) = Fields::parse(text) {
+            if let Err(reason) = self.row_fields(fields) {
+                self.dead(raw, position, reason);
+            }
+            return;
+        }
+        // Not an object, or not JSON: the `Value` path says which.
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
@@ -396,7 +410,70 @@ impl<'a> Builders<'a> {
         Ok(())
     }
 
-    fn dead(&mut self, raw: &[u8], position: &str, reason: String) {
+    /// [`Self::row`] over borrowed fields: the same row and the same `attributes` text.
+    fn row_fields(&mut self, mut f: Fields<'_>) -> Result<(), String> {
+        let ts = match f.take_first(&["timestamp", "ts", "@timestamp", "time"]) {
+            None => self.ingest_time_us,
+            Some((_, raw)) if raw.is_null() => self.ingest_time_us,
+            Some((key, raw)) => {
+                let parsed = match raw.scalar()? {
+                    Scalar::Str(s) => timestamp::parse_str(s.trim()),
+                    Scalar::Value(v) => parse_timestamp(&v),
+                };
+                parsed.map_err(|e| format!("field {key:?}: {e}"))?
+            }
+        };
+        let (level, raw_level) = match f.take_first(&["level", "log_level", "severity"]) {
+            None => ("INFO", None),
+            Some((_, raw)) if raw.is_null() => ("INFO", None),
+            Some((_, raw)) => {
+                let (norm, exact) = match raw.scalar()? {
+                    Scalar::Str(s) => level::normalize_level_str(s),
+                    Scalar::Value(v) => normalize_level(&v),
+                };
+                (norm, if exact { None } else { Some(raw) })
+            }
+        };
+        let message = field_text(f.take_first(&["message", "msg"]))?;
+        let mut source = field_text(f.take_first(&["source", "host", "hostname"]))?;
+        if source.is_empty()
+            && let Some(d) = &self.opts.default_source
+        {
+            source = Cow::Borrowed(d.as_str());
+        }
+        let topic = match &self.forced_topic {
+            Some(t) => Cow::Borrowed(t.as_str()),
+            None => match f.take_first(&["topic"]) {
+                Some(field) => field_text(Some(field))?,
+                None => Cow::Borrowed(self.opts.default_topic.as_str()),
+            },
+        };
+        if let Some(Raw(raw)) = raw_level {
+            f.insert(Cow::Borrowed("raw_level"), FieldValue::Raw(raw));
+        }
+        let extra: Vec<(&str, String)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_string()))
+            .collect();
+        // Shorter-lived from here on (the fields are covariant): the added ones borrow `extra`.
+        let mut f: Fields<'_> = f;
+        for (k, v) in &extra {
+            f.insert(Cow::Borrowed(k), FieldValue::Json(v));
+        }
+        self.json.clear();
+        f.write_json(&mut self.json)?;
+        self.ts.append_value(ts);
+        self.level.append_value(level);
+        self.message.append_value(message);
+        self.source.append_value(source);
+        self.topic.append_value(topic);
+        self.attributes.append_value(&self.json);
+        self.ingest_times.push(self.ingest_time_us);
+        Ok(())
+    }
+
+    fn dead(&mut self, raw: &[u8], position: &dyn Display, reason: String) {
         self.dl_origin
             .append_value(format!("{} {position}", self.opts.origin));
         self.dl_reason.append_value(reason);
@@ -455,6 +532,17 @@ fn take_text(obj: &mut Map<String, Value>, keys: &[&'static str]) -> String {
     take_first(obj, keys)
         .map(|(_, v)| value_text(v))
         .unwrap_or_default()
+}
+
+/// [`value_text`] of a borrowed field (empty when absent).
+fn field_text<'a>(field: Option<(&'static str, Raw<'a>)>) -> Result<Cow<'a, str>, String> {
+    let Some((_, raw)) = field else {
+        return Ok(Cow::Borrowed(""));
+    };
+    Ok(match raw.scalar()? {
+        Scalar::Str(s) => Cow::Borrowed(s),
+        Scalar::Value(v) => Cow::Owned(value_text(v)),
+    })
 }
 
 fn value_text(v: Value) -> String {

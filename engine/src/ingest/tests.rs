@@ -281,3 +281,127 @@ fn record_decoder_parses_text_and_keeps_kafka_attributes() {
     assert_eq!(col(&d.logs, "message").value(0), "hi");
     assert_eq!(col(&d.logs, "attributes").value(0), r#"{"kafka_offset":1}"#);
 }
+
+/// Decodes `records` through the borrowed-fields path and through the `Value` path the
+/// row decoder used before, with the same options and extras: every column must agree.
+fn both_paths(records: &[String], forced_topic: Option<&str>) -> (Decoded, Decoded) {
+    let opts = DecodeOptions {
+        default_source: Some("fallback-host".into()),
+        ..opts()
+    };
+    let extra = vec![
+        ("kafka_offset".to_string(), json!(17)),
+        ("kafka_key".to_string(), json!("k\"1")),
+    ];
+    let mut fast = Builders::new(9, &opts);
+    let mut slow = Builders::new(9, &opts);
+    for (i, r) in records.iter().enumerate() {
+        for b in [&mut fast, &mut slow] {
+            b.forced_topic = forced_topic.map(str::to_string);
+            b.extra = extra.clone();
+        }
+        fast.record(r.as_bytes(), &i);
+        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(r) else {
+            panic!("test records are JSON objects: {r}");
+        };
+        if let Err(reason) = slow.row(obj) {
+            slow.dead(r.as_bytes(), &i, reason);
+        }
+    }
+    (fast.finish(), slow.finish())
+}
+
+fn assert_same(records: &[String], forced_topic: Option<&str>) {
+    let (fast, slow) = both_paths(records, forced_topic);
+    assert_eq!(fast.logs, slow.logs, "logs differ for {records:?}");
+    assert_eq!(
+        fast.dead_letters, slow.dead_letters,
+        "dead letters differ for {records:?}"
+    );
+}
+
+#[test]
+fn borrowed_fields_decode_exactly_as_values_did() {
+    let cases = [
+        r#"{"ts":"2026-11-24T13:00:00Z","level":"warning","msg":"disk","host":"web-1","n":1}"#,
+        r#"{"b":2,"a":1,"b":3,"a":{"z":1,"y":[1.50,2e3,"x"]}}"#,
+        r#"{"message":"tab\there \u00e9 \/ \"q\"","key\\with\"escapes":"v\u0001","é":"ü"}"#,
+        r#"{"n":-0,"m":0,"big":123456789012345678901234,"f":1.0,"e":1E2,"neg":-12}"#,
+        r#"{"level":3,"timestamp":1700000000.5,"source":null,"message":null,"topic":"t"}"#,
+        r#"{"level":null,"ts":null,"raw_level":"kept?","kafka_offset":"mine","message":42}"#,
+        r#"{"severity":"ERROR","time":"2026-11-24 13:00:00","hostname":{"a":1},"msg":[1, 2]}"#,
+        r#"{ "spaced" : [ 1 , { "b" : 2 , "a" : 1 } ] , "t" : true , "f" : false }"#,
+        r#"{"ts":"not a time","message":"dead"}"#,
+        r#"{"ts":true}"#,
+        r#"{"level":"Warn","source":"","topic":7}"#,
+        r#"{}"#,
+        r#"{"":"empty key","\u0000":"nul key"}"#,
+    ];
+    let records: Vec<String> = cases.iter().map(|c| c.to_string()).collect();
+    assert_same(&records, None);
+    assert_same(&records, Some("forced.topic"));
+}
+
+/// Random objects (seeded): nesting, escapes, duplicates, every number form.
+#[test]
+fn borrowed_fields_match_values_on_random_objects() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let keys = [
+        "ts",
+        "level",
+        "msg",
+        "message",
+        "host",
+        "source",
+        "topic",
+        "a",
+        "b",
+        "é",
+        "k\\\"",
+        "raw_level",
+    ];
+    let scalars = [
+        "1",
+        "-1",
+        "0",
+        "-0",
+        "1.5",
+        "1e3",
+        "99999999999999999999",
+        "true",
+        "null",
+        "\"plain\"",
+        "\"esc\\n\\u00e9\"",
+        "\"WARN\"",
+        "\"2026-11-24T13:00:00Z\"",
+        "1700000000",
+    ];
+    let mut records = Vec::new();
+    for _ in 0..2000 {
+        let fields = 1 + next(8);
+        let mut r = String::from("{");
+        for i in 0..fields {
+            if i > 0 {
+                r.push(',');
+            }
+            r.push_str(&format!("\"{}\":", keys[next(keys.len() as u64) as usize]));
+            match next(5) {
+                0 => r.push_str(&format!(
+                    "[{},{{\"y\":{},\"x\":1}}]",
+                    scalars[next(scalars.len() as u64) as usize],
+                    scalars[next(scalars.len() as u64) as usize]
+                )),
+                _ => r.push_str(scalars[next(scalars.len() as u64) as usize]),
+            }
+        }
+        r.push('}');
+        records.push(r);
+    }
+    assert_same(&records, None);
+}
