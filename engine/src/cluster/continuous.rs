@@ -44,6 +44,9 @@ const CUT_INTERVAL: Duration = Duration::from_secs(5);
 /// How far back a node with no checkpoint starts reading, so that it has the state of the
 /// windows still open when it joins *(design)*.
 pub const REBUILD: Duration = Duration::from_secs(600);
+
+/// How often an idle feeder (no continuous query defined) looks for one.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 /// How long a delivery claim lasts before another node may send the event.
 const CLAIM_LEASE_SECS: i32 = 30;
 /// How long a delivered event's id is remembered.
@@ -445,6 +448,13 @@ impl Feeder {
     fn run(self) {
         let stop = Arc::clone(&self.cq.stop);
         while !stop.load(Ordering::Relaxed) {
+            // No rule, no reading: a node that only stores does not decode the whole
+            // stream a second time. The first rule opens the reader like a restart does
+            // (from the cut its state is at, or REBUILD back), within IDLE_CHECK.
+            if self.cq.synced.load(Ordering::Relaxed) && !self.cq.registry.has_queries() {
+                std::thread::sleep(IDLE_CHECK);
+                continue;
+            }
             match self.open() {
                 Ok((reader, cuts)) => {
                     self.feed(reader, cuts);

@@ -53,6 +53,11 @@ impl CqRegistry {
         inner.last_seq = top;
     }
 
+    /// Whether any continuous query is defined (running or paused).
+    pub fn has_queries(&self) -> bool {
+        !self.lock().live.is_empty()
+    }
+
     /// The generation each CQ's restored state is at (the cut its checkpoint is at).
     pub fn generations(&self) -> BTreeMap<String, u64> {
         self.lock()

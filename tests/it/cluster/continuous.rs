@@ -122,6 +122,12 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
     let n1 = names.node("n1", &[&topic], "");
     let mut n2 = names.node("n2", &[&topic], "");
     let n3 = names.node("n3", &[&topic], "");
+    // With no rule defined, no node reads the stream a second time for rules.
+    let feeding = "continuous-query feeder reading every partition";
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in [&n1, &n2, &n3] {
+        assert!(!node.log().contains(feeding), "{}", node.log());
+    }
 
     // Defined on n1; every node runs them within seconds.
     create_rules(
@@ -142,6 +148,9 @@ async fn alert_rules_fire_once_across_three_nodes_kills_and_joins() {
     }
     // The feeders read from the rules' creation on; give them a moment to be reading.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in [&n1, &n2, &n3] {
+        assert!(node.log().contains(feeding), "{}", node.log());
+    }
 
     // One minute window in the past (within the default max_ingest_delay): web-1 has 150
     // ERRORs in it, api-1 has 60; the records of each are spread over all six partitions.
