@@ -253,6 +253,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.cluster = cfg.cluster_mode();
     if let Some(cluster) = engine_cfg.cluster.as_mut() {
         cluster.fault_claim_pause = fault_pause("LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS")?;
+        cluster.fault_acked_pause = fault_pause("LOGSPHERE_FAULT_INGEST_ACKED_PAUSE_MS")?;
+        cluster.fault_produce_fail_after =
+            fault_count("LOGSPHERE_FAULT_INGEST_PRODUCE_FAIL_AFTER")?;
     }
     engine_cfg.decode = logsphere_engine::ingest::DecodeOptions {
         max_record_bytes: cfg.http.max_record_bytes,
@@ -354,6 +357,16 @@ fn fault_pause(var: &str) -> anyhow::Result<Option<Duration>> {
                 .with_context(|| format!("{var} = {v:?} is not a number"))?;
             Ok(Some(Duration::from_millis(ms)))
         }
+    }
+}
+
+fn fault_count(var: &str) -> anyhow::Result<Option<usize>> {
+    match std::env::var(var) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{var} = {v:?} is not a number")),
     }
 }
 

@@ -30,6 +30,12 @@ pub struct ClusterConfig {
     /// Crash tests: a pause between claiming an `Idempotency-Key` and producing, so a kill
     /// lands there (`LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS`).
     pub fault_claim_pause: Option<Duration>,
+    /// Crash tests: a keyed produce sends this many records, then fails as a broker
+    /// timeout would (`LOGSPHERE_FAULT_INGEST_PRODUCE_FAIL_AFTER`).
+    pub fault_produce_fail_after: Option<usize>,
+    /// Crash tests: a pause between a keyed produce's acknowledgements and marking the key
+    /// done, so a kill lands there (`LOGSPHERE_FAULT_INGEST_ACKED_PAUSE_MS`).
+    pub fault_acked_pause: Option<Duration>,
 }
 
 /// `[kafka]`: the consumer group LogSphere reads and the producer HTTP ingest writes to.

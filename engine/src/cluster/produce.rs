@@ -2,12 +2,15 @@
 //! --kafka`. One record is one message, so the consumer's decoder sees what a standard
 //! producer (kcat, rsyslog `omkafka`, a logging library) would send.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::EngineError;
 
@@ -86,6 +89,107 @@ impl LogProducer {
         Ok(n)
     }
 
+    /// The number of partitions of `topic`.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, EngineError> {
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        let context = format!("reading the partitions of topic '{topic}'");
+        let count = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), LOOKUP_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map_or(0, |t| t.partitions().len());
+            i32::try_from(partitions).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match count {
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(kafka_error(context, "the topic has no partitions")),
+            Err(e) => Err(kafka_error(context, e)),
+        }
+    }
+
+    /// The offset the next message produced to `topic`/`partition` gets (its high watermark).
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, EngineError> {
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&name, partition, LOOKUP_TIMEOUT)
+                .map(|(_, high)| high)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| kafka_error(format!("reading the end of {topic}/{partition}"), e))
+    }
+
+    /// Produces `records` (their number in the request, the record) to one partition with
+    /// message key `key`, each numbered in a [`SEQ_HEADER`] header, and waits for every
+    /// acknowledgement. See `cluster/idempotency.rs`.
+    pub async fn send_keyed(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        records: &[(u32, &[u8])],
+    ) -> Result<usize, EngineError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (seq, record) in records {
+            let seq = seq.to_string();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: SEQ_HEADER,
+                value: Some(seq.as_bytes()),
+            });
+            let msg = FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .headers(headers)
+                .payload(*record);
+            deliveries.push(self.producer.send(msg, Timeout::Never));
+        }
+        try_join_all(deliveries).await.map_err(|(e, _)| {
+            kafka_error(
+                format!("producing to {topic}/{partition} on '{}'", self.brokers),
+                e,
+            )
+        })?;
+        Ok(records.len())
+    }
+
+    /// The [`SEQ_HEADER`] numbers of the messages keyed `key` in `topic`/`partition` between
+    /// `from` and `until` (exclusive): what an earlier attempt of a keyed request stored.
+    pub async fn keyed_in(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<BTreeSet<u32>, EngineError> {
+        let context = format!("reading {topic}/{partition} from offset {from} for key {key:?}");
+        if until <= from {
+            return Ok(BTreeSet::new());
+        }
+        let (brokers, name, key) = (self.brokers.clone(), topic.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            scan_keyed(&brokers, &name, partition, &key, from, until)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| kafka_error(context, e))
+    }
+
     /// Waits up to `timeout` for every queued message to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), EngineError> {
         self.producer
@@ -94,6 +198,83 @@ impl LogProducer {
                 context: format!("flushing the producer for '{}'", self.brokers),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// The header numbering a keyed request's records (`send_keyed`); the Kafka source leaves
+/// it out of `attributes`.
+pub const SEQ_HEADER: &str = "logsphere-seq";
+
+/// How long a metadata or watermark lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long reading back one keyed request's range may take.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn kafka_error(context: impl Into<String>, reason: impl ToString) -> EngineError {
+    EngineError::Kafka {
+        context: context.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads `topic`/`partition` from `from` up to `until` with a consumer outside any group,
+/// and returns the sequence numbers of the messages keyed `key`.
+fn scan_keyed(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    from: i64,
+    until: i64,
+) -> Result<BTreeSet<u32>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "logsphere-idempotency-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    let mut found = BTreeSet::new();
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "offsets {from}..{until} not read within {SCAN_TIMEOUT:?}"
+            ));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            // Offsets that hold no message (control records, compaction) end the range too.
+            let position = consumer.position().ok().and_then(|p| {
+                p.find_partition(topic, partition)
+                    .and_then(|e| e.offset().to_raw())
+            });
+            if position.is_some_and(|p| p >= until) {
+                return Ok(found);
+            }
+            continue;
+        };
+        let msg = msg.map_err(|e| e.to_string())?;
+        if msg.key() == Some(key.as_bytes()) {
+            let seq = msg.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == SEQ_HEADER)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u32>().ok())
+            });
+            if let Some(seq) = seq {
+                found.insert(seq);
+            }
+        }
+        if msg.offset() + 1 >= until {
+            return Ok(found);
+        }
     }
 }
 

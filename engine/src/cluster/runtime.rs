@@ -116,6 +116,11 @@ impl Cluster {
         }
     }
 
+    /// The producer HTTP ingest writes with.
+    pub(super) fn producer(&self) -> &LogProducer {
+        &self.producer
+    }
+
     /// Produces a request body to the ingest topic; answers after the brokers' ack.
     pub async fn produce(&self, body: &[u8]) -> Result<usize, EngineError> {
         self.producer

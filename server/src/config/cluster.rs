@@ -389,6 +389,8 @@ pub fn to_engine(
         ingest_key_lease: Duration::from_secs(cluster.ingest_key_lease_secs),
         ingest_key_retention: Duration::from_secs(cluster.ingest_key_retention_secs),
         fault_claim_pause: None,
+        fault_produce_fail_after: None,
+        fault_acked_pause: None,
     }
 }
 

@@ -421,3 +421,129 @@ async fn idempotency_key_claimed_by_a_killed_node_is_stored_once_after_the_lease
     );
     assert_stored_once(&names, &b, &topic, &["crash-1"]).await;
 }
+
+/// A produce that fails after part of the request was acknowledged (a broker timeout
+/// halfway): A answers 503, and the retry — here on B — produces only the records that are
+/// not in the topic. The topic holds each record once and every record is stored once, all
+/// in the one partition the key's records go to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_produce_failed_halfway_is_completed_not_repeated() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("idem_half");
+    create_topics(&names.brokers, &[&topic], PARTITIONS).await;
+    let a = node(
+        &names,
+        "a",
+        &topic,
+        "",
+        &[("LOGSPHERE_FAULT_INGEST_PRODUCE_FAIL_AFTER", "1")],
+    );
+    let b = node(&names, "b", &topic, "", &[]);
+    let (url_a, url_b) = (a.http_url(), b.http_url());
+    let failed =
+        tokio::task::spawn_blocking(move || post(&url_a, "half-1", Duration::from_secs(30)))
+            .await
+            .expect("client of A")
+            .expect("POST to A");
+    assert_eq!(failed.status, 503, "A's produce failed halfway: {failed:?}");
+    assert_eq!(
+        topic_messages(&names.brokers, &topic),
+        1,
+        "the failed attempt left one record in the topic"
+    );
+    let answers = tokio::task::spawn_blocking(move || {
+        post_until_stored(&url_b, "half-1", Duration::from_secs(60))
+    })
+    .await
+    .expect("client of B");
+    let last = answers.last().expect("an answer");
+    assert_eq!(
+        (last.status, last.body.as_str(), last.replayed),
+        (200, stored_answer().as_str(), false),
+        "B completes the request: {answers:?}"
+    );
+    assert!(
+        b.log().contains("producing only what is not in the topic"),
+        "B read what A had stored:\n{}",
+        b.log()
+    );
+    assert_stored_once(&names, &b, &topic, &["half-1"]).await;
+    let client = b.pg_client().await;
+    let partitions = client
+        .query_one(
+            "SELECT count(DISTINCT attr(attributes, 'kafka_partition')), \
+             count(DISTINCT attr(attributes, 'kafka_key')), min(attr(attributes, 'kafka_key')) \
+             FROM logs WHERE source = 'half-1'",
+            &[],
+        )
+        .await
+        .expect("partitions of the key's rows");
+    assert_eq!(
+        (
+            partitions.get::<_, i64>(0),
+            partitions.get::<_, i64>(1),
+            partitions.get::<_, Option<String>>(2)
+        ),
+        (1, 1, Some("half-1".to_string())),
+        "a key's records share one partition and carry the key"
+    );
+}
+
+/// A node killed after its records were acknowledged but before the key was marked done:
+/// after the lease, the retry on B finds every record in the topic, produces none, and
+/// answers as the first request would have. Nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_acknowledged_by_a_killed_node_is_not_produced_again() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("idem_acked");
+    create_topics(&names.brokers, &[&topic], PARTITIONS).await;
+    let lease_secs = 6;
+    let lease = format!("ingest_key_lease_secs = {lease_secs}");
+    let mut a = node(
+        &names,
+        "a",
+        &topic,
+        &lease,
+        &[("LOGSPHERE_FAULT_INGEST_ACKED_PAUSE_MS", "600000")],
+    );
+    let b = node(&names, "b", &topic, &lease, &[]);
+    let url_a = a.http_url();
+    let client_a = std::thread::spawn(move || post(&url_a, "acked-1", Duration::from_secs(120)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a
+        .log()
+        .contains("fault injection: pausing between the acknowledgements")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never produced the records:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill();
+    assert!(
+        client_a.join().expect("client of A").is_err(),
+        "A answered although killed"
+    );
+    assert_eq!(
+        topic_messages(&names.brokers, &topic),
+        RECORDS as i64,
+        "A's records were acknowledged before the kill"
+    );
+    let url_b = b.http_url();
+    let answers = tokio::task::spawn_blocking(move || {
+        post_until_stored(&url_b, "acked-1", Duration::from_secs(90))
+    })
+    .await
+    .expect("client of B");
+    let last = answers.last().expect("an answer");
+    assert_eq!(
+        (last.status, last.body.as_str()),
+        (200, stored_answer().as_str()),
+        "B answers as A would have: {answers:?}"
+    );
+    assert_stored_once(&names, &b, &topic, &["acked-1"]).await;
+}

@@ -51,6 +51,8 @@ pub enum KeyFinish {
 
 /// The prepared statements of `ingest_keys`.
 pub(super) struct KeyStatements {
+    start_read: PreparedStatement,
+    start_insert: PreparedStatement,
     claim: PreparedStatement,
     finish: PreparedStatement,
     insert_done: PreparedStatement,
@@ -98,7 +100,27 @@ impl KeyStatements {
         )
         .await?;
         read_serial.set_consistency(Consistency::LocalSerial);
+        // Where a key's records go, kept for the retention; written and read by the request
+        // that holds the claim (one at a time), at the write consistency.
+        let mut start_read = prepare(
+            session,
+            &format!("SELECT kpart, from_offset FROM {ks}.ingest_key_starts WHERE key = ?"),
+        )
+        .await?;
+        start_read.set_consistency(write);
+        let mut start_insert = prepare(
+            session,
+            &format!(
+                "INSERT INTO {ks}.ingest_key_starts (key, kpart, from_offset) VALUES (?, ?, ?) \
+                 USING TTL ?"
+            ),
+        )
+        .await?;
+        start_insert.set_consistency(write);
+        start_insert.set_is_idempotent(true);
         Ok(Self {
+            start_read,
+            start_insert,
             claim,
             finish,
             insert_done,
@@ -268,6 +290,45 @@ pub(super) async fn release(shared: &Shared, key: &str, token: &str) -> Result<(
         .execute_unpaged(&shared.keys.release, (key, token))
         .await
         .map_err(|e| err(format!("releasing Idempotency-Key {key:?}"), e))?;
+    Ok(())
+}
+
+/// Where `key`'s records go: the partition and the offset it ended at before the first
+/// attempt produced any (see `cluster/idempotency.rs`).
+pub(super) async fn start(shared: &Shared, key: &str) -> Result<Option<(i32, i64)>, EngineError> {
+    let context = || format!("reading where Idempotency-Key {key:?} stores its records");
+    let rows = shared
+        .session
+        .execute_unpaged(&shared.keys.start_read, (key,))
+        .await
+        .map_err(|e| err(context(), e))?
+        .into_rows_result()
+        .map_err(|e| err(context(), e))?;
+    rows.maybe_first_row::<(i32, i64)>()
+        .map_err(|e| err(context(), e))
+}
+
+/// Records where `key`'s records go, for `retention`, before the first of them is produced.
+pub(super) async fn record_start(
+    shared: &Shared,
+    key: &str,
+    partition: i32,
+    from_offset: i64,
+    retention: Duration,
+) -> Result<(), EngineError> {
+    shared
+        .session
+        .execute_unpaged(
+            &shared.keys.start_insert,
+            (key, partition, from_offset, secs(retention)),
+        )
+        .await
+        .map_err(|e| {
+            err(
+                format!("recording where Idempotency-Key {key:?} stores its records"),
+                e,
+            )
+        })?;
     Ok(())
 }
 

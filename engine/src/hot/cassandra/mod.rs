@@ -308,6 +308,22 @@ impl CassandraStore {
         keys::finish(&self.shared, key, token, answer, retention).await
     }
 
+    /// Where `key`'s records go (partition, offset before the first attempt), if recorded.
+    pub async fn ingest_key_start(&self, key: &str) -> Result<Option<(i32, i64)>, EngineError> {
+        keys::start(&self.shared, key).await
+    }
+
+    /// Records where `key`'s records go, for `retention`.
+    pub async fn record_ingest_key_start(
+        &self,
+        key: &str,
+        partition: i32,
+        from_offset: i64,
+        retention: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        keys::record_start(&self.shared, key, partition, from_offset, retention).await
+    }
+
     /// Gives `key` up if `token` holds it, so a retry can store the records.
     pub async fn release_ingest_key(&self, key: &str, token: &str) -> Result<(), EngineError> {
         keys::release(&self.shared, key, token).await

@@ -138,5 +138,9 @@ fn create_tables(ks: &str, ttl: Duration) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.ingest_keys (\
              key text PRIMARY KEY, state text, owner text, answer text)"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.ingest_key_starts (\
+             key text PRIMARY KEY, kpart int, from_offset bigint)"
+        ),
     ]
 }

@@ -5,6 +5,7 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers};
 use serde_json::Value;
 
+use crate::cluster::produce::SEQ_HEADER;
 use crate::ingest::{DecodeOptions, RecordDecoder, RecordFate};
 use crate::source::{PartitionId, SourcedBatch};
 
@@ -56,7 +57,6 @@ impl<'a> PendingBatch<'a> {
     pub(super) fn push(&mut self, msg: &BorrowedMessage<'_>) {
         let raw = msg.payload().unwrap_or_default();
         let offset = msg.offset();
-        let position = format!("{} offset {offset}", self.partition);
         let ingest_us = timestamp_ms(msg)
             .filter(|ms| *ms >= 0)
             .and_then(|ms| ms.checked_mul(1000))
@@ -64,7 +64,7 @@ impl<'a> PendingBatch<'a> {
         self.decoder.set_ingest_time(ingest_us);
         let fate = self.decoder.record(
             raw,
-            &position,
+            format_args!("{} offset {offset}", self.partition),
             Some(&self.partition.topic),
             kafka_attributes(msg),
         );
@@ -112,7 +112,8 @@ fn kafka_attributes(msg: &BorrowedMessage<'_>) -> Vec<(String, Value)> {
         extra.push(("kafka_timestamp_ms".to_string(), Value::from(ts)));
     }
     if let Some(headers) = msg.headers() {
-        for header in headers.iter() {
+        // The numbering of a keyed HTTP request's records is LogSphere's own bookkeeping.
+        for header in headers.iter().filter(|h| h.key != SEQ_HEADER) {
             let value = header
                 .value
                 .map(|v| Value::from(String::from_utf8_lossy(v).into_owned()))
