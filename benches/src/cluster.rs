@@ -60,6 +60,9 @@ pub struct ClusterArgs {
     /// Statements in flight in the scylla loop (LogSphere's cassandra.max_in_flight default).
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
+    /// Also run (b1), the scylla loop writing one row per insert (minutes; never the faster peer).
+    #[arg(long)]
+    single_row_peer: bool,
     /// Produce → visible: records/s of the steady load.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
@@ -119,7 +122,7 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
 
     let consume_secs = count_only(&args.kafka, &backlog, args.records)?;
     eprintln!("cluster: (a) rdkafka count-only consumer: {consume_secs:.1}s");
-    let (single_secs, batched_secs) = runtime.block_on(scylla_loop(args, stamp))?;
+    let (single_secs, batched_secs) = runtime.block_on(scylla_loop(args, stamp, &backlog))?;
 
     let cold = match &args.hdfs {
         Some(url) => format!("{}/bench_{stamp}", url.trim_end_matches('/')),
@@ -193,18 +196,21 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
     let rate = |secs: f64| args.records as f64 / secs.max(1e-9);
     let (a, b1, b2, ls) = (
         rate(consume_secs),
-        rate(single_secs),
+        single_secs.map(rate),
         rate(batched_secs),
         rate(logsphere_secs),
     );
-    let b = b1.max(b2);
+    let b = b1.unwrap_or(0.0).max(b2);
     let mut t = Table::new(&["path", "records/s", "÷ LogSphere"]);
-    for (name, r) in [
-        ("(a) rdkafka consumer, count only", a),
-        ("(b1) scylla loop, one insert per row", b1),
+    let mut paths = vec![("(a) rdkafka consumer, count only", a)];
+    if let Some(b1) = b1 {
+        paths.push(("(b1) scylla loop, one insert per row", b1));
+    }
+    paths.extend([
         ("(b2) scylla loop, unlogged batch per partition", b2),
         ("LogSphere: Kafka → Cassandra, progress fenced", ls),
-    ] {
+    ]);
+    for (name, r) in paths {
         t.row(vec![
             name.into(),
             thousands(r as u64),
@@ -339,13 +345,19 @@ fn count_only(brokers: &str, topic: &str, n: u64) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Peer (b): the seconds a scylla-driver loop takes to write `records` rows of LogSphere's
-/// row shape, `in_flight` statements at once: (b1) one insert per row, (b2) unlogged batches
-/// of one Cassandra partition, as LogSphere writes them.
-async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64)> {
+/// Peer (b): the seconds a scylla-driver loop takes to write `records` of the rows LogSphere
+/// writes, `in_flight` statements at once: (b1) one insert per row (with
+/// `--single-row-peer`), (b2) unlogged batches of one Cassandra partition, as LogSphere
+/// writes them.
+async fn scylla_loop(
+    args: &ClusterArgs,
+    stamp: u64,
+    topic: &str,
+) -> anyhow::Result<(Option<f64>, f64)> {
     use scylla::client::session_builder::SessionBuilder;
     use scylla::statement::Consistency;
-    use scylla::statement::batch::{Batch, BatchType};
+    // The table as LogSphere creates it with the default `cassandra.ttl_secs` (7 days): the
+    // hot tier's retention is a TTL, so every cell carries one, and TWCS windows of 7 hours.
     let session = Arc::new(
         SessionBuilder::new()
             .known_node(&args.cassandra)
@@ -371,7 +383,9 @@ async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64
                  kpart int, koffset bigint, source text, log_level text, message text, \
                  attributes text, ingest_time bigint, \
                  PRIMARY KEY ((bucket, shard), ts, topic, kpart, koffset)) \
-                 WITH compaction = {{'class': 'TimeWindowCompactionStrategy'}}"
+                 WITH compaction = {{'class': 'TimeWindowCompactionStrategy', \
+                 'compaction_window_unit': 'HOURS', 'compaction_window_size': 7}} \
+                 AND default_time_to_live = 604800"
             ),
             &[],
         )
@@ -395,14 +409,15 @@ async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64
         _ => Consistency::LocalQuorum,
     };
     insert.set_consistency(consistency);
-    let rows = PeerRows {
-        hosts: hosts(),
-        now_us: chrono::Utc::now().timestamp_micros(),
-        records: args.records,
-        partitions: args.partitions.max(1) as u64,
-    };
-    // (b1) one prepared insert per row.
+    let rows = PeerRows::new(topic, args.records, args.partitions.max(1) as u64)?;
+    // (b1) one prepared insert per row: slow (minutes for the full backlog), so only on
+    // request; (b2) is the faster way and the one the ratio is taken against.
     let started = Instant::now();
+    if !args.single_row_peer {
+        return batched(args, &session, &insert, consistency, &rows, &ks)
+            .await
+            .map(|b| (None, b));
+    }
     let written = futures::stream::iter(0..args.records)
         .map(|i| {
             let (session, insert, values) = (Arc::clone(&session), insert.clone(), rows.values(i));
@@ -416,7 +431,22 @@ async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64
         .query_unpaged(format!("TRUNCATE {ks}.logs"), &[])
         .await
         .context("truncate")?;
-    // (b2) unlogged batches of one Cassandra partition (one Kafka partition), ~40 KB each.
+    batched(args, &session, &insert, consistency, &rows, &ks)
+        .await
+        .map(|b| (Some(single_secs), b))
+}
+
+/// (b2): unlogged batches of one Cassandra partition (one Kafka partition), ~40 KB each, as
+/// LogSphere writes them; the seconds it took. Drops the peer's keyspace afterwards.
+async fn batched(
+    args: &ClusterArgs,
+    session: &Arc<scylla::client::session::Session>,
+    insert: &scylla::statement::prepared::PreparedStatement,
+    consistency: scylla::statement::Consistency,
+    rows: &PeerRows,
+    ks: &str,
+) -> anyhow::Result<f64> {
+    use scylla::statement::batch::{Batch, BatchType};
     const BATCH_ROWS: u64 = 150;
     let group = BATCH_ROWS * rows.partitions;
     let started = Instant::now();
@@ -433,12 +463,21 @@ async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64
                 batch.append_statement(insert.clone());
             }
             batch.set_consistency(consistency);
-            let session = Arc::clone(&session);
+            let session = Arc::clone(session);
+            // A write timeout is retried, as LogSphere retries it (the rows are idempotent):
+            // an overloaded Cassandra must slow the loop down, not end it.
             async move {
-                session
-                    .batch(&batch, values.as_slice())
-                    .await
-                    .map(|_| ids.len() as u64)
+                let mut attempt = 0;
+                loop {
+                    match session.batch(&batch, values.as_slice()).await {
+                        Ok(_) => return Ok(ids.len() as u64),
+                        Err(e) if attempt >= 8 => return Err(e),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+                        }
+                    }
+                }
             }
         })
         .buffer_unordered(args.in_flight.max(1));
@@ -448,46 +487,124 @@ async fn scylla_loop(args: &ClusterArgs, stamp: u64) -> anyhow::Result<(f64, f64
     let _ = session
         .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
         .await;
-    Ok((single_secs, batched_secs))
+    Ok(batched_secs)
 }
 
-/// The rows both peer loops write: LogSphere's row shape, one Kafka partition per shard.
+/// The rows both peer loops write: the rows LogSphere writes for the backlog — the same
+/// generator's records, decoded as LogSphere decodes them (level, message and host taken
+/// out, the rest in `attributes` with the `kafka_*` fields the Kafka source adds, keys in
+/// order) — so Cassandra is given the same bytes per row by both. The decoding is done
+/// once, before the clock starts, for a pool of distinct records; each row takes one and
+/// its own time, partition and offset.
 struct PeerRows {
-    hosts: Vec<String>,
+    pool: Vec<PoolRow>,
+    topic: String,
     now_us: i64,
     records: u64,
     partitions: u64,
+}
+
+/// One decoded record: its columns, and its attributes as (key, JSON value), sorted.
+struct PoolRow {
+    source: String,
+    level: String,
+    message: String,
+    attributes: Vec<(String, String)>,
 }
 
 type PeerRow = (
     i64,
     i16,
     i64,
-    &'static str,
+    String,
     i32,
     i64,
     String,
-    &'static str,
     String,
-    &'static str,
+    String,
+    String,
     i64,
 );
 
+/// Distinct records in the peer's pool.
+const POOL: u64 = 20_000;
+
 impl PeerRows {
+    fn new(topic: &str, records: u64, partitions: u64) -> anyhow::Result<Self> {
+        let hosts = hosts();
+        let mut rng = Rng::new(7);
+        let mut line = Vec::with_capacity(RECORD_BYTES + 16);
+        let mut pool = Vec::new();
+        for _ in 0..POOL {
+            line.clear();
+            write_record(&mut line, 0, &mut rng, &hosts);
+            let serde_json::Value::Object(mut obj) = serde_json::from_slice(&line)? else {
+                anyhow::bail!("a generated record is not a JSON object");
+            };
+            let mut text = |key: &str| match obj.remove(key) {
+                Some(serde_json::Value::String(s)) => s,
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            let (level, message, source) = (text("level"), text("message"), text("host"));
+            obj.remove("ts");
+            let attributes = obj.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+            pool.push(PoolRow {
+                source,
+                level,
+                message,
+                attributes,
+            });
+        }
+        Ok(Self {
+            pool,
+            topic: topic.to_string(),
+            now_us: chrono::Utc::now().timestamp_micros(),
+            records,
+            partitions,
+        })
+    }
+
     fn values(&self, i: u64) -> PeerRow {
         let ts = self.now_us - (self.records - i) as i64 * 10;
         let kpart = (i % self.partitions) as i32;
+        let offset = (i / self.partitions) as i64;
+        let row = &self.pool[(i % POOL) as usize];
+        let kafka = [
+            ("kafka_offset", offset.to_string()),
+            ("kafka_partition", kpart.to_string()),
+            ("kafka_timestamp_ms", (self.now_us / 1000).to_string()),
+        ];
+        let mut fields: Vec<(&str, &str)> = row
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(kafka.iter().map(|(k, v)| (*k, v.as_str())))
+            .collect();
+        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut attributes = String::with_capacity(192);
+        attributes.push('{');
+        for (n, (k, v)) in fields.iter().enumerate() {
+            if n > 0 {
+                attributes.push(',');
+            }
+            attributes.push('"');
+            attributes.push_str(k);
+            attributes.push_str("\":");
+            attributes.push_str(v);
+        }
+        attributes.push('}');
         (
             ts - ts.rem_euclid(600_000_000),
             (kpart % 8) as i16,
             ts,
-            "bench",
+            self.topic.clone(),
             kpart,
-            i as i64,
-            self.hosts[(i % self.hosts.len() as u64) as usize].clone(),
-            "INFO",
-            format!("GET /api/orders/{i} 200 12ms {}", "x".repeat(96)),
-            "{}",
+            offset,
+            row.source.clone(),
+            row.level.clone(),
+            row.message.clone(),
+            attributes,
             self.now_us,
         )
     }
@@ -518,7 +635,8 @@ fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::
     let pg = Pg::connect(server)?;
     let hosts = hosts();
     let mut rng = Rng::new(11);
-    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    // Marker id → (when it was sent, its timestamp).
+    let mut sent: HashMap<u64, (Instant, i64)> = HashMap::new();
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let started = Instant::now();
     let total = args.rate * args.latency_seconds;
@@ -538,7 +656,7 @@ fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::
                     "message": format!("marker {i}"),
                 })
                 .to_string();
-                sent.insert(i, Instant::now());
+                sent.insert(i, (Instant::now(), now_us));
                 send(&p, topic, marker.as_bytes());
             } else {
                 line.clear();
@@ -548,9 +666,19 @@ fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::
             i += 1;
         }
         p.poll(Duration::ZERO);
-        if Instant::now() >= next_poll {
+        // Only the markers not seen yet are looked for: the scan covers the seconds since
+        // the oldest of them, so the query's own time stays small next to what it measures.
+        let oldest_unseen = sent
+            .iter()
+            .filter(|(id, _)| !seen.contains_key(*id))
+            .map(|(_, (_, at_us))| *at_us)
+            .min();
+        if let Some(oldest_us) = oldest_unseen
+            && Instant::now() >= next_poll
+        {
             next_poll = Instant::now() + Duration::from_millis(50);
-            let since = chrono::Utc::now() - chrono::Duration::seconds(30);
+            let since =
+                chrono::DateTime::from_timestamp_micros(oldest_us - 1_000_000).unwrap_or_default();
             let rows = pg.query(&format!(
                 "SELECT message FROM logs_hot WHERE topic = '{topic}' AND source = 'bench-marker' \
                  AND timestamp >= TIMESTAMP '{}'",
@@ -560,7 +688,7 @@ fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::
             for row in rows {
                 let message: String = row.try_get(0).context("marker message")?;
                 if let Some(id) = message.strip_prefix("marker ").and_then(|s| s.parse().ok())
-                    && let Some(t) = sent.get(&id)
+                    && let Some((t, _)) = sent.get(&id)
                 {
                     seen.entry(id)
                         .or_insert_with(|| at.duration_since(*t).as_millis() as u64);
