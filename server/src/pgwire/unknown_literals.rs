@@ -1,0 +1,198 @@
+//! PostgreSQL's "unknown"-typed literals: a quoted constant takes its type from where it is
+//! used, so `pg_index.indisprimary = 'f'` (SQLAlchemy 1.4's index reflection, which Superset
+//! runs when a dataset is added) compares two booleans. DataFusion types every quoted literal
+//! as text and finds no common type for `Boolean = Utf8`.
+//!
+//! [`UnknownLiterals`] gives a string literal compared with a boolean expression the boolean
+//! that PostgreSQL's `boolin` reads from it (text that is no boolean is an error with SQLSTATE
+//! 22P02, as in PostgreSQL). It works in two places, both before DataFusion's type coercion
+//! and with the input schema at hand: as an `ExprPlanner` for comparisons as the SQL is
+//! planned (a projection's types are computed right then, so `SELECT indisprimary = 'f'`
+//! would fail before any later pass), and as a `FunctionRewrite` for `IN` lists and the
+//! comparisons other rewrites build.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, ExprSchema};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::BinaryOperator;
+
+/// The message prefix of a literal that is not valid input for its type (SQLSTATE 22P02,
+/// see `errors::classify_message`).
+pub(crate) const INVALID_INPUT: &str = "invalid input syntax for type";
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct UnknownLiterals;
+
+impl ExprPlanner for UnknownLiterals {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        let RawBinaryExpr { op, left, right } = expr;
+        let comparison = matches!(
+            op,
+            BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq
+        );
+        let (left, right) = if comparison {
+            typed_pair(left, right, schema)?.data
+        } else {
+            (left, right)
+        };
+        Ok(PlannerResult::Original(RawBinaryExpr { op, left, right }))
+    }
+}
+
+impl FunctionRewrite for UnknownLiterals {
+    fn name(&self) -> &str {
+        "pg_unknown_literals"
+    }
+
+    fn rewrite(
+        &self,
+        expr: Expr,
+        schema: &DFSchema,
+        _config: &ConfigOptions,
+    ) -> Result<Transformed<Expr>> {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) if is_comparison(op) => Ok(
+                typed_pair(*left, *right, schema)?.update_data(|(left, right)| {
+                    Expr::BinaryExpr(BinaryExpr {
+                        left: Box::new(left),
+                        op,
+                        right: Box::new(right),
+                    })
+                }),
+            ),
+            Expr::InList(InList {
+                expr,
+                list,
+                negated,
+            }) if is_boolean(&expr, schema) && list.iter().any(|e| text_literal(e).is_some()) => {
+                let list = list
+                    .iter()
+                    .map(|e| {
+                        if text_literal(e).is_some() {
+                            boolean_literal(e)
+                        } else {
+                            Ok(e.clone())
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Transformed::yes(Expr::InList(InList {
+                    expr,
+                    list,
+                    negated,
+                })))
+            }
+            other => Ok(Transformed::no(other)),
+        }
+    }
+}
+
+/// The two sides of a comparison, a text literal facing a boolean read as a boolean.
+fn typed_pair(left: Expr, right: Expr, schema: &DFSchema) -> Result<Transformed<(Expr, Expr)>> {
+    match (is_boolean(&left, schema), is_boolean(&right, schema)) {
+        (true, false) if text_literal(&right).is_some() => {
+            let right = boolean_literal(&right)?;
+            Ok(Transformed::yes((left, right)))
+        }
+        (false, true) if text_literal(&left).is_some() => {
+            let left = boolean_literal(&left)?;
+            Ok(Transformed::yes((left, right)))
+        }
+        _ => Ok(Transformed::no((left, right))),
+    }
+}
+
+fn is_comparison(op: Operator) -> bool {
+    matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom
+    )
+}
+
+/// Whether `expr` is a boolean; an expression whose type cannot be told yet is not.
+fn is_boolean(expr: &Expr, schema: &dyn ExprSchema) -> bool {
+    matches!(expr.get_type(schema), Ok(DataType::Boolean))
+}
+
+fn text_literal(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+            _,
+        ) => Some(s),
+        _ => None,
+    }
+}
+
+fn boolean_literal(expr: &Expr) -> Result<Expr> {
+    let text = text_literal(expr).unwrap_or_default();
+    let value = parse_bool(text)
+        .ok_or_else(|| DataFusionError::Plan(format!("{INVALID_INPUT} boolean: \"{text}\"")))?;
+    Ok(Expr::Literal(ScalarValue::Boolean(Some(value)), None))
+}
+
+/// PostgreSQL's `boolin`: `t`/`true`/`yes`/`on`/`1` and `f`/`false`/`no`/`off`/`0`, any
+/// case, surrounding white space ignored, any unique prefix of the words (`on`/`off` need
+/// two letters).
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
+    let t = text.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return None;
+    }
+    let prefix_of = |word: &str| word.starts_with(t.as_str());
+    match t.as_str() {
+        "1" => Some(true),
+        "0" => Some(false),
+        "o" => None,
+        _ if prefix_of("true") || prefix_of("yes") || (t.len() >= 2 && prefix_of("on")) => {
+            Some(true)
+        }
+        _ if prefix_of("false") || prefix_of("no") || (t.len() >= 2 && prefix_of("off")) => {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_read_as_postgres_reads_them() {
+        for t in ["t", "TRUE", " yes ", "y", "on", "1", "tr"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["f", "false", "No", "n", "off", "of", "0"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        for bad in ["", "o", "2", "truth", "maybe"] {
+            assert_eq!(parse_bool(bad), None, "{bad}");
+        }
+    }
+}
