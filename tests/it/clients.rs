@@ -1,6 +1,7 @@
 //! Real PostgreSQL clients beyond tokio-postgres and psql: psycopg 3, psycopg2, asyncpg and
 //! SQLAlchemy's inspector from the Python environment `scripts/test` builds
-//! (`LOGSPHERE_PYTHON`), and node-postgres, which the test installs with `npm ci`.
+//! (`LOGSPHERE_PYTHON`), node-postgres, which the test installs with `npm ci`, and Go's pgx,
+//! which the test builds with `go build`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -109,6 +110,57 @@ fn node_postgres_queries_with_bound_parameters() {
     assert!(
         out.status.success() && stdout.contains("node clients ok"),
         "node_clients.js failed:\n{stdout}\n{}\n--- server log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
+/// pgx (github.com/jackc/pgx/v5, the driver of Grafana's PostgreSQL data source, pinned by
+/// tests/clients/pgx/go.sum): bound text, int, timestamptz and NULL parameters, column
+/// names and type OIDs (`count` int8, `min` timestamptz), a timestamptz read as a
+/// `time.Time`, the simple protocol and an error's SQLSTATE. The program is built into the
+/// target dir with `go build` (`LOGSPHERE_GO`, default `go`); modules come from the Go module
+/// proxy into a cache under ~/.cache/logsphere/go.
+#[test]
+fn pgx_queries_with_bound_parameters() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/pgx");
+    let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgx_clients");
+    let cache = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned()))
+        .join(".cache/logsphere/go");
+    let go = std::env::var("LOGSPHERE_GO").unwrap_or_else(|_| "go".to_owned());
+    logsphere_tests::run_ok(
+        Command::new(go)
+            .args(["build", "-mod=readonly", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&src)
+            .env("GOPATH", &cache)
+            .env("GOMODCACHE", cache.join("mod"))
+            .env("GOCACHE", cache.join("build"))
+            .env("GOFLAGS", "-modcacherw")
+            // The installed toolchain, never one downloaded for go.mod's `go` line.
+            .env("GOTOOLCHAIN", "local"),
+        "go build tests/clients/pgx",
+        "Go 1.25+ on PATH",
+    );
+
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"error\",\"msg\":\"b\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T11:00:00Z\",\"level\":\"info\",\"msg\":\"c\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
+        "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
+    );
+    server.post_expect(body.as_bytes(), 5, 0);
+    let out = Command::new(&bin)
+        .arg(server.pg_port().to_string())
+        .output()
+        .expect("run pgx_clients");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pgx clients ok"),
+        "pgx_clients failed:\n{stdout}\n{}\n--- server log ---\n{}",
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );

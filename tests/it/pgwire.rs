@@ -109,6 +109,17 @@ async fn extended_query_binds_text_and_timestamp_parameters() {
         )
         .await;
     assert!(rows.is_ok(), "untyped timestamp parameter: {rows:?}");
+
+    // LIMIT $1 / OFFSET $2 are bigint, as PostgreSQL describes them (pgx and pgjdbc encode
+    // an integer by the type the server reports).
+    let statement = client
+        .prepare("SELECT x FROM generate_series(1, 10) AS t(x) ORDER BY x LIMIT $1 OFFSET $2")
+        .await
+        .unwrap();
+    assert_eq!(statement.params(), &[Type::INT8, Type::INT8]);
+    let rows = client.query(&statement, &[&3i64, &2i64]).await.unwrap();
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(xs, vec![3, 4, 5]);
 }
 
 #[tokio::test]
