@@ -23,14 +23,20 @@ pub(crate) fn python() -> String {
 
 /// Runs `tests/clients/<script> <pg port>` and asserts it exits 0 printing `ok_line`.
 pub(crate) fn run_client_script(server: &Server, script: &str, ok_line: &str) {
+    run_script_with(&python(), server, script, &[], ok_line);
+}
+
+/// [`run_client_script`] with another Python (another venv) and arguments after the port.
+fn run_script_with(python: &str, server: &Server, script: &str, args: &[&str], ok_line: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
         .join(script);
-    let out = Command::new(python())
+    let out = Command::new(python)
         .arg(&path)
         .arg(server.pg_port().to_string())
+        .args(args)
         .output()
-        .expect("run python");
+        .unwrap_or_else(|e| panic!("run {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -55,16 +61,41 @@ fn python_clients_query_with_bound_parameters() {
     run_client_script(&server, "python_clients.py", "all python clients ok");
 }
 
-#[test]
-fn sqlalchemy_inspector_reflects_logs() {
+fn inspector_server() -> Server {
     let server = Server::start();
     let body = concat!(
         "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
         "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"info\",\"msg\":\"b\",\"host\":\"web-2\"}\n",
     );
-    let (status, text) = server.post(body.as_bytes(), None).unwrap();
-    assert_eq!(status, 200, "{text}");
-    run_client_script(&server, "sqlalchemy_inspect.py", "sqlalchemy ok");
+    server.post_expect(body.as_bytes(), 2, 0);
+    server
+}
+
+/// SQLAlchemy 2.0's inspector over psycopg2 and psycopg 3 (the clients venv).
+#[test]
+fn sqlalchemy_inspector_reflects_logs() {
+    let server = inspector_server();
+    run_script_with(
+        &python(),
+        &server,
+        "sqlalchemy_inspect.py",
+        &["2.0"],
+        "sqlalchemy ok",
+    );
+}
+
+/// SQLAlchemy 1.4's inspector over psycopg2: the Superset venv's (Superset 6.1 pins 1.4),
+/// whose index and key queries differ from 2.0's.
+#[test]
+fn sqlalchemy_1_4_inspector_reflects_logs() {
+    let server = inspector_server();
+    run_script_with(
+        &crate::superset::superset_python(),
+        &server,
+        "sqlalchemy_inspect.py",
+        &["1.4"],
+        "sqlalchemy ok",
+    );
 }
 
 fn run_ok(cmd: &mut Command, what: &str) -> String {

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use logsphere_tests::Server;
 use serde_json::{Value, json};
 
-fn superset_python() -> String {
+pub(crate) fn superset_python() -> String {
     std::env::var("LOGSPHERE_SUPERSET_PYTHON").unwrap_or_else(|_| {
         panic!(
             "LOGSPHERE_SUPERSET_PYTHON is not set: it names a python with the packages of \
