@@ -8,8 +8,8 @@ migrations, an admin user, `init`'s roles and permissions), then drives its REST
 Flask's test client, in this process: the same views, commands, SQLAlchemy engine and
 psycopg2 connections as a Superset behind gunicorn, without a web server's start-up and
 port. Through the API it adds LogSphere as a database, lists schemas, tables and columns,
-creates a dataset on the physical table `logs` and asks `/api/v1/chart/data` for two
-charts. Any answer but 2xx stops the run with the body. The answers the test asserts are
+creates a dataset on the physical table `logs`, runs SQL Lab and asks
+`/api/v1/chart/data` for the charts a dashboard over logs would show. Any answer but 2xx stops the run with the body. The answers the test asserts are
 printed as one JSON object on a line starting `superset-result `.
 """
 import json
@@ -131,13 +131,13 @@ result["sqllab"] = {"columns": [c["column_name"] for c in lab["columns"]], "data
 log("SQL Lab query done")
 
 
-def chart_data(queries):
+def chart_data(queries, result_type="full"):
     body = {
         "datasource": {"id": ds_id, "type": "table"},
         "force": True,
         "queries": queries,
         "result_format": "json",
-        "result_type": "full",
+        "result_type": result_type,
     }
     answer = call("POST", "/api/v1/chart/data", body)
     return answer["result"][0]
@@ -185,6 +185,44 @@ def per_hour(time_range):
 result["per_hour_last_day"] = per_hour("Last day")
 result["per_hour_last_24h"] = per_hour('DATEADD(DATETIME("now"), -24, hour) : now')
 log("count per hour done")
+
+# A native filter's value list (dashboard filter on log_level), a table chart with an adhoc
+# filter and a calculated column over the attributes JSON, samples, and a day grain.
+result["level_values"] = call("GET", f"/api/v1/datasource/table/{ds_id}/column/log_level/values/")["result"]
+table = chart_data(
+    [
+        {
+            "columns": [
+                "log_level",
+                {"sqlExpression": "attributes::json ->> 'user'", "label": "user", "expressionType": "SQL"},
+            ],
+            "metrics": ["count"],
+            "filters": [{"col": "log_level", "op": "IN", "val": ["ERROR", "WARN"]}],
+            "orderby": [["count", False]],
+            "row_limit": 100,
+        }
+    ]
+)
+result["table_by_user"] = {"query": table["query"], "data": table["data"]}
+by_day = chart_data(
+    [
+        {
+            "columns": [
+                {"timeGrain": "P1D", "columnType": "BASE_AXIS", "sqlExpression": "timestamp",
+                 "label": "timestamp", "expressionType": "SQL"}
+            ],
+            "metrics": ["count"],
+            "filters": [{"col": "timestamp", "op": "TEMPORAL_RANGE", "val": "Last week"}],
+            "orderby": [["count", False]],
+            "row_limit": 1000,
+        }
+    ]
+)
+result["per_day_last_week"] = {"query": by_day["query"], "from_dttm": by_day.get("from_dttm"),
+                               "to_dttm": by_day.get("to_dttm"), "data": by_day["data"]}
+samples = chart_data([{"columns": [], "metrics": [], "row_limit": 3}], result_type="samples")
+result["samples"] = {"query": samples["query"], "data": samples["data"]}
+log("extras done")
 
 print("superset-result " + json.dumps(result, default=str), flush=True)
 print("superset ok")

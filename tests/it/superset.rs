@@ -1,9 +1,11 @@
 //! Apache Superset 6.1 (the real application from PyPI, in the venv `scripts/test` builds from
 //! tests/clients/superset-requirements.txt: `LOGSPHERE_SUPERSET_PYTHON`) against LogSphere:
 //! `tests/clients/superset_probe.py` adds LogSphere as a database through Superset's REST
-//! API, lists schemas, tables and columns, creates a dataset on the physical table `logs` and
-//! gets two charts' data from `/api/v1/chart/data`; this test asserts every answer against
-//! the records it ingested.
+//! API, lists schemas, tables and columns, creates a dataset on the physical table `logs`,
+//! runs SQL Lab and gets charts' data from `/api/v1/chart/data` (count by level, count per
+//! hour and per day under dashboard time ranges, a table with an adhoc filter and a
+//! calculated JSON column, a filter's value list, samples); this test asserts every answer
+//! against the records it ingested.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,10 +27,11 @@ pub(crate) fn superset_python() -> String {
     })
 }
 
-/// One ingested record: event time (s since the epoch) and level.
+/// One ingested record: event time (s since the epoch), level and the `user` attribute.
 struct Record {
     ts: i64,
     level: &'static str,
+    user: String,
 }
 
 /// Records over the last 60 hours, every 37 minutes, levels in a fixed rotation: some fall
@@ -39,24 +42,30 @@ fn records(now: i64) -> Vec<Record> {
         .map(|i| Record {
             ts: now - 300 - i * 37 * 60,
             level: LEVELS[(i as usize * 7) % LEVELS.len()],
+            user: format!("u{}", i % 3),
         })
         .collect()
 }
 
-/// Count per hour (bucket start in ms since the epoch) of the records in `[from, to)` (ms).
-fn per_hour(records: &[Record], from_ms: i64, to_ms: i64) -> BTreeMap<i64, i64> {
+/// Count per `bucket` seconds (bucket start in ms since the epoch) of the records in
+/// `[from, to)` (ms).
+fn per_bucket(records: &[Record], from_ms: i64, to_ms: i64, bucket: i64) -> BTreeMap<i64, i64> {
     let mut out = BTreeMap::new();
     for r in records {
         let ms = r.ts * 1000;
         if ms >= from_ms && ms < to_ms {
-            *out.entry(r.ts / 3600 * 3600 * 1000).or_insert(0) += 1;
+            *out.entry(r.ts / bucket * bucket * 1000).or_insert(0) += 1;
         }
     }
     out
 }
 
+fn per_hour(records: &[Record], from_ms: i64, to_ms: i64) -> BTreeMap<i64, i64> {
+    per_bucket(records, from_ms, to_ms, 3600)
+}
+
 /// A chart's `data` rows `{timestamp: ms, count: n}` as a map.
-fn chart_per_hour(chart: &Value) -> BTreeMap<i64, i64> {
+fn chart_per_time(chart: &Value) -> BTreeMap<i64, i64> {
     chart["data"]
         .as_array()
         .unwrap_or_else(|| panic!("no data rows in {chart}"))
@@ -89,7 +98,7 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
         rs.iter()
             .enumerate()
             .map(|(i, r)| {
-                json!({"ts": r.ts, "level": r.level, "msg": format!("event {i}"), "host": "web-1"})
+                json!({"ts": r.ts, "level": r.level, "msg": format!("event {i}"), "host": "web-1", "user": r.user})
                     .to_string()
                     + "\n"
             })
@@ -128,6 +137,8 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
         failed()
     );
     println!("superset_probe.py took {:?}", started.elapsed());
+    // The latest "now" Superset can have used for its time ranges.
+    let run_end = now + started.elapsed().as_secs() as i64 + 2;
     let result: Value = stdout
         .lines()
         .find_map(|l| l.strip_prefix("superset-result "))
@@ -205,7 +216,7 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
     assert_eq!(to % 86_400_000, 0, "Last day ends at midnight: {day}");
     assert_eq!(to - from, 86_400_000, "Last day is one day: {day}");
     assert!(
-        to <= (now + 60) * 1000 && (now - 60) * 1000 < to + 86_400_000,
+        to <= run_end * 1000 && now * 1000 < to + 86_400_000,
         "Last day is yesterday: {day}"
     );
     let query = day["query"].as_str().unwrap_or_default();
@@ -215,13 +226,12 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
     );
     let want = per_hour(&records, from, to);
     assert!(want.len() >= 20, "the records cover yesterday: {want:?}");
-    assert_eq!(chart_per_hour(day), want, "{day}");
+    assert_eq!(chart_per_time(day), want, "{day}");
 
     // ... and under the advanced range `DATEADD(DATETIME("now"), -24, hour) : now`.
     let last24 = &result["per_hour_last_24h"];
     let (from, to) = (ms(&last24["from_dttm"]), ms(&last24["to_dttm"]));
     assert_eq!(to - from, 86_400_000, "{last24}");
-    let run_end = now + started.elapsed().as_secs() as i64 + 2;
     assert!(
         (now - 1) * 1000 <= to && to <= run_end * 1000,
         "the range ends now: {last24}"
@@ -231,5 +241,81 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
         want.values().sum::<i64>() >= 35,
         "most of a day of records: {want:?}"
     );
-    assert_eq!(chart_per_hour(last24), want, "{last24}");
+    assert_eq!(chart_per_time(last24), want, "{last24}");
+
+    // A dashboard filter's value list for log_level: the distinct levels (in no order).
+    let mut levels: Vec<&str> = records.iter().map(|r| r.level).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let mut got: Vec<&str> = result["level_values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{result}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, levels, "{result}");
+
+    // A table chart: count by level and a calculated column over the attributes JSON
+    // (`attributes::json ->> 'user'`), under an adhoc filter `log_level IN ('ERROR', 'WARN')`.
+    let table = &result["table_by_user"];
+    let mut want: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| ["ERROR", "WARN"].contains(&r.level))
+    {
+        *want
+            .entry((r.level.to_owned(), r.user.clone()))
+            .or_insert(0) += 1;
+    }
+    let got: BTreeMap<(String, String), i64> = table["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{table}"))
+        .iter()
+        .map(|row| {
+            let text = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
+            (
+                (text("log_level"), text("user")),
+                row["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{table}");
+
+    // Count per day (time grain P1D) under "Last week": the seven days before today.
+    let week = &result["per_day_last_week"];
+    let (from, to) = (ms(&week["from_dttm"]), ms(&week["to_dttm"]));
+    assert_eq!((to % 86_400_000, to - from), (0, 7 * 86_400_000), "{week}");
+    let want = per_bucket(&records, from, to, 86_400);
+    assert!(want.len() >= 2, "{want:?}");
+    assert_eq!(chart_per_time(week), want, "{week}");
+
+    // The samples pane: the first rows with every column.
+    let samples = &result["samples"]["data"];
+    let rows = samples.as_array().unwrap_or_else(|| panic!("{samples}"));
+    assert_eq!(rows.len(), 3, "{samples}");
+    for row in rows {
+        let mut keys: Vec<&str> = row
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "attributes",
+                "ingest_time",
+                "log_level",
+                "message",
+                "source",
+                "timestamp",
+                "topic"
+            ],
+            "{samples}"
+        );
+        let attributes: Value =
+            serde_json::from_str(row["attributes"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+        assert!(attributes["user"].is_string(), "{samples}");
+    }
 }
