@@ -5,7 +5,8 @@
 //!
 //! [`UnknownLiterals`] gives a string literal compared with a boolean expression the boolean
 //! that PostgreSQL's `boolin` reads from it (text that is no boolean is an error with SQLSTATE
-//! 22P02, as in PostgreSQL). It works in two places, both before DataFusion's type coercion
+//! 22P02, as in PostgreSQL), and one compared with an interval that interval
+//! (`age = '1 hour'`); numbers, dates and timestamps DataFusion already coerces. It works in two places, both before DataFusion's type coercion
 //! and with the input schema at hand: as an `ExprPlanner` for comparisons as the SQL is
 //! planned (a projection's types are computed right then, so `SELECT indisprimary = 'f'`
 //! would fail before any later pass), and as a `FunctionRewrite` for `IN` lists and the
@@ -16,7 +17,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, ExprSchema};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::expr::{Cast, InList};
 use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
@@ -81,12 +82,15 @@ impl FunctionRewrite for UnknownLiterals {
                 expr,
                 list,
                 negated,
-            }) if is_boolean(&expr, schema) && list.iter().any(|e| text_literal(e).is_some()) => {
+            }) if list.iter().any(|e| text_literal(e).is_some())
+                && literal_target(&expr, schema).is_some() =>
+            {
+                let ty = literal_target(&expr, schema).unwrap_or(DataType::Utf8);
                 let list = list
                     .iter()
                     .map(|e| {
                         if text_literal(e).is_some() {
-                            boolean_literal(e)
+                            typed_literal(e, &ty)
                         } else {
                             Ok(e.clone())
                         }
@@ -103,19 +107,22 @@ impl FunctionRewrite for UnknownLiterals {
     }
 }
 
-/// The two sides of a comparison, a text literal facing a boolean read as a boolean.
+/// The two sides of a comparison, a text literal facing a boolean or an interval given that
+/// type.
 fn typed_pair(left: Expr, right: Expr, schema: &DFSchema) -> Result<Transformed<(Expr, Expr)>> {
-    match (is_boolean(&left, schema), is_boolean(&right, schema)) {
-        (true, false) if text_literal(&right).is_some() => {
-            let right = boolean_literal(&right)?;
-            Ok(Transformed::yes((left, right)))
-        }
-        (false, true) if text_literal(&left).is_some() => {
-            let left = boolean_literal(&left)?;
-            Ok(Transformed::yes((left, right)))
-        }
-        _ => Ok(Transformed::no((left, right))),
+    if text_literal(&right).is_some()
+        && let Some(ty) = literal_target(&left, schema)
+    {
+        let right = typed_literal(&right, &ty)?;
+        return Ok(Transformed::yes((left, right)));
     }
+    if text_literal(&left).is_some()
+        && let Some(ty) = literal_target(&right, schema)
+    {
+        let left = typed_literal(&left, &ty)?;
+        return Ok(Transformed::yes((left, right)));
+    }
+    Ok(Transformed::no((left, right)))
 }
 
 fn is_comparison(op: Operator) -> bool {
@@ -132,9 +139,23 @@ fn is_comparison(op: Operator) -> bool {
     )
 }
 
-/// Whether `expr` is a boolean; an expression whose type cannot be told yet is not.
-fn is_boolean(expr: &Expr, schema: &dyn ExprSchema) -> bool {
-    matches!(expr.get_type(schema), Ok(DataType::Boolean))
+/// The type a text literal facing `expr` takes, for the types DataFusion has no comparison
+/// coercion with text for (numbers, dates and timestamps it has): boolean and interval.
+/// `None` for other types and for an expression whose type cannot be told yet.
+fn literal_target(expr: &Expr, schema: &dyn ExprSchema) -> Option<DataType> {
+    match expr.get_type(schema) {
+        Ok(ty @ (DataType::Boolean | DataType::Interval(_))) => Some(ty),
+        _ => None,
+    }
+}
+
+/// The text literal `expr` as a value of `ty`: a boolean as `boolin` reads it, anything else
+/// by a cast (an interval's text as `'1 hour'::interval` reads it).
+fn typed_literal(expr: &Expr, ty: &DataType) -> Result<Expr> {
+    match ty {
+        DataType::Boolean => boolean_literal(expr),
+        _ => Ok(Expr::Cast(Cast::new(Box::new(expr.clone()), ty.clone()))),
+    }
 }
 
 fn text_literal(expr: &Expr) -> Option<&str> {
