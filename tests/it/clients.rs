@@ -149,7 +149,8 @@ fn node_postgres_queries_with_bound_parameters() {
 /// pgx (github.com/jackc/pgx/v5, the driver of Grafana's PostgreSQL data source, pinned by
 /// tests/clients/pgx/go.sum): bound text, int, timestamptz and NULL parameters, column
 /// names and type OIDs (`count` int8, `min` timestamptz), a timestamptz read as a
-/// `time.Time`, the simple protocol and an error's SQLSTATE. The program is built into the
+/// `time.Time`, a Grafana time-series query (macros expanded), the simple protocol and an
+/// error's SQLSTATE. The program is built into the
 /// target dir with `go build` (`LOGSPHERE_GO`, default `go`); modules come from the Go module
 /// proxy into a cache under ~/.cache/logsphere/go.
 #[test]

@@ -98,6 +98,22 @@ func main() {
 		pgx.QueryExecModeSimpleProtocol, "ERROR", int64(0)).Scan(&n))
 	check("simple protocol count", n, int64(3))
 
+	// A Grafana time-series panel's query after its macros are expanded:
+	// $__timeGroupAlias(timestamp, 1h) and $__timeFilter(timestamp) with RFC 3339 bounds.
+	rows, err = conn.Query(ctx, `SELECT floor(extract(epoch from "timestamp")/3600)*3600 AS "time", `+
+		`count(*) AS "value" FROM logs `+
+		`WHERE "timestamp" BETWEEN '2026-11-24T09:30:00Z' AND '2026-11-24T12:30:00Z' GROUP BY 1 ORDER BY 1`)
+	must("grafana time series", err)
+	got = nil
+	for rows.Next() {
+		var bucket float64
+		var value int64
+		must("scan", rows.Scan(&bucket, &value))
+		got = append(got, fmt.Sprintf("%s %d", time.Unix(int64(bucket), 0).UTC().Format("15:04"), value))
+	}
+	must("rows", rows.Err())
+	check("grafana time series per hour", got, []string{"10:00 2", "11:00 1", "12:00 1"})
+
 	// An error carries its SQLSTATE, and the connection stays usable after it.
 	_, err = conn.Exec(ctx, "SELECT * FROM no_such_table")
 	var pgErr *pgconn.PgError
