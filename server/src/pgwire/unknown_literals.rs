@@ -78,21 +78,27 @@ impl FunctionRewrite for UnknownLiterals {
                     })
                 }),
             ),
-            Expr::InList(InList {
-                expr,
-                list,
-                negated,
-            }) if list.iter().any(|e| text_literal(e).is_some())
-                && literal_target(&expr, schema).is_some() =>
-            {
-                let ty = literal_target(&expr, schema).unwrap_or(DataType::Utf8);
+            Expr::InList(in_list) => {
+                let target = if in_list.list.iter().any(|e| text_literal(e).is_some()) {
+                    literal_target(&in_list.expr, schema)
+                } else {
+                    None
+                };
+                let Some(ty) = target else {
+                    return Ok(Transformed::no(Expr::InList(in_list)));
+                };
+                let InList {
+                    expr,
+                    list,
+                    negated,
+                } = in_list;
                 let list = list
-                    .iter()
+                    .into_iter()
                     .map(|e| {
-                        if text_literal(e).is_some() {
-                            typed_literal(e, &ty)
+                        if text_literal(&e).is_some() {
+                            typed_literal(&e, &ty)
                         } else {
-                            Ok(e.clone())
+                            Ok(e)
                         }
                     })
                     .collect::<Result<Vec<_>>>()?;
