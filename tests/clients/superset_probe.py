@@ -45,15 +45,16 @@ import superset  # noqa: E402
 from superset.app import create_app  # noqa: E402
 
 log("superset imported")
-app = create_app()
 # The metadata database after `db upgrade`, `fab create-admin` and `init` depends only on this
 # Superset, not on LogSphere: built once per venv (~30 s of Alembic migrations and
-# permission syncing) and copied for later runs.
+# permission syncing) and copied for later runs, before the app opens it.
 TEMPLATE = os.path.join(sys.prefix, "logsphere-superset-metadata.db")
-if os.path.exists(TEMPLATE):
+fresh = not os.path.exists(TEMPLATE)
+if not fresh:
     shutil.copyfile(TEMPLATE, os.path.join(WORK, "superset.db"))
     log("metadata database copied from " + TEMPLATE)
-else:
+app = create_app()
+if fresh:
     with app.app_context():
         from superset.extensions import appbuilder, security_manager
 
@@ -70,8 +71,11 @@ else:
         if not admin:
             sys.exit("cannot create the admin user")
         log("init and admin user done")
-    shutil.copyfile(os.path.join(WORK, "superset.db"), TEMPLATE + ".tmp")
-    os.replace(TEMPLATE + ".tmp", TEMPLATE)
+    try:
+        shutil.copyfile(os.path.join(WORK, "superset.db"), TEMPLATE + ".tmp")
+        os.replace(TEMPLATE + ".tmp", TEMPLATE)
+    except OSError as e:  # a read-only venv: the next run migrates again
+        log(f"cannot keep the metadata database in {TEMPLATE}: {e}")
 
 client = app.test_client()
 result = {}
