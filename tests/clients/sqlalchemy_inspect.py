@@ -1,13 +1,16 @@
-"""SQLAlchemy 2.x reflection (what Superset and Alembic do when a database is added) over
-psycopg2 and psycopg 3: table names, columns, primary key and indexes of `logs`.
+"""SQLAlchemy reflection (what Superset and Alembic do when a database is added): table
+names, columns, primary key and indexes of `logs`, over psycopg2 and, on SQLAlchemy 2.x
+(whose first release has the dialect), psycopg 3. Runs on SQLAlchemy 1.4 (Superset 6.1's
+venv) and 2.x (the clients venv).
 
-Usage: sqlalchemy_inspect.py PG_PORT — exits non-zero with a message on the first wrong answer.
+Usage: sqlalchemy_inspect.py PG_PORT SQLALCHEMY_VERSION — the version (e.g. `1.4`) that must
+be installed; exits non-zero with a message on the first wrong answer.
 """
 import sys
 
 import sqlalchemy as sa
 
-PORT = sys.argv[1]
+PORT, VERSION = sys.argv[1], sys.argv[2]
 
 
 def check(what, got, want):
@@ -16,7 +19,9 @@ def check(what, got, want):
     print(f"ok: {what} = {got!r}")
 
 
-for driver in ["psycopg2", "psycopg"]:
+check(f"sqlalchemy {sa.__version__} is {VERSION}.x", sa.__version__.startswith(VERSION + "."), True)
+drivers = ["psycopg2"] if sa.__version__.startswith("1.") else ["psycopg2", "psycopg"]
+for driver in drivers:
     engine = sa.create_engine(f"postgresql+{driver}://logsphere@127.0.0.1:{PORT}/logsphere")
     insp = sa.inspect(engine)
     check(f"{driver} schemas", insp.get_schema_names(), ["public"])

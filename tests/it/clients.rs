@@ -1,6 +1,7 @@
 //! Real PostgreSQL clients beyond tokio-postgres and psql: psycopg 3, psycopg2, asyncpg and
 //! SQLAlchemy's inspector from the Python environment `scripts/test` builds
-//! (`LOGSPHERE_PYTHON`), and node-postgres, which the test installs with `npm ci`.
+//! (`LOGSPHERE_PYTHON`), node-postgres, which the test installs with `npm ci`, and Go's pgx,
+//! which the test builds with `go build`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,14 +23,20 @@ pub(crate) fn python() -> String {
 
 /// Runs `tests/clients/<script> <pg port>` and asserts it exits 0 printing `ok_line`.
 pub(crate) fn run_client_script(server: &Server, script: &str, ok_line: &str) {
+    run_script_with(&python(), server, script, &[], ok_line);
+}
+
+/// [`run_client_script`] with another Python (another venv) and arguments after the port.
+fn run_script_with(python: &str, server: &Server, script: &str, args: &[&str], ok_line: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
         .join(script);
-    let out = Command::new(python())
+    let out = Command::new(python)
         .arg(&path)
         .arg(server.pg_port().to_string())
+        .args(args)
         .output()
-        .expect("run python");
+        .unwrap_or_else(|e| panic!("run {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -54,16 +61,41 @@ fn python_clients_query_with_bound_parameters() {
     run_client_script(&server, "python_clients.py", "all python clients ok");
 }
 
-#[test]
-fn sqlalchemy_inspector_reflects_logs() {
+fn inspector_server() -> Server {
     let server = Server::start();
     let body = concat!(
         "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
         "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"info\",\"msg\":\"b\",\"host\":\"web-2\"}\n",
     );
-    let (status, text) = server.post(body.as_bytes(), None).unwrap();
-    assert_eq!(status, 200, "{text}");
-    run_client_script(&server, "sqlalchemy_inspect.py", "sqlalchemy ok");
+    server.post_expect(body.as_bytes(), 2, 0);
+    server
+}
+
+/// SQLAlchemy 2.0's inspector over psycopg2 and psycopg 3 (the clients venv).
+#[test]
+fn sqlalchemy_inspector_reflects_logs() {
+    let server = inspector_server();
+    run_script_with(
+        &python(),
+        &server,
+        "sqlalchemy_inspect.py",
+        &["2.0"],
+        "sqlalchemy ok",
+    );
+}
+
+/// SQLAlchemy 1.4's inspector over psycopg2: the Superset venv's (Superset 6.1 pins 1.4),
+/// whose index and key queries differ from 2.0's.
+#[test]
+fn sqlalchemy_1_4_inspector_reflects_logs() {
+    let server = inspector_server();
+    run_script_with(
+        &crate::superset::superset_python(),
+        &server,
+        "sqlalchemy_inspect.py",
+        &["1.4"],
+        "sqlalchemy ok",
+    );
 }
 
 fn run_ok(cmd: &mut Command, what: &str) -> String {
@@ -109,6 +141,58 @@ fn node_postgres_queries_with_bound_parameters() {
     assert!(
         out.status.success() && stdout.contains("node clients ok"),
         "node_clients.js failed:\n{stdout}\n{}\n--- server log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
+/// pgx (github.com/jackc/pgx/v5, the driver of Grafana's PostgreSQL data source, pinned by
+/// tests/clients/pgx/go.sum): bound text, int, timestamptz and NULL parameters, column
+/// names and type OIDs (`count` int8, `min` timestamptz), a timestamptz read as a
+/// `time.Time`, a Grafana time-series query (macros expanded), the simple protocol and an
+/// error's SQLSTATE. The program is built into the
+/// target dir with `go build` (`LOGSPHERE_GO`, default `go`); modules come from the Go module
+/// proxy into a cache under ~/.cache/logsphere/go.
+#[test]
+fn pgx_queries_with_bound_parameters() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/pgx");
+    let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgx_clients");
+    let cache = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned()))
+        .join(".cache/logsphere/go");
+    let go = std::env::var("LOGSPHERE_GO").unwrap_or_else(|_| "go".to_owned());
+    logsphere_tests::run_ok(
+        Command::new(go)
+            .args(["build", "-mod=readonly", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&src)
+            .env("GOPATH", &cache)
+            .env("GOMODCACHE", cache.join("mod"))
+            .env("GOCACHE", cache.join("build"))
+            .env("GOFLAGS", "-modcacherw")
+            // The installed toolchain, never one downloaded for go.mod's `go` line.
+            .env("GOTOOLCHAIN", "local"),
+        "go build tests/clients/pgx",
+        "Go 1.25+ on PATH",
+    );
+
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"error\",\"msg\":\"b\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T11:00:00Z\",\"level\":\"info\",\"msg\":\"c\",\"host\":\"web-1\"}\n",
+        "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
+        "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
+    );
+    server.post_expect(body.as_bytes(), 5, 0);
+    let out = Command::new(&bin)
+        .arg(server.pg_port().to_string())
+        .output()
+        .expect("run pgx_clients");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pgx clients ok"),
+        "pgx_clients failed:\n{stdout}\n{}\n--- server log ---\n{}",
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );

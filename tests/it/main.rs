@@ -15,4 +15,5 @@ mod services;
 mod shippers;
 mod sinks;
 mod slt;
+mod superset;
 mod webhook_receiver;

@@ -109,6 +109,17 @@ async fn extended_query_binds_text_and_timestamp_parameters() {
         )
         .await;
     assert!(rows.is_ok(), "untyped timestamp parameter: {rows:?}");
+
+    // LIMIT $1 / OFFSET $2 are bigint, as PostgreSQL describes them (pgx and pgjdbc encode
+    // an integer by the type the server reports).
+    let statement = client
+        .prepare("SELECT x FROM generate_series(1, 10) AS t(x) ORDER BY x LIMIT $1 OFFSET $2")
+        .await
+        .unwrap();
+    assert_eq!(statement.params(), &[Type::INT8, Type::INT8]);
+    let rows = client.query(&statement, &[&3i64, &2i64]).await.unwrap();
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(xs, vec![3, 4, 5]);
 }
 
 #[tokio::test]
@@ -759,4 +770,84 @@ async fn a_client_that_stops_reading_holds_no_server_memory() {
         "others are served"
     );
     drop(slow);
+}
+
+/// psql's `\watch`: the query runs again every interval and each run sees the records
+/// ingested since. psql 15 has no iteration count (16 does), so the test reads the output as
+/// it comes and stops psql itself once it has seen the new count.
+#[test]
+fn psql_watch_reruns_the_query() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let server = Server::start();
+    let record = |i: usize| {
+        format!("{{\"ts\":\"2026-11-24T10:00:0{i}Z\",\"level\":\"info\",\"msg\":\"w{i}\"}}\n")
+    };
+    server.post_expect((0..2).map(record).collect::<String>().as_bytes(), 2, 0);
+
+    let mut child = Command::new("/usr/bin/psql")
+        .args(["-X", "-A", "-h", "127.0.0.1", "-p"])
+        .arg(server.pg_port().to_string())
+        .args(["-U", "logsphere", "logsphere"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    let mut stdin = child.stdin.take().expect("psql stdin");
+    stdin
+        .write_all(b"SELECT count(*) AS n FROM logs \\watch 0.2\n")
+        .expect("write to psql");
+    let stdout = child.stdout.take().expect("psql stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // Each run prints: the title `<time> (every 0.2s)`, a blank line, `n`, the count,
+    // `(1 row)`. The counts seen, in order, until 5 shows up (or the deadline).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut lines, mut counts) = (Vec::new(), Vec::new());
+    let mut posted_more = false;
+    while Instant::now() < deadline && !counts.contains(&5) {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if lines.last().is_some_and(|l: &String| l == "n") {
+            counts.push(line.parse::<i64>().unwrap_or(-1));
+        }
+        lines.push(line);
+        // Two runs have shown 2: three more records, which a later run must count.
+        if !posted_more && counts.iter().filter(|&&n| n == 2).count() >= 2 {
+            server.post_expect((2..5).map(record).collect::<String>().as_bytes(), 3, 0);
+            posted_more = true;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let output = format!("{}\n{stderr}", lines.join("\n"));
+    assert!(counts.len() >= 3, "at least three runs: {output}");
+    assert!(
+        counts.starts_with(&[2, 2]) && counts.last() == Some(&5),
+        "counts {counts:?}: {output}"
+    );
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]) && counts.iter().all(|n| (2..=5).contains(n)),
+        "counts {counts:?}: {output}"
+    );
+    let titles = lines.iter().filter(|l| l.ends_with("(every 0.2s)")).count();
+    assert_eq!(titles, counts.len(), "one title per run: {output}");
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
@@ -29,6 +30,7 @@ use datafusion_pg_catalog::pg_catalog::{
 use super::info_schema;
 use super::pg_compat::{self, PgCatalogOverlay, TypeNames};
 use super::session::{SharedVars, lock};
+use super::unknown_literals::UnknownLiterals;
 
 /// The shared, decoded part of `pg_catalog`.
 pub(crate) struct PgCatalog {
@@ -118,9 +120,11 @@ impl PgCatalog {
         {
             let state = ctx.state_ref();
             let existing = state.read().clone();
-            let new_state = SessionStateBuilder::new_from_existing(existing)
+            let mut new_state = SessionStateBuilder::new_from_existing(existing)
                 .with_type_planner(Arc::new(oid_type_planner::PgOidTypePlanner))
                 .build();
+            new_state.register_function_rewrite(Arc::new(UnknownLiterals))?;
+            new_state.register_expr_planner(Arc::new(UnknownLiterals))?;
             *state.write() = new_state;
         }
         generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);

@@ -20,6 +20,7 @@ pub(crate) mod sqlstate {
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const DATA_EXCEPTION: &str = "22000";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
     pub const INVALID_DATETIME_FORMAT: &str = "22007";
     pub const DIVISION_BY_ZERO: &str = "22012";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
@@ -153,6 +154,8 @@ fn classify_message(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
     if m.starts_with("unrecognized configuration parameter") {
         sqlstate::UNDEFINED_OBJECT
+    } else if m.starts_with(super::unknown_literals::INVALID_INPUT) {
+        sqlstate::INVALID_TEXT_REPRESENTATION
     } else if m.starts_with("permission denied") {
         sqlstate::INSUFFICIENT_PRIVILEGE
     } else if m.starts_with("table '") && m.contains("' not found") {

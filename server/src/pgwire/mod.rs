@@ -17,6 +17,7 @@
 //! - `session`: run-time parameters and per-session DataFusion options;
 //! - `catalog`: `pg_catalog` and the PostgreSQL functions clients expect;
 //! - `pg_compat`: catalog tables, functions and SQL rewrites BI tools and drivers need;
+//! - `unknown_literals`: quoted literals typed by their context (`indisprimary = 'f'`);
 //! - `column_names`: output column names as PostgreSQL gives them (`count`, `?column?`);
 //! - `statements`: the entry point for LogSphere's own statements;
 //! - `errors`: SQLSTATE mapping;
@@ -43,6 +44,7 @@ mod session;
 mod simple;
 mod statements;
 mod tls;
+mod unknown_literals;
 
 pub use tls::acceptor as tls_acceptor;
 

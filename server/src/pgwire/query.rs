@@ -414,13 +414,23 @@ fn ddl_name(ddl: &DdlStatement) -> String {
 }
 
 /// The Arrow types of `$1..$n`, in order: from the plan's inference, else from an explicit
-/// cast (`$1::timestamptz`).
+/// cast (`$1::timestamptz`), else `bigint` for a `LIMIT $n` / `OFFSET $n` (as PostgreSQL
+/// types them; pgx and JDBC encode the value by the type the server reports).
 fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
     let mut inferred = plan
         .get_parameter_types()
         .map_err(|e| errors::datafusion_error(&e))?;
     if inferred.values().any(Option::is_none) {
         let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::Limit(limit) = node {
+                for e in limit.skip.iter().chain(limit.fetch.iter()) {
+                    if let Expr::Placeholder(ph) = e.as_ref()
+                        && let Some(slot @ None) = inferred.get_mut(&ph.id)
+                    {
+                        *slot = Some(DataType::Int64);
+                    }
+                }
+            }
             for expr in node.expressions() {
                 let _ = expr.apply(|e| {
                     if let Expr::Cast(cast) = e
