@@ -352,6 +352,42 @@ async fn idempotency_key_on_two_nodes_stores_once_even_at_once() {
     assert_stored_once(&names, &a, &topic, &keys).await;
 }
 
+/// Nodes A (with the fault point `fault` pausing it) and B on `topic`, with a 6 s lease:
+/// posts `key` to A, waits for A to log `marker` (it is paused there), kills A and checks
+/// its client got no answer. B, the lease, and when A was killed.
+async fn kill_a_in_fault(
+    names: &Names,
+    topic: &str,
+    key: &'static str,
+    fault: &str,
+    marker: &str,
+) -> (Server, Duration, Instant) {
+    let lease = Duration::from_secs(6);
+    let lease_key = format!("ingest_key_lease_secs = {}", lease.as_secs());
+    let mut a = node(names, "a", topic, &lease_key, &[(fault, "600000")]);
+    let b = node(names, "b", topic, &lease_key, &[]);
+    let url_a = a.http_url();
+    // The client of A: its request hangs in the pause, then the connection dies.
+    let client_a = std::thread::spawn(move || post(&url_a, key, Duration::from_secs(120)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log().contains(marker) {
+        assert!(
+            Instant::now() < deadline,
+            "A never reached {marker:?}:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Instant::now();
+    a.kill();
+    let a_answer = client_a.join().expect("client of A");
+    assert!(
+        a_answer.is_err(),
+        "A answered although killed: {a_answer:?}"
+    );
+    (b, lease, killed)
+}
+
 /// A node killed between claiming a key and producing leaves the key `pending`: another node
 /// answers 409 with Retry-After while the lease runs, then stores the records, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,38 +396,15 @@ async fn idempotency_key_claimed_by_a_killed_node_is_stored_once_after_the_lease
     let names = Names::new();
     let topic = unique_name("idem_kill");
     create_topics(&names.brokers, &[&topic], PARTITIONS).await;
-    let lease_secs = 6;
-    let lease = format!("ingest_key_lease_secs = {lease_secs}");
-    let mut a = node(
+    let (b, lease, claimed) = kill_a_in_fault(
         &names,
-        "a",
         &topic,
-        &lease,
-        &[("LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS", "600000")],
-    );
-    let b = node(&names, "b", &topic, &lease, &[]);
-    let url_a = a.http_url();
-    // The client of A: its request hangs in the pause, then the connection dies.
-    let client_a = std::thread::spawn(move || post(&url_a, "crash-1", Duration::from_secs(120)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a
-        .log()
-        .contains("fault injection: pausing between claiming")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "A never claimed the key:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let claimed = Instant::now();
-    a.kill();
-    let a_answer = client_a.join().expect("client of A");
-    assert!(
-        a_answer.is_err(),
-        "A answered although killed: {a_answer:?}"
-    );
+        "crash-1",
+        "LOGSPHERE_FAULT_INGEST_CLAIM_PAUSE_MS",
+        "fault injection: pausing between claiming",
+    )
+    .await;
+    let lease_secs = lease.as_secs();
     let url_b = b.http_url();
     let (first, answered_after, answers) = tokio::task::spawn_blocking(move || {
         let first = post(&url_b, "crash-1", Duration::from_secs(30)).expect("POST to B");
@@ -499,35 +512,14 @@ async fn idempotency_key_acknowledged_by_a_killed_node_is_not_produced_again() {
     let names = Names::new();
     let topic = unique_name("idem_acked");
     create_topics(&names.brokers, &[&topic], PARTITIONS).await;
-    let lease_secs = 6;
-    let lease = format!("ingest_key_lease_secs = {lease_secs}");
-    let mut a = node(
+    let (b, _, _) = kill_a_in_fault(
         &names,
-        "a",
         &topic,
-        &lease,
-        &[("LOGSPHERE_FAULT_INGEST_ACKED_PAUSE_MS", "600000")],
-    );
-    let b = node(&names, "b", &topic, &lease, &[]);
-    let url_a = a.http_url();
-    let client_a = std::thread::spawn(move || post(&url_a, "acked-1", Duration::from_secs(120)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a
-        .log()
-        .contains("fault injection: pausing between the acknowledgements")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "A never produced the records:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    a.kill();
-    assert!(
-        client_a.join().expect("client of A").is_err(),
-        "A answered although killed"
-    );
+        "acked-1",
+        "LOGSPHERE_FAULT_INGEST_ACKED_PAUSE_MS",
+        "fault injection: pausing between the acknowledgements",
+    )
+    .await;
     assert_eq!(
         topic_messages(&names.brokers, &topic),
         RECORDS as i64,

@@ -208,7 +208,9 @@ impl Bulk {
                 .split(|c| *c == b'\n')
                 .take(self.shipped.records)
                 .enumerate()
-                .map(|(i, line)| decoder.record(line, &format!("line {}", i + 1), None, Vec::new()))
+                .map(|(i, line)| {
+                    decoder.record(line, format_args!("line {}", i + 1), None, Vec::new())
+                })
                 .collect()
         };
         let decoded = decoder.finish();
