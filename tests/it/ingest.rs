@@ -337,17 +337,28 @@ fn ingest_beyond_the_concurrency_limit_gets_429_and_stores_nothing() {
     let server = Server::start_with_config("[http]\nmax_concurrent_requests = 1\n");
     let addr = server.http_url().trim_start_matches("http://").to_string();
     // Headers announce 1000 bytes; the body never comes: the request holds its slot.
-    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
-    slow.write_all(
-        b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
-          Content-Length: 1000\r\n\r\n{\"message\":",
-    )
-    .expect("send headers");
+    let open_slow = || {
+        let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+        slow.write_all(
+            b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
+              Content-Length: 1000\r\n\r\n{\"message\":",
+        )
+        .expect("send headers");
+        slow.set_nonblocking(true).expect("nonblocking");
+        slow
+    };
+    let mut slow = open_slow();
     let record = b"{\"message\":\"hello\"}\n";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // Until the server has the slow request's headers, a POST may still get in.
+    // Until the server has the slow request's headers, a POST may still get in; and if the
+    // slow request's headers arrive while such a POST holds the slot, the slow one is the
+    // request refused (it is answered 429 and holds nothing): then open another.
     let mut admitted = 0;
     let (status, body) = loop {
+        let mut peek = [0u8; 1];
+        if matches!(slow.peek(&mut peek), Ok(n) if n > 0) {
+            slow = open_slow();
+        }
         let answer = server.post(record, None).expect("POST");
         if answer.0 == 429 || std::time::Instant::now() > deadline {
             break answer;
