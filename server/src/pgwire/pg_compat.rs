@@ -599,6 +599,155 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
+/// PostgreSQL's `format(formatstr, args…)`: `%s` (text; NULL is empty), `%I` (an identifier,
+/// quoted when it must be), `%L` (a literal, `NULL` for NULL), `%%`, each optionally with an
+/// argument position (`%2$s`). Metabase builds `regclass` names with `format('%I.%I', …)`
+/// and type names with `format('%s', …)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Format {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Format {
+    fn name(&self) -> &str {
+        "format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some((template, values)) = arrays.split_first() else {
+            return Err(DataFusionError::Plan(
+                "format() needs a format string".to_owned(),
+            ));
+        };
+        let mut out = StringBuilder::with_capacity(rows, rows * 16);
+        for row in 0..rows {
+            let text = |a: &ArrayRef| -> Result<Option<String>> {
+                Ok(match ScalarValue::try_from_array(a, row)? {
+                    v if v.is_null() => None,
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s)) => Some(s),
+                    other => Some(other.to_string()),
+                })
+            };
+            match text(template)? {
+                None => out.append_null(),
+                Some(t) => {
+                    let args = values.iter().map(text).collect::<Result<Vec<_>>>()?;
+                    out.append_value(pg_format(&t, &args)?);
+                }
+            }
+        }
+        finish(Arc::new(out.finish()), scalar)
+    }
+}
+
+/// [`Format`] of one row.
+fn pg_format(template: &str, args: &[Option<String>]) -> Result<String> {
+    let err = |m: String| DataFusionError::Execution(m);
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut next = 0usize;
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        // An argument position: digits followed by `$`.
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let position = if digits.is_empty() {
+            None
+        } else if chars.next_if_eq(&'$').is_some() {
+            let n: usize = digits
+                .parse()
+                .map_err(|_| err(format!("format(): bad argument position {digits}")))?;
+            Some(
+                n.checked_sub(1)
+                    .ok_or_else(|| err("format(): argument positions start at 1".to_owned()))?,
+            )
+        } else {
+            return Err(err("format(): widths are not supported".to_owned()));
+        };
+        let kind = chars
+            .next()
+            .ok_or_else(|| err("unterminated format() type specifier".to_owned()))?;
+        if kind == '%' && position.is_none() {
+            out.push('%');
+            continue;
+        }
+        let i = position.unwrap_or(next);
+        next = i + 1;
+        let arg = args
+            .get(i)
+            .ok_or_else(|| err("too few arguments for format()".to_owned()))?;
+        match (kind, arg) {
+            ('s', Some(v)) => out.push_str(v),
+            ('s', None) => {}
+            ('I', Some(v)) => out.push_str(&quote_identifier(v)),
+            ('I', None) => {
+                return Err(err(
+                    "null values cannot be formatted as an SQL identifier".to_owned()
+                ));
+            }
+            ('L', Some(v)) => {
+                if v.contains('\\') {
+                    out.push('E');
+                }
+                out.push('\'');
+                for ch in v.chars() {
+                    match ch {
+                        '\'' => out.push_str("''"),
+                        '\\' => out.push_str("\\\\"),
+                        ch => out.push(ch),
+                    }
+                }
+                out.push('\'');
+            }
+            ('L', None) => out.push_str("NULL"),
+            (other, _) => {
+                return Err(err(format!(
+                    "unrecognized format() type specifier \"{other}\""
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `quote_ident`: as is when it is a plain lower-case identifier, else double-quoted.
+fn quote_identifier(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 /// The catalog functions this module adds, for `PgCatalog::install`.
 pub(crate) fn udfs(types: &Arc<TypeNames>) -> Vec<ScalarUDF> {
     let mut udfs = vec![
@@ -611,6 +760,9 @@ pub(crate) fn udfs(types: &Arc<TypeNames>) -> Vec<ScalarUDF> {
             signature: Signature::any(1, Volatility::Immutable),
         }),
         ScalarUDF::new_from_impl(JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(Format {
             signature: Signature::variadic_any(Volatility::Stable),
         }),
     ];
@@ -747,6 +899,14 @@ impl VisitorMut for FunctionAliases {
     }
 }
 
+/// The oid of the relation a name (possibly schema-qualified or quoted) names; NULL for none.
+fn regclass_lookup(name: &Expr) -> Option<Expr> {
+    parse_expr(&format!(
+        "(SELECT max(c.oid) FROM pg_catalog.pg_class c WHERE c.relname = \
+         btrim(regexp_replace(CAST({name} AS TEXT), '^.*\\.', ''), '\"'))"
+    ))
+}
+
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
         Expr::Function(f) => {
@@ -788,15 +948,23 @@ fn rewrite_expr(expr: &mut Expr) {
                     *expr = function("unnest", vec![function(EXPAND_ARRAY, vec![array.clone()])]);
                 }
                 ("to_regclass", [name]) => {
-                    let sql = format!(
-                        "(SELECT max(c.oid) FROM pg_catalog.pg_class c WHERE c.relname = \
-                         btrim(regexp_replace(CAST({name} AS TEXT), '^.*\\.', ''), '\"'))"
-                    );
-                    if let Some(new) = parse_expr(&sql) {
+                    if let Some(new) = regclass_lookup(name) {
                         *expr = new;
                     }
                 }
                 _ => {}
+            }
+        }
+        // `CAST(<expression> AS regclass)` (Metabase: `format('%I.%I', schema, table)::regclass`):
+        // a name computed per row is looked up like `to_regclass`; literals are left to the
+        // type planner.
+        Expr::Cast {
+            expr: inner,
+            data_type: ast::DataType::Regclass,
+            ..
+        } if !matches!(inner.as_ref(), Expr::Value(_)) => {
+            if let Some(new) = regclass_lookup(inner) {
+                *expr = new;
             }
         }
         Expr::CompoundFieldAccess { root, access_chain }
@@ -811,12 +979,14 @@ fn rewrite_expr(expr: &mut Expr) {
             };
             for access in access_chain.iter() {
                 if let AccessExpr::Dot(Expr::Identifier(field)) = access {
+                    // Unquoted names fold to lower case, as everywhere in PostgreSQL.
+                    let name = match field.quote_style {
+                        Some(_) => field.value.clone(),
+                        None => field.value.to_lowercase(),
+                    };
                     out = function(
                         "get_field",
-                        vec![
-                            out,
-                            Expr::value(Value::SingleQuotedString(field.value.clone())),
-                        ],
+                        vec![out, Expr::value(Value::SingleQuotedString(name))],
                     );
                 }
             }
