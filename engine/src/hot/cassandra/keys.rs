@@ -101,13 +101,15 @@ impl KeyStatements {
         .await?;
         read_serial.set_consistency(Consistency::LocalSerial);
         // Where a key's records go, kept for the retention; written and read by the request
-        // that holds the claim (one at a time), at the write consistency.
+        // that holds the claim (one at a time), both at LOCAL_QUORUM whatever the data's
+        // write consistency, so a later attempt always sees the first one's row (one
+        // statement per keyed request, not per record).
         let mut start_read = prepare(
             session,
             &format!("SELECT kpart, from_offset FROM {ks}.ingest_key_starts WHERE key = ?"),
         )
         .await?;
-        start_read.set_consistency(write);
+        start_read.set_consistency(Consistency::LocalQuorum);
         let mut start_insert = prepare(
             session,
             &format!(
@@ -116,7 +118,7 @@ impl KeyStatements {
             ),
         )
         .await?;
-        start_insert.set_consistency(write);
+        start_insert.set_consistency(Consistency::LocalQuorum);
         start_insert.set_is_idempotent(true);
         Ok(Self {
             start_read,
