@@ -46,8 +46,8 @@ fn run_script_with(python: &str, server: &Server, script: &str, args: &[&str], o
     );
 }
 
-#[test]
-fn python_clients_query_with_bound_parameters() {
+/// A server holding the five records the driver tests (Python, node-postgres, pgx) query.
+fn server_with_client_records() -> Server {
     let server = Server::start();
     let body = concat!(
         "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
@@ -56,8 +56,13 @@ fn python_clients_query_with_bound_parameters() {
         "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
         "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
     );
-    let (status, text) = server.post(body.as_bytes(), None).unwrap();
-    assert_eq!(status, 200, "{text}");
+    server.post_expect(body.as_bytes(), 5, 0);
+    server
+}
+
+#[test]
+fn python_clients_query_with_bound_parameters() {
+    let server = server_with_client_records();
     run_client_script(&server, "python_clients.py", "all python clients ok");
 }
 
@@ -122,16 +127,7 @@ fn node_postgres_queries_with_bound_parameters() {
         "npm ci",
     );
 
-    let server = Server::start();
-    let body = concat!(
-        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"error\",\"msg\":\"b\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T11:00:00Z\",\"level\":\"info\",\"msg\":\"c\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
-        "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
-    );
-    let (status, text) = server.post(body.as_bytes(), None).unwrap();
-    assert_eq!(status, 200, "{text}");
+    let server = server_with_client_records();
     let out = Command::new("node")
         .arg(work.join("node_clients.js"))
         .arg(server.pg_port().to_string())
@@ -176,15 +172,7 @@ fn pgx_queries_with_bound_parameters() {
         "Go 1.25+ on PATH",
     );
 
-    let server = Server::start();
-    let body = concat!(
-        "{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"msg\":\"a\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T10:05:00Z\",\"level\":\"error\",\"msg\":\"b\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T11:00:00Z\",\"level\":\"info\",\"msg\":\"c\",\"host\":\"web-1\"}\n",
-        "{\"ts\":\"2026-11-24T12:00:00Z\",\"level\":\"error\",\"msg\":\"d\",\"host\":\"web-2\"}\n",
-        "{\"ts\":\"2026-11-24T13:00:00Z\",\"level\":\"fatal\",\"msg\":\"disk full\",\"host\":\"web-1\"}\n",
-    );
-    server.post_expect(body.as_bytes(), 5, 0);
+    let server = server_with_client_records();
     let out = Command::new(&bin)
         .arg(server.pg_port().to_string())
         .output()
