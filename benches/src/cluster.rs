@@ -32,22 +32,29 @@ use crate::records::{RECORD_BYTES, Rng, hosts, write_record};
 use crate::report::{self, Table, percentile, thousands};
 use crate::server::{Memory, Server};
 
-/// Arguments of `logsphere-bench cluster`.
+/// The binary and the services every cluster bench runs against.
 #[derive(Debug, clap::Args)]
-pub struct ClusterArgs {
+pub(crate) struct Services {
     /// The `logsphere` binary to benchmark (e.g. $CARGO_TARGET_DIR/release/logsphere).
     #[arg(long)]
-    bin: PathBuf,
+    pub(crate) bin: PathBuf,
     /// Kafka bootstrap brokers.
     #[arg(long, env = "LOGSPHERE_TEST_KAFKA", default_value = "127.0.0.1:9092")]
-    kafka: String,
+    pub(crate) kafka: String,
     /// Cassandra contact point.
     #[arg(
         long,
         env = "LOGSPHERE_TEST_CASSANDRA",
         default_value = "127.0.0.1:9042"
     )]
-    cassandra: String,
+    pub(crate) cassandra: String,
+}
+
+/// Arguments of `logsphere-bench cluster`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    services: Services,
     /// Records in the backlog (the RSS figure is for this backlog).
     #[arg(long, default_value_t = 5_000_000)]
     records: u64,
@@ -108,19 +115,19 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
     let backlog = format!("bench_backlog_{stamp}");
     let live = format!("bench_live_{stamp}");
     runtime.block_on(create_topics(
-        &args.kafka,
+        &args.services.kafka,
         &[(&backlog, args.partitions), (&live, args.partitions)],
     ))?;
 
     let t = Instant::now();
-    produce_backlog(&args.kafka, &backlog, args.records)?;
+    produce_backlog(&args.services.kafka, &backlog, args.records)?;
     let produce_secs = t.elapsed().as_secs_f64();
     eprintln!(
         "cluster: produced {} records to {backlog} in {produce_secs:.1}s",
         thousands(args.records)
     );
 
-    let consume_secs = count_only(&args.kafka, &backlog, args.records)?;
+    let consume_secs = count_only(&args.services.kafka, &backlog, args.records)?;
     eprintln!("cluster: (a) rdkafka count-only consumer: {consume_secs:.1}s");
     let (single_secs, batched_secs) = runtime.block_on(scylla_loop(args, stamp, &backlog))?;
 
@@ -133,9 +140,9 @@ fn run_in(args: &ClusterArgs, work: &Path) -> anyhow::Result<()> {
          group = \"bench_{stamp}\"\ningest_topic = \"{live}\"\n[cassandra]\ncontact_points = [\"{}\"]\n\
          keyspace = \"bench_ls_{stamp}\"\nwrite_consistency = \"{}\"\nread_consistency = \"{}\"\n\
          [cold]\nurl = \"{cold}\"\n",
-        args.kafka, args.cassandra, args.consistency, args.consistency,
+        args.services.kafka, args.services.cassandra, args.consistency, args.consistency,
     );
-    let server = Server::start_with_config(&args.bin, work, &work.join("data"), &toml)?;
+    let server = Server::start_with_config(&args.services.bin, work, &work.join("data"), &toml)?;
     let started = Instant::now();
     let pg = Pg::connect(&server)?;
     let mut peak = Memory::default();
@@ -360,7 +367,7 @@ async fn scylla_loop(
     // hot tier's retention is a TTL, so every cell carries one, and TWCS windows of 7 hours.
     let session = Arc::new(
         SessionBuilder::new()
-            .known_node(&args.cassandra)
+            .known_node(&args.services.cassandra)
             .build()
             .await
             .context("connect to Cassandra")?,
@@ -631,7 +638,7 @@ async fn sum_written<E: std::fmt::Display>(
 
 /// Produce → visible: ms from a marker's send to the first `SELECT` that returns it.
 fn visible_latency(args: &ClusterArgs, server: &Server, topic: &str) -> anyhow::Result<Vec<u64>> {
-    let p = producer(&args.kafka)?;
+    let p = producer(&args.services.kafka)?;
     let pg = Pg::connect(server)?;
     let hosts = hosts();
     let mut rng = Rng::new(11);

@@ -19,19 +19,8 @@ use crate::server::{Memory, Server};
 /// Arguments of `logsphere-bench scale`.
 #[derive(Debug, clap::Args)]
 pub struct ScaleArgs {
-    /// The `logsphere` binary to benchmark (e.g. $CARGO_TARGET_DIR/release/logsphere).
-    #[arg(long)]
-    bin: std::path::PathBuf,
-    /// Kafka bootstrap brokers.
-    #[arg(long, env = "LOGSPHERE_TEST_KAFKA", default_value = "127.0.0.1:9092")]
-    kafka: String,
-    /// Cassandra contact point.
-    #[arg(
-        long,
-        env = "LOGSPHERE_TEST_CASSANDRA",
-        default_value = "127.0.0.1:9042"
-    )]
-    cassandra: String,
+    #[command(flatten)]
+    services: crate::cluster::Services,
     /// Records per backlog.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
@@ -94,7 +83,10 @@ fn run_in(args: &ScaleArgs, work: &Path) -> anyhow::Result<()> {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let topic = format!("bench_scale_{n}_{stamp}");
-        runtime.block_on(create_topics(&args.kafka, &[(&topic, args.partitions)]))?;
+        runtime.block_on(create_topics(
+            &args.services.kafka,
+            &[(&topic, args.partitions)],
+        ))?;
         let mut servers = Vec::new();
         for i in 0..n {
             let toml = format!(
@@ -102,14 +94,14 @@ fn run_in(args: &ScaleArgs, work: &Path) -> anyhow::Result<()> {
                  group = \"bench_scale_{stamp}\"\ningest_topic = \"{topic}\"\n[cassandra]\n\
                  contact_points = [\"{}\"]\nkeyspace = \"bench_scale_{stamp}\"\n[cold]\n\
                  url = \"file://{}\"\n",
-                args.kafka,
-                args.cassandra,
+                args.services.kafka,
+                args.services.cassandra,
                 work.join(format!("cold-{stamp}")).display(),
             );
             let dir = work.join(format!("n{n}-node{i}"));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             servers.push(Server::start_with_config(
-                &args.bin,
+                &args.services.bin,
                 &dir,
                 &dir.join("data"),
                 &toml,
@@ -138,7 +130,7 @@ fn run_in(args: &ScaleArgs, work: &Path) -> anyhow::Result<()> {
         }
         // The feeders start reading from the rules' creation on.
         std::thread::sleep(Duration::from_secs(3));
-        produce_backlog(&args.kafka, &topic, args.records)?;
+        produce_backlog(&args.services.kafka, &topic, args.records)?;
         let started = Instant::now();
         let mut peak = Memory::default();
         let mut store_secs = None;
