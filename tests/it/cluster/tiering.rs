@@ -434,6 +434,82 @@ async fn hdfs_down_during_a_round_loses_nothing() {
     assert!(row.get::<_, Option<String>>(0).is_some());
 }
 
+/// HDFS shut down (connections refused, not a hang as above) while rounds run every two
+/// seconds, then started again on its data: rounds fail and back off, ingest into Cassandra
+/// goes on, `tiering` shows the failures, and once HDFS is back the rounds resume by
+/// themselves and move every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hdfs_restart_mid_tiering() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("tier_hdfs_restart");
+    create_topics(&names.brokers, &[&topic], 2).await;
+    // `timeout_secs` lands in the [cold] section the config ends with.
+    let node = names.node(
+        "n1",
+        &[&topic],
+        "timeout_secs = 5\n[storage]\nflush_interval_secs = 2\n",
+    );
+    let p = producer(&names.brokers);
+    const BASE_S: u64 = 1_764_500_000;
+    produce(&p, &[&topic], 0..3_000, BASE_S).await;
+    let cold = "SELECT count(*) FROM logs_cold";
+    wait_for_count(&node, cold, 3_000, Duration::from_secs(120)).await;
+
+    // Started again even when an assertion below fails: the other tests need HDFS.
+    struct Resume;
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = super::services(&["resume", "hdfs"]);
+            }
+        }
+    }
+    super::services(&["down", "hdfs"]).expect("scripts/services down hdfs");
+    let _resume = Resume;
+    produce(&p, &[&topic], 3_000..6_000, BASE_S).await;
+    // Ingest goes on: the new rows are hot, and stay hot while rounds fail.
+    wait_for_count(
+        &node,
+        "SELECT count(*) FROM logs_hot",
+        3_000,
+        Duration::from_secs(120),
+    )
+    .await;
+    let client = node.pg_client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one("SELECT failures, last_error FROM tiering", &[])
+            .await
+            .expect("tiering table");
+        if row.get::<_, i64>(0) >= 2 && row.get::<_, Option<String>>(1).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed round shown while HDFS was down:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(node.query_i64("SELECT count(*) FROM logs_hot").await, 3_000);
+    let resumed = tokio::task::spawn_blocking(|| super::services(&["resume", "hdfs"]))
+        .await
+        .expect("resume thread");
+    resumed.expect("scripts/services resume hdfs");
+
+    // No flush asked: the retrying rounds move the rest, once.
+    wait_for_count(&node, cold, 6_000, Duration::from_secs(240)).await;
+    assert_eq!(node.query_i64("SELECT count(*) FROM logs").await, 6_000);
+    assert_eq!(per_source(&node, "logs").await, source_counts(6_000));
+    let row = client
+        .query_one("SELECT last_error FROM tiering", &[])
+        .await
+        .expect("tiering table");
+    assert_eq!(row.get::<_, Option<String>>(0), None, "recovered");
+}
+
 /// Compaction in cluster mode: rounds leave one file per hour each; `POST /v1/compact`
 /// merges them under the lease and commits by compare-and-set, and no answer changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
