@@ -617,10 +617,12 @@ impl Engine {
         if let Some(catalog) = ctx.catalog("logsphere")
             && let Some(public) = catalog.schema("public")
         {
-            let schema = crate::query::managed::PublicSchema::new(
-                public,
-                Arc::clone(self.continuous.tables()),
-            );
+            // Cluster mode: the tables every node shares through Cassandra.
+            let managed: Arc<dyn crate::query::managed::ManagedTables> = match &self.cluster_cq {
+                Some(cq) => Arc::clone(cq) as _,
+                None => Arc::clone(self.continuous.tables()) as _,
+            };
+            let schema = crate::query::managed::PublicSchema::new(public, managed);
             if let Err(e) = catalog.register_schema("public", Arc::new(schema)) {
                 tracing::error!(error = %e, "cannot register the CQ tables");
             }

@@ -18,7 +18,10 @@
 //!   cut it is at, so the records after it are replayed once (`continuous/cluster.rs`).
 //! - **Alerts**: [`share_alerts`] writes each alert instance to `cq_alerts` by its
 //!   deterministic id (`IF NOT EXISTS`, then state changes), and `alerts` on every node reads
-//!   that table. **Notifications**: each event is claimed in `cq_deliveries` before it is
+//!   that table. **Tables** (`INTO`, `NOTIFY (TABLE …)`): defined in `cq_tables` (`IF NOT
+//!   EXISTS`, at `CREATE`); every node writes the `INTO` rows it derives to `cq_table_rows`
+//!   versioned by event time ([`share_tables`]), and a `NOTIFY (TABLE t)` table is read
+//!   from the shared alerts of the queries writing it. **Notifications**: each event is claimed in `cq_deliveries` before it is
 //!   sent ([`Claims`]), so one node sends it, with the event id as its idempotency key.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,7 +36,7 @@ use super::Cluster;
 use crate::continuous::{
     Alert, Claim, CqError, CqRegistry, CqState, DeliveryClaims, GENERATION_SHIFT, now_us,
 };
-use crate::hot::cassandra::{CassandraStore, DeliveryClaim, SharedDefinition};
+use crate::hot::cassandra::{CassandraStore, DeliveryClaim, SharedDefinition, SharedTableDef};
 use crate::ingest::DecodeOptions;
 use crate::source::kafka::reader::{AllPartitions, Start, partition_key};
 
@@ -63,6 +66,8 @@ pub struct ClusterCq {
     ddl: tokio::sync::Mutex<()>,
     /// `cq_alerts` as last read (every [`SYNC_INTERVAL`]).
     alerts: Mutex<Vec<Alert>>,
+    /// `cq_tables` as last read: name → definition and columns.
+    tables: Mutex<BTreeMap<String, (SharedTableDef, arrow::datatypes::SchemaRef)>>,
     /// The definitions were read from Cassandra once: the feeder waits for it, so a
     /// joining node's replay reaches the queries.
     synced: AtomicBool,
@@ -103,6 +108,7 @@ impl ClusterCq {
             cluster,
             ddl: tokio::sync::Mutex::new(()),
             alerts: Mutex::new(Vec::new()),
+            tables: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
         });
@@ -174,6 +180,14 @@ impl ClusterCq {
             .registry
             .create_shared(cq, version, def.created_us)
             .await?;
+        if let Err(e) = define_tables(&self.registry, &store, &self.node_id, &name).await {
+            if old.is_none() {
+                // Not stored: no node runs it. (A replaced query's next sync restores the
+                // stored version here.)
+                let _ = self.registry.drop_query(&name, true);
+            }
+            return Err(e);
+        }
         if !store
             .put_cq_definition(&def, old.map(|d| d.version))
             .await
@@ -236,6 +250,153 @@ async fn sync_loop(cq: Arc<ClusterCq>) {
         if let Err(e) = share_alerts(&cq, &store, &mut shared).await {
             tracing::warn!(error = %e, "cannot share alerts");
         }
+        if let Err(e) = share_tables(&cq, &store).await {
+            tracing::warn!(error = %e, "cannot share the continuous-query tables");
+        }
+    }
+}
+
+/// Defines in `cq_tables` the tables query `name` writes; an error names a table another
+/// query defined with other columns.
+async fn define_tables(
+    registry: &CqRegistry,
+    store: &CassandraStore,
+    node: &str,
+    name: &str,
+) -> Result<(), CqError> {
+    for t in registry.tables_of(name) {
+        let def = SharedTableDef {
+            name: t.table.clone(),
+            kind: if t.alerts { "alerts" } else { "into" }.to_string(),
+            schema: crate::continuous::schema_hex(&t.schema)?,
+            writers: vec![t.cq_name.clone()],
+        };
+        if let Some((kind, schema)) = store.define_cq_table(&def, node).await.map_err(storage)? {
+            let theirs = crate::continuous::schema_from_hex(&schema)
+                .map(|s| describe(&s))
+                .unwrap_or_else(|_| "unreadable".into());
+            return Err(CqError::TableExists(format!(
+                "table \"{}\" exists ({} rows of {kind} with columns ({theirs})), but this query \
+                 writes ({})",
+                t.table,
+                if kind == "alerts" { "alert" } else { "output" },
+                describe(&t.schema)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Defines the tables of this node's queries that `cq_tables` lacks, writes the `INTO` rows
+/// that changed here, then reads `cq_tables` back for the sessions.
+async fn share_tables(cq: &ClusterCq, store: &CassandraStore) -> Result<(), CqError> {
+    let known: BTreeMap<String, Vec<String>> = cq
+        .tables
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(n, (d, _))| (n.clone(), d.writers.clone()))
+        .collect();
+    let missing: HashSet<String> = cq
+        .registry
+        .all_tables()
+        .into_iter()
+        .filter(|t| known.get(&t.table).is_none_or(|w| !w.contains(&t.cq_name)))
+        .map(|t| t.cq_name)
+        .collect();
+    for name in missing {
+        if let Err(e) = define_tables(&cq.registry, store, &cq.node_id, &name).await {
+            tracing::warn!(cq = %name, error = %e, "cannot define a continuous query's table");
+        }
+    }
+    let changed = cq.registry.tables().take_shared()?;
+    let mut pending = changed.into_iter();
+    while let Some(rows) = pending.next() {
+        if let Err(e) = store.put_cq_table_rows(&rows.table, &rows.rows).await {
+            let mut failed = vec![rows];
+            failed.extend(pending);
+            cq.registry.tables().requeue(failed);
+            return Err(storage(e));
+        }
+    }
+    let mut tables = BTreeMap::new();
+    for def in store.cq_tables().await.map_err(storage)? {
+        match crate::continuous::schema_from_hex(&def.schema) {
+            Ok(schema) => {
+                tables.insert(def.name.clone(), (def, schema));
+            }
+            Err(e) => {
+                tracing::warn!(table = %def.name, error = %e, "a stored table does not parse; not listed")
+            }
+        }
+    }
+    *cq.tables.lock().unwrap_or_else(|p| p.into_inner()) = tables;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl crate::query::managed::ManagedTables for ClusterCq {
+    fn names(&self) -> Vec<String> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<arrow::datatypes::SchemaRef> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(_, s)| Arc::clone(s))
+    }
+
+    async fn batch(&self, name: &str) -> datafusion::common::Result<arrow::array::RecordBatch> {
+        use datafusion::common::DataFusionError;
+        let Some((def, schema)) = self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+        else {
+            return Err(DataFusionError::Plan(format!(
+                "table \"{name}\" was removed"
+            )));
+        };
+        let external = |e: CqError| DataFusionError::External(Box::new(e));
+        if def.kind == "alerts" {
+            let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            let mine: Vec<&Alert> = alerts
+                .iter()
+                .filter(|a| def.writers.contains(&a.cq_name))
+                .collect();
+            let updated = arrow::array::TimestampMicrosecondArray::from_iter_values(
+                mine.iter().map(|a| a.last_event),
+            )
+            .with_timezone(crate::model::UTC);
+            let rows = crate::continuous::alerts_batch(mine.into_iter())?;
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(updated));
+            return Ok(arrow::array::RecordBatch::try_new(schema, columns)?);
+        }
+        let store = self.store().map_err(external)?;
+        let lines = store
+            .cq_table_rows(name)
+            .await
+            .map_err(|e| external(storage(e)))?;
+        crate::continuous::rows_from_json(&schema, &lines).map_err(external)
     }
 }
 

@@ -24,6 +24,18 @@ use super::{CqError, Created};
 /// Low bits of a cluster position: the batch within a generation.
 pub const GENERATION_SHIFT: u32 = 32;
 
+/// A table a continuous query writes, as cluster mode shares it.
+#[derive(Debug, Clone)]
+pub struct SharedTable {
+    pub table: String,
+    /// The table's columns, `updated_at` last.
+    pub schema: arrow::datatypes::SchemaRef,
+    /// `NOTIFY (TABLE …)` (alert rows) rather than `INTO` (output rows).
+    pub alerts: bool,
+    /// The query writing it.
+    pub cq_name: String,
+}
+
 /// A definition as this node runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalDefinition {
@@ -36,6 +48,7 @@ impl CqRegistry {
     /// a CQ was restored at is a cut.
     pub fn enter_cluster_mode(&self) {
         self.cut_checkpoints.store(true, Ordering::Relaxed);
+        self.tables.share_changes();
         let mut inner = self.lock();
         let mut top = 0;
         for live in inner.live.values_mut() {
@@ -144,6 +157,32 @@ impl CqRegistry {
             .chain(inner.dropped.values())
             .cloned()
             .collect()
+    }
+
+    /// The tables the running query `name` writes: (table, columns, whether it takes alert
+    /// rows (`NOTIFY (TABLE …)`) rather than output rows (`INTO`)).
+    pub fn tables_of(&self, name: &str) -> Vec<SharedTable> {
+        self.lock()
+            .live
+            .get(name)
+            .map(|l| {
+                l.sinks
+                    .iter()
+                    .map(|s| SharedTable {
+                        table: s.table.clone(),
+                        schema: Arc::clone(&s.schema),
+                        alerts: s.takes_alerts(),
+                        cq_name: name.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The tables every running query writes (see [`CqRegistry::tables_of`]).
+    pub fn all_tables(&self) -> Vec<SharedTable> {
+        let names: Vec<String> = self.lock().live.keys().cloned().collect();
+        names.iter().flat_map(|n| self.tables_of(n)).collect()
     }
 
     /// Deliveries ask `claims` first, so each event is sent by one node.

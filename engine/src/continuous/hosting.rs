@@ -197,9 +197,17 @@ impl HostedCq {
             }
         };
         let updated_at = super::now_us();
+        // The version of an INTO row change across nodes: the event time the query had
+        // reached (the same input gives every node the same), never the wall clock.
         for out in &outputs {
+            let version = self
+                .runtime
+                .watermark()
+                .or_else(|| out.window_end.iter().max().copied())
+                .or_else(|| out.window_start.iter().max().copied())
+                .or(Some(0));
             for sink in &self.sinks {
-                if let Err(e) = sink.write_output(&self.tables, out, updated_at) {
+                if let Err(e) = sink.write_output(&self.tables, out, updated_at, version) {
                     tracing::warn!(cq = %self.def.name, table = %sink.table, error = %e, "INTO failed");
                     self.error = Some(e.to_string());
                 }

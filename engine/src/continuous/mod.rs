@@ -61,7 +61,7 @@ mod table_store;
 pub use alerts::Alert;
 pub use backfill::{BackfillPlan, start_from_us};
 pub use backtest::{backtest, explain};
-pub use cluster::{GENERATION_SHIFT, LocalDefinition, parse_definition};
+pub use cluster::{GENERATION_SHIFT, LocalDefinition, SharedTable, parse_definition};
 pub use ddl::Created;
 pub use definitions::{CqDefinition, CqState};
 pub use error::{CheckpointError, CqError, InputError, StorageError};
@@ -75,7 +75,9 @@ pub use system_tables::{
     alert_events_schema, alerts_batch, alerts_schema, backtest_schema, explain_schema,
     queries_schema,
 };
-pub use table_store::{TableStore, UPDATED_AT, table_schema};
+pub use table_store::{
+    SharedRows, TableStore, UPDATED_AT, rows_from_json, schema_from_hex, schema_hex, table_schema,
+};
 
 pub(crate) use backfill::{BackfillInput, run as run_backfill};
 

@@ -212,12 +212,14 @@ impl Sink {
         matches!(self.key, Key::AlertId)
     }
 
-    /// Upserts one batch of CQ output rows (INTO sinks only).
+    /// Upserts one batch of CQ output rows (INTO sinks only); `version` orders the changes
+    /// of a row across nodes in cluster mode (the query's event-time watermark).
     pub(crate) fn write_output(
         &self,
         store: &TableStore,
         out: &CqOutput,
         updated_at: i64,
+        version: Option<i64>,
     ) -> Result<(), CqError> {
         let rows = &out.rows;
         let keys: Vec<Vec<u8>> = match &self.key {
@@ -244,7 +246,7 @@ impl Sink {
                     .collect()
             }
         };
-        store.upsert(&self.table, &keys, rows, updated_at)
+        store.upsert_versioned(&self.table, &keys, rows, updated_at, version)
     }
 
     /// Upserts the current rows of `alerts` (NOTIFY TABLE sinks only).

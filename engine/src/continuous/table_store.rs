@@ -201,6 +201,59 @@ impl Table {
     }
 }
 
+/// `schema` as text: an Arrow IPC schema message, hex (how cluster mode stores a table's
+/// columns in Cassandra).
+pub fn schema_hex(schema: &SchemaRef) -> Result<String, CqError> {
+    use std::fmt::Write as _;
+    let bytes = ipc(schema, None)?;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    Ok(out)
+}
+
+/// The schema [`schema_hex`] wrote.
+pub fn schema_from_hex(text: &str) -> Result<SchemaRef, CqError> {
+    let bad = || CqError::Table(format!("a stored table schema is not hex: {text:.40}"));
+    if !text.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u8>, CqError>>()?;
+    Ok(StreamReader::try_new(bytes.as_slice(), None)?.schema())
+}
+
+/// One JSON object per row of `batch` (nulls left out), in row order.
+fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, CqError> {
+    let mut out = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let text = String::from_utf8(out)
+        .map_err(|e| CqError::Table(format!("a table row is not UTF-8 JSON: {e}")))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// The rows `lines` (from [`TableStore::take_shared`]) hold, as a batch of `schema` (the
+/// table's columns, `updated_at` last).
+pub fn rows_from_json(schema: &SchemaRef, lines: &[String]) -> Result<RecordBatch, CqError> {
+    let text = lines.join("\n");
+    let reader = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(lines.len().max(1))
+        .build(std::io::Cursor::new(text.into_bytes()))?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(arrow::compute::concat_batches(schema, &batches)?)
+}
+
 /// Same columns, by name and type in order (nullability aside).
 fn same_columns(a: &Schema, b: &Schema) -> bool {
     a.fields().len() == b.fields().len()
@@ -219,11 +272,25 @@ fn describe(schema: &Schema) -> String {
         .join(", ")
 }
 
+/// Rows queued for sharing: table → upsert key → version.
+type Outbox = BTreeMap<String, BTreeMap<Vec<u8>, i64>>;
+
 /// Every managed table of one engine.
 #[derive(Debug)]
 pub struct TableStore {
     dir: PathBuf,
     tables: Mutex<BTreeMap<String, Table>>,
+    /// Cluster mode: the INTO rows changed since they were last shared, per table: key →
+    /// version (see [`TableStore::share_changes`]). `None` embedded.
+    outbox: Mutex<Option<Outbox>>,
+}
+
+/// Rows of one table to share (cluster mode), each as a JSON object of the table's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedRows {
+    pub table: String,
+    /// (upsert key, row as JSON, version).
+    pub rows: Vec<(Vec<u8>, String, i64)>,
 }
 
 impl TableStore {
@@ -243,7 +310,83 @@ impl TableStore {
         Ok(Self {
             dir,
             tables: Mutex::new(tables),
+            outbox: Mutex::new(None),
         })
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Option<Outbox>> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cluster mode: from now on, INTO rows that change are also kept for
+    /// [`TableStore::take_shared`]. Every row already stored is queued once at version 0, so
+    /// a row this node stored but had not shared before a crash still reaches the shared
+    /// table (a version 0 write never replaces a newer one).
+    pub fn share_changes(&self) {
+        let tables = self.lock();
+        let mut outbox = self.outbox();
+        let queued = outbox.get_or_insert_with(BTreeMap::new);
+        for (name, table) in tables.iter() {
+            let keys = queued.entry(name.clone()).or_default();
+            for key in table.rows.keys() {
+                keys.entry(key.clone()).or_insert(0);
+            }
+        }
+    }
+
+    /// Takes the queued changes of every table: each row as it is now, as JSON, with the
+    /// highest version it was upserted at.
+    pub fn take_shared(&self) -> Result<Vec<SharedRows>, CqError> {
+        let queued = match self.outbox().as_mut() {
+            Some(q) => std::mem::take(q),
+            None => return Ok(Vec::new()),
+        };
+        let tables = self.lock();
+        let mut out = Vec::new();
+        for (name, keys) in queued {
+            let Some(table) = tables.get(&name) else {
+                continue;
+            };
+            let present: Vec<(&Vec<u8>, i64)> = keys
+                .iter()
+                .filter(|(k, _)| table.rows.contains_key(*k))
+                .map(|(k, v)| (k, *v))
+                .collect();
+            if present.is_empty() {
+                continue;
+            }
+            let rows: Vec<&(OwnedRow, i64)> = present
+                .iter()
+                .filter_map(|(k, _)| table.rows.get(*k))
+                .collect();
+            let batch = RecordBatch::try_new(Arc::clone(&table.schema), table.columns(&rows)?)?;
+            let lines = json_lines(&batch)?;
+            out.push(SharedRows {
+                table: name,
+                rows: present
+                    .into_iter()
+                    .zip(lines)
+                    .map(|((k, v), line)| (k.clone(), line, v))
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Puts rows that could not be shared back in the queue (a newer version queued since
+    /// wins).
+    pub fn requeue(&self, failed: Vec<SharedRows>) {
+        let mut outbox = self.outbox();
+        let Some(queued) = outbox.as_mut() else {
+            return;
+        };
+        for rows in failed {
+            let keys = queued.entry(rows.table).or_default();
+            for (key, _, version) in rows.rows {
+                let v = keys.entry(key).or_insert(version);
+                *v = (*v).max(version);
+            }
+        }
     }
 
     fn load(path: &Path) -> Result<(String, Table), CqError> {
@@ -342,6 +485,19 @@ impl TableStore {
         rows: &RecordBatch,
         updated_at: i64,
     ) -> Result<(), CqError> {
+        self.upsert_versioned(name, keys, rows, updated_at, None)
+    }
+
+    /// [`TableStore::upsert`]; in cluster mode, rows that change are queued for sharing at
+    /// `version` (when given).
+    pub fn upsert_versioned(
+        &self,
+        name: &str,
+        keys: &[Vec<u8>],
+        rows: &RecordBatch,
+        updated_at: i64,
+        version: Option<i64>,
+    ) -> Result<(), CqError> {
         let mut tables = self.lock();
         let table = tables
             .get_mut(name)
@@ -361,6 +517,11 @@ impl TableStore {
             .map(|(c, f)| Ok(arrow::compute::cast(c, f.data_type())?))
             .collect::<Result<Vec<_>, CqError>>()?;
         let encoded = table.converter.convert_columns(&columns)?;
+        let mut outbox = self.outbox();
+        let mut share = match (version, outbox.as_mut()) {
+            (Some(v), Some(q)) => Some((v, q.entry(name.to_string()).or_default())),
+            _ => None,
+        };
         for (i, key) in keys.iter().enumerate() {
             let row = encoded.row(i);
             if table.rows.get(key).is_some_and(|(old, _)| old.row() == row) {
@@ -368,6 +529,10 @@ impl TableStore {
             }
             table.rows.insert(key.clone(), (row.owned(), updated_at));
             table.dirty.insert(key.clone());
+            if let Some((v, queued)) = share.as_mut() {
+                let at = queued.entry(key.clone()).or_insert(*v);
+                *at = (*at).max(*v);
+            }
         }
         Ok(())
     }

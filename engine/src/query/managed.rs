@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -18,15 +19,42 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::continuous::TableStore;
 
+/// Where the managed tables are read from: this node's [`TableStore`] (embedded), or the
+/// tables cluster mode shares through Cassandra.
+#[async_trait]
+pub trait ManagedTables: Send + Sync {
+    /// Every table's name.
+    fn names(&self) -> Vec<String>;
+    /// The columns of table `name` (`updated_at` last).
+    fn schema(&self, name: &str) -> Option<SchemaRef>;
+    /// Every row of table `name`, now.
+    async fn batch(&self, name: &str) -> Result<RecordBatch>;
+}
+
+#[async_trait]
+impl ManagedTables for TableStore {
+    fn names(&self) -> Vec<String> {
+        TableStore::names(self)
+    }
+
+    fn schema(&self, name: &str) -> Option<SchemaRef> {
+        TableStore::schema(self, name)
+    }
+
+    async fn batch(&self, name: &str) -> Result<RecordBatch> {
+        Ok(TableStore::batch(self, name)?)
+    }
+}
+
 /// A session's `public` schema: its registered tables, then the managed ones.
 pub struct PublicSchema {
     registered: Arc<dyn SchemaProvider>,
-    managed: Arc<TableStore>,
+    managed: Arc<dyn ManagedTables>,
 }
 
 impl PublicSchema {
     /// `registered` (the session's own tables) in front of `managed`.
-    pub fn new(registered: Arc<dyn SchemaProvider>, managed: Arc<TableStore>) -> Self {
+    pub fn new(registered: Arc<dyn SchemaProvider>, managed: Arc<dyn ManagedTables>) -> Self {
         Self {
             registered,
             managed,
@@ -82,7 +110,7 @@ impl SchemaProvider for PublicSchema {
 struct ManagedTable {
     name: String,
     schema: SchemaRef,
-    store: Arc<TableStore>,
+    store: Arc<dyn ManagedTables>,
 }
 
 impl fmt::Debug for ManagedTable {
@@ -110,7 +138,7 @@ impl TableProvider for ManagedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.store.batch(&self.name)?;
+        let batch = self.store.batch(&self.name).await?;
         MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?
             .scan(state, projection, filters, limit)
             .await

@@ -540,3 +540,137 @@ fn backtest_rows(rows: &[tokio_postgres::Row]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `INTO` and `NOTIFY (TABLE …)` in cluster mode: the tables are defined in Cassandra and
+/// every node answers from there; a row several nodes derive is one row; the answers stay
+/// when the creating node dies, another joins and rebuilds from Kafka, and the dead one
+/// restarts and replays; a query writing other columns into a table is refused (42P07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn into_and_notify_tables_are_shared_by_every_node() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("cqt");
+    create_topics(&names.brokers, &[&topic], 4).await;
+    let mut n1 = names.node("n1", &[&topic], "");
+    let n2 = names.node("n2", &[&topic], "");
+    create_rules(
+        &n1,
+        &[
+            "CREATE CONTINUOUS QUERY per_minute INTO errors_per_minute \
+               WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
+             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
+                FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
+                .to_string(),
+            "CREATE CONTINUOUS QUERY crit \
+               ALERT (SEVERITY 'critical', DEDUP BY (source, message)) \
+               NOTIFY (TABLE critical_log) \
+             AS SELECT timestamp, source, log_level, message FROM logs \
+                WHERE log_level = 'CRITICAL'"
+                .to_string(),
+        ],
+    )
+    .await;
+    let defs = "SELECT name, version FROM continuous_queries ORDER BY name";
+    let defined = BTreeMap::from([("crit".to_string(), 1), ("per_minute".to_string(), 1)]);
+    wait_for_pairs(&n2, defs, &defined, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Minute A, three minutes back: 80 ERRORs of web-1, 30 of api-1, two CRITICAL lines;
+    // then INFO lines in minute B on every partition close it.
+    let a = (now_ms() / 60_000 - 3) * 60_000;
+    let p = producer(&names.brokers);
+    produce_records(&p, &[&topic], 0..112, move |seq| {
+        let ts = a + (seq as i64 % 50) * 1000;
+        match seq {
+            0..80 => line(ts, "ERROR", "web-1", &format!("error {seq}")),
+            80..110 => line(ts, "ERROR", "api-1", &format!("error {seq}")),
+            110 => line(ts, "CRITICAL", "db-1", "disk full"),
+            _ => line(ts, "CRITICAL", "db-2", "disk full"),
+        }
+    })
+    .await;
+    produce_records(&p, &[&topic], 0..40, move |seq| {
+        line(a + 70_000, "INFO", "tick", &format!("tick {seq}"))
+    })
+    .await;
+    let per_minute = "SELECT source || '/' || CAST(CAST(date_part('epoch', minute) AS BIGINT) AS VARCHAR), n \
+                      FROM errors_per_minute";
+    let key = |source: &str, minute_ms: i64| format!("{source}/{}", minute_ms / 1000);
+    let mut want = BTreeMap::from([(key("web-1", a), 80), (key("api-1", a), 30)]);
+    let critical = "SELECT state, count(*) FROM critical_log GROUP BY state";
+    let firing = BTreeMap::from([("firing".to_string(), 2)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, per_minute, &want, Duration::from_secs(60)).await;
+        wait_for_pairs(node, critical, &firing, Duration::from_secs(60)).await;
+    }
+
+    // Another query may not write other columns into the table: refused on any node, and
+    // not stored for the others.
+    let client = n2.pg_client().await;
+    let refused = client
+        .batch_execute(
+            "CREATE CONTINUOUS QUERY other INTO errors_per_minute \
+             AS SELECT source, message FROM logs",
+        )
+        .await
+        .expect_err("a query writing other columns into errors_per_minute");
+    let db = refused.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "42P07", "{db:?}");
+    assert!(db.message().contains("errors_per_minute"), "{db:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_pairs(&n1, defs, &defined, Duration::from_secs(10)).await;
+
+    // The node that created them dies; n3 joins with an empty data directory and rebuilds
+    // from Kafka; minute B gets 20 ERRORs of web-1 and is closed by lines in minute C.
+    n1.kill();
+    let n3 = names.node("n3", &[&topic], "");
+    wait_for_pairs(&n3, defs, &defined, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce_records(&p, &[&topic], 0..20, move |seq| {
+        line(a + 75_000, "ERROR", "web-1", &format!("error b{seq}"))
+    })
+    .await;
+    produce_records(&p, &[&topic], 0..40, move |seq| {
+        line(a + 130_000, "INFO", "tick", &format!("tick c{seq}"))
+    })
+    .await;
+    want.insert(key("web-1", a + 60_000), 20);
+    for node in [&n2, &n3] {
+        wait_for_pairs(node, per_minute, &want, Duration::from_secs(90)).await;
+        wait_for_pairs(node, critical, &firing, Duration::from_secs(30)).await;
+    }
+    // n1 restarts from its checkpoint and replays what it missed: the same rows, once.
+    n1.restart();
+    wait_for_pairs(&n1, per_minute, &want, Duration::from_secs(90)).await;
+    let rows = BTreeMap::from([("rows".to_string(), 3)]);
+    wait_for_pairs(
+        &n1,
+        "SELECT 'rows', count(*) FROM errors_per_minute",
+        &rows,
+        Duration::from_secs(10),
+    )
+    .await;
+    // psql's \dt lists them on every node.
+    let listed = "SELECT table_name, count(*) FROM information_schema.tables \
+                  WHERE table_name IN ('errors_per_minute', 'critical_log') GROUP BY table_name";
+    let both = BTreeMap::from([
+        ("critical_log".to_string(), 1),
+        ("errors_per_minute".to_string(), 1),
+    ]);
+    for node in [&n1, &n2, &n3] {
+        wait_for_pairs(node, listed, &both, Duration::from_secs(10)).await;
+    }
+    // The table outlives its query, in Cassandra: after the DROP, a node that never ran
+    // the query (empty data directory, started afterwards) answers from the shared rows.
+    n2.pg_client()
+        .await
+        .batch_execute("DROP CONTINUOUS QUERY per_minute")
+        .await
+        .expect("drop per_minute");
+    let only_crit = BTreeMap::from([("crit".to_string(), 1)]);
+    wait_for_pairs(&n3, defs, &only_crit, Duration::from_secs(30)).await;
+    let n4 = names.node("n4", &[&topic], "");
+    wait_for_pairs(&n4, defs, &only_crit, Duration::from_secs(60)).await;
+    wait_for_pairs(&n4, per_minute, &want, Duration::from_secs(30)).await;
+    wait_for_pairs(&n4, critical, &firing, Duration::from_secs(30)).await;
+}

@@ -9,6 +9,15 @@
 //!   several derive the same instance; the first `INSERT … IF NOT EXISTS` creates the row and
 //!   later changes (fired, resolved) are plain updates of the same row. `alerts` on any node
 //!   reads this table.
+//! - `cq_tables`: one row per table a continuous query writes (`INTO t`, `NOTIFY (TABLE
+//!   t)`): its kind, its columns (`columns_ipc`: an Arrow IPC schema, hex) and the queries writing it.
+//!   Created `IF NOT EXISTS`, so the first query to name a table fixes its columns and a
+//!   query on another node writing other columns fails to be created.
+//! - `cq_table_rows`: the rows of the `INTO` tables, by table, a hash bucket of the upsert
+//!   key, and the key; each row a JSON object. Every node evaluates every query and writes
+//!   the rows it derives, `USING TIMESTAMP` the query's event-time watermark, so the same
+//!   row from several nodes is one row, and a node replaying old input (a restart, a late
+//!   joiner) cannot put an older version of a row over a newer one.
 //! - `cq_deliveries`: one row per notification event (its deterministic `event_id`, also
 //!   the webhook's `Idempotency-Key`). A node claims an event (`IF NOT EXISTS USING TTL`)
 //!   before sending it and marks it `done` after; another node that derived the same event
@@ -56,7 +65,196 @@ pub(super) fn tables(ks: &str) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.cq_deliveries (\
              event_id text PRIMARY KEY, owner text, state text)"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_tables (\
+             name text PRIMARY KEY, kind text, columns_ipc text, writers set<text>, \
+             created_by text, created_us bigint)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_table_rows (\
+             table_name text, bucket int, key blob, row text, \
+             PRIMARY KEY ((table_name, bucket), key))"
+        ),
     ]
+}
+
+/// Buckets the rows of one `INTO` table are spread over (a Cassandra partition each).
+pub const TABLE_BUCKETS: i32 = 16;
+
+/// One row of `cq_tables`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTableDef {
+    pub name: String,
+    /// `into` or `alerts`.
+    pub kind: String,
+    /// The columns: an Arrow IPC schema message, hex.
+    pub schema: String,
+    /// The queries that write it.
+    pub writers: Vec<String>,
+}
+
+/// Defines table `def.name` unless it exists, and adds `def.writers` to its writers:
+/// `None` when it is now defined as `def` says, else the kind and schema stored.
+pub(super) async fn define_table(
+    shared: &Shared,
+    def: &SharedTableDef,
+    node: &str,
+) -> Result<Option<(String, String)>, EngineError> {
+    let ks = &shared.keyspace;
+    let insert = shared
+        .lwt(&format!(
+            "INSERT INTO {ks}.cq_tables (name, kind, columns_ipc, writers, created_by, created_us) \
+             VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+        ))
+        .await?;
+    let context = || format!("defining table {}", def.name);
+    let result = shared
+        .session
+        .execute_unpaged(
+            &insert,
+            (
+                &def.name,
+                &def.kind,
+                &def.schema,
+                &def.writers,
+                node,
+                crate::continuous::now_us(),
+            ),
+        )
+        .await
+        .map_err(|e| err(context(), e))?;
+    let (applied, [kind, schema]) =
+        super::lwt_answer(result, ["kind", "columns_ipc"]).map_err(|e| err(context(), e))?;
+    if applied {
+        return Ok(None);
+    }
+    let (kind, schema) = (kind.unwrap_or_default(), schema.unwrap_or_default());
+    if kind != def.kind || schema != def.schema {
+        return Ok(Some((kind, schema)));
+    }
+    let add = write(
+        shared,
+        &format!("UPDATE {ks}.cq_tables SET writers = writers + ? WHERE name = ?"),
+    )
+    .await?;
+    shared
+        .session
+        .execute_unpaged(&add, (&def.writers, &def.name))
+        .await
+        .map_err(|e| err(context(), e))?;
+    Ok(None)
+}
+
+/// Every table of `cq_tables`.
+pub(super) async fn table_defs(shared: &Shared) -> Result<Vec<SharedTableDef>, EngineError> {
+    let ks = &shared.keyspace;
+    let select = super::scan::statement(
+        shared,
+        &format!("SELECT name, kind, columns_ipc, writers FROM {ks}.cq_tables"),
+    )
+    .await?;
+    let context = "reading the continuous-query tables";
+    let mut out = Vec::new();
+    let mut pager = shared
+        .session
+        .execute_iter(select, ())
+        .await
+        .map_err(|e| err(context, e))?
+        .rows_stream::<(String, Option<String>, Option<String>, Option<Vec<String>>)>()
+        .map_err(|e| err(context, e))?;
+    use futures::StreamExt;
+    while let Some(row) = pager.next().await {
+        let (name, kind, schema, writers) = row.map_err(|e| err(context, e))?;
+        out.push(SharedTableDef {
+            name,
+            kind: kind.unwrap_or_default(),
+            schema: schema.unwrap_or_default(),
+            writers: writers.unwrap_or_default(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The bucket of upsert key `key`.
+pub fn table_bucket(key: &[u8]) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % TABLE_BUCKETS as u32) as i32
+}
+
+/// Writes `rows` (key, JSON row, version) of table `table`, each `USING TIMESTAMP` its
+/// version, a few at a time.
+pub(super) async fn put_table_rows(
+    shared: &Shared,
+    table: &str,
+    rows: &[(Vec<u8>, String, i64)],
+) -> Result<(), EngineError> {
+    let ks = &shared.keyspace;
+    let insert = write(
+        shared,
+        &format!(
+            "INSERT INTO {ks}.cq_table_rows (table_name, bucket, key, row) VALUES (?, ?, ?, ?) \
+             USING TIMESTAMP ?"
+        ),
+    )
+    .await?;
+    use futures::{StreamExt, TryStreamExt};
+    let writes: Vec<_> = rows
+        .iter()
+        .map(|(key, row, version)| put_row(shared, &insert, table, key, row, *version))
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn put_row(
+    shared: &Shared,
+    insert: &PreparedStatement,
+    table: &str,
+    key: &[u8],
+    row: &str,
+    version: i64,
+) -> Result<(), EngineError> {
+    shared
+        .session
+        .execute_unpaged(insert, (table, table_bucket(key), key, row, version))
+        .await
+        .map_err(|e| err(format!("writing rows of table {table}"), e))?;
+    Ok(())
+}
+
+/// Every row of `INTO` table `table`, as JSON.
+pub(super) async fn table_rows(shared: &Shared, table: &str) -> Result<Vec<String>, EngineError> {
+    let ks = &shared.keyspace;
+    let select = super::scan::statement(
+        shared,
+        &format!("SELECT row FROM {ks}.cq_table_rows WHERE table_name = ? AND bucket = ?"),
+    )
+    .await?;
+    let context = || format!("reading table {table}");
+    let mut out = Vec::new();
+    use futures::StreamExt;
+    for bucket in 0..TABLE_BUCKETS {
+        let mut pager = shared
+            .session
+            .execute_iter(select.clone(), (table, bucket))
+            .await
+            .map_err(|e| err(context(), e))?
+            .rows_stream::<(Option<String>,)>()
+            .map_err(|e| err(context(), e))?;
+        while let Some(row) = pager.next().await {
+            let (row,) = row.map_err(|e| err(context(), e))?;
+            out.extend(row);
+        }
+    }
+    Ok(out)
 }
 
 /// A plain write at the write consistency.

@@ -39,7 +39,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::Semaphore;
 
 pub use catalog::Lease;
-pub use cq::{DeliveryClaim, SharedDefinition};
+pub use cq::{DeliveryClaim, SharedDefinition, SharedTableDef};
 pub use exec::{CassandraScanExec, Keep};
 pub use keys::{KeyClaim, KeyFinish};
 pub use scan::CassandraTable;
@@ -373,6 +373,35 @@ impl CassandraStore {
     /// Every stored alert (JSON bodies).
     pub async fn alerts(&self) -> Result<Vec<String>, EngineError> {
         cq::alerts(&self.shared).await
+    }
+
+    /// Defines a continuous-query table unless it exists (see `cq.rs`): `None` when it is
+    /// defined as `def` says, else the kind and schema another definition gave it.
+    pub async fn define_cq_table(
+        &self,
+        def: &SharedTableDef,
+        node: &str,
+    ) -> Result<Option<(String, String)>, EngineError> {
+        cq::define_table(&self.shared, def, node).await
+    }
+
+    /// Every continuous-query table.
+    pub async fn cq_tables(&self) -> Result<Vec<SharedTableDef>, EngineError> {
+        cq::table_defs(&self.shared).await
+    }
+
+    /// Writes rows of an `INTO` table (key, JSON row, version).
+    pub async fn put_cq_table_rows(
+        &self,
+        table: &str,
+        rows: &[(Vec<u8>, String, i64)],
+    ) -> Result<(), EngineError> {
+        cq::put_table_rows(&self.shared, table, rows).await
+    }
+
+    /// Every row of an `INTO` table, as JSON.
+    pub async fn cq_table_rows(&self, table: &str) -> Result<Vec<String>, EngineError> {
+        cq::table_rows(&self.shared, table).await
     }
 
     /// Claims the delivery of a notification event for `owner`.
