@@ -300,11 +300,16 @@ impl Engine {
         };
         let tables = register_tables(&tiers, &cold, cluster.as_ref());
         let cluster_cq = cluster.as_ref().map(|c| {
+            let logs = tables
+                .iter()
+                .find(|(n, _)| *n == "logs")
+                .map(|(_, t)| Arc::clone(t));
             crate::cluster::continuous::ClusterCq::start(
                 Arc::clone(c),
                 Arc::clone(&continuous),
                 dir,
                 config.decode.clone(),
+                logs,
             )
         });
         // Every CQ resumes from its checkpoint: the WAL entries after it are fed again
@@ -671,6 +676,16 @@ impl Engine {
             }
         }
         for (name, schema, queries, snapshot) in system {
+            if let (Some(cq), "continuous_queries") = (&self.cluster_cq, name) {
+                // Cluster mode: with the nodes that run each query.
+                let cq = Arc::clone(cq);
+                let table =
+                    crate::query::system::SnapshotTable::new(schema, move || cq.queries_batch());
+                if let Err(e) = ctx.register_table(name, Arc::new(table)) {
+                    tracing::error!(table = name, error = %e, "cannot register table");
+                }
+                continue;
+            }
             if let (Some(cq), "alerts") = (&self.cluster_cq, name) {
                 // Cluster mode: the alerts of every node, from Cassandra.
                 let cq = Arc::clone(cq);

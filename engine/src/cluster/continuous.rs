@@ -68,6 +68,14 @@ pub struct ClusterCq {
     alerts: Mutex<Vec<Alert>>,
     /// `cq_tables` as last read: name → definition and columns.
     tables: Mutex<BTreeMap<String, (SharedTableDef, arrow::datatypes::SchemaRef)>>,
+    /// Which nodes run each query (at the version this node runs), from `cq_nodes`.
+    running: Mutex<BTreeMap<String, Vec<String>>>,
+    /// `logs` (both tiers), which `START FROM` backfills read.
+    logs: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    /// The backfills running here: (query, version).
+    backfilling: Mutex<HashSet<(String, u64)>>,
+    /// Decoding of the records the backfill's catch-up check reads.
+    decode: DecodeOptions,
     /// The definitions were read from Cassandra once: the feeder waits for it, so a
     /// joining node's replay reaches the queries.
     synced: AtomicBool,
@@ -94,6 +102,7 @@ impl ClusterCq {
         registry: Arc<CqRegistry>,
         data_dir: &Path,
         decode: DecodeOptions,
+        logs: Option<Arc<dyn datafusion::catalog::TableProvider>>,
     ) -> Arc<Self> {
         registry.enter_cluster_mode();
         let node_id = cluster.config().node_id.clone();
@@ -109,6 +118,10 @@ impl ClusterCq {
             ddl: tokio::sync::Mutex::new(()),
             alerts: Mutex::new(Vec::new()),
             tables: Mutex::new(BTreeMap::new()),
+            logs,
+            running: Mutex::new(BTreeMap::new()),
+            backfilling: Mutex::new(HashSet::new()),
+            decode: decode.clone(),
             synced: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
         });
@@ -144,6 +157,28 @@ impl ClusterCq {
         crate::continuous::alerts_batch(alerts.iter())
     }
 
+    /// The `continuous_queries` table: this node's view of each query, and in `nodes` the
+    /// nodes that run it (each reports every few seconds).
+    pub fn queries_batch(&self) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+        use arrow::array::{Array, StringArray};
+        let batch = self.registry.queries_batch()?;
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(names) = batch
+            .column_by_name("name")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        else {
+            return Ok(batch);
+        };
+        let nodes: StringArray = (0..names.len())
+            .map(|i| running.get(names.value(i)).map(|n| n.join(", ")))
+            .collect();
+        let schema = batch.schema();
+        let at = schema.index_of("nodes")?;
+        let mut columns = batch.columns().to_vec();
+        columns[at] = Arc::new(nodes);
+        arrow::array::RecordBatch::try_new(schema, columns)
+    }
+
     /// `CREATE CONTINUOUS QUERY` in cluster mode: checked against the shared catalog, built
     /// here (which validates it), then stored for every node.
     pub async fn create(
@@ -151,12 +186,6 @@ impl ClusterCq {
         cq: &logsphere_sql::CreateContinuousQuery,
     ) -> Result<crate::continuous::Created, CqError> {
         use crate::continuous::Created;
-        if cq.start_from != logsphere_sql::StartFrom::Now {
-            return Err(CqError::Unsupported {
-                sql: cq.name.to_string(),
-                reason: "START FROM before NOW is not available in cluster mode yet".into(),
-            });
-        }
         let _ddl = self.ddl.lock().await;
         let store = self.store()?;
         let name = cq.name.to_string();
@@ -238,11 +267,18 @@ async fn sync_loop(cq: Arc<ClusterCq>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shared = SharedAlerts::default();
     let mut failing = HashSet::new();
+    let mut reported: Option<Instant> = None;
     while !cq.stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let Some(store) = cq.cluster.store() else {
             continue;
         };
+        if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
+            match report_running(&cq, &store).await {
+                Ok(()) => reported = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "cannot report the queries this node runs"),
+            }
+        }
         match sync_definitions(&cq, &store, &mut failing).await {
             Ok(()) => cq.synced.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %e, "cannot read the continuous query definitions"),
@@ -253,6 +289,197 @@ async fn sync_loop(cq: Arc<ClusterCq>) {
         if let Err(e) = share_tables(&cq, &store).await {
             tracing::warn!(error = %e, "cannot share the continuous-query tables");
         }
+        start_backfills(&cq);
+    }
+}
+
+/// How often a node records in `cq_nodes` which queries it runs; rows live three times as
+/// long.
+const REPORT_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Records which queries this node runs, then reads which nodes run each query.
+async fn report_running(cq: &ClusterCq, store: &CassandraStore) -> Result<(), crate::EngineError> {
+    let local = cq.registry.local_definitions();
+    let mine: Vec<(String, i64, String)> = local
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                i64::try_from(d.version).unwrap_or(i64::MAX),
+                d.state.as_str().to_string(),
+            )
+        })
+        .collect();
+    let ttl = (REPORT_INTERVAL.as_secs() * 3) as i32;
+    store.report_cq_running(&cq.node_id, &mine, ttl).await?;
+    let mut running: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, node, version, _state) in store.cq_running().await? {
+        let here = local
+            .get(&name)
+            .map(|d| i64::try_from(d.version).unwrap_or(i64::MAX));
+        if here == Some(version) {
+            running.entry(name).or_default().push(node);
+        }
+    }
+    for nodes in running.values_mut() {
+        nodes.sort();
+    }
+    *cq.running.lock().unwrap_or_else(|p| p.into_inner()) = running;
+    Ok(())
+}
+
+/// Starts the `START FROM` backfills of this node's queries that are not running yet (new
+/// definitions, or ones a restart interrupted).
+fn start_backfills(cq: &Arc<ClusterCq>) {
+    let mut running = cq.backfilling.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, version, from_us, created_at) in cq.registry.backfills_to_run() {
+        if running.insert((name.clone(), version)) {
+            tokio::spawn(backfill(Arc::clone(cq), name, version, from_us, created_at));
+        }
+    }
+}
+
+/// How long after a query's creation its backfill asks Kafka where the topics end: a record
+/// stamped before the creation but still on its way to the broker is appended by then.
+const BACKFILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The `START FROM` backfill of query `name` in cluster mode: once every record of the
+/// topics up to the creation is stored (ingest progress in Cassandra reached the topics'
+/// ends), feeds the query the stored rows (Cassandra and HDFS) from its start that were
+/// ingested before its creation, hour by hour in event-time order; the live records since
+/// its creation were queued meanwhile and follow. See `docs/cluster.md`.
+async fn backfill(cq: Arc<ClusterCq>, name: String, version: u64, from_us: i64, created_at: i64) {
+    let started = Instant::now();
+    let wanted = || {
+        cq.registry
+            .backfills_to_run()
+            .iter()
+            .any(|(n, v, _, _)| *n == name && *v == version)
+    };
+    let stop = Arc::clone(&cq.stop);
+    let stopped = move || stop.load(Ordering::Relaxed);
+    let result = backfill_rows(
+        &cq, &name, version, from_us, created_at, &wanted, &stopped, started,
+    )
+    .await;
+    if wanted() {
+        crate::continuous::conclude_backfill(
+            &cq.registry,
+            &name,
+            version,
+            result,
+            started,
+            &stopped,
+        );
+    }
+    cq.backfilling
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(name, version));
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn backfill_rows(
+    cq: &ClusterCq,
+    name: &str,
+    version: u64,
+    from_us: i64,
+    created_at: i64,
+    wanted: &impl Fn() -> bool,
+    stopped: &impl Fn() -> bool,
+    started: Instant,
+) -> Result<u64, CqError> {
+    let wait = (created_at + BACKFILL_GRACE.as_micros() as i64 - now_us()).max(0);
+    tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+    wait_until_stored(cq, name, wanted, stopped).await?;
+    let logs = cq
+        .logs
+        .clone()
+        .ok_or_else(|| CqError::Cluster("no logs table to backfill from".into()))?;
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("logs", logs)?;
+    let filter = format!(" AND ingest_time < to_timestamp_micros({created_at})");
+    let from = if from_us == i64::MIN {
+        String::new()
+    } else {
+        format!(" AND timestamp >= to_timestamp_micros({from_us})")
+    };
+    // The hours that hold rows: a range read of the bounds, then one query per hour.
+    let bounds = ctx
+        .sql(&format!(
+            "SELECT CAST(min(timestamp) AS BIGINT), CAST(max(timestamp) AS BIGINT) FROM logs \
+             WHERE true{from}{filter}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let pair = bounds.iter().find(|b| b.num_rows() > 0).and_then(|b| {
+        use arrow::array::{Array, Int64Array};
+        let lo = b.column(0).as_any().downcast_ref::<Int64Array>()?;
+        let hi = b.column(1).as_any().downcast_ref::<Int64Array>()?;
+        (lo.is_valid(0) && hi.is_valid(0)).then(|| (lo.value(0), hi.value(0)))
+    });
+    let Some((lo, hi)) = pair else {
+        return Ok(0);
+    };
+    let hours = (crate::continuous::hour_of(lo)..=crate::continuous::hour_of(hi)).collect();
+    let input = crate::continuous::Hours {
+        hours,
+        from_us,
+        filter,
+    };
+    crate::continuous::feed_hours(&cq.registry, name, version, &ctx, &input, stopped, started).await
+}
+
+/// Waits until the ingest group stored every record the topics held just after the query's
+/// creation (its progress in Cassandra reached the topics' ends then).
+async fn wait_until_stored(
+    cq: &ClusterCq,
+    name: &str,
+    wanted: &impl Fn() -> bool,
+    stopped: &impl Fn() -> bool,
+) -> Result<(), CqError> {
+    use crate::source::ProgressStore;
+    let config = cq.cluster.config().clone();
+    let decode = cq.decode.clone();
+    let ends = tokio::task::spawn_blocking(move || {
+        let reader = AllPartitions::open(&config.kafka, &config.node_id, decode, |_| {
+            Start::Time(now_us() / 1000)
+        })?;
+        reader.ends()
+    })
+    .await
+    .map_err(|e| CqError::Cluster(format!("reading the topics' ends: {e}")))?
+    .map_err(storage)?;
+    let mut last_log = Instant::now();
+    loop {
+        if stopped() || !wanted() {
+            return Err(CqError::Cluster("stopped".into()));
+        }
+        let behind: Vec<String> = match cq.store() {
+            Ok(store) => {
+                let stored: HashMap<String, i64> = store
+                    .list()
+                    .await
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|p| (partition_key(&p.partition), p.next_offset))
+                    .collect();
+                ends.iter()
+                    .filter(|(p, end)| **end > 0 && stored.get(*p).is_none_or(|s| s < *end))
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            }
+            Err(_) => vec!["(Cassandra not connected)".to_string()],
+        };
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(cq = %name, behind = ?behind, "backfill waits for ingest to store the records before the query's creation");
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

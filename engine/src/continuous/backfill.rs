@@ -124,6 +124,19 @@ pub(crate) async fn run(
 ) {
     let started = Instant::now();
     let result = feed(&queries, &name, version, &input, &stopped, started).await;
+    conclude(&queries, &name, version, result, started, &stopped);
+}
+
+/// Logs how a backfill ended and switches the query to the live feed (its error, if any,
+/// in the query's `error`).
+pub(crate) fn conclude(
+    queries: &super::CqRegistry,
+    name: &str,
+    version: u64,
+    result: Result<u64, CqError>,
+    started: Instant,
+    stopped: &impl Fn() -> bool,
+) {
     let error = match result {
         Ok(rows) => {
             let secs = started.elapsed().as_secs_f64();
@@ -137,7 +150,7 @@ pub(crate) async fn run(
         }
     };
     if !stopped() {
-        queries.finish_backfill(&name, version, error, super::now_us());
+        queries.finish_backfill(name, version, error, super::now_us());
     }
 }
 
@@ -167,31 +180,60 @@ async fn feed(
     };
     let tiers = Arc::new(Tiers::new(manifest));
     let empty = RecordBatch::new_empty(crate::model::dead_letters_schema());
-    let mut hours: BTreeSet<i64> = plan
-        .files
-        .iter()
-        .map(|f| f.min_ts.div_euclid(HOUR_US))
-        .collect();
+    let mut hours: BTreeSet<i64> = plan.files.iter().map(|f| hour_of(f.min_ts)).collect();
     for (seq, logs) in &input.hot {
         if let Some(ts) = crate::hot::timestamps(logs, 0) {
-            hours.extend(ts.iter().map(|t| t.div_euclid(HOUR_US)));
+            hours.extend(ts.iter().map(|t| hour_of(*t)));
         }
         tiers.insert(HotEntry::new(*seq, logs.clone(), empty.clone()));
     }
     let ctx = SessionContext::new();
     let table = TierTable::new(TableKind::Logs, TierScope::Both, tiers, input.cold.clone());
     ctx.register_table("logs", Arc::new(table))?;
+    let input = Hours {
+        hours,
+        from_us: plan.from_us,
+        filter: String::new(),
+    };
+    feed_hours(queries, name, version, &ctx, &input, stopped, started).await
+}
+
+/// What [`feed_hours`] reads: the event-time hours that hold rows, the start, and an extra
+/// SQL condition (` AND …`) on `logs`.
+pub(crate) struct Hours {
+    pub hours: BTreeSet<i64>,
+    pub from_us: i64,
+    pub filter: String,
+}
+
+/// The event-time hour (µs / 1 h) of `us`.
+pub(crate) fn hour_of(us: i64) -> i64 {
+    us.div_euclid(HOUR_US)
+}
+
+/// Feeds the rows of `logs` in `ctx` at or after the start, hour by hour in event-time
+/// order, to the backfill of `name`; logs progress every 5 s. Returns the rows fed.
+pub(crate) async fn feed_hours(
+    queries: &super::CqRegistry,
+    name: &str,
+    version: u64,
+    ctx: &SessionContext,
+    input: &Hours,
+    stopped: &impl Fn() -> bool,
+    started: Instant,
+) -> Result<u64, CqError> {
     let want = crate::model::logs_schema();
-    let (mut rows, mut clock, mut last_log) = (0u64, plan.from_us, Instant::now());
-    for hour in hours {
-        let lo = (hour * HOUR_US).max(plan.from_us);
+    let (mut rows, mut clock, mut last_log) = (0u64, input.from_us, Instant::now());
+    for &hour in &input.hours {
+        let lo = (hour * HOUR_US).max(input.from_us);
         let hi = hour * HOUR_US + HOUR_US;
-        if hi <= plan.from_us {
+        if hi <= input.from_us {
             continue;
         }
         let sql = format!(
             "SELECT * FROM logs WHERE timestamp >= to_timestamp_micros({lo}) \
-             AND timestamp < to_timestamp_micros({hi}) ORDER BY timestamp"
+             AND timestamp < to_timestamp_micros({hi}){} ORDER BY timestamp",
+            input.filter
         );
         let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
         while let Some(batch) = stream.next().await {

@@ -159,6 +159,25 @@ impl CqRegistry {
             .collect()
     }
 
+    /// The `START FROM` backfills this node has to run: (name, version, start in µs,
+    /// creation time in µs — the backfill reads what was ingested before it).
+    pub fn backfills_to_run(&self) -> Vec<(String, u64, i64, i64)> {
+        self.lock()
+            .live
+            .values()
+            .filter(|l| l.backfill_queue.is_some())
+            .filter_map(|l| {
+                let plan = l.def.backfill.as_ref()?;
+                Some((
+                    l.def.name.clone(),
+                    l.def.version,
+                    plan.from_us,
+                    l.def.created_at,
+                ))
+            })
+            .collect()
+    }
+
     /// The tables the running query `name` writes: (table, columns, whether it takes alert
     /// rows (`NOTIFY (TABLE …)`) rather than output rows (`INTO`)).
     pub fn tables_of(&self, name: &str) -> Vec<SharedTable> {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use logsphere_sql::CreateContinuousQuery;
 
+use super::backfill::BackfillPlan;
 use super::definitions::{CqDefinition, CqState};
 use super::hosting::{HostedCq, checkpoint_path, event_now, notify_on};
 use super::lifecycle::AlertBook;
@@ -51,7 +52,11 @@ impl CqRegistry {
         shared: Option<SharedVersion>,
     ) -> Result<Created, CqError> {
         let start = super::backfill::start_from_us(cq).await?;
-        if start.is_some() && history.is_none() {
+        // Cluster mode reads its history from the shared tiers (`cluster/continuous.rs`).
+        let cluster = self
+            .cut_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if start.is_some() && history.is_none() && !cluster {
             return Err(CqError::Unsupported {
                 sql: cq.body_sql.clone(),
                 reason: "START FROM needs the engine's stored logs".into(),
@@ -92,8 +97,17 @@ impl CqRegistry {
             return Err(CqError::AlreadyExists(name));
         }
         let mut cut = inner.last_seq;
-        if let (Some(from_us), Some(history)) = (start, history) {
-            let plan = history(from_us, inner.last_seq)?;
+        if let Some(from_us) = start {
+            let plan = match history {
+                Some(history) => history(from_us, inner.last_seq)?,
+                // Cluster mode: no WAL; the live feed is queued from here on.
+                None => BackfillPlan {
+                    from_us,
+                    files: Vec::new(),
+                    wal_from: cut + 1,
+                    cut,
+                },
+            };
             cut = plan.cut;
             live.def.backfill = Some(plan);
             live.backfill_queue = Some(Vec::new());

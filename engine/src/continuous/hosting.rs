@@ -56,7 +56,7 @@ pub(super) struct HostedCq {
     pub(super) tables: Arc<TableStore>,
     /// While a `START FROM` backfill runs: the live entries that arrived meanwhile, fed
     /// after it in sequence order.
-    pub(super) backfill_queue: Option<Vec<(u64, RecordBatch)>>,
+    pub(super) backfill_queue: Option<Vec<(String, u64, RecordBatch)>>,
     /// Resumed and re-reading the WAL from where it paused: live entries wait until the
     /// catch-up reaches them (see feed.rs).
     pub(super) catching_up: bool,

@@ -60,6 +60,7 @@ mod table_store;
 
 pub use alerts::Alert;
 pub use backfill::{BackfillPlan, start_from_us};
+pub(crate) use backfill::{Hours, conclude as conclude_backfill, feed_hours, hour_of};
 pub use backtest::{backtest, explain};
 pub use cluster::{GENERATION_SHIFT, LocalDefinition, SharedTable, parse_definition};
 pub use ddl::Created;

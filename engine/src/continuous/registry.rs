@@ -392,7 +392,7 @@ impl CqRegistry {
                     live.seq = *seq;
                     if let Some(queue) = &mut live.backfill_queue {
                         if batch.num_rows() > 0 {
-                            queue.push((*seq, batch.clone()));
+                            queue.push((partition.to_string(), *seq, batch.clone()));
                         }
                         continue;
                     }
@@ -469,16 +469,25 @@ impl CqRegistry {
         else {
             return;
         };
+        let cluster = self
+            .cut_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed);
         let queue = live.backfill_queue.take().unwrap_or_default();
-        for (seq, batch) in queue {
+        for (partition, seq, batch) in queue {
             let clock = super::max_ingest_time(&batch).unwrap_or(now_us);
-            let outputs = live
-                .runtime
-                .process("wal", Position::Wal { seq }, &batch, clock);
-            live.handle(outputs, clock);
+            // Cluster mode: the live records queued meanwhile, under their partitions, from
+            // the query's creation on (the backfill read those before it).
+            let since = cluster.then_some(live.def.created_at);
+            feed_one(live, &partition, seq, &batch, clock, None, since);
         }
         if let Some(e) = error {
             live.error = Some(e);
+        }
+        if cluster {
+            // Checkpoints are taken at the feeder's cuts only: the next cut checkpoints the
+            // state and then drops the plan (`checkpoint_every`); a crash before that runs
+            // the backfill again.
+            return;
         }
         let plan = live.def.backfill.take();
         if let Err(e) = live.checkpoint(&dir, now_us) {
@@ -629,6 +638,7 @@ impl CqRegistry {
     pub(super) fn checkpoint_every(&self, now_us: i64) {
         let dir = self.ckpt_dir.clone();
         let mut inner = self.lock();
+        let mut backfills_done = false;
         for live in inner.live.values_mut() {
             if live.backfill_queue.is_some() {
                 // Its definition still holds the backfill plan: a restart runs it again.
@@ -637,7 +647,13 @@ impl CqRegistry {
             if let Err(e) = live.checkpoint(&dir, now_us) {
                 tracing::warn!(cq = %live.def.name, error = %e, "checkpoint failed");
                 live.error = Some(e.to_string());
+            } else if live.def.backfill.take().is_some() {
+                // A cluster backfill that finished since the last cut is in this checkpoint.
+                backfills_done = true;
             }
+        }
+        if backfills_done && let Err(e) = self.save_definitions(&inner) {
+            tracing::warn!(error = %e, "cannot store the finished backfills; a restart backfills again");
         }
         self.update_hold(&inner);
     }

@@ -153,6 +153,8 @@ impl CqRegistry {
                 ts(&|x| x.last_checkpoint_at),
                 int(&|x| x.seq),
                 s(&|x| x.error.clone()),
+                // Cluster mode fills in the nodes running it (`cluster/continuous.rs`).
+                s(&|_| None),
             ],
         )
     }
@@ -178,6 +180,7 @@ pub fn queries_schema() -> SchemaRef {
         Field::new("last_checkpoint", ts(), true),
         Field::new("wal_seq", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
+        Field::new("nodes", DataType::Utf8, true),
     ]))
 }
 

@@ -639,9 +639,16 @@ async fn into_and_notify_tables_are_shared_by_every_node() {
         wait_for_pairs(node, per_minute, &want, Duration::from_secs(90)).await;
         wait_for_pairs(node, critical, &firing, Duration::from_secs(30)).await;
     }
+    // `continuous_queries.nodes` says who runs a query: the dead node drops out.
+    let nodes = "SELECT nodes, count(*) FROM continuous_queries WHERE name = 'per_minute' \
+                 GROUP BY nodes";
+    let two = BTreeMap::from([("n2, n3".to_string(), 1)]);
+    wait_for_pairs(&n3, nodes, &two, Duration::from_secs(30)).await;
     // n1 restarts from its checkpoint and replays what it missed: the same rows, once.
     n1.restart();
     wait_for_pairs(&n1, per_minute, &want, Duration::from_secs(90)).await;
+    let three = BTreeMap::from([("n1, n2, n3".to_string(), 1)]);
+    wait_for_pairs(&n2, nodes, &three, Duration::from_secs(30)).await;
     let rows = BTreeMap::from([("rows".to_string(), 3)]);
     wait_for_pairs(
         &n1,
@@ -673,4 +680,105 @@ async fn into_and_notify_tables_are_shared_by_every_node() {
     wait_for_pairs(&n4, defs, &only_crit, Duration::from_secs(60)).await;
     wait_for_pairs(&n4, per_minute, &want, Duration::from_secs(30)).await;
     wait_for_pairs(&n4, critical, &firing, Duration::from_secs(30)).await;
+}
+
+/// `START FROM` in cluster mode: a query created after records were stored — some tiered
+/// to HDFS, some hot in Cassandra — counts them (the backfill, on every node) and then the
+/// records produced after its creation, each once; its `INTO` rows agree on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_backfills_both_tiers_then_counts_live_once() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("cqs");
+    create_topics(&names.brokers, &[&topic], 4).await;
+    let n1 = names.node("n1", &[&topic], super::MANUAL_TIERING);
+    let n2 = names.node("n2", &[&topic], super::MANUAL_TIERING);
+    // History: minute OLD in the cold tier, minute OLD + 1 hot.
+    const OLD: i64 = 1_764_403_200_000; // 2025-11-29 08:00Z
+    let p = producer(&names.brokers);
+    produce_records(&p, &[&topic], 0..40, |seq| {
+        line(
+            OLD + seq as i64 * 1000,
+            "ERROR",
+            "web-1",
+            &format!("old {seq}"),
+        )
+    })
+    .await;
+    super::wait_for_count(
+        &n1,
+        "SELECT count(*) FROM logs",
+        40,
+        Duration::from_secs(120),
+    )
+    .await;
+    let url = n1.http_url();
+    let moved = tokio::task::spawn_blocking(move || {
+        logsphere_tests::flush_rows(&url, Duration::from_secs(240))
+    })
+    .await
+    .expect("flush thread");
+    assert_eq!(moved, 40);
+    produce_records(&p, &[&topic], 0..30, |seq| {
+        line(
+            OLD + 60_000 + seq as i64 * 1000,
+            "ERROR",
+            "web-1",
+            &format!("hot {seq}"),
+        )
+    })
+    .await;
+    super::wait_for_count(
+        &n1,
+        "SELECT count(*) FROM logs",
+        70,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(n1.query_i64("SELECT count(*) FROM logs_cold").await, 40);
+
+    create_rules(
+        &n1,
+        &["CREATE CONTINUOUS QUERY since_start INTO errors_since \
+             START FROM EARLIEST WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
+           AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
+              FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
+            .to_string()],
+    )
+    .await;
+    // Live, right after the CREATE: minute A (three minutes back), closed by lines in A + 1.
+    let a = (now_ms() / 60_000 - 3) * 60_000;
+    produce_records(&p, &[&topic], 0..25, move |seq| {
+        line(
+            a + (seq as i64 % 20) * 1000,
+            "ERROR",
+            "api-1",
+            &format!("live {seq}"),
+        )
+    })
+    .await;
+    produce_records(&p, &[&topic], 0..40, move |seq| {
+        line(a + 70_000, "INFO", "tick", &format!("tick {seq}"))
+    })
+    .await;
+    let per_minute = "SELECT source || '/' || CAST(CAST(date_part('epoch', minute) AS BIGINT) AS VARCHAR), n \
+                      FROM errors_since";
+    let key = |source: &str, minute_ms: i64| format!("{source}/{}", minute_ms / 1000);
+    let want = BTreeMap::from([
+        (key("web-1", OLD), 40),
+        (key("web-1", OLD + 60_000), 30),
+        (key("api-1", a), 25),
+    ]);
+    let state = "SELECT state, count(*) FROM continuous_queries GROUP BY state";
+    let running = BTreeMap::from([("RUNNING".to_string(), 1)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, per_minute, &want, Duration::from_secs(120)).await;
+        wait_for_pairs(node, state, &running, Duration::from_secs(30)).await;
+    }
+    // Each node's query saw every row once: 70 stored, 65 live (25 + 40 ticks).
+    let rows_in = "SELECT name, rows_in FROM continuous_queries";
+    let seen = BTreeMap::from([("since_start".to_string(), 135)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, rows_in, &seen, Duration::from_secs(30)).await;
+    }
 }

@@ -18,6 +18,8 @@
 //!   the rows it derives, `USING TIMESTAMP` the query's event-time watermark, so the same
 //!   row from several nodes is one row, and a node replaying old input (a restart, a late
 //!   joiner) cannot put an older version of a row over a newer one.
+//! - `cq_nodes`: which node runs which query (version, state), each row written with a TTL
+//!   by the node every few seconds, so a node that stops drops out by itself.
 //! - `cq_deliveries`: one row per notification event (its deterministic `event_id`, also
 //!   the webhook's `Idempotency-Key`). A node claims an event (`IF NOT EXISTS USING TTL`)
 //!   before sending it and marks it `done` after; another node that derived the same event
@@ -69,6 +71,11 @@ pub(super) fn tables(ks: &str) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.cq_tables (\
              name text PRIMARY KEY, kind text, columns_ipc text, writers set<text>, \
              created_by text, created_us bigint)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.cq_nodes (\
+             name text, node text, version bigint, state text, \
+             PRIMARY KEY ((name), node))"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.cq_table_rows (\
@@ -228,6 +235,59 @@ async fn put_row(
         .await
         .map_err(|e| err(format!("writing rows of table {table}"), e))?;
     Ok(())
+}
+
+/// Records that `node` runs `queries` (name, version, state) for the next `ttl_secs`.
+pub(super) async fn report_running(
+    shared: &Shared,
+    node: &str,
+    queries: &[(String, i64, String)],
+    ttl_secs: i32,
+) -> Result<(), EngineError> {
+    let ks = &shared.keyspace;
+    let insert = write(
+        shared,
+        &format!(
+            "INSERT INTO {ks}.cq_nodes (name, node, version, state) VALUES (?, ?, ?, ?) \
+             USING TTL ?"
+        ),
+    )
+    .await?;
+    for (name, version, state) in queries {
+        shared
+            .session
+            .execute_unpaged(&insert, (name, node, version, state, ttl_secs))
+            .await
+            .map_err(|e| err(format!("recording that {node} runs {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Every (query, node, version, state) of `cq_nodes`.
+pub(super) async fn running(
+    shared: &Shared,
+) -> Result<Vec<(String, String, i64, String)>, EngineError> {
+    let ks = &shared.keyspace;
+    let select = super::scan::statement(
+        shared,
+        &format!("SELECT name, node, version, state FROM {ks}.cq_nodes"),
+    )
+    .await?;
+    let context = "reading which node runs which continuous query";
+    let mut pager = shared
+        .session
+        .execute_iter(select, ())
+        .await
+        .map_err(|e| err(context, e))?
+        .rows_stream::<(String, String, Option<i64>, Option<String>)>()
+        .map_err(|e| err(context, e))?;
+    let mut out = Vec::new();
+    use futures::StreamExt;
+    while let Some(row) = pager.next().await {
+        let (name, node, version, state) = row.map_err(|e| err(context, e))?;
+        out.push((name, node, version.unwrap_or(0), state.unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// Every row of `INTO` table `table`, as JSON.

@@ -385,6 +385,21 @@ impl CassandraStore {
         cq::define_table(&self.shared, def, node).await
     }
 
+    /// Records that `node` runs `queries` (name, version, state) for the next `ttl_secs`.
+    pub async fn report_cq_running(
+        &self,
+        node: &str,
+        queries: &[(String, i64, String)],
+        ttl_secs: i32,
+    ) -> Result<(), EngineError> {
+        cq::report_running(&self.shared, node, queries, ttl_secs).await
+    }
+
+    /// Every (query, node, version, state) reported running.
+    pub async fn cq_running(&self) -> Result<Vec<(String, String, i64, String)>, EngineError> {
+        cq::running(&self.shared).await
+    }
+
     /// Every continuous-query table.
     pub async fn cq_tables(&self) -> Result<Vec<SharedTableDef>, EngineError> {
         cq::table_defs(&self.shared).await
