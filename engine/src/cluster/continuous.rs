@@ -500,27 +500,18 @@ async fn define_tables(
         };
         if let Some((kind, schema)) = store.define_cq_table(&def, node).await.map_err(storage)? {
             let theirs = crate::continuous::schema_from_hex(&schema)
-                .map(|s| describe(&s))
+                .map(|s| crate::continuous::describe_columns(&s))
                 .unwrap_or_else(|_| "unreadable".into());
             return Err(CqError::TableExists(format!(
                 "table \"{}\" exists ({} rows of {kind} with columns ({theirs})), but this query \
                  writes ({})",
                 t.table,
                 if kind == "alerts" { "alert" } else { "output" },
-                describe(&t.schema)
+                crate::continuous::describe_columns(&t.schema)
             )));
         }
     }
     Ok(())
-}
-
-fn describe(schema: &arrow::datatypes::Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Defines the tables of this node's queries that `cq_tables` lacks, writes the `INTO` rows

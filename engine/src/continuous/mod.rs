@@ -77,7 +77,8 @@ pub use system_tables::{
     queries_schema,
 };
 pub use table_store::{
-    SharedRows, TableStore, UPDATED_AT, rows_from_json, schema_from_hex, schema_hex, table_schema,
+    SharedRows, TableStore, UPDATED_AT, describe as describe_columns, rows_from_json,
+    schema_from_hex, schema_hex, table_schema,
 };
 
 pub(crate) use backfill::{BackfillInput, run as run_backfill};

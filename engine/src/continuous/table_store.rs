@@ -263,7 +263,8 @@ fn same_columns(a: &Schema, b: &Schema) -> bool {
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
-fn describe(schema: &Schema) -> String {
+/// A table's columns as an error message names them: `name type, …`.
+pub fn describe(schema: &Schema) -> String {
     schema
         .fields()
         .iter()
