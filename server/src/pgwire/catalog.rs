@@ -26,6 +26,7 @@ use datafusion_pg_catalog::pg_catalog::{
     generate_series_arg_coercion, has_privilege_udf, oid_type_planner, pg_get_expr_udf,
     quote_ident_udf,
 };
+use pgwire::error::PgWireError;
 
 use super::info_schema;
 use super::pg_compat::{self, PgCatalogOverlay, TypeNames};
@@ -130,7 +131,10 @@ impl PgCatalog {
         generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
 
         ctx.register_udf(session_user_udf(Arc::clone(&vars)));
-        ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new(vars)));
+        ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new(Arc::clone(
+            &vars,
+        ))));
+        ctx.register_udf(ScalarUDF::new_from_impl(SetConfig::new(vars)));
         ctx.register_udf(version_udf());
         for udf in pg_compat::udfs(&self.types) {
             ctx.register_udf(udf);
@@ -306,6 +310,120 @@ impl ScalarUDFImpl for CurrentSetting {
                     out.append_null();
                 }
             }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        if array.len() == 1
+            && args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
+/// `set_config(name, value, is_local)`: sets a run-time parameter of the connection as SET
+/// does and returns its new value (pgAdmin sets `bytea_output` this way on connect).
+/// Transaction-local settings (`is_local` true) are refused: nothing would undo them at the
+/// end of the transaction.
+#[derive(Debug)]
+struct SetConfig {
+    vars: SharedVars,
+    signature: Signature,
+}
+
+impl SetConfig {
+    fn new(vars: SharedVars) -> Self {
+        let signature = Signature::exact(
+            vec![DataType::Utf8, DataType::Utf8, DataType::Boolean],
+            Volatility::Volatile,
+        );
+        Self { vars, signature }
+    }
+}
+
+impl PartialEq for SetConfig {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.vars, &other.vars)
+    }
+}
+
+impl Eq for SetConfig {}
+
+impl Hash for SetConfig {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.vars) as usize).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for SetConfig {
+    fn name(&self) -> &str {
+        "set_config"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [names, values, local] = arrays.as_slice() else {
+            return Err(DataFusionError::Plan(
+                "set_config() takes a name, a value and is_local".to_owned(),
+            ));
+        };
+        let (Some(names), Some(values), Some(local)) = (
+            names.as_string_opt::<i32>(),
+            values.as_string_opt::<i32>(),
+            local.as_boolean_opt(),
+        ) else {
+            return Err(DataFusionError::Plan(
+                "set_config() takes (text, text, boolean)".to_owned(),
+            ));
+        };
+        let mut vars = lock(&self.vars);
+        let mut out = StringBuilder::with_capacity(names.len(), names.len() * 8);
+        for row in 0..names.len() {
+            if names.is_null(row) {
+                return Err(DataFusionError::Execution(
+                    "SET requires parameter name".to_owned(),
+                ));
+            }
+            let name = names.value(row);
+            if !local.is_null(row) && local.value(row) {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "set_config('{name}', …, true): transaction-local settings are not supported; \
+                     pass false to set it for the session"
+                )));
+            }
+            if name.to_ascii_lowercase().starts_with("datafusion.") {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "set_config('{name}', …): DataFusion options are changed with SET"
+                )));
+            }
+            if values.is_null(row) {
+                // NULL resets to the default, as in PostgreSQL.
+                vars.reset(name);
+            } else {
+                vars.set(name, values.value(row)).map_err(|e| match e {
+                    PgWireError::UserError(info) => {
+                        DataFusionError::External(Box::new(super::errors::SqlStateError {
+                            code: info.code,
+                            message: info.message,
+                        }))
+                    }
+                    other => DataFusionError::Configuration(other.to_string()),
+                })?;
+            }
+            out.append_option(vars.get(name));
         }
         let array: ArrayRef = Arc::new(out.finish());
         if array.len() == 1

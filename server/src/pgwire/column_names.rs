@@ -13,6 +13,11 @@ use datafusion::sql::sqlparser::ast::{
 /// The name PostgreSQL gives an expression it cannot name.
 const UNNAMED: &str = "?column?";
 
+/// The prefix of the alias datafusion-pg-catalog gives a column the SELECT list repeats
+/// (`SELECT n.oid, n.* …`, DBeaver's catalog reads): DataFusion refuses two columns of one
+/// name, so the first becomes `__alias_oid`, which PostgreSQL would have called `oid`.
+const DUPLICATE_ALIAS_PREFIX: &str = "__alias_";
+
 /// PostgreSQL's name for each of the `width` output columns of `statement`, `None` where
 /// DataFusion's name already agrees (aliases, columns expanded from `*`). `None` overall when
 /// the statement is not a query or its SELECT list cannot be matched to `width` columns.
@@ -72,7 +77,12 @@ fn item_name(item: &SelectItem) -> Option<Option<String>> {
         SelectItem::UnnamedExpr(expr) => {
             Some(Some(figure(expr).unwrap_or_else(|| UNNAMED.to_owned())))
         }
-        SelectItem::ExprWithAlias { .. } => Some(None),
+        SelectItem::ExprWithAlias { expr, alias } => {
+            // Only the alias the rewrite made, `__alias_<the expression's own name>`.
+            let own = figure(expr)
+                .filter(|own| alias.value.strip_prefix(DUPLICATE_ALIAS_PREFIX) == Some(own));
+            Some(own)
+        }
         SelectItem::ExprWithAliases { .. }
         | SelectItem::QualifiedWildcard(..)
         | SelectItem::Wildcard(_) => None,

@@ -102,9 +102,30 @@ fn split_location(text: &str, sql: &str) -> (String, Option<usize>) {
     (text[..at].to_owned(), Some(preceding + column))
 }
 
+/// A PostgreSQL error raised inside a SQL function (`set_config` refusing a value), carried
+/// through DataFusion with its SQLSTATE.
+#[derive(Debug)]
+pub(crate) struct SqlStateError {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for SqlStateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqlStateError {}
+
 /// Maps any DataFusion error to a PostgreSQL error with the closest SQLSTATE.
 pub(crate) fn error_info(err: &DataFusionError) -> ErrorInfo {
     let root = err.find_root();
+    if let DataFusionError::External(e) = root
+        && let Some(e) = e.downcast_ref::<SqlStateError>()
+    {
+        return ErrorInfo::new("ERROR".to_owned(), e.code.clone(), e.message.clone());
+    }
     let message = root.message().into_owned();
     let code = sqlstate_of(root, &message);
     ErrorInfo::new("ERROR".to_owned(), code.to_owned(), message)

@@ -23,6 +23,9 @@ pub(crate) const SCHEMA: &str = "pg_ls_information_schema";
 
 /// Views served from [`SCHEMA`] instead of DataFusion's `information_schema`.
 const VIEWS: &[&str] = &[
+    "schemata",
+    "tables",
+    "views",
     "columns",
     "table_constraints",
     "key_column_usage",
@@ -147,6 +150,16 @@ fn sql_type_name(typname: &str) -> String {
     .to_owned()
 }
 
+/// DataFusion's `information_schema` listings that would show [`SCHEMA`] itself, with the
+/// column naming a row's schema.
+fn listing_schema_column(view: &str) -> Option<&'static str> {
+    match view {
+        "schemata" => Some("schema_name"),
+        "tables" | "views" => Some("table_schema"),
+        _ => None,
+    }
+}
+
 /// The schema provider behind [`SCHEMA`].
 #[derive(Debug)]
 pub(crate) struct InformationSchemaExtras {
@@ -156,6 +169,32 @@ pub(crate) struct InformationSchemaExtras {
 impl InformationSchemaExtras {
     pub(crate) fn new(catalogs: Arc<dyn CatalogProviderList>) -> Self {
         Self { catalogs }
+    }
+
+    /// DataFusion's own `information_schema.<view>` without the rows of [`SCHEMA`] (Grafana's
+    /// schema and table pickers list `information_schema.schemata` and `.tables`).
+    async fn listing_without_extras(
+        &self,
+        view: &str,
+        schema_column: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        use datafusion::prelude::{col, lit};
+        let provider = datafusion::catalog::information_schema::InformationSchemaProvider::new(
+            Arc::clone(&self.catalogs),
+        );
+        let Some(table) = provider.table(view).await? else {
+            return Ok(None);
+        };
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            view,
+            datafusion::datasource::provider_as_source(table),
+            None,
+        )?
+        .filter(col(schema_column).not_eq(lit(SCHEMA)))?
+        .build()?;
+        Ok(Some(Arc::new(datafusion::catalog::view::ViewTable::new(
+            plan, None,
+        ))))
     }
 
     async fn columns(&self) -> Result<Arc<dyn TableProvider>> {
@@ -289,6 +328,9 @@ impl SchemaProvider for InformationSchemaExtras {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let name = name.to_ascii_lowercase();
+        if let Some(column) = listing_schema_column(&name) {
+            return self.listing_without_extras(&name, column).await;
+        }
         let table: Arc<dyn TableProvider> = if name == "columns" {
             self.columns().await?
         } else {

@@ -58,13 +58,47 @@ const ARRAY_COLUMNS: &[(&str, &[(&str, DataType)])] = &[
     ),
 ];
 
-/// Columns PostgreSQL has and datafusion-pg-catalog's tables lack, added as typed NULLs.
-fn extra_columns(table: &str) -> Vec<(&'static str, DataType)> {
-    let text_array = DataType::new_list(DataType::Utf8, true);
+/// The oid of each catalog table, which PostgreSQL gives every row as the `tableoid` system
+/// column (pgAdmin joins `pg_depend.classid = cls.tableoid`). A system column is no part of
+/// `*`, so it is not a column of the tables here: [`TableOids`] writes `alias.tableoid` as
+/// the table's oid.
+const TABLE_OIDS: &[(&str, i32)] = &[
+    ("pg_attribute", 1249),
+    ("pg_class", 1259),
+    ("pg_constraint", 2606),
+    ("pg_database", 1262),
+    ("pg_index", 2610),
+    ("pg_namespace", 2615),
+    ("pg_proc", 1255),
+    ("pg_type", 1247),
+];
+
+/// Columns PostgreSQL has and datafusion-pg-catalog's tables lack, with the value every row
+/// holds (typed NULLs).
+fn extra_columns(table: &str) -> Vec<(&'static str, ScalarValue)> {
+    let null_text_array = || {
+        ScalarValue::try_from(&DataType::new_list(DataType::Utf8, true))
+            .unwrap_or(ScalarValue::Null)
+    };
     match table {
-        "pg_class" => vec![("relacl", text_array.clone()), ("reloptions", text_array)],
-        "pg_database" => vec![("datcollversion", DataType::Utf8)],
-        "pg_proc" => vec![("proconfig", text_array)],
+        "pg_class" => vec![
+            ("relacl", null_text_array()),
+            ("reloptions", null_text_array()),
+        ],
+        "pg_database" => vec![("datcollversion", ScalarValue::Utf8(None))],
+        "pg_proc" => vec![("proconfig", null_text_array())],
+        _ => Vec::new(),
+    }
+}
+
+/// Array columns datafusion-pg-catalog holds as text, NULL in every row of its static data,
+/// as the typed NULL arrays PostgreSQL has (DBeaver reads `unnest(e.extconfig)`).
+fn retyped_columns(table: &str) -> Vec<(&'static str, DataType)> {
+    match table {
+        "pg_extension" => vec![
+            ("extconfig", DataType::new_list(DataType::Int32, true)),
+            ("extcondition", DataType::new_list(DataType::Utf8, true)),
+        ],
         _ => Vec::new(),
     }
 }
@@ -89,29 +123,36 @@ fn replaced_columns(table: &str) -> Vec<(&'static str, datafusion::logical_expr:
     }
 }
 
-/// `table` with `extra` appended as NULL columns and the [`replaced_columns`] recomputed (a
-/// view over it), or `table` itself when there is nothing to change.
+/// `table` with `extra` appended as constant columns, the [`replaced_columns`] recomputed and
+/// the [`retyped_columns`] given their PostgreSQL type (a view over it), or `table` itself
+/// when there is nothing to change.
 fn with_extra_columns(
     name: &str,
     table: Arc<dyn TableProvider>,
-    extra: Vec<(&'static str, DataType)>,
+    extra: Vec<(&'static str, ScalarValue)>,
 ) -> Result<Arc<dyn TableProvider>> {
+    use datafusion::logical_expr::Expr;
     let schema = table.schema();
     let missing: Vec<_> = extra
         .into_iter()
         .filter(|(c, _)| schema.field_with_name(c).is_err())
         .collect();
-    let replaced: Vec<_> = replaced_columns(name)
+    let mut replaced: Vec<(&str, Expr)> = replaced_columns(name)
         .into_iter()
         .filter_map(|(c, e)| {
             let field = schema.field_with_name(c).ok()?;
             Some((c, datafusion::prelude::cast(e, field.data_type().clone())))
         })
         .collect();
+    for (c, data_type) in retyped_columns(name) {
+        if schema.field_with_name(c).is_ok() {
+            replaced.push((c, Expr::Literal(ScalarValue::try_from(&data_type)?, None)));
+        }
+    }
     if missing.is_empty() && replaced.is_empty() {
         return Ok(table);
     }
-    let mut exprs: Vec<datafusion::logical_expr::Expr> = schema
+    let mut exprs: Vec<Expr> = schema
         .fields()
         .iter()
         .map(|f| match replaced.iter().find(|(c, _)| c == f.name()) {
@@ -119,11 +160,8 @@ fn with_extra_columns(
             None => datafusion::prelude::col(datafusion::common::Column::new_unqualified(f.name())),
         })
         .collect();
-    for (column, data_type) in missing {
-        exprs.push(
-            datafusion::logical_expr::Expr::Literal(ScalarValue::try_from(&data_type)?, None)
-                .alias(column),
-        );
+    for (column, value) in missing {
+        exprs.push(Expr::Literal(value, None).alias(column));
     }
     let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
         name,
@@ -178,6 +216,7 @@ impl SchemaProvider for PgCatalogOverlay {
                 None => f.as_ref().clone().with_nullable(true),
             })
             .collect();
+
         let schema = Arc::new(Schema::new(fields));
         Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![]])?)))
     }
@@ -859,10 +898,189 @@ pub(crate) fn rewrite(statement: &mut Statement) {
         ControlFlow::<()>::Continue(())
     });
     let _ = statement.visit(&mut FunctionAliases);
+    let _ = statement.visit(&mut TableOids);
+    let _ = statement.visit(&mut RepeatedColumns);
+}
+
+/// PostgreSQL lets a SELECT list name a column twice (`SELECT c.oid, c.* FROM pg_class c`,
+/// as DBeaver reads catalogs); DataFusion refuses two output columns of one name.
+/// datafusion-pg-catalog aliases the first `__alias_oid` in the outermost SELECT; this does
+/// the same in subqueries, so such a query can be wrapped (`SELECT count(*) FROM (…) q`, as
+/// BI tools wrap their users' SQL). A reference to the column from outside reads the
+/// wildcard's copy, which holds the same value.
+struct RepeatedColumns;
+
+impl VisitorMut for RepeatedColumns {
+    type Break = ();
+
+    fn post_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
+        let ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let mut qualifiers: Vec<String> = Vec::new();
+        let mut plain = false;
+        for item in &select.projection {
+            match item {
+                ast::SelectItem::QualifiedWildcard(
+                    ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                    _,
+                ) => qualifiers.push(name.to_string().to_ascii_lowercase()),
+                ast::SelectItem::Wildcard(_) => plain = true,
+                _ => {}
+            }
+        }
+        if qualifiers.is_empty() && !plain {
+            return ControlFlow::Continue(());
+        }
+        for item in &mut select.projection {
+            let ast::SelectItem::UnnamedExpr(expr) = item else {
+                continue;
+            };
+            let column = match expr {
+                Expr::Identifier(ident) if plain => ident.clone(),
+                Expr::CompoundIdentifier(parts) if parts.len() > 1 => {
+                    let qualifier = parts[..parts.len() - 1]
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(".")
+                        .to_ascii_lowercase();
+                    match parts.last() {
+                        Some(last) if qualifiers.contains(&qualifier) => last.clone(),
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::new(format!("__alias_{}", column.value)),
+            };
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Writes `x.tableoid`, where `x` names a catalog table in [`TABLE_OIDS`] in the same
+/// SELECT's FROM, as that table's oid. Inner queries go first (`post_visit_query`), so a
+/// reference is resolved in the innermost SELECT that names its qualifier.
+struct TableOids;
+
+impl VisitorMut for TableOids {
+    type Break = ();
+
+    fn post_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
+        let ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let mut oids: HashMap<String, i32> = HashMap::new();
+        for table in &select.from {
+            for factor in
+                std::iter::once(&table.relation).chain(table.joins.iter().map(|j| &j.relation))
+            {
+                let TableFactor::Table { name, alias, .. } = factor else {
+                    continue;
+                };
+                let table_name = last_name(name);
+                let Some((_, oid)) = TABLE_OIDS.iter().find(|(t, _)| *t == table_name) else {
+                    continue;
+                };
+                let qualifier = alias
+                    .as_ref()
+                    .map(|a| a.name.value.to_ascii_lowercase())
+                    .unwrap_or(table_name);
+                oids.insert(qualifier, *oid);
+            }
+        }
+        if oids.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        // A selected `x.tableoid` keeps its name once it is a number.
+        for item in &mut select.projection {
+            if let ast::SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) = item
+                && let [_, column] = parts.as_slice()
+                && column.value.eq_ignore_ascii_case("tableoid")
+            {
+                let alias = Ident::new("tableoid");
+                *item = ast::SelectItem::ExprWithAlias {
+                    expr: Expr::CompoundIdentifier(parts.clone()),
+                    alias,
+                };
+            }
+        }
+        let _ = visit_expressions_mut(select.as_mut(), |expr| {
+            if let Expr::CompoundIdentifier(parts) = expr
+                && let [qualifier, column] = parts.as_slice()
+                && column.value.eq_ignore_ascii_case("tableoid")
+                && let Some(oid) = oids.get(&qualifier.value.to_ascii_lowercase())
+            {
+                *expr = Expr::value(Value::Number(oid.to_string(), false));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        ControlFlow::Continue(())
+    }
 }
 
 /// One-column set-returning functions in `FROM` whose alias names their column.
 const SINGLE_COLUMN_FUNCTIONS: &[&str] = &["unnest", "generate_series", "generate_subscripts"];
+
+/// Scalar functions clients call in FROM, where PostgreSQL gives a one-row relation whose
+/// column is named after the alias (Grafana: `FROM generate_series(…) AS i,
+/// string_to_array(current_setting('search_path'), ',') s`). DataFusion takes only table
+/// functions there, so `f(args) s` becomes `(SELECT f(args) AS s) AS s`.
+const SCALAR_FUNCTIONS_IN_FROM: &[&str] = &[
+    "string_to_array",
+    "regexp_split_to_array",
+    "current_setting",
+    "current_schemas",
+];
+
+/// `f(args) [AS] alias` for one of [`SCALAR_FUNCTIONS_IN_FROM`], as a one-row derived table.
+fn scalar_function_relation(factor: &TableFactor) -> Option<TableFactor> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias,
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    let function = last_name(name);
+    if !SCALAR_FUNCTIONS_IN_FROM.contains(&function.as_str()) {
+        return None;
+    }
+    let (relation, column) = match alias {
+        Some(a) if a.columns.len() > 1 => return None,
+        Some(a) => (
+            a.name.clone(),
+            a.columns
+                .first()
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| a.name.clone()),
+        ),
+        None => (Ident::new(function.clone()), Ident::new(function.clone())),
+    };
+    let call = args
+        .args
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT * FROM (SELECT {name}({call}) AS {column}) AS {relation}");
+    let statement = Parser::parse_sql(&PostgreSqlDialect {}, &sql)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    let ast::SetExpr::Select(select) = *query.body else {
+        return None;
+    };
+    select.from.into_iter().next().map(|t| t.relation)
+}
 
 struct FunctionAliases;
 
@@ -870,6 +1088,10 @@ impl VisitorMut for FunctionAliases {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let Some(relation) = scalar_function_relation(factor) {
+            *factor = relation;
+            return ControlFlow::Continue(());
+        }
         if let TableFactor::Table {
             name,
             args: Some(args),
@@ -877,9 +1099,12 @@ impl VisitorMut for FunctionAliases {
             ..
         } = factor
             && alias.columns.is_empty()
-            && args.args.len() == 1
             && name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
-                SINGLE_COLUMN_FUNCTIONS.contains(&i.value.to_ascii_lowercase().as_str())
+                let function = i.value.to_ascii_lowercase();
+                // `unnest(a, b)` has a column per array; the others have one column whatever
+                // their arguments (`generate_series(1, n) AS i`, as Grafana writes it).
+                SINGLE_COLUMN_FUNCTIONS.contains(&function.as_str())
+                    && (function != "unnest" || args.args.len() == 1)
             })
         {
             alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
@@ -909,6 +1134,15 @@ fn regclass_lookup(name: &Expr) -> Option<Expr> {
 
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
+        // `user` is PostgreSQL's reserved spelling of `current_user` (Grafana's search-path
+        // constraint compares schema names with it); the parser reads it as a function
+        // without parentheses, which DataFusion would take for a column.
+        Expr::Function(f)
+            if matches!(f.args, FunctionArguments::None) && last_name(&f.name) == "user" =>
+        {
+            // As `current_user` already is by the time this runs (no SET ROLE here).
+            *expr = function("session_user", Vec::new());
+        }
         Expr::Function(f) => {
             let name = last_name(&f.name);
             if name == "array"
@@ -1466,5 +1700,61 @@ mod tests {
         ] {
             assert!(!rewritten(sql).contains("max("), "{sql}");
         }
+    }
+
+    #[test]
+    fn tableoid_is_the_catalog_tables_oid() {
+        // pgAdmin's index and constraint nodes.
+        let text = rewritten(
+            "SELECT cls.tableoid FROM pg_catalog.pg_index idx JOIN pg_catalog.pg_class cls \
+             ON cls.oid = indexrelid LEFT JOIN pg_catalog.pg_constraint con \
+             ON con.tableoid = 2606 WHERE (SELECT c.tableoid FROM pg_class c LIMIT 1) > 0",
+        );
+        assert!(text.contains("SELECT 1259 AS tableoid FROM"), "{text}");
+        assert!(text.contains("ON 2606 = 2606"), "{text}");
+        assert!(
+            text.contains("SELECT 1259 AS tableoid FROM pg_class c"),
+            "{text}"
+        );
+        // A table that is not a catalog table keeps the reference.
+        let text = rewritten("SELECT l.tableoid FROM logs l");
+        assert!(text.contains("l.tableoid"), "{text}");
+    }
+
+    #[test]
+    fn a_repeated_column_is_aliased_in_subqueries() {
+        let text = rewritten("SELECT count(*) FROM (SELECT t.oid, t.* FROM pg_type t) q");
+        assert!(text.contains("t.oid AS __alias_oid, t.*"), "{text}");
+        let text = rewritten("SELECT q.x FROM (SELECT a.oid, b.* FROM a, b) q");
+        assert!(text.contains("SELECT a.oid, b.*"), "{text}");
+    }
+
+    #[test]
+    fn generate_series_names_its_column_after_the_alias() {
+        let text = rewritten("SELECT i FROM generate_series(1, 3) AS i");
+        assert!(text.contains("generate_series(1, 3) AS i (i)"), "{text}");
+        let text = rewritten("SELECT * FROM unnest(a, b) AS u");
+        assert!(!text.contains("u (u)"), "{text}");
+    }
+
+    #[test]
+    fn scalar_functions_in_from_are_one_row_relations() {
+        let text =
+            rewritten("SELECT s[1] FROM string_to_array(current_setting('search_path'), ',') s");
+        assert!(
+            text.contains(
+                "FROM (SELECT string_to_array(current_setting('search_path'), ',') AS s) AS s"
+            ),
+            "{text}"
+        );
+        let text = rewritten("SELECT x FROM unnest(a) x");
+        assert!(text.contains("UNNEST(a) x (x)"), "{text}");
+    }
+
+    #[test]
+    fn user_is_current_user() {
+        let text = rewritten("SELECT user");
+        assert!(text.contains("SELECT session_user()"), "{text}");
+        assert!(rewritten("SELECT \"user\" FROM t").contains("\"user\""));
     }
 }

@@ -77,3 +77,16 @@ fn set_operations_take_the_left_names() {
     );
     assert_eq!(names("SHOW TIME ZONE", 1), None);
 }
+
+#[test]
+fn a_repeated_column_keeps_its_own_name() {
+    // datafusion-pg-catalog aliases the first of two `oid` columns `__alias_oid`.
+    assert_eq!(
+        names("SELECT n.oid AS __alias_oid, n.* FROM pg_namespace n", 5),
+        Some(vec![Some("oid".to_owned()), None, None, None, None])
+    );
+    assert_eq!(
+        names("SELECT n.oid AS __alias_x FROM pg_namespace n", 1),
+        Some(vec![None])
+    );
+}
