@@ -296,6 +296,132 @@ async fn a_full_disk_refuses_ingest_then_resumes_and_loses_nothing() {
     drop(server);
 }
 
+/// Fills `dir`'s file system to the last byte with one file; removing it frees the space.
+fn fill_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler-all");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    // What is left is smaller than a chunk.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+/// Every path that writes survives a disk full to the last byte, not only the WAL: a
+/// flush (Parquet and catalog) fails cleanly and keeps its rows hot, the continuous query
+/// goes on in memory while its checkpoint and `INTO` table cannot be written, ingest is
+/// refused; once space returns the flush works, and after `kill -9` the rows, the `INTO`
+/// table, the query and the catalog are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_path_survives_a_full_disk() {
+    let disk = SmallDisk::new(32);
+    let data = disk.path().join("data");
+    let mut server = Server::start_in(ServerOptions::default(), Some(data));
+    let client = server.pg_client().await;
+    client
+        .batch_execute(
+            "CREATE CONTINUOUS QUERY per_min INTO per_min WATERMARK INTERVAL '1 second' \
+             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
+                FROM logs GROUP BY 1, 2",
+        )
+        .await
+        .expect("create per_min");
+    // Minute M, four minutes back (within the default max_ingest_delay): 100 lines of `a`;
+    // a line in minute M + 1 closes it.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let m: i64 = (now_us / 60_000_000 - 4) * 60_000_000;
+    let lines = |n: usize, source: &str, at: i64| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"timestamp\":{},\"source\":\"{source}\",\"message\":\"m{i}\"}}\n",
+                    at + i as i64 * 1000
+                )
+            })
+            .collect()
+    };
+    server.post_expect(lines(100, "a", m).as_bytes(), 100, 0);
+    server.post_expect(lines(1, "tick", m + 61_000_000).as_bytes(), 1, 0);
+    let per_min = "SELECT coalesce(sum(n), 0) FROM per_min WHERE source = 'a'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.query_i64(per_min).await != 100 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let filler = fill_disk(disk.path());
+    // A flush cannot write its Parquet file: it fails, says why, and moves nothing.
+    let url = server.http_url();
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        logsphere_tests::post_flush(&url, Duration::from_secs(60)).expect("POST /v1/flush")
+    })
+    .await
+    .expect("flush thread");
+    assert_ne!(status, 200, "a flush on a full disk: {text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs_cold").await, 0);
+    assert_eq!(server.query_i64("SELECT count(*) FROM logs").await, 101);
+    // Ingest is refused with 503 — or, while the WAL segment's preallocated space lasts,
+    // acknowledged and then durable (checked after the kill below).
+    let (status, text) = server
+        .post(lines(5, "late", m).as_bytes(), None)
+        .expect("POST");
+    let acked: i64 = match status {
+        200 => 5,
+        _ => {
+            assert_eq!(status, 503, "{text}");
+            0
+        }
+    };
+    // The query's checkpoints fail meanwhile, and it says so; it keeps its state.
+    let error = "SELECT count(*) FROM continuous_queries \
+                 WHERE name = 'per_min' AND error LIKE '%No space left on device%'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.query_i64(error).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(server.query_i64(per_min).await, 100);
+
+    std::fs::remove_file(&filler).expect("free space");
+    assert_eq!(server.flush(), 101 + acked as u64, "the flush works again");
+    // Minute M + 1: 7 lines of `b`, closed by a line in M + 2.
+    server.post_expect(lines(7, "b", m + 62_000_000).as_bytes(), 7, 0);
+    server.post_expect(lines(1, "tick", m + 125_000_000).as_bytes(), 1, 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs").await,
+        109 + acked
+    );
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM logs_cold").await,
+        101 + acked
+    );
+    assert_eq!(server.query_i64(per_min).await, 100);
+    let b = "SELECT coalesce(sum(n), 0) FROM per_min WHERE source = 'b'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.query_i64(b).await != 7 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = server.pg_client().await;
+    let row = client
+        .query_one(
+            "SELECT state, error FROM continuous_queries WHERE name = 'per_min'",
+            &[],
+        )
+        .await
+        .expect("per_min after the restart");
+    assert_eq!(row.get::<_, String>(0), "RUNNING");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    drop(server);
+}
+
 /// A failed WAL fsync (injected after three good ones) is never retried into a false
 /// success: that request and every later one get 503 naming the fsync, `/healthz` says the
 /// node does not accept writes, and after a restart exactly the acknowledged records are
