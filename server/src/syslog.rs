@@ -382,6 +382,13 @@ impl Framer {
             }
         }
         match self.buf.iter().position(|c| matches!(c, b'\n' | 0)) {
+            // A line longer than the limit is cut as when its end has not arrived yet:
+            // framing must not depend on how reads split the stream.
+            Some(i) if i > self.max => {
+                let frame = self.buf[..=self.max].to_vec();
+                self.buf.drain(..=i);
+                Some(frame)
+            }
             Some(i) => {
                 let mut frame: Vec<u8> = self.buf.drain(..=i).collect();
                 frame.pop();
@@ -497,5 +504,80 @@ mod tests {
             frames(b"2026-12-07 app started\n", 100),
             vec!["2026-12-07 app started"]
         );
+    }
+
+    /// Frames of `input` fed in the chunk sizes `chunks` gives (cycled).
+    fn frames_chunked(input: &[u8], max: usize, chunks: &[usize]) -> Vec<String> {
+        let mut f = Framer::new(max);
+        let mut out = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < input.len() {
+            let n = chunks[i % chunks.len()].max(1).min(input.len() - at);
+            f.buf.extend_from_slice(&input[at..at + n]);
+            at += n;
+            i += 1;
+            while let Some(frame) = f.next_frame() {
+                out.push(String::from_utf8_lossy(&frame).into_owned());
+            }
+            // What it holds stays bounded by the message limit, whatever the input.
+            assert!(
+                f.buf.len() <= 2 * max + n + 64,
+                "holds {} bytes",
+                f.buf.len()
+            );
+        }
+        out.extend(f.finish().map(|r| String::from_utf8_lossy(&r).into_owned()));
+        out
+    }
+
+    /// Bounded fuzzing of the framer (see `engine/src/ingest/fuzz.rs` for the decoders):
+    /// random streams of octet counts (right, wrong, huge), lines, NULs and CRs, fed byte
+    /// by byte and in random chunks, frame alike, never panic, and hold bounded memory.
+    #[test]
+    fn fuzz_framing_is_independent_of_chunking() {
+        let budget = std::env::var("LOGSPHERE_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(2.0);
+        let started = std::time::Instant::now();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let pieces: &[&[u8]] = &[
+            b"13 <13>hello\nx ",
+            b"<14>line one\n",
+            b"\x00",
+            b"\r\n",
+            b"5 <1>ab",
+            b"0 ",
+            b"99999999999999999999 ",
+            b"18 <13>two\nlines here",
+            b"\n",
+            b"<9>tail",
+            b"12",
+            b" ",
+            b"<34>1 2026-11-24T10:00:00Z h app - - - m\n",
+            b"\xff\xfe",
+        ];
+        let mut runs = 0u64;
+        while runs < 200 || started.elapsed().as_secs_f64() < budget {
+            let mut input = Vec::new();
+            for _ in 0..next() % 24 {
+                input.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+                if next() % 5 == 0 {
+                    input.push(next() as u8);
+                }
+            }
+            let max = 8 + (next() % 64) as usize;
+            let chunks: Vec<usize> = (0..4).map(|_| 1 + (next() % 40) as usize).collect();
+            let one = frames_chunked(&input, max, &[1]);
+            let many = frames_chunked(&input, max, &chunks);
+            assert_eq!(one, many, "input {input:?}, max {max}, chunks {chunks:?}");
+            runs += 1;
+        }
     }
 }

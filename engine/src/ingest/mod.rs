@@ -6,6 +6,8 @@
 //! raw bytes, its origin and a reason, and decoding goes on with the next record.
 
 mod fields;
+#[cfg(test)]
+mod fuzz;
 mod level;
 pub mod shippers;
 mod text;
