@@ -89,6 +89,8 @@ pub(crate) struct ServerState {
     backends: Arc<backend::Backends>,
     /// Every session's initial `statement_timeout` (`pg.statement_timeout_ms`).
     statement_timeout: String,
+    /// `pg.scroll_cursor_memory_mb`.
+    scroll_cursor_memory_mb: u64,
 }
 
 /// Limits every connection gets (from `[pg]`).
@@ -98,6 +100,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// `pg.statement_timeout_ms`: the sessions' default `statement_timeout` (0: none).
     pub statement_timeout_ms: u64,
+    /// `pg.scroll_cursor_memory_mb`: the most one `SCROLL` cursor keeps.
+    pub scroll_cursor_memory_mb: u64,
 }
 
 /// Refuses a connection over `pg.max_connections` as PostgreSQL does: a FATAL
@@ -188,6 +192,7 @@ pub async fn serve(
         activity: Arc::new(Activity::new()),
         backends: Arc::new(backend::Backends::default()),
         statement_timeout: limits.statement_timeout_ms.to_string(),
+        scroll_cursor_memory_mb: limits.scroll_cursor_memory_mb,
     });
     let max_connections = limits.max_connections;
     let local = listener.local_addr().ok();
