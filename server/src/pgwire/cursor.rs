@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow_pg::datatypes::encode_recordbatch;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
@@ -44,7 +43,7 @@ use pgwire::messages::response::TransactionStatus;
 
 use super::errors::{self, sqlstate, user_error};
 use super::query::{self, PlannedQuery};
-use super::rows::{in_time_zone, pg_fields, session_time_zone};
+use super::rows::{encode_batch, pg_fields, session_time_zone};
 use super::session::{Session, lock};
 
 /// A cursor statement, parsed but not planned.
@@ -945,10 +944,7 @@ impl Cursor {
             move |batch: PgWireResult<RecordBatch>| {
                 let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
                     match batch {
-                        Ok(batch) => encode_recordbatch(
-                            Arc::clone(&fields),
-                            in_time_zone(batch, time_zone.as_ref()),
-                        ),
+                        Ok(batch) => encode_batch(&fields, batch, time_zone.as_ref()),
                         Err(e) => Box::new(std::iter::once(Err(e))),
                     };
                 futures::stream::iter(rows)
