@@ -46,7 +46,7 @@ mod statements;
 mod tls;
 mod unknown_literals;
 
-pub use tls::acceptor as tls_acceptor;
+pub use tls::{PgTls, acceptor as tls_acceptor};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +160,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     users: Vec<PgUser>,
-    tls: Option<pgwire::tokio::TlsAcceptor>,
+    tls: Option<PgTls>,
     limits: Limits,
     stats: Arc<PgStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -187,6 +187,9 @@ pub async fn serve(
         parser: Arc::new(PostgresCompatibilityParser::new()),
         startup: StartupContext {
             credentials,
+            channel_binding: tls
+                .as_ref()
+                .and_then(|t| auth::channel_binding_cert(&t.cert_pem)),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
         },
         activity: Arc::new(Activity::new()),
@@ -206,6 +209,7 @@ pub async fn serve(
     tracing::info!(
         listen = ?local,
         tls = tls.is_some(),
+        channel_binding = state.startup.channel_binding.is_some(),
         auth = if state.startup.credentials.is_some() { "scram-sha-256" } else { "trust" },
         setup_ms = started.elapsed().as_millis() as u64,
         "pg listener ready"
@@ -227,7 +231,7 @@ pub async fn serve(
                 }
                 Ok((socket, peer)) => {
                     let state = Arc::clone(&state);
-                    let tls = tls.clone();
+                    let tls = tls.as_ref().map(|t| t.acceptor.clone());
                     let span = tracing::info_span!("pg", %peer);
                     connections.spawn(
                         async move {
