@@ -84,6 +84,9 @@ pub struct PgConfig {
     /// Every session's initial `statement_timeout` in ms (0: none); a session may `SET`
     /// another, and `RESET` returns to this.
     pub statement_timeout_ms: u64,
+    /// MiB of rows one `SCROLL` cursor may keep to move back over them; reading past it
+    /// fails with 54000.
+    pub scroll_cursor_memory_mb: u64,
 }
 
 impl PgConfig {
@@ -281,6 +284,7 @@ impl Default for PgConfig {
             max_connections: 100,
             query_memory_mb: None,
             statement_timeout_ms: 0,
+            scroll_cursor_memory_mb: 256,
         }
     }
 }
@@ -330,6 +334,9 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.pg.max_connections == 0 {
             bail!("pg.max_connections must be at least 1");
+        }
+        if self.pg.scroll_cursor_memory_mb == 0 {
+            bail!("pg.scroll_cursor_memory_mb must be at least 1");
         }
         if self.pg.users.is_empty() && !self.pg.listen.ip().is_loopback() {
             bail!(

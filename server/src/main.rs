@@ -289,6 +289,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pgwire::Limits {
             max_connections: cfg.pg.max_connections,
             statement_timeout_ms: cfg.pg.statement_timeout_ms,
+            scroll_cursor_memory_mb: cfg.pg.scroll_cursor_memory_mb,
         },
         Arc::clone(&pg_stats),
         shutdown_rx.clone(),

@@ -86,6 +86,49 @@ def psycopg2_named_cursors():
     conn.close()
 
 
+def scrollable_named_cursors():
+    # psycopg2: scrollable=True declares SCROLL; scroll() sends MOVE [ABSOLUTE] n.
+    conn = psycopg2.connect(**DSN)
+    cur = conn.cursor(name="sc", scrollable=True)
+    cur.execute(SERIES)
+    check("psycopg2 scrollable fetchmany", [r[0] for r in cur.fetchmany(5)], [1, 2, 3, 4, 5])
+    cur.scroll(-3)
+    check("psycopg2 scroll(-3) then fetchone", cur.fetchone()[0], 3)
+    cur.scroll(9998, mode="absolute")
+    check("psycopg2 scroll absolute 9998", [r[0] for r in cur.fetchmany(5)], [9999, 10000])
+    cur.scroll(0, mode="absolute")
+    check("psycopg2 scroll back to the start", cur.fetchone()[0], 1)
+    cur.close()
+    conn.rollback()
+    # Outside a transaction block: WITH HOLD.
+    conn.autocommit = True
+    held = conn.cursor(name="sh", scrollable=True, withhold=True)
+    held.execute(SERIES)
+    check("psycopg2 withhold scrollable", len(held.fetchmany(10)), 10)
+    held.scroll(-10)
+    check("psycopg2 withhold scroll(-10) rereads row 1", held.fetchone()[0], 1)
+    held.close()
+    forward = conn.cursor(name="nsc", scrollable=False, withhold=True)
+    forward.execute(SERIES)
+    forward.fetchmany(3)
+    try:
+        forward.scroll(-1)
+        sys.exit("psycopg2: scroll(-1) on a NO SCROLL cursor did not fail")
+    except psycopg2.errors.ObjectNotInPrerequisiteState as e:
+        check("psycopg2 NO SCROLL cursor scroll(-1)", e.pgcode, "55000")
+    forward.close()
+    conn.close()
+    # psycopg 3, in a transaction.
+    with psycopg.connect(**DSN) as conn:
+        with conn.cursor(name="sc3", scrollable=True) as cur:
+            cur.execute(SERIES)
+            check("psycopg3 scrollable fetchmany", [r[0] for r in cur.fetchmany(4)], [1, 2, 3, 4])
+            cur.scroll(-2)
+            check("psycopg3 scroll(-2) then fetchone", cur.fetchone()[0], 3)
+            cur.scroll(500, mode="absolute")
+            check("psycopg3 scroll absolute 500 then fetchone", cur.fetchone()[0], 501)
+
+
 def psycopg3_cancel_and_timeout():
     with psycopg.connect(**DSN, autocommit=True) as conn:
         timer = threading.Timer(0.7, conn.cancel)
@@ -169,6 +212,7 @@ def sessions_view():
 
 psycopg3_named_cursors()
 psycopg2_named_cursors()
+scrollable_named_cursors()
 psycopg3_cancel_and_timeout()
 sessions_view()
 print("all session checks ok")

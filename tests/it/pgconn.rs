@@ -141,6 +141,180 @@ async fn cursors_fetch_move_and_close_in_transactions() {
     assert_eq!(code(&e), SqlState::INVALID_CURSOR_NAME, "{e}");
 }
 
+/// The numbers of one simple-protocol FETCH, with its command tag's count.
+async fn fetch(client: &tokio_postgres::Client, sql: &str) -> (Vec<i64>, u64) {
+    let m = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = first_column(&m)
+        .iter()
+        .map(|v| {
+            v.parse::<i64>()
+                .unwrap_or_else(|e| panic!("{sql}: {v}: {e}"))
+        })
+        .collect();
+    (rows, counts(&m)[0])
+}
+
+#[tokio::test]
+async fn scroll_cursors_move_backward_as_postgresql_does() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!("DECLARE s SCROLL CURSOR FOR {SERIES}"))
+        .await
+        .unwrap();
+    // (statement, rows answered in order, command tag count), as PostgreSQL answers them.
+    let steps: &[(&str, &[i64], u64)] = &[
+        ("FETCH FORWARD 3 FROM s", &[1, 2, 3], 3),
+        ("FETCH PRIOR FROM s", &[2], 1),
+        ("FETCH BACKWARD 5 FROM s", &[1], 1),
+        ("FETCH PRIOR FROM s", &[], 0),
+        ("FETCH NEXT FROM s", &[1], 1),
+        ("FETCH ABSOLUTE 9000 FROM s", &[9000], 1),
+        ("FETCH RELATIVE -8990 FROM s", &[10], 1),
+        ("FETCH RELATIVE 0 FROM s", &[10], 1),
+        ("FETCH FIRST FROM s", &[1], 1),
+        ("FETCH LAST FROM s", &[10000], 1),
+        ("FETCH NEXT FROM s", &[], 0),
+        ("FETCH BACKWARD 2 FROM s", &[10000, 9999], 2),
+        ("FETCH ABSOLUTE -3 FROM s", &[9998], 1),
+        ("FETCH FORWARD ALL FROM s", &[9999, 10000], 2),
+        ("FETCH -1 FROM s", &[10000], 1),
+        ("FETCH ABSOLUTE 20000 FROM s", &[], 0),
+        ("FETCH RELATIVE -1 FROM s", &[10000], 1),
+        ("FETCH ABSOLUTE 0 FROM s", &[], 0),
+        ("FETCH 2 FROM s", &[1, 2], 2),
+    ];
+    for &(sql, want, count) in steps {
+        assert_eq!(fetch(&client, sql).await, (want.to_vec(), count), "{sql}");
+    }
+    // MOVE goes where FETCH would, and counts the rows FETCH would have answered.
+    let moves: &[(&str, u64)] = &[
+        ("MOVE LAST IN s", 1),
+        ("MOVE BACKWARD ALL IN s", 9999),
+        ("MOVE BACKWARD 1 IN s", 0),
+        ("MOVE FORWARD 5 IN s", 5),
+        ("MOVE RELATIVE -2 IN s", 1),
+        ("MOVE ABSOLUTE 50000 IN s", 0),
+        ("MOVE 0 IN s", 0),
+        ("MOVE -10 IN s", 10),
+        ("MOVE 0 IN s", 1),
+    ];
+    for &(sql, count) in moves {
+        let m = client.simple_query(sql).await.unwrap();
+        assert_eq!(counts(&m), [count], "{sql}");
+    }
+    assert_eq!(fetch(&client, "FETCH NEXT FROM s").await, (vec![9992], 1));
+    // The extended protocol reads the same rows, backward too.
+    let rows = client.query("FETCH BACKWARD 3 FROM s", &[]).await.unwrap();
+    let got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, [9991, 9990, 9989]);
+    let listed = client
+        .query_one("SELECT is_scrollable FROM pg_cursors WHERE name = 's'", &[])
+        .await
+        .unwrap();
+    assert!(listed.get::<_, bool>(0));
+    client.simple_query("COMMIT").await.unwrap();
+
+    // WITH HOLD, outside any transaction block, and past its COMMIT.
+    client
+        .simple_query(&format!("DECLARE h SCROLL CURSOR WITH HOLD FOR {SERIES}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(&client, "FETCH 4 FROM h").await,
+        (vec![1, 2, 3, 4], 4)
+    );
+    client
+        .simple_query("BEGIN; FETCH 1 FROM h; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(&client, "FETCH BACKWARD 2 FROM h").await,
+        (vec![4, 3], 2)
+    );
+    assert_eq!(fetch(&client, "FETCH LAST FROM h").await, (vec![10000], 1));
+    client.simple_query("CLOSE h").await.unwrap();
+
+    // NO SCROLL: PostgreSQL's 55000; forward motion goes on.
+    client
+        .simple_query(&format!(
+            "DECLARE n NO SCROLL CURSOR WITH HOLD FOR {SERIES}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fetch(&client, "FETCH 2 FROM n").await, (vec![1, 2], 2));
+    for sql in [
+        "FETCH PRIOR FROM n",
+        "FETCH LAST FROM n",
+        "FETCH ABSOLUTE 1 FROM n",
+        "MOVE -1 IN n",
+    ] {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            code(&e),
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "{sql}: {e}"
+        );
+        let db = e.as_db_error().unwrap();
+        assert_eq!(db.message(), "cursor can only scan forward", "{sql}");
+    }
+    assert_eq!(
+        fetch(&client, "FETCH ABSOLUTE 5 FROM n").await,
+        (vec![5], 1)
+    );
+    // Without [NO] SCROLL: streams, refuses a step back, still reads to the LAST row.
+    client
+        .simple_query(&format!("DECLARE d CURSOR WITH HOLD FOR {SERIES}"))
+        .await
+        .unwrap();
+    assert_eq!(fetch(&client, "FETCH 2 FROM d").await, (vec![1, 2], 2));
+    let e = client.simple_query("FETCH PRIOR FROM d").await.unwrap_err();
+    assert_eq!(code(&e), SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "{e}");
+    assert_eq!(fetch(&client, "FETCH LAST FROM d").await, (vec![10000], 1));
+    assert_eq!(fetch(&client, "FETCH NEXT FROM d").await, (vec![], 0));
+}
+
+#[tokio::test]
+async fn scroll_cursors_keep_at_most_their_memory_limit() {
+    let server = Server::start_with_config("[pg]\nscroll_cursor_memory_mb = 1\n");
+    let client = server.pg_client().await;
+    // Two million eight-byte numbers: about 16 MiB, over the 1 MiB a SCROLL cursor keeps.
+    let big = "SELECT value FROM generate_series(1, 2000000) AS t";
+    client
+        .simple_query(&format!("DECLARE big SCROLL CURSOR WITH HOLD FOR {big}"))
+        .await
+        .unwrap();
+    assert_eq!(fetch(&client, "FETCH 3 FROM big").await, (vec![1, 2, 3], 3));
+    let e = client
+        .simple_query("FETCH LAST FROM big")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), SqlState::PROGRAM_LIMIT_EXCEEDED, "{e}");
+    let message = e.as_db_error().map(|d| d.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("scroll_cursor_memory_mb")),
+        "{message:?}"
+    );
+    // What it kept is still there.
+    assert_eq!(
+        fetch(&client, "FETCH ABSOLUTE 2 FROM big").await,
+        (vec![2], 1)
+    );
+    // A cursor that streams reads all of it.
+    client
+        .simple_query(&format!("DECLARE all_rows CURSOR WITH HOLD FOR {big}"))
+        .await
+        .unwrap();
+    let m = client.simple_query("MOVE ALL IN all_rows").await.unwrap();
+    assert_eq!(counts(&m), [2_000_000]);
+}
+
 #[tokio::test]
 async fn tableau_declares_with_hold_and_fetches_in_one_query() {
     let server = Server::start();
@@ -543,6 +717,79 @@ fn tls_with_sslmode_require_and_verify_full() {
         "s3cret",
         "SELECT 1",
     );
+    assert!(ok && out.trim() == "1", "{out}");
+}
+
+/// SCRAM-SHA-256-PLUS over TLS: libpq's `channel_binding=require` only connects when the
+/// server binds the SCRAM exchange to its certificate (`tls-server-end-point`).
+#[test]
+fn scram_channel_binding_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    write_tls_files(certs.path());
+    let dir = certs.path().display();
+    let server = Server::start_with_config(&format!(
+        "[pg]\ntls_cert = \"{dir}/server.crt\"\ntls_key = \"{dir}/server.key\"\n\
+         [[pg.users]]\nname = \"ops\"\npassword = \"s3cret\"\n"
+    ));
+    let base = format!(
+        "host=127.0.0.1 port={} user=ops dbname=logsphere",
+        server.pg_port()
+    );
+    let (ok, out) = psql_conninfo(
+        &format!("{base} sslmode=require channel_binding=require"),
+        "s3cret",
+        "SELECT 40 + 2",
+    );
+    assert!(ok && out.trim() == "42", "{out}\n{}", server.log());
+    // The server saw the client choose SCRAM-SHA-256-PLUS.
+    assert!(
+        server.log().contains("scram-sha-256-plus"),
+        "{}",
+        server.log()
+    );
+    // A wrong password still fails, binding or not.
+    let (ok, out) = psql_conninfo(
+        &format!("{base} sslmode=require channel_binding=require"),
+        "wrong",
+        "SELECT 1",
+    );
+    assert!(
+        !ok && out
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{out}"
+    );
+    // psycopg 3 with verify-full and channel binding required, as a driver sets it up.
+    let python = crate::clients::python();
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, psycopg\n\
+             with psycopg.connect(sys.argv[1]) as c:\n\
+             \x20   print(c.pgconn.ssl_in_use, c.execute('SELECT 6 * 7').fetchone()[0])",
+            &format!(
+                "host=localhost port={} user=ops dbname=logsphere password=s3cret \
+                 sslmode=verify-full sslrootcert={dir}/ca.pem channel_binding=require",
+                server.pg_port()
+            ),
+        ])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim() == "True 42",
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without TLS there is no channel to bind to: plain SCRAM, and require is refused by
+    // the client; the default (prefer) still connects.
+    let (ok, out) = psql_conninfo(
+        &format!("{base} sslmode=disable channel_binding=require"),
+        "s3cret",
+        "SELECT 1",
+    );
+    assert!(!ok && out.contains("channel binding"), "{out}");
+    let (ok, out) = psql_conninfo(&format!("{base} sslmode=disable"), "s3cret", "SELECT 1");
     assert!(ok && out.trim() == "1", "{out}");
 }
 

@@ -528,6 +528,69 @@ async fn copy_to_stdout_writes_csv_and_text() {
     assert_eq!(written, "source,log_level\nweb-1,ERROR\nweb-2,INFO\n");
 }
 
+/// `extract(epoch …)` and the arithmetic BI tools do on it (Grafana's `$__timeGroup` is
+/// `floor(extract(epoch from t)/60)*60`) read as PostgreSQL writes them: a whole number with
+/// no `.0`, exponents as `e+16`, infinities as `Infinity`, in text; float8 values in binary.
+#[tokio::test]
+async fn epoch_arithmetic_reads_as_postgresql_writes_it() {
+    let server = Server::start();
+    let body = concat!(
+        "{\"ts\":\"2025-11-24T16:00:00.250Z\",\"message\":\"a\"}\n",
+        "{\"ts\":\"2025-11-24T16:00:59Z\",\"message\":\"b\"}\n",
+        "{\"ts\":\"2025-11-24T16:01:30Z\",\"message\":\"c\"}\n",
+    );
+    server.post_expect(body.as_bytes(), 3, 0);
+    let client = server.pg_client().await;
+    let m = client
+        .simple_query(
+            "SELECT extract(epoch FROM timestamp), floor(extract(epoch FROM timestamp)), \
+             date_part('epoch', timestamp), extract(epoch FROM timestamp) * 1000, \
+             ceil(extract(epoch FROM timestamp)) FROM logs ORDER BY timestamp LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let want = [
+        "1764000000.25",
+        "1764000000",
+        "1764000000.25",
+        "1764000000250",
+        "1764000001",
+    ];
+    assert_eq!(simple_rows(&m), [want.map(|v| Some(v.to_owned())).to_vec()]);
+    // Grafana's $__timeGroup(timestamp, 1m).
+    let grafana = "SELECT floor(extract(epoch FROM timestamp)/60)*60 AS \"time\", count(*) \
+                   FROM logs GROUP BY 1 ORDER BY 1";
+    let m = client.simple_query(grafana).await.unwrap();
+    let rows: Vec<(String, String)> = simple_rows(&m)
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("1764000000".to_owned(), "2".to_owned()),
+            ("1764000060".to_owned(), "1".to_owned())
+        ]
+    );
+    // The same through psql, and in COPY's text.
+    let out = psql_with(&server, &["-A", "-t"], grafana);
+    assert_eq!(out, "1764000000|2\n1764000060|1\n");
+    let copied = copy_out(
+        &client,
+        "COPY (SELECT 1e16::float8, 0.1::float8 + 0.2::float8, 0.000015::float8, \
+         -0.5::float8, 1e308::float8 * 10) TO STDOUT",
+    )
+    .await;
+    assert_eq!(
+        copied,
+        "1e+16\t0.30000000000000004\t1.5e-05\t-0.5\tInfinity\n"
+    );
+    // Binary results carry the float8 itself.
+    let rows = client.query(grafana, &[]).await.unwrap();
+    assert_eq!(rows[0].columns()[0].type_(), &Type::FLOAT8);
+    assert_eq!(rows[0].get::<_, f64>(0), 1_764_000_000.0);
+}
+
 #[tokio::test]
 async fn savepoints_are_accepted_inside_a_transaction() {
     let server = Server::start();

@@ -8,14 +8,17 @@
 //! `to_timestamp` with one argument. A column of templates is PostgreSQL's if any of its
 //! values is.
 //!
-//! Times are read and written in the time zone of the value (`to_char`) or of DataFusion's
-//! `to_timestamp` result (UTC unless `datafusion.execution.time_zone` says otherwise),
-//! not in the PostgreSQL session's `TimeZone`.
+//! Times are read and written in the session's time zone, as PostgreSQL reads and writes
+//! them in its `TimeZone`: the server keeps `datafusion.execution.time_zone` equal to the
+//! connection's `TimeZone`, and both functions take it from there (`with_updated_config`).
+//! `to_char` writes a `timestamptz` (and a `date`, which PostgreSQL turns into one) as local
+//! time in that zone, `TZ` as the zone's abbreviation then (`CEST`, `EST`); a `timestamp`
+//! is written as it is, with an empty `TZ`. `to_timestamp` reads a time without `TZ` / `OF`
+//! as local time in that zone. Without a configured zone a `timestamptz` keeps its own.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone as _};
-use datafusion::arrow::array::timezone::Tz;
+use chrono::{DateTime, Duration, NaiveDateTime};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, StringArray, StringBuilder, TimestampNanosecondArray,
 };
@@ -28,8 +31,10 @@ use datafusion::logical_expr::{
 };
 
 mod pattern;
+mod zone;
 
 pub use pattern::{Pattern, is_postgres_template};
+pub use zone::{Zone, ZoneAt};
 
 /// A value that does not match its PostgreSQL template (SQLSTATE 22007,
 /// `invalid_datetime_format`).
@@ -58,6 +63,8 @@ pub struct ToTimestamp {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ToChar {
     builtin: ScalarUDF,
+    /// The session's time zone (`datafusion.execution.time_zone`).
+    zone: Option<Arc<str>>,
 }
 
 impl ToTimestamp {
@@ -82,6 +89,7 @@ impl ToChar {
     pub fn new() -> Self {
         Self {
             builtin: datafusion::functions::datetime::to_char().as_ref().clone(),
+            zone: None,
         }
     }
 }
@@ -164,7 +172,7 @@ impl ScalarUDFImpl for ToTimestamp {
             return self.builtin.invoke_with_args(args);
         }
         let zone = match args.return_type() {
-            DataType::Timestamp(_, Some(tz)) => Some(tz.parse::<Tz>()?),
+            DataType::Timestamp(_, Some(tz)) => Some(parse_zone(tz)?),
             _ => None,
         };
         let rows = args.number_rows;
@@ -200,22 +208,25 @@ impl ScalarUDFImpl for ToTimestamp {
     }
 }
 
+/// A time zone name, or an error naming it.
+fn parse_zone(name: &str) -> Result<Zone> {
+    match Zone::parse(name) {
+        Some(zone) => Ok(zone),
+        None => exec_err!("invalid time zone \"{name}\""),
+    }
+}
+
 /// Nanoseconds since the epoch of a local time read by `pattern`: at `offset` when the
 /// input named one, else in `zone` (UTC when `None`).
 fn instant(
     local: NaiveDateTime,
     offset: Option<i32>,
-    zone: Option<&Tz>,
+    zone: Option<&Zone>,
     pattern: &Pattern,
 ) -> Result<i64> {
     let utc = match (offset, zone) {
-        (Some(seconds), _) => FixedOffset::east_opt(seconds)
-            .and_then(|o| o.from_local_datetime(&local).single())
-            .map(|t| t.naive_utc()),
-        (None, Some(zone)) => zone
-            .from_local_datetime(&local)
-            .earliest()
-            .map(|t| t.naive_utc()),
+        (Some(seconds), _) => local.checked_sub_signed(Duration::seconds(i64::from(seconds))),
+        (None, Some(zone)) => zone.instant(&local),
         (None, None) => Some(local),
     };
     utc.and_then(|t| t.and_utc().timestamp_nanos_opt())
@@ -247,6 +258,13 @@ impl ScalarUDFImpl for ToChar {
         self.builtin.aliases()
     }
 
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        Some(ScalarUDF::new_from_impl(Self {
+            builtin: self.builtin.clone(),
+            zone: config.execution.time_zone.as_deref().map(Arc::from),
+        }))
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         if args.args.len() != 2 || !postgres_template(args.args.get(1)) {
             return self.builtin.invoke_with_args(args);
@@ -257,18 +275,29 @@ impl ScalarUDFImpl for ToChar {
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let values = args.args[0].to_array(rows)?;
-        let zone = match values.data_type() {
-            DataType::Timestamp(_, Some(tz)) => Some(tz.parse::<Tz>()?),
-            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => None,
+        let session = self.zone.as_deref().and_then(Zone::parse);
+        // The zone the values are written in: a timestamptz's and a date's is the session's
+        // (a date is its local midnight, as PostgreSQL's date → timestamptz); a timestamp
+        // has none.
+        let (zone, date) = match values.data_type() {
+            DataType::Timestamp(_, Some(tz)) => {
+                (Some(session.map_or_else(|| parse_zone(tz), Ok)?), false)
+            }
+            DataType::Timestamp(_, None) => (None, false),
+            DataType::Date32 | DataType::Date64 => (session, true),
             other => {
                 return exec_err!(
                     "to_char with a PostgreSQL template takes a date or timestamp, not {other}"
                 );
             }
         };
+        let unit_zone = match values.data_type() {
+            DataType::Timestamp(_, Some(_)) => Some("+00:00".into()),
+            _ => None,
+        };
         let micros = cast(
             &values,
-            &DataType::Timestamp(TimeUnit::Microsecond, zone.map(|_| "+00:00".into())),
+            &DataType::Timestamp(TimeUnit::Microsecond, unit_zone),
         )?;
         let micros = micros.as_primitive::<TimestampMicrosecondType>();
         let templates = Templates::new(&args.args[1])?;
@@ -278,13 +307,21 @@ impl ScalarUDFImpl for ToChar {
                 out.append_null();
                 continue;
             };
-            let Some(utc) = DateTime::from_timestamp_micros(micros.value(row)) else {
+            let Some(value) = DateTime::from_timestamp_micros(micros.value(row)) else {
                 out.append_null();
                 continue;
             };
-            let text = match &zone {
-                Some(zone) => pattern.format(&utc.with_timezone(zone)),
-                None => pattern.format(&utc),
+            let value = value.naive_utc();
+            let text = match (&zone, date) {
+                (Some(zone), false) => {
+                    let (local, at) = zone.at(&value);
+                    pattern.format(&local, Some(&at))
+                }
+                (Some(zone), true) => {
+                    let at = zone.instant(&value).map(|utc| zone.at(&utc).1);
+                    pattern.format(&value, at.as_ref())
+                }
+                (None, _) => pattern.format(&value, None),
             };
             out.append_value(text);
         }

@@ -30,6 +30,14 @@ fn public_listen_without_users_is_refused() {
     );
 }
 
+#[test]
+fn scroll_cursor_memory_defaults_and_must_be_positive() {
+    assert_eq!(Config::default().pg.scroll_cursor_memory_mb, 256);
+    let cfg = Config::from_toml("[pg]\nscroll_cursor_memory_mb = 0\n").unwrap();
+    let msg = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(msg.contains("pg.scroll_cursor_memory_mb"), "{msg}");
+}
+
 fn cluster_error(toml: &str) -> String {
     let cfg = Config::from_toml(toml).expect("parses");
     format!("{:#}", cfg.validate().expect_err("refused"))

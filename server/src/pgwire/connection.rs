@@ -65,7 +65,7 @@ impl ConnectionHandlers {
             .install(&ctx, CATALOG, Arc::clone(&vars))
             .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog for a connection: {e}"))?;
         let backend = Arc::new(Backend::new(peer, Arc::clone(&vars)));
-        let cursors = Arc::new(Cursors::default());
+        let cursors = Arc::new(Cursors::new(server.scroll_cursor_memory_mb));
         super::activity::install(&ctx, CATALOG, &backend, &server.backends, &cursors, &vars)
             .map_err(|e| anyhow::anyhow!("cannot set up pg_stat_activity for a connection: {e}"))?;
         let session = Arc::new(Session {

@@ -46,7 +46,7 @@ mod statements;
 mod tls;
 mod unknown_literals;
 
-pub use tls::acceptor as tls_acceptor;
+pub use tls::{PgTls, acceptor as tls_acceptor};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +89,8 @@ pub(crate) struct ServerState {
     backends: Arc<backend::Backends>,
     /// Every session's initial `statement_timeout` (`pg.statement_timeout_ms`).
     statement_timeout: String,
+    /// `pg.scroll_cursor_memory_mb`.
+    scroll_cursor_memory_mb: u64,
 }
 
 /// Limits every connection gets (from `[pg]`).
@@ -98,6 +100,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// `pg.statement_timeout_ms`: the sessions' default `statement_timeout` (0: none).
     pub statement_timeout_ms: u64,
+    /// `pg.scroll_cursor_memory_mb`: the most one `SCROLL` cursor keeps.
+    pub scroll_cursor_memory_mb: u64,
 }
 
 /// Refuses a connection over `pg.max_connections` as PostgreSQL does: a FATAL
@@ -156,7 +160,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     users: Vec<PgUser>,
-    tls: Option<pgwire::tokio::TlsAcceptor>,
+    tls: Option<PgTls>,
     limits: Limits,
     stats: Arc<PgStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -183,11 +187,15 @@ pub async fn serve(
         parser: Arc::new(PostgresCompatibilityParser::new()),
         startup: StartupContext {
             credentials,
+            channel_binding: tls
+                .as_ref()
+                .and_then(|t| auth::channel_binding_cert(&t.cert_pem)),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
         },
         activity: Arc::new(Activity::new()),
         backends: Arc::new(backend::Backends::default()),
         statement_timeout: limits.statement_timeout_ms.to_string(),
+        scroll_cursor_memory_mb: limits.scroll_cursor_memory_mb,
     });
     let max_connections = limits.max_connections;
     let local = listener.local_addr().ok();
@@ -201,6 +209,7 @@ pub async fn serve(
     tracing::info!(
         listen = ?local,
         tls = tls.is_some(),
+        channel_binding = state.startup.channel_binding.is_some(),
         auth = if state.startup.credentials.is_some() { "scram-sha-256" } else { "trust" },
         setup_ms = started.elapsed().as_millis() as u64,
         "pg listener ready"
@@ -222,7 +231,7 @@ pub async fn serve(
                 }
                 Ok((socket, peer)) => {
                     let state = Arc::clone(&state);
-                    let tls = tls.clone();
+                    let tls = tls.as_ref().map(|t| t.acceptor.clone());
                     let span = tracing::info_span!("pg", %peer);
                     connections.spawn(
                         async move {

@@ -3,7 +3,8 @@
 //! TLS with SSLRequest (libpq's `sslmode`), or open it directly (PostgreSQL 17's
 //! `sslnegotiation=direct`, ALPN `postgresql`); clients that do not ask still connect in
 //! the clear, as with PostgreSQL's `ssl = on` (use `sslmode=require` on the client to
-//! insist).
+//! insist). Over TLS, SCRAM offers channel binding (`SCRAM-SHA-256-PLUS`,
+//! `tls-server-end-point`) with the server certificate (see `auth`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,9 +15,17 @@ use pgwire::tokio::tokio_rustls::rustls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The listener's TLS: the acceptor, and the certificate chain it presents (PEM), which
+/// SCRAM channel binding hashes.
+#[derive(Clone)]
+pub struct PgTls {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) cert_pem: Arc<Vec<u8>>,
+}
+
 /// Builds the TLS acceptor from `cert` (PEM: the server certificate first, then any
 /// intermediates) and `key` (PEM: PKCS#8, PKCS#1 or SEC1). Errors name the config key.
-pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<PgTls> {
     let cert_pem = std::fs::read(cert)
         .with_context(|| format!("pg.tls_cert = {}: cannot read the file", cert.display()))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
@@ -56,5 +65,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         })?;
     // PostgreSQL 17 clients negotiating TLS directly offer ALPN `postgresql`.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(PgTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        cert_pem: Arc::new(cert_pem),
+    })
 }

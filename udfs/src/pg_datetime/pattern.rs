@@ -1,9 +1,10 @@
 //! PostgreSQL's datetime template patterns (`YYYY-MM-DD HH24:MI:SS.US`), compiled once and
 //! used both ways: [`Pattern::format`] for `to_char`, [`Pattern::read`] for `to_timestamp`.
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
 use super::FormatError;
+use super::zone::ZoneAt;
 
 /// How a name is capitalised: `MONTH`, `Month` or `month`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,12 @@ enum Field {
     TimeZone {
         upper: bool,
     },
+    /// `OF`: the offset from UTC (`+02`, `-03:30`).
+    Offset,
+    /// `TZH`: the offset's sign and hours.
+    OffsetHours,
+    /// `TZM`: the offset's minutes.
+    OffsetMinutes,
 }
 
 impl Field {
@@ -78,6 +85,9 @@ impl Field {
             Field::IsoWeek => "IW",
             Field::Quarter => "Q",
             Field::TimeZone { .. } => "TZ",
+            Field::Offset => "OF",
+            Field::OffsetHours => "TZH",
+            Field::OffsetMinutes => "TZM",
         }
     }
 
@@ -92,7 +102,8 @@ impl Field {
             | Field::Hour12
             | Field::Minute
             | Field::Second
-            | Field::IsoWeek => 2,
+            | Field::IsoWeek
+            | Field::OffsetMinutes => 2,
             Field::DayOfYear | Field::Milli => 3,
             Field::SecondsOfDay => 5,
             Field::Micro => 6,
@@ -100,7 +111,9 @@ impl Field {
             Field::Meridiem { .. }
             | Field::MonthName { .. }
             | Field::DayName { .. }
-            | Field::TimeZone { .. } => return None,
+            | Field::TimeZone { .. }
+            | Field::Offset
+            | Field::OffsetHours => return None,
         })
     }
 }
@@ -128,6 +141,9 @@ const NAMED: &[(&str, Field)] = &[
     ("PM", meridiem(Case::Upper, false)),
     ("am", meridiem(Case::Lower, false)),
     ("pm", meridiem(Case::Lower, false)),
+    ("TZH", Field::OffsetHours),
+    ("TZM", Field::OffsetMinutes),
+    ("OF", Field::Offset),
     ("TZ", Field::TimeZone { upper: true }),
     ("tz", Field::TimeZone { upper: false }),
 ];
@@ -192,7 +208,7 @@ const DAYS: [&str; 7] = [
 /// The patterns that mark a template as PostgreSQL's rather than chrono's `%Y-%m-%d`.
 const MARKERS: &[&str] = &[
     "YYYY", "YY", "MM", "DD", "HH", "MI", "SS", "MS", "US", "MON", "DAY", "DY", "DDD", "IW", "AM",
-    "PM", "TZ",
+    "PM", "TZ", "OF",
 ];
 
 /// Whether `template` is a PostgreSQL template: it has no `%` (so it is no chrono format)
@@ -237,8 +253,11 @@ struct Read {
     seconds_of_day: Option<u32>,
     /// Fractional second from `MS` and `US`, in microseconds.
     micros: u32,
-    /// Offset east of UTC, in seconds, from `TZ`.
+    /// Offset east of UTC, in seconds, from `TZ` or `OF`.
     offset: Option<i32>,
+    /// `TZH` (with its sign, -1 or 1) and `TZM`.
+    offset_hours: Option<(i32, i32)>,
+    offset_minutes: Option<i32>,
 }
 
 impl Pattern {
@@ -305,13 +324,15 @@ impl Pattern {
         &self.text
     }
 
-    /// `to_char`: the date and time `t` written out as the template says.
-    pub fn format<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> String {
+    /// `to_char`: the local date and time `t` written out as the template says. `zone` is
+    /// the zone of a `timestamptz` at that time; for a `timestamp` it is `None`, and `TZ`
+    /// writes nothing and `OF` `+00`, as in PostgreSQL.
+    pub fn format(&self, t: &NaiveDateTime, zone: Option<&ZoneAt>) -> String {
         let mut out = String::new();
         for item in &self.items {
             match item {
                 Item::Literal(text) => out.push_str(text),
-                Item::Field { field, fill } => format_field(&mut out, *field, *fill, t),
+                Item::Field { field, fill } => format_field(&mut out, *field, *fill, t, zone),
             }
         }
         out
@@ -393,10 +414,24 @@ impl Pattern {
                 read.pm = Some(pm);
                 Ok(&rest[len..])
             }
-            Field::TimeZone { .. } => {
+            Field::TimeZone { .. } | Field::Offset => {
                 let (offset, rest) = self.read_zone(rest)?;
                 read.offset = Some(offset);
                 Ok(rest)
+            }
+            Field::OffsetHours => {
+                let (sign, body) = match rest.chars().next() {
+                    Some('-') => (-1, &rest[1..]),
+                    Some('+') => (1, &rest[1..]),
+                    _ => (1, rest),
+                };
+                let len = body.bytes().take(2).take_while(u8::is_ascii_digit).count();
+                let hours: i32 = body[..len].parse().map_err(|_| self.invalid(field, rest))?;
+                if hours > 15 {
+                    return Err(self.invalid(field, rest));
+                }
+                read.offset_hours = Some((sign, hours));
+                Ok(&body[len..])
             }
             Field::IsoWeek => Err(self.error(
                 "IW (ISO week) is not supported in to_timestamp; use YYYY-MM-DD or DDD".to_owned(),
@@ -432,6 +467,9 @@ impl Pattern {
                     Field::Minute => read.minute = Some(value),
                     Field::Second => read.second = Some(value),
                     Field::SecondsOfDay => read.seconds_of_day = Some(value),
+                    Field::OffsetMinutes if value < 60 => {
+                        read.offset_minutes = Some(value as i32);
+                    }
                     // A fraction: `SS.MS` with "12.3" is 12 s 300 ms, as in PostgreSQL.
                     Field::Milli => read.micros += value * 10u32.pow((3 - len) as u32) * 1000,
                     Field::Micro => read.micros += value * 10u32.pow((6 - len) as u32),
@@ -527,7 +565,15 @@ impl Pattern {
         };
         let time = NaiveTime::from_hms_micro_opt(hour, minute, second, read.micros)
             .ok_or_else(|| self.out_of_range("time"))?;
-        Ok((NaiveDateTime::new(date, time), read.offset))
+        let offset = match (read.offset, read.offset_hours, read.offset_minutes) {
+            (Some(offset), _, _) => Some(offset),
+            (None, Some((sign, hours)), minutes) => {
+                Some(sign * (hours * 3600 + minutes.unwrap_or(0) * 60))
+            }
+            (None, None, Some(minutes)) => Some(minutes * 60),
+            (None, None, None) => None,
+        };
+        Ok((NaiveDateTime::new(date, time), offset))
     }
 
     fn invalid(&self, field: Field, at: &str) -> FormatError {
@@ -590,7 +636,13 @@ fn number(out: &mut String, value: i64, width: usize, fill: bool) {
     }
 }
 
-fn format_field<Tz: TimeZone>(out: &mut String, field: Field, fill: bool, t: &DateTime<Tz>) {
+fn format_field(
+    out: &mut String,
+    field: Field,
+    fill: bool,
+    t: &NaiveDateTime,
+    zone: Option<&ZoneAt>,
+) {
     let width = field.width().unwrap_or(0);
     match field {
         Field::Year4 => number(out, i64::from(t.year()), width, fill),
@@ -640,13 +692,25 @@ fn format_field<Tz: TimeZone>(out: &mut String, field: Field, fill: bool, t: &Da
             named(out, name, case, short, fill);
         }
         Field::TimeZone { upper } => {
-            let seconds = t.offset().fix().local_minus_utc();
-            let zone = zone_abbreviation(seconds);
+            let name = zone.map_or("", |z| z.abbreviation.as_str());
             if upper {
-                out.push_str(&zone);
+                out.push_str(name);
             } else {
-                out.push_str(&zone.to_lowercase());
+                out.push_str(&name.to_lowercase());
             }
+        }
+        Field::Offset | Field::OffsetHours => {
+            let seconds = zone.map_or(0, |z| z.offset);
+            out.push(if seconds < 0 { '-' } else { '+' });
+            let abs = seconds.unsigned_abs();
+            number(out, i64::from(abs / 3600), 2, fill);
+            if field == Field::Offset && !abs.is_multiple_of(3600) {
+                out.push_str(&format!(":{:02}", (abs % 3600) / 60));
+            }
+        }
+        Field::OffsetMinutes => {
+            let abs = zone.map_or(0, |z| z.offset).unsigned_abs();
+            number(out, i64::from((abs % 3600) / 60), width, fill);
         }
     }
 }
@@ -660,21 +724,5 @@ fn named(out: &mut String, name: &str, case: Case, short: bool, fill: bool) {
     cased(out, name, case);
     if !fill {
         out.extend(std::iter::repeat_n(' ', 9 - name.len()));
-    }
-}
-
-/// `UTC` for a zero offset, else the offset as PostgreSQL prints a zone without an
-/// abbreviation (`+05`, `-03:30`).
-fn zone_abbreviation(seconds: i32) -> String {
-    if seconds == 0 {
-        return "UTC".to_owned();
-    }
-    let sign = if seconds < 0 { '-' } else { '+' };
-    let abs = seconds.unsigned_abs();
-    let (hours, minutes) = (abs / 3600, (abs / 60) % 60);
-    if minutes == 0 {
-        format!("{sign}{hours:02}")
-    } else {
-        format!("{sign}{hours:02}:{minutes:02}")
     }
 }

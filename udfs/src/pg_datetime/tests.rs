@@ -1,4 +1,4 @@
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::NaiveDate;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
@@ -22,7 +22,8 @@ fn templates_are_told_apart_from_chrono_formats() {
 #[test]
 fn to_char_writes_every_pattern() {
     // A Saturday in the fourth quarter, ISO week 49.
-    let t = Utc.from_utc_datetime(&at(2026, 12, 5, 17, 7, 9, 123_456));
+    let t = at(2026, 12, 5, 17, 7, 9, 123_456);
+    let utc = Zone::parse("UTC").unwrap().at(&t).1;
     let cases = [
         ("YYYY-MM-DD HH24:MI:SS", "2026-12-05 17:07:09"),
         ("YYYY-MM-DD HH24:MI:SS.MS", "2026-12-05 17:07:09.123"),
@@ -38,13 +39,96 @@ fn to_char_writes_every_pattern() {
         ("\"Day\" DD", "Day 05"),
     ];
     for (template, expected) in cases {
-        assert_eq!(Pattern::new(template).format(&t), expected, "{template}");
+        assert_eq!(
+            Pattern::new(template).format(&t, Some(&utc)),
+            expected,
+            "{template}"
+        );
     }
-    let east = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+    let (local, east) = Zone::parse("+05:30").unwrap().at(&t);
     assert_eq!(
-        Pattern::new("HH24:MI TZ").format(&t.with_timezone(&east)),
-        "22:37 +05:30"
+        Pattern::new("HH24:MI TZ OF TZH TZM").format(&local, Some(&east)),
+        "22:37 +05:30 +05:30 +05 30"
     );
+    // A timestamp without a zone: TZ writes nothing, OF +00 (PostgreSQL's to_char(timestamp)).
+    assert_eq!(Pattern::new("HH24:MI[TZ]OF").format(&t, None), "17:07[]+00");
+}
+
+#[test]
+fn to_char_writes_the_zone_abbreviation_and_offset_of_the_instant() {
+    // (zone, UTC instant, what PostgreSQL writes with that TimeZone)
+    let cases = [
+        (
+            "Europe/Berlin",
+            at(2026, 7, 1, 10, 0, 0, 0),
+            "2026-07-01 12:00 CEST +02 cest",
+        ),
+        (
+            "Europe/Berlin",
+            at(2026, 1, 15, 10, 0, 0, 0),
+            "2026-01-15 11:00 CET +01 cet",
+        ),
+        (
+            "America/New_York",
+            at(2026, 7, 1, 10, 0, 0, 0),
+            "2026-07-01 06:00 EDT -04 edt",
+        ),
+        (
+            "America/New_York",
+            at(2026, 1, 15, 10, 0, 0, 0),
+            "2026-01-15 05:00 EST -05 est",
+        ),
+        // The hour after the change to summer time (2026-03-29 01:00 UTC).
+        (
+            "Europe/Berlin",
+            at(2026, 3, 29, 0, 59, 0, 0),
+            "2026-03-29 01:59 CET +01 cet",
+        ),
+        (
+            "Europe/Berlin",
+            at(2026, 3, 29, 1, 0, 0, 0),
+            "2026-03-29 03:00 CEST +02 cest",
+        ),
+        (
+            "Asia/Kolkata",
+            at(2026, 1, 15, 10, 0, 0, 0),
+            "2026-01-15 15:30 IST +05:30 ist",
+        ),
+        (
+            "UTC",
+            at(2026, 1, 15, 10, 0, 0, 0),
+            "2026-01-15 10:00 UTC +00 utc",
+        ),
+    ];
+    let pattern = Pattern::new("YYYY-MM-DD HH24:MI TZ OF tz");
+    for (name, utc, expected) in cases {
+        let (local, zone) = Zone::parse(name).unwrap().at(&utc);
+        assert_eq!(
+            pattern.format(&local, Some(&zone)),
+            expected,
+            "{name} {utc}"
+        );
+    }
+}
+
+#[test]
+fn local_times_the_clocks_skip_or_repeat_follow_postgresql() {
+    let new_york = Zone::parse("America/New_York").unwrap();
+    // Skipped (02:00 EST → 03:00 EDT): read as standard time, the offset before.
+    assert_eq!(
+        new_york.instant(&at(2018, 3, 11, 2, 30, 0, 0)),
+        Some(at(2018, 3, 11, 7, 30, 0, 0))
+    );
+    // Repeated (02:00 EDT → 01:00 EST): the offset after, EST.
+    assert_eq!(
+        new_york.instant(&at(2018, 11, 4, 1, 30, 0, 0)),
+        Some(at(2018, 11, 4, 6, 30, 0, 0))
+    );
+    assert_eq!(
+        new_york.instant(&at(2018, 7, 1, 12, 0, 0, 0)),
+        Some(at(2018, 7, 1, 16, 0, 0, 0))
+    );
+    assert!(Zone::parse("Mars/Olympus").is_none());
 }
 
 #[test]
@@ -78,6 +162,14 @@ fn to_timestamp_reads_what_clients_send() {
         read("20261205", "YYYYMMDD"),
         Ok((at(2026, 12, 5, 0, 0, 0, 0), None))
     );
+    assert_eq!(
+        read("2026-12-05 10:00 -05:30", "YYYY-MM-DD HH24:MI TZH:TZM"),
+        Ok((at(2026, 12, 5, 10, 0, 0, 0), Some(-(5 * 3600 + 1800))))
+    );
+    assert_eq!(
+        read("2026-12-05 10:00 +03", "YYYY-MM-DD HH24:MI OF"),
+        Ok((at(2026, 12, 5, 10, 0, 0, 0), Some(3 * 3600)))
+    );
 }
 
 #[test]
@@ -94,8 +186,8 @@ fn to_timestamp_names_the_pattern_on_bad_input() {
 
 #[test]
 fn non_ascii_text_is_literal_both_ways() {
-    let t = Utc.from_utc_datetime(&at(2026, 12, 5, 17, 7, 9, 0));
-    assert_eq!(Pattern::new("aé DD – Mé").format(&t), "aé 05 – Mé");
+    let t = at(2026, 12, 5, 17, 7, 9, 0);
+    assert_eq!(Pattern::new("aé DD – Mé").format(&t, None), "aé 05 – Mé");
     assert_eq!(
         Pattern::new("DD.MM.YYYY à HH24h").read("05.12.2026 à 17h"),
         Ok((at(2026, 12, 5, 17, 0, 0, 0), None))
@@ -106,10 +198,48 @@ fn non_ascii_text_is_literal_both_ways() {
 }
 
 async fn one(sql: &str) -> Result<String> {
+    in_zone(None, sql).await
+}
+
+/// Runs `sql` with `datafusion.execution.time_zone` set to `zone` (the session's TimeZone).
+async fn in_zone(zone: Option<&str>, sql: &str) -> Result<String> {
     let ctx = SessionContext::new();
     crate::register_all(&ctx);
+    if let Some(zone) = zone {
+        ctx.sql(&format!("SET datafusion.execution.time_zone = '{zone}'"))
+            .await?
+            .collect()
+            .await?;
+    }
     let batches = ctx.sql(sql).await?.collect().await?;
     Ok(pretty_format_batches(&batches)?.to_string())
+}
+
+#[tokio::test]
+async fn both_functions_work_in_the_session_time_zone() -> Result<()> {
+    // A value stored in UTC, written in the session's zone, as PostgreSQL's to_char does.
+    let sql = "SELECT to_char(CAST('2026-07-01T10:00:00Z' AS TIMESTAMP) AT TIME ZONE 'UTC', 'HH24:MI TZ') AS a, \
+               to_char(to_timestamp('2026-01-15 12:00', 'YYYY-MM-DD HH24:MI'), 'YYYY-MM-DD HH24:MI OF') AS b, \
+               to_char(CAST('2026-07-01' AS DATE), 'YYYY-MM-DD HH24 TZ') AS c, \
+               to_char(CAST('2026-07-01T10:00:00' AS TIMESTAMP), 'HH24:MI TZ|OF') AS d";
+    let text = in_zone(Some("America/New_York"), sql).await?;
+    assert!(
+        text.contains("| 06:00 EDT | 2026-01-15 12:00 -05 | 2026-07-01 00 EDT | 10:00 |+00 |"),
+        "{text}"
+    );
+    let text = in_zone(Some("Europe/Berlin"), sql).await?;
+    assert!(
+        text.contains("| 12:00 CEST | 2026-01-15 12:00 +01 | 2026-07-01 00 CEST | 10:00 |+00 |"),
+        "{text}"
+    );
+    // The instant to_timestamp read: 12:00 in Berlin is 11:00 UTC.
+    let text = in_zone(
+        Some("Europe/Berlin"),
+        "SELECT CAST(to_timestamp('2026-01-15 12:00', 'YYYY-MM-DD HH24:MI') AS BIGINT) / 1000000000 AS s",
+    )
+    .await?;
+    assert!(text.contains("| 1768474800 |"), "{text}");
+    Ok(())
 }
 
 #[tokio::test]
