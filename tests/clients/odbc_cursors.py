@@ -29,7 +29,7 @@ def connect(autocommit):
 for autocommit in (True, False):
     conn = connect(autocommit)
     cur = conn.cursor()
-    cur.execute("SELECT value AS n, 'row ' || CAST(value AS VARCHAR) AS label FROM generate_series(1, 10000) AS t ORDER BY value")
+    cur.execute("SELECT value AS n, 'row ' || CAST(value AS VARCHAR) AS label FROM generate_series(1, 10000) AS t(value) ORDER BY value")
     check(f"odbc column names (autocommit={autocommit})", [d[0] for d in cur.description], ["n", "label"])
     first = cur.fetchmany(5)
     check("odbc first rows", [tuple(r) for r in first], [(i, f"row {i}") for i in range(1, 6)])
@@ -38,7 +38,7 @@ for autocommit in (True, False):
     cur.execute("SELECT count(*) FROM generate_series(1, 12345) AS t")
     check("odbc count", cur.fetchone()[0], 12345)
     # Parameters (psqlODBC interpolates or binds them, then declares the cursor).
-    cur.execute("SELECT value FROM generate_series(1, 100) AS t WHERE value > ? ORDER BY value", 97)
+    cur.execute("SELECT value FROM generate_series(1, 100) AS t(value) WHERE value > ? ORDER BY value", 97)
     check("odbc parameters", [r[0] for r in cur.fetchall()], [98, 99, 100])
     if not autocommit:
         conn.commit()

@@ -12,7 +12,7 @@ import psycopg
 import psycopg2
 
 PORT = int(sys.argv[1])
-SERIES = "SELECT value AS n FROM generate_series(1, 10000) AS t ORDER BY value"
+SERIES = "SELECT value AS n FROM generate_series(1, 10000) AS t(value) ORDER BY value"
 SLOW = "SELECT count(*) FROM generate_series(1, 10000000000) AS t"
 DSN = dict(host="127.0.0.1", port=PORT, user="logsphere", dbname="logsphere")
 
@@ -37,7 +37,7 @@ def psycopg3_named_cursors():
             check("psycopg3 iterate the rest", (len(rest), rest[0], rest[-1]), (9994, 7, 10000))
         # Bound parameters in the DECLARE's query.
         with conn.cursor(name="p") as cur:
-            cur.execute("SELECT value FROM generate_series(1, 100) AS t WHERE value > %s ORDER BY value", (95,))
+            cur.execute("SELECT value FROM generate_series(1, 100) AS t(value) WHERE value > %s ORDER BY value", (95,))
             check("psycopg3 named cursor with params", [r[0] for r in cur.fetchall()], [96, 97, 98, 99, 100])
         conn.commit()
     with psycopg.connect(**DSN, autocommit=True) as conn:

@@ -39,7 +39,7 @@ fn code(e: &tokio_postgres::Error) -> SqlState {
 }
 
 /// Ten thousand numbers, in order.
-const SERIES: &str = "SELECT value AS n FROM generate_series(1, 10000) AS t ORDER BY value";
+const SERIES: &str = "SELECT value AS n FROM generate_series(1, 10000) AS t(value) ORDER BY value";
 
 /// A query that runs far longer than any test waits (counting 10^10 generated rows). A
 /// scan that yields to the runtime, as every table scan does: a CPU-bound operator that
@@ -283,7 +283,7 @@ async fn scroll_cursors_keep_at_most_their_memory_limit() {
     let server = Server::start_with_config("[pg]\nscroll_cursor_memory_mb = 1\n");
     let client = server.pg_client().await;
     // Two million eight-byte numbers: about 16 MiB, over the 1 MiB a SCROLL cursor keeps.
-    let big = "SELECT value FROM generate_series(1, 2000000) AS t";
+    let big = "SELECT value FROM generate_series(1, 2000000) AS t(value)";
     client
         .simple_query(&format!("DECLARE big SCROLL CURSOR WITH HOLD FOR {big}"))
         .await
@@ -359,7 +359,7 @@ async fn cursors_bind_parameters_over_the_extended_protocol() {
     let client = server.pg_client().await;
     client
         .execute(
-            "DECLARE p CURSOR WITH HOLD FOR SELECT value FROM generate_series(1, 100) AS t \
+            "DECLARE p CURSOR WITH HOLD FOR SELECT value FROM generate_series(1, 100) AS t(value) \
              WHERE value > $1 ORDER BY value",
             &[&90i64],
         )
