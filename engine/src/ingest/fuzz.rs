@@ -269,40 +269,9 @@ fn fuzz_otlp_json() {
 
 #[test]
 fn fuzz_otlp_protobuf() {
-    use otlp::*;
     use prost::Message;
-    let kv = |key: &str, v: Any| KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-    };
-    let req = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", Any::String("svc".into()))],
-            }),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "lib".into(),
-                    ..Default::default()
-                }),
-                log_records: vec![LogRecord {
-                    time_unix_nano: 1_796_619_600_000_000_001,
-                    severity_number: 13,
-                    severity_text: "WARN".into(),
-                    body: Some(AnyValue {
-                        value: Some(Any::Kvlist(KeyValueList {
-                            values: vec![kv("k", Any::Int(7)), kv("b", Any::Bytes(vec![1, 2]))],
-                        })),
-                    }),
-                    attributes: vec![kv("level", Any::Double(1.5)), kv("ok", Any::Bool(true))],
-                    trace_id: vec![0xab; 16],
-                    span_id: vec![0x01; 8],
-                    ..Default::default()
-                }],
-            }],
-        }],
-    };
-    fuzz("otlp_protobuf", vec![req.encode_to_vec()], |input| {
+    let seed = super::shippers::tests::otlp_request().encode_to_vec();
+    fuzz("otlp_protobuf", vec![seed], |input| {
         otlp::from_protobuf(input, "logs").map_or_else(|e| e.len(), |s| shipped_bytes(&s))
     });
 }

@@ -225,11 +225,30 @@ fn version_udf() -> ScalarUDF {
     )
 }
 
+/// A session's parameters as a UDF holds them: equal and hashed by identity, so a UDF
+/// equals another only over the same session.
+#[derive(Debug, Clone)]
+struct SessionVars(SharedVars);
+
+impl PartialEq for SessionVars {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SessionVars {}
+
+impl Hash for SessionVars {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
 /// `current_setting(name [, missing_ok])`: the connection's run-time parameters, as SHOW
 /// reports them (Grafana reads `server_version_num` and `search_path` this way).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct CurrentSetting {
-    vars: SharedVars,
+    vars: SessionVars,
     signature: Signature,
 }
 
@@ -242,21 +261,10 @@ impl CurrentSetting {
             ],
             Volatility::Stable,
         );
-        Self { vars, signature }
-    }
-}
-
-impl PartialEq for CurrentSetting {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.vars, &other.vars)
-    }
-}
-
-impl Eq for CurrentSetting {}
-
-impl Hash for CurrentSetting {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.vars) as usize).hash(state);
+        Self {
+            vars: SessionVars(vars),
+            signature,
+        }
     }
 }
 
@@ -284,7 +292,7 @@ impl ScalarUDFImpl for CurrentSetting {
             Some(a) => Some(datafusion::arrow::compute::cast(a, &DataType::Boolean)?),
             None => None,
         };
-        let vars = lock(&self.vars);
+        let vars = lock(&self.vars.0);
         let mut out = StringBuilder::with_capacity(names.len(), names.len() * 8);
         for row in 0..names.len() {
             if names.is_null(row) {
@@ -330,9 +338,9 @@ impl ScalarUDFImpl for CurrentSetting {
 /// does and returns its new value (pgAdmin sets `bytea_output` this way on connect).
 /// Transaction-local settings (`is_local` true) are refused: nothing would undo them at the
 /// end of the transaction.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct SetConfig {
-    vars: SharedVars,
+    vars: SessionVars,
     signature: Signature,
 }
 
@@ -342,21 +350,10 @@ impl SetConfig {
             vec![DataType::Utf8, DataType::Utf8, DataType::Boolean],
             Volatility::Volatile,
         );
-        Self { vars, signature }
-    }
-}
-
-impl PartialEq for SetConfig {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.vars, &other.vars)
-    }
-}
-
-impl Eq for SetConfig {}
-
-impl Hash for SetConfig {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.vars) as usize).hash(state);
+        Self {
+            vars: SessionVars(vars),
+            signature,
+        }
     }
 }
 
@@ -389,7 +386,7 @@ impl ScalarUDFImpl for SetConfig {
                 "set_config() takes (text, text, boolean)".to_owned(),
             ));
         };
-        let mut vars = lock(&self.vars);
+        let mut vars = lock(&self.vars.0);
         let mut out = StringBuilder::with_capacity(names.len(), names.len() * 8);
         for row in 0..names.len() {
             if names.is_null(row) {

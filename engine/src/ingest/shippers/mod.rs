@@ -158,4 +158,4 @@ pub(crate) fn text(v: Value) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -20,10 +20,10 @@ fn kv(key: &str, v: otlp::Any) -> otlp::KeyValue {
     }
 }
 
-#[test]
-fn otlp_protobuf_and_json_map_alike() {
+/// An OTLP request with every kind of value (the fuzzer's protobuf seed too).
+pub(crate) fn otlp_request() -> otlp::ExportLogsServiceRequest {
     use otlp::*;
-    let req = ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {
                 attributes: vec![
@@ -52,7 +52,12 @@ fn otlp_protobuf_and_json_map_alike() {
                 }],
             }],
         }],
-    };
+    }
+}
+
+#[test]
+fn otlp_protobuf_and_json_map_alike() {
+    let req = otlp_request();
     let proto = otlp::from_protobuf(&req.encode_to_vec(), "t").expect("decodes");
     let json_body = json!({"resourceLogs": [{
         "resource": {"attributes": [
