@@ -675,6 +675,16 @@ impl Engine {
                 tracing::error!(table = "kafka_partitions", error = %e, "cannot register table");
             }
         }
+        if let Some(cq) = &self.cluster_cq {
+            let cq = Arc::clone(cq);
+            let table = crate::query::system::SnapshotTable::new(
+                crate::cluster::continuous::nodes_schema(),
+                move || cq.nodes_batch(),
+            );
+            if let Err(e) = ctx.register_table("continuous_query_nodes", Arc::new(table)) {
+                tracing::error!(table = "continuous_query_nodes", error = %e, "cannot register table");
+            }
+        }
         for (name, schema, queries, snapshot) in system {
             if let (Some(cq), "continuous_queries") = (&self.cluster_cq, name) {
                 // Cluster mode: with the nodes that run each query.

@@ -36,7 +36,9 @@ use super::Cluster;
 use crate::continuous::{
     Alert, Claim, CqError, CqRegistry, CqState, DeliveryClaims, GENERATION_SHIFT, now_us,
 };
-use crate::hot::cassandra::{CassandraStore, DeliveryClaim, SharedDefinition, SharedTableDef};
+use crate::hot::cassandra::{
+    CassandraStore, DeliveryClaim, NodeQuery, SharedDefinition, SharedTableDef,
+};
 use crate::ingest::DecodeOptions;
 use crate::source::kafka::reader::{AllPartitions, Start, partition_key};
 
@@ -68,14 +70,18 @@ pub struct ClusterCq {
     alerts: Mutex<Vec<Alert>>,
     /// `cq_tables` as last read: name → definition and columns.
     tables: Mutex<BTreeMap<String, (SharedTableDef, arrow::datatypes::SchemaRef)>>,
-    /// Which nodes run each query (at the version this node runs), from `cq_nodes`.
-    running: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Which nodes run each query (at the version this node runs), from `cq_nodes`: name →
+    /// (node, its `continuous_queries` row as JSON), by node.
+    running: Mutex<Reports>,
     /// `logs` (both tiers), which `START FROM` backfills read.
     logs: Option<Arc<dyn datafusion::catalog::TableProvider>>,
     /// The backfills running here: (query, version).
     backfilling: Mutex<HashSet<(String, u64)>>,
     /// Decoding of the records the backfill's catch-up check reads.
     decode: DecodeOptions,
+    /// `PAUSE`/`RESUME` waiting for the feeder, which applies them at a cut (see
+    /// [`Feeder::apply_states`]): name → the state wanted.
+    pending_states: Mutex<BTreeMap<String, CqState>>,
     /// The definitions were read from Cassandra once: the feeder waits for it, so a
     /// joining node's replay reaches the queries.
     synced: AtomicBool,
@@ -122,6 +128,7 @@ impl ClusterCq {
             running: Mutex::new(BTreeMap::new()),
             backfilling: Mutex::new(HashSet::new()),
             decode: decode.clone(),
+            pending_states: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
         });
@@ -157,26 +164,129 @@ impl ClusterCq {
         crate::continuous::alerts_batch(alerts.iter())
     }
 
-    /// The `continuous_queries` table: this node's view of each query, and in `nodes` the
-    /// nodes that run it (each reports every few seconds).
+    /// The `continuous_queries` table, the same on every node: the definition columns as
+    /// the shared catalog has them; `nodes`, the nodes that run the query (each reports
+    /// every [`REPORT_INTERVAL`]); the progress columns (`watermark`, `rows_in`, …) as the
+    /// first of those nodes by name last reported them; `alerts` and `last_fired` from the
+    /// shared alerts; `error`, every node's, prefixed by its name. Each node's own progress
+    /// is in `continuous_query_nodes`.
     pub fn queries_batch(&self) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
-        use arrow::array::{Array, StringArray};
+        use arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
         let batch = self.registry.queries_batch()?;
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(names) = batch
-            .column_by_name("name")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        else {
+        let schema = batch.schema();
+        let column = |name: &str| batch.column_by_name(name).map(Arc::clone);
+        let (Some(names), Some(versions)) = (column("name"), column("version")) else {
             return Ok(batch);
         };
-        let nodes: StringArray = (0..names.len())
-            .map(|i| running.get(names.value(i)).map(|n| n.join(", ")))
-            .collect();
-        let schema = batch.schema();
-        let at = schema.index_of("nodes")?;
+        let (Some(names), Some(versions)) = (
+            names.as_any().downcast_ref::<StringArray>(),
+            versions.as_any().downcast_ref::<Int64Array>(),
+        ) else {
+            return Ok(batch);
+        };
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        let reporters = |i: usize| running.get(names.value(i)).map_or(&[][..], Vec::as_slice);
+        // The reference row of each query: the first reporting node's.
+        let mut lines = Vec::new();
+        let mut pick = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            match reporters(i).iter().find_map(|(_, p)| p.as_ref()) {
+                Some(line) => {
+                    pick.push((1, lines.len()));
+                    lines.push(line.clone());
+                }
+                None => pick.push((0, i)),
+            }
+        }
+        let reference = match crate::continuous::rows_from_json(&schema, &lines) {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A node of another release may report other columns: show this node's.
+                tracing::warn!(error = %e, "cannot read the progress other nodes reported");
+                pick = (0..batch.num_rows()).map(|i| (0, i)).collect();
+                arrow::array::RecordBatch::new_empty(Arc::clone(&schema))
+            }
+        };
         let mut columns = batch.columns().to_vec();
-        columns[at] = Arc::new(nodes);
+        for name in PROGRESS_COLUMNS {
+            let at = schema.index_of(name)?;
+            let both: [&dyn Array; 2] = [batch.column(at).as_ref(), reference.column(at).as_ref()];
+            columns[at] = arrow::compute::interleave(&both, &pick)?;
+        }
+        let of = |i: usize| {
+            let version = u64::try_from(versions.value(i)).unwrap_or(0);
+            alerts
+                .iter()
+                .filter(move |a| a.cq_name == names.value(i) && a.cq_version == version)
+        };
+        let count: Int64Array = (0..batch.num_rows())
+            .map(|i| Some(of(i).count() as i64))
+            .collect();
+        let fired: TimestampMicrosecondArray = (0..batch.num_rows())
+            .map(|i| of(i).map(|a| a.fired_at).max())
+            .collect();
+        columns[schema.index_of("alerts")?] = Arc::new(count);
+        columns[schema.index_of("last_fired")?] = Arc::new(fired.with_timezone(crate::model::UTC));
+        let local_errors = column("error");
+        let local_error = |i: usize| {
+            local_errors
+                .as_ref()
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .filter(|c| c.is_valid(i))
+                .map(|c| c.value(i).to_string())
+        };
+        let errors: StringArray = (0..batch.num_rows())
+            .map(|i| {
+                let reported: Vec<String> = reporters(i)
+                    .iter()
+                    .filter_map(|(node, p)| {
+                        Some(format!("{node}: {}", reported_error(p.as_deref()?)?))
+                    })
+                    .collect();
+                if reporters(i).is_empty() {
+                    local_error(i)
+                } else {
+                    (!reported.is_empty()).then(|| reported.join("; "))
+                }
+            })
+            .collect();
+        columns[schema.index_of("error")?] = Arc::new(errors);
+        let nodes: StringArray = (0..batch.num_rows())
+            .map(|i| {
+                let nodes: Vec<&str> = reporters(i).iter().map(|(n, _)| n.as_str()).collect();
+                (!nodes.is_empty()).then(|| nodes.join(", "))
+            })
+            .collect();
+        columns[schema.index_of("nodes")?] = Arc::new(nodes);
         arrow::array::RecordBatch::try_new(schema, columns)
+    }
+
+    /// The `continuous_query_nodes` table: each node's own row of `continuous_queries` as
+    /// it last reported it (every [`REPORT_INTERVAL`]), for the nodes alive now.
+    pub fn nodes_batch(&self) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = Vec::new();
+        let mut lines = Vec::new();
+        for (node, line) in running.values().flatten() {
+            if let Some(line) = line {
+                nodes.push(node.clone());
+                lines.push(line.clone());
+            }
+        }
+        let rows = crate::continuous::rows_from_json(&crate::continuous::queries_schema(), &lines)
+            .map_err(|e| {
+                arrow::error::ArrowError::ExternalError(
+                    format!("reading the progress the nodes reported: {e}").into(),
+                )
+            })?;
+        let mut columns: Vec<arrow::array::ArrayRef> =
+            vec![Arc::new(arrow::array::StringArray::from(nodes))];
+        let source = rows.schema();
+        for field in nodes_schema().fields().iter().skip(1) {
+            columns.push(Arc::clone(rows.column(source.index_of(field.name())?)));
+        }
+        arrow::array::RecordBatch::try_new(nodes_schema(), columns)
     }
 
     /// `CREATE CONTINUOUS QUERY` in cluster mode: checked against the shared catalog, built
@@ -246,20 +356,49 @@ impl ClusterCq {
         Ok(dropped)
     }
 
-    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME` in cluster mode.
+    /// `ALTER CONTINUOUS QUERY … PAUSE | RESUME` in cluster mode: stored for every node,
+    /// then applied here by the feeder at its next cut (each node does the same when its
+    /// sync reads the change). Answers once this node applied it, or after
+    /// [`STATE_APPLY_WAIT`] (a feeder still replaying applies it when it has caught up).
     pub async fn set_state(&self, name: &str, state: CqState) -> Result<(), CqError> {
-        let _ddl = self.ddl.lock().await;
-        let store = self.store()?;
-        if !store
-            .set_cq_state(name, state.as_str())
-            .await
-            .map_err(storage)?
         {
-            return Err(CqError::NotFound(name.to_string()));
+            let _ddl = self.ddl.lock().await;
+            let store = self.store()?;
+            if !store
+                .set_cq_state(name, state.as_str())
+                .await
+                .map_err(storage)?
+            {
+                return Err(CqError::NotFound(name.to_string()));
+            }
+            self.request_state(name, state);
         }
-        self.registry.set_state_live(name, state)
+        let deadline = Instant::now() + STATE_APPLY_WAIT;
+        while Instant::now() < deadline {
+            let applied = self
+                .registry
+                .local_definitions()
+                .get(name)
+                .is_none_or(|d| d.state == state);
+            if applied {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Asks the feeder to move `name` to `state` at its next cut.
+    fn request_state(&self, name: &str, state: CqState) {
+        self.pending_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), state);
     }
 }
+
+/// How long `ALTER … PAUSE | RESUME` waits for this node's feeder to apply it.
+const STATE_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Definitions and alerts, every [`SYNC_INTERVAL`], until stopped.
 async fn sync_loop(cq: Arc<ClusterCq>) {
@@ -297,28 +436,71 @@ async fn sync_loop(cq: Arc<ClusterCq>) {
 /// long.
 const REPORT_INTERVAL: Duration = Duration::from_secs(3);
 
-/// Records which queries this node runs, then reads which nodes run each query.
+/// The columns of `continuous_queries` that say how far one node's copy of a query is;
+/// cluster-wide they are the reference node's (see [`ClusterCq::queries_batch`]).
+const PROGRESS_COLUMNS: [&str; 7] = [
+    "watermark",
+    "rows_in",
+    "late_rows_updated",
+    "late_rows_dropped",
+    "state_keys",
+    "last_checkpoint",
+    "wal_seq",
+];
+
+/// Query name → (node, the node's `continuous_queries` row as JSON), by node.
+type Reports = BTreeMap<String, Vec<(String, Option<String>)>>;
+
+/// The `error` a node reported in its row (`None`: none).
+fn reported_error(line: &str) -> Option<String> {
+    let row: serde_json::Value = serde_json::from_str(line).ok()?;
+    row.get("error")?.as_str().map(str::to_string)
+}
+
+/// Schema of `continuous_query_nodes`: `node`, then the columns of `continuous_queries`
+/// but `nodes`.
+pub fn nodes_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let queries = crate::continuous::queries_schema();
+    let fields = std::iter::once(Arc::new(Field::new("node", DataType::Utf8, false)))
+        .chain(
+            queries
+                .fields()
+                .iter()
+                .filter(|f| f.name() != "nodes")
+                .cloned(),
+        )
+        .collect::<Vec<_>>();
+    Arc::new(Schema::new(fields))
+}
+
+/// Records which queries this node runs and how far each is, then reads the same of
+/// every node.
 async fn report_running(cq: &ClusterCq, store: &CassandraStore) -> Result<(), crate::EngineError> {
     let local = cq.registry.local_definitions();
-    let mine: Vec<(String, i64, String)> = local
+    let mut progress = cq.registry.progress_lines();
+    let mine: Vec<NodeQuery> = local
         .iter()
-        .map(|(name, d)| {
-            (
-                name.clone(),
-                i64::try_from(d.version).unwrap_or(i64::MAX),
-                d.state.as_str().to_string(),
-            )
+        .map(|(name, d)| NodeQuery {
+            name: name.clone(),
+            node: cq.node_id.clone(),
+            version: i64::try_from(d.version).unwrap_or(i64::MAX),
+            state: d.state.as_str().to_string(),
+            progress: progress.remove(name),
         })
         .collect();
     let ttl = (REPORT_INTERVAL.as_secs() * 3) as i32;
     store.report_cq_running(&cq.node_id, &mine, ttl).await?;
-    let mut running: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, node, version, _state) in store.cq_running().await? {
+    let mut running = Reports::new();
+    for q in store.cq_running().await? {
         let here = local
-            .get(&name)
+            .get(&q.name)
             .map(|d| i64::try_from(d.version).unwrap_or(i64::MAX));
-        if here == Some(version) {
-            running.entry(name).or_default().push(node);
+        if here == Some(q.version) {
+            running
+                .entry(q.name)
+                .or_default()
+                .push((q.node, q.progress));
         }
     }
     for nodes in running.values_mut() {
@@ -631,7 +813,8 @@ async fn sync_definitions(
     for def in &stored {
         let version = u64::try_from(def.version).unwrap_or(1);
         let here = local.get(&def.name);
-        if here.is_none_or(|l| l.version != version) {
+        let built_now = here.is_none_or(|l| l.version != version);
+        if built_now {
             if failing.contains(&(def.name.clone(), def.version)) {
                 continue;
             }
@@ -664,10 +847,16 @@ async fn sync_definitions(
             .local_definitions()
             .get(&def.name)
             .map(|l| l.state);
-        if now_state.is_some_and(|s| s != state)
-            && let Err(e) = cq.registry.set_state_live(&def.name, state)
-        {
-            tracing::warn!(cq = %def.name, error = %e, "cannot change a continuous query's state");
+        if now_state.is_none_or(|s| s == state) {
+            continue;
+        }
+        if built_now {
+            // Nothing fed yet: it starts in the cluster's state.
+            if let Err(e) = cq.registry.set_state_live(&def.name, state) {
+                tracing::warn!(cq = %def.name, error = %e, "cannot change a continuous query's state");
+            }
+        } else {
+            cq.request_state(&def.name, state);
         }
     }
     let names: HashSet<&str> = stored.iter().map(|d| d.name.as_str()).collect();
@@ -816,6 +1005,13 @@ impl CutsFile {
     }
 }
 
+/// Why [`Feeder::feed`] returned.
+enum Fed {
+    Stopped,
+    /// A query resumed: open the reader again at the cut its state is at.
+    Rewind,
+}
+
 /// The thread that reads every partition into the queries (see the module docs).
 struct Feeder {
     cq: Arc<ClusterCq>,
@@ -835,10 +1031,11 @@ impl Feeder {
                 continue;
             }
             match self.open() {
-                Ok((reader, cuts)) => {
-                    self.feed(reader, cuts);
-                    return;
-                }
+                Ok((reader, cuts)) => match self.feed(reader, cuts) {
+                    Fed::Stopped => return,
+                    // A resumed query re-reads from the cut it paused at.
+                    Fed::Rewind => continue,
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "continuous-query feeder cannot start yet; retrying");
                     std::thread::sleep(Duration::from_secs(2));
@@ -856,7 +1053,11 @@ impl Feeder {
             ));
         }
         let cuts = CutsFile::load(&self.cuts_path);
-        let generations = self.cq.registry.generations();
+        let mut generations = self.cq.registry.generations();
+        // A paused query's state waits at the cut it paused at; it is read from there when
+        // it resumes, not now.
+        let local = self.cq.registry.local_definitions();
+        generations.retain(|name, _| local.get(name).is_none_or(|d| d.state != CqState::Paused));
         // The cut the oldest state is at; a state older than every cut kept (a query that
         // never reached a cut) reads from REBUILD back, as a new node does.
         let from = match generations.values().min() {
@@ -884,7 +1085,7 @@ impl Feeder {
         Ok((reader, cuts))
     }
 
-    fn feed(self, mut reader: AllPartitions, mut cuts: CutsFile) {
+    fn feed(&self, mut reader: AllPartitions, mut cuts: CutsFile) -> Fed {
         let registry = Arc::clone(&self.cq.registry);
         registry.start_catch_up();
         let mut catching_up = true;
@@ -945,20 +1146,75 @@ impl Feeder {
                 catching_up = false;
                 tracing::info!(generation, "continuous-query feeder caught up");
             }
-            // A cut covers what was read: only once nothing is held back.
-            if !catching_up && (stopping || last_cut.elapsed() >= CUT_INTERVAL) {
+            // A cut covers what was read: only once nothing is held back. PAUSE and RESUME
+            // take effect at one, so a paused state sits exactly at a cut.
+            let states = !catching_up && self.has_pending_states();
+            if !catching_up && (stopping || states || last_cut.elapsed() >= CUT_INTERVAL) {
                 generation += 1;
                 numbers.retain(|g, _| *g >= generation);
-                if let Err(e) = self.cut(&registry, &reader, &mut cuts, generation) {
-                    tracing::warn!(error = %e, "continuous-query cut failed; the next one retries");
-                    generation -= 1;
-                }
+                let cut = self.cut(&registry, &reader, &mut cuts, generation);
                 last_cut = Instant::now();
+                match cut {
+                    Ok(()) if states && self.apply_states() => return Fed::Rewind,
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "continuous-query cut failed; the next one retries");
+                        generation -= 1;
+                    }
+                }
             }
             if stopping {
-                return;
+                return Fed::Stopped;
             }
         }
+    }
+
+    fn has_pending_states(&self) -> bool {
+        !self
+            .cq
+            .pending_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Applies the `PAUSE`s and `RESUME`s asked for, just after a cut: a paused query's
+    /// state stays at that cut (checkpointed there, and kept by the cuts file). `true` when
+    /// a query resumed: the feeder then reads again from the cut it paused at, as a
+    /// restart does — the other queries skip what they have seen (their state is at the
+    /// newest cut), the resumed one gets what arrived while it was paused, each record once.
+    fn apply_states(&self) -> bool {
+        let wanted = std::mem::take(
+            &mut *self
+                .cq
+                .pending_states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let before = self.cq.registry.local_definitions();
+        let mut resumed = false;
+        for (name, state) in wanted {
+            let Some(was) = before.get(&name).map(|d| d.state) else {
+                continue;
+            };
+            if was == state {
+                continue;
+            }
+            let applied = match state {
+                CqState::Running => self.cq.registry.resume_replaying(&name),
+                _ => self.cq.registry.set_state_live(&name, state),
+            };
+            match applied {
+                Ok(()) => {
+                    tracing::info!(cq = %name, state = state.as_str(), "continuous query state applied at a cut");
+                    resumed |= state == CqState::Running;
+                }
+                Err(e) => {
+                    tracing::warn!(cq = %name, error = %e, "cannot change a continuous query's state")
+                }
+            }
+        }
+        resumed
     }
 
     /// Writes the cut's offsets, then moves every query to it and checkpoints them.

@@ -147,6 +147,42 @@ impl CqRegistry {
         self.store_state(name, state, false).map(|_| ())
     }
 
+    /// Each query's row of `continuous_queries` as one JSON object (what a node reports to
+    /// the others): name → line.
+    pub fn progress_lines(&self) -> BTreeMap<String, String> {
+        use arrow::array::{Array, StringArray};
+        let rows = match self.queries_batch() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the continuous queries");
+                return BTreeMap::new();
+            }
+        };
+        let lines = match super::json_lines(&rows) {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the continuous queries");
+                return BTreeMap::new();
+            }
+        };
+        let Some(names) = rows
+            .column_by_name("name")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        else {
+            return BTreeMap::new();
+        };
+        (0..names.len())
+            .map(|i| names.value(i).to_string())
+            .zip(lines)
+            .collect()
+    }
+
+    /// Resumes `name` as catching up (in one step, so no wall-clock tick moves its clock
+    /// first): the feeder is about to read again what arrived while it was paused.
+    pub fn resume_replaying(&self, name: &str) -> Result<(), CqError> {
+        self.store_state(name, CqState::Running, true).map(|_| ())
+    }
+
     /// Every alert this node knows (its CQs' books and those of dropped CQs).
     pub fn alerts_snapshot(&self) -> Vec<Alert> {
         let inner = self.lock();

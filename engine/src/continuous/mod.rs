@@ -77,7 +77,7 @@ pub use system_tables::{
     queries_schema,
 };
 pub use table_store::{
-    SharedRows, TableStore, UPDATED_AT, describe as describe_columns, rows_from_json,
+    SharedRows, TableStore, UPDATED_AT, describe as describe_columns, json_lines, rows_from_json,
     schema_from_hex, schema_hex, table_schema,
 };
 

@@ -231,7 +231,7 @@ pub fn schema_from_hex(text: &str) -> Result<SchemaRef, CqError> {
 }
 
 /// One JSON object per row of `batch` (nulls left out), in row order.
-fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, CqError> {
+pub fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, CqError> {
     let mut out = Vec::new();
     {
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);

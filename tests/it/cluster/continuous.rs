@@ -782,3 +782,148 @@ async fn start_from_backfills_both_tiers_then_counts_live_once() {
         wait_for_pairs(node, rows_in, &seen, Duration::from_secs(30)).await;
     }
 }
+
+/// `PAUSE` and `RESUME` in cluster mode, as embedded: a paused query takes nothing and
+/// alerts on nothing; resumed, it reads what arrived while it was paused, each record once,
+/// on every node — also on a node SIGKILLed and restarted while the query was paused, and
+/// with the `RESUME` run on another node than the `PAUSE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_reads_what_arrived_while_paused_once_on_every_node() {
+    let _serial = SERIAL.lock().await;
+    let names = Names::new();
+    let topic = unique_name("cqp");
+    create_topics(&names.brokers, &[&topic], 4).await;
+    let mut n1 = names.node("n1", &[&topic], "");
+    let n2 = names.node("n2", &[&topic], "");
+    create_rules(
+        &n1,
+        &[
+            "CREATE CONTINUOUS QUERY crit \
+               ALERT (SEVERITY 'critical', DEDUP BY (source, message)) \
+             AS SELECT timestamp, source, log_level, message FROM logs \
+                WHERE log_level = 'CRITICAL'"
+                .to_string(),
+            "CREATE CONTINUOUS QUERY per_minute INTO errors_per_minute \
+               WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
+             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
+                FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
+                .to_string(),
+        ],
+    )
+    .await;
+    let defs = "SELECT name, version FROM continuous_queries ORDER BY name";
+    let defined = BTreeMap::from([("crit".to_string(), 1), ("per_minute".to_string(), 1)]);
+    wait_for_pairs(&n2, defs, &defined, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Before the pause: 2 CRITICAL lines and 50 ERRORs of web-1 in minute A.
+    let a = (now_ms() / 60_000 - 3) * 60_000;
+    let p = producer(&names.brokers);
+    produce_records(&p, &[&topic], 0..52, move |seq| match seq {
+        0..50 => line(a + seq as i64 * 100, "ERROR", "web-1", &format!("e{seq}")),
+        _ => line(a, "CRITICAL", "db-1", &format!("c{seq}")),
+    })
+    .await;
+    let alerts = "SELECT 'crit', count(*) FROM alerts WHERE cq_name = 'crit'";
+    let observed = "SELECT 'seen', CAST(sum(observation_count) AS BIGINT) FROM alerts \
+                    WHERE cq_name = 'crit'";
+    let want = |n: i64| BTreeMap::from([("crit".to_string(), n)]);
+    let seen = |n: i64| BTreeMap::from([("seen".to_string(), n)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, alerts, &want(2), Duration::from_secs(60)).await;
+    }
+
+    // PAUSE on n2; both nodes show it.
+    for q in ["crit", "per_minute"] {
+        n2.pg_client()
+            .await
+            .batch_execute(&format!("ALTER CONTINUOUS QUERY {q} PAUSE"))
+            .await
+            .expect("pause");
+    }
+    let states = "SELECT state, count(*) FROM continuous_queries GROUP BY state";
+    let paused = BTreeMap::from([("PAUSED".to_string(), 2)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, states, &paused, Duration::from_secs(30)).await;
+    }
+    // While paused: 3 more CRITICAL lines, 30 more ERRORs in minute A, and lines in minute
+    // A + 1 that would close it. Nothing fires, nothing is written.
+    produce_records(&p, &[&topic], 0..73, move |seq| match seq {
+        0..30 => line(
+            a + 10_000 + seq as i64 * 100,
+            "ERROR",
+            "web-1",
+            &format!("p{seq}"),
+        ),
+        30..33 => line(a + 20_000, "CRITICAL", "db-1", &format!("c{seq}")),
+        _ => line(a + 70_000, "INFO", "tick", &format!("t{seq}")),
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let per_minute = "SELECT source || '/' || CAST(CAST(date_part('epoch', minute) AS BIGINT) AS VARCHAR), n \
+                      FROM errors_per_minute";
+    for node in [&n1, &n2] {
+        assert_eq!(
+            query_pairs(node, alerts).await,
+            Some(want(2)),
+            "{}",
+            node.log()
+        );
+        assert_eq!(
+            query_pairs(node, per_minute).await,
+            Some(BTreeMap::new()),
+            "{}",
+            node.log()
+        );
+    }
+
+    // n1 dies and restarts while the queries are paused, then RESUME runs on it.
+    n1.kill();
+    n1.restart();
+    wait_for_pairs(&n1, states, &paused, Duration::from_secs(60)).await;
+    for q in ["crit", "per_minute"] {
+        let client = n1.pg_client().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = client
+            .batch_execute(&format!("ALTER CONTINUOUS QUERY {q} RESUME"))
+            .await
+        {
+            assert!(Instant::now() < deadline, "resume {q}: {e:?}\n{}", n1.log());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    // Both nodes count the paused records: 80 ERRORs once, 5 alerts each observed once.
+    let key = format!("web-1/{}", a / 1000);
+    let counted = BTreeMap::from([(key, 80)]);
+    let running = BTreeMap::from([("RUNNING".to_string(), 2)]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, states, &running, Duration::from_secs(30)).await;
+        wait_for_pairs(node, alerts, &want(5), Duration::from_secs(90)).await;
+        wait_for_pairs(node, per_minute, &counted, Duration::from_secs(90)).await;
+    }
+    // After the resume, live again: one more CRITICAL line fires at once.
+    produce_records(&p, &[&topic], 0..1, move |_| {
+        line(a + 80_000, "CRITICAL", "db-1", "after")
+    })
+    .await;
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, alerts, &want(6), Duration::from_secs(60)).await;
+        wait_for_pairs(node, observed, &seen(6), Duration::from_secs(30)).await;
+    }
+    // Each node's copy of each query took each record once: 126 since their creation.
+    let per_node = "SELECT node || '/' || name, rows_in FROM continuous_query_nodes";
+    let all: BTreeMap<String, i64> = ["n1/crit", "n1/per_minute", "n2/crit", "n2/per_minute"]
+        .into_iter()
+        .map(|k| (k.to_string(), 126))
+        .collect();
+    // And `continuous_queries` answers the same on both nodes.
+    let summary = "SELECT name || ' ' || state || ' ' || nodes || ' ' || CAST(rows_in AS VARCHAR)                    || ' ' || CAST(alerts AS VARCHAR) || ' ' || coalesce(error, '-'), version                    FROM continuous_queries";
+    let same = BTreeMap::from([
+        ("crit RUNNING n1, n2 126 6 -".to_string(), 1),
+        ("per_minute RUNNING n1, n2 126 0 -".to_string(), 1),
+    ]);
+    for node in [&n1, &n2] {
+        wait_for_pairs(node, per_node, &all, Duration::from_secs(30)).await;
+        wait_for_pairs(node, summary, &same, Duration::from_secs(30)).await;
+    }
+}

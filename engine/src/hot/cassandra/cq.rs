@@ -18,8 +18,9 @@
 //!   the rows it derives, `USING TIMESTAMP` the query's event-time watermark, so the same
 //!   row from several nodes is one row, and a node replaying old input (a restart, a late
 //!   joiner) cannot put an older version of a row over a newer one.
-//! - `cq_nodes`: which node runs which query (version, state), each row written with a TTL
-//!   by the node every few seconds, so a node that stops drops out by itself.
+//! - `cq_nodes`: which node runs which query (version, state) and how far it is (`progress`:
+//!   its row of `continuous_queries`, JSON), each row written with a TTL by the node every
+//!   few seconds, so a node that stops drops out by itself.
 //! - `cq_deliveries`: one row per notification event (its deterministic `event_id`, also
 //!   the webhook's `Idempotency-Key`). A node claims an event (`IF NOT EXISTS USING TTL`)
 //!   before sending it and marks it `done` after; another node that derived the same event
@@ -74,7 +75,7 @@ pub(super) fn tables(ks: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.cq_nodes (\
-             name text, node text, version bigint, state text, \
+             name text, node text, version bigint, state text, progress text, \
              PRIMARY KEY ((name), node))"
         ),
         format!(
@@ -84,6 +85,10 @@ pub(super) fn tables(ks: &str) -> Vec<String> {
         ),
     ]
 }
+
+/// Columns added to a table after its first release: `(table, column, type)`. A keyspace
+/// created before gets them by `ALTER TABLE … ADD` (see `schema::migrate`).
+pub(super) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("cq_nodes", "progress", "text")];
 
 /// Buckets the rows of one `INTO` table are spread over (a Cassandra partition each).
 pub const TABLE_BUCKETS: i32 = 16;
@@ -237,55 +242,76 @@ async fn put_row(
     Ok(())
 }
 
-/// Records that `node` runs `queries` (name, version, state) for the next `ttl_secs`.
+/// One row of `cq_nodes`: a node runs a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeQuery {
+    pub name: String,
+    pub node: String,
+    pub version: i64,
+    /// `RUNNING` or `PAUSED`.
+    pub state: String,
+    /// The node's row of `continuous_queries`, one JSON object (`None` from a node that
+    /// did not report it).
+    pub progress: Option<String>,
+}
+
+/// Records that `node` runs `queries` for the next `ttl_secs`.
 pub(super) async fn report_running(
     shared: &Shared,
     node: &str,
-    queries: &[(String, i64, String)],
+    queries: &[NodeQuery],
     ttl_secs: i32,
 ) -> Result<(), EngineError> {
     let ks = &shared.keyspace;
     let insert = write(
         shared,
         &format!(
-            "INSERT INTO {ks}.cq_nodes (name, node, version, state) VALUES (?, ?, ?, ?) \
-             USING TTL ?"
+            "INSERT INTO {ks}.cq_nodes (name, node, version, state, progress) \
+             VALUES (?, ?, ?, ?, ?) USING TTL ?"
         ),
     )
     .await?;
-    for (name, version, state) in queries {
+    for q in queries {
         shared
             .session
-            .execute_unpaged(&insert, (name, node, version, state, ttl_secs))
+            .execute_unpaged(
+                &insert,
+                (&q.name, node, q.version, &q.state, &q.progress, ttl_secs),
+            )
             .await
-            .map_err(|e| err(format!("recording that {node} runs {name}"), e))?;
+            .map_err(|e| err(format!("recording that {node} runs {}", q.name), e))?;
     }
     Ok(())
 }
 
-/// Every (query, node, version, state) of `cq_nodes`.
-pub(super) async fn running(
-    shared: &Shared,
-) -> Result<Vec<(String, String, i64, String)>, EngineError> {
+/// Every row of `cq_nodes`.
+pub(super) async fn running(shared: &Shared) -> Result<Vec<NodeQuery>, EngineError> {
     let ks = &shared.keyspace;
     let select = super::scan::statement(
         shared,
-        &format!("SELECT name, node, version, state FROM {ks}.cq_nodes"),
+        &format!("SELECT name, node, version, state, progress FROM {ks}.cq_nodes"),
     )
     .await?;
     let context = "reading which node runs which continuous query";
+    type Row = (String, String, Option<i64>, Option<String>, Option<String>);
     let mut pager = shared
         .session
         .execute_iter(select, ())
         .await
         .map_err(|e| err(context, e))?
-        .rows_stream::<(String, String, Option<i64>, Option<String>)>()
+        .rows_stream::<Row>()
         .map_err(|e| err(context, e))?;
     let mut out = Vec::new();
     use futures::StreamExt;
     while let Some(row) = pager.next().await {
-        let (name, node, version, state) = row.map_err(|e| err(context, e))?;
-        out.push((name, node, version.unwrap_or(0), state.unwrap_or_default()));
+        let (name, node, version, state, progress) = row.map_err(|e| err(context, e))?;
+        out.push(NodeQuery {
+            name,
+            node,
+            version: version.unwrap_or(0),
+            state: state.unwrap_or_default(),
+            progress,
+        });
     }
     Ok(out)
 }

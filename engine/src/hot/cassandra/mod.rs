@@ -39,7 +39,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::Semaphore;
 
 pub use catalog::Lease;
-pub use cq::{DeliveryClaim, SharedDefinition, SharedTableDef};
+pub use cq::{DeliveryClaim, NodeQuery, SharedDefinition, SharedTableDef};
 pub use exec::{CassandraScanExec, Keep};
 pub use keys::{KeyClaim, KeyFinish};
 pub use scan::CassandraTable;
@@ -389,14 +389,14 @@ impl CassandraStore {
     pub async fn report_cq_running(
         &self,
         node: &str,
-        queries: &[(String, i64, String)],
+        queries: &[NodeQuery],
         ttl_secs: i32,
     ) -> Result<(), EngineError> {
         cq::report_running(&self.shared, node, queries, ttl_secs).await
     }
 
-    /// Every (query, node, version, state) reported running.
-    pub async fn cq_running(&self) -> Result<Vec<(String, String, i64, String)>, EngineError> {
+    /// Every query some node reported running, with that node's progress.
+    pub async fn cq_running(&self) -> Result<Vec<NodeQuery>, EngineError> {
         cq::running(&self.shared).await
     }
 

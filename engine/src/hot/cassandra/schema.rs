@@ -37,7 +37,44 @@ pub(super) async fn migrate(
             .await
             .map_err(|e| err("schema: awaiting agreement", e))?;
     }
+    for (table, column, kind) in super::cq::ADDED_COLUMNS {
+        if has_column(session, &keyspace, table, column).await? {
+            continue;
+        }
+        let cql = format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}");
+        if let Err(e) = session.query_unpaged(cql.as_str(), ()).await {
+            // Another node starting at the same time may have added it first.
+            if !has_column(session, &keyspace, table, column).await? {
+                return Err(err(format!("schema: `{cql}`"), e));
+            }
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| err("schema: awaiting agreement", e))?;
+    }
     Ok(keyspace)
+}
+
+/// Whether `keyspace.table` has `column`, as `system_schema` says.
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, EngineError> {
+    let context = format!("schema: looking for {keyspace}.{table}.{column}");
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(|e| err(&context, e))?
+        .into_rows_result()
+        .map_err(|e| err(&context, e))?;
+    Ok(rows.rows_num() > 0)
 }
 
 /// A CQL identifier we interpolate into statements: letters, digits and `_`, lower-cased
