@@ -139,7 +139,7 @@ fn run_in(args: &CqArgs, work: &Path) -> anyhow::Result<()> {
 
 /// Realistic bench records (`records.rs`) without their `ts`: the server stamps the
 /// ingest time, so the background stays inside the open windows however long a run is.
-fn background_pool(count: usize, batch: usize) -> Vec<Vec<u8>> {
+pub(crate) fn background_pool(count: usize, batch: usize) -> Vec<Vec<u8>> {
     let hosts = hosts();
     (0..count)
         .map(|b| {
@@ -164,7 +164,7 @@ fn background_pool(count: usize, batch: usize) -> Vec<Vec<u8>> {
 
 /// Closed loop: `senders` threads post from `pool` back to back for `duration`; returns
 /// (records, seconds).
-fn closed_loop(
+pub(crate) fn closed_loop(
     server: &Server,
     pool: &[Vec<u8>],
     senders: usize,
@@ -201,7 +201,7 @@ fn closed_loop(
 }
 
 /// Waits until every CQ has taken in `rows` rows; returns how long that took.
-fn wait_caught_up(pg: &Pg, rows: u64, limit: Duration) -> anyhow::Result<Duration> {
+pub(crate) fn wait_caught_up(pg: &Pg, rows: u64, limit: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
         let behind = pg.query_i64(&format!(
@@ -279,6 +279,7 @@ fn latency(
             duration: Duration::from_secs(args.latency_seconds),
             probes_per_s: args.probes_per_s,
             poll: Duration::from_millis(args.poll_ms),
+            first_probe: 0,
         };
         let run = cq_latency::run(&server, pool, cfg)?;
         let memory = server.memory()?;

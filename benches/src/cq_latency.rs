@@ -49,6 +49,9 @@ pub struct OpenLoop {
     /// Probe pairs per second.
     pub probes_per_s: f64,
     pub poll: Duration,
+    /// Number of the first probe: runs against one server need their own, since a probe
+    /// source already alerting would not alert again.
+    pub first_probe: u64,
 }
 
 /// One probe's timeline, in µs since the epoch (client clock; the server runs on the same
@@ -145,20 +148,22 @@ pub fn run(server: &Server, pool: &[Vec<u8>], cfg: OpenLoop) -> anyhow::Result<L
                             let k = (i + prime_ahead) / every;
                             let ts = epoch_us();
                             prime_ts[k as usize].store(ts as u64, Ordering::Relaxed);
-                            body.extend_from_slice(probe_b(k, ts, 100).as_bytes());
+                            body.extend_from_slice(
+                                probe_b(cfg.first_probe + k, ts, 100).as_bytes(),
+                            );
                             extra += 100;
                         }
                         let probe = i.is_multiple_of(every) && i > 0;
                         let k = i / every;
                         if probe {
-                            body.extend_from_slice(probe_a(k).as_bytes());
+                            body.extend_from_slice(probe_a(cfg.first_probe + k).as_bytes());
                             // 0 only if the primer's thread was preempted before it
                             // stamped; then the probe is at least in the current window.
                             let ts = match prime_ts[k as usize].load(Ordering::Relaxed) as i64 {
                                 0 => epoch_us(),
                                 ts => ts,
                             };
-                            body.extend_from_slice(probe_b(k, ts, 1).as_bytes());
+                            body.extend_from_slice(probe_b(cfg.first_probe + k, ts, 1).as_bytes());
                             extra += 2;
                         }
                         let sent_us = epoch_us();
@@ -215,7 +220,13 @@ pub fn run(server: &Server, pool: &[Vec<u8>], cfg: OpenLoop) -> anyhow::Result<L
                         ("error_burst_per_source", Some((_, k))) => ('B', k),
                         _ => continue,
                     };
-                    let Ok(k) = k.parse::<u64>() else { continue };
+                    let Some(k) = k
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|k| k.checked_sub(cfg.first_probe))
+                    else {
+                        continue;
+                    };
                     let e = t.entry((rule, k)).or_default();
                     if e.visible_us == 0 {
                         e.visible_us = seen_us;

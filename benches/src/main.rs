@@ -7,6 +7,9 @@
 //! - `cq`: continuous queries: alert latency of the seed rules under open-loop load, ingest
 //!   rate with 0–100 CQs, and the memory of 1 M group keys of CQ state.
 //!
+//! - `isolation`: ingest rate and alert latency with and without a concurrent full-scan
+//!   GROUP BY over 10 M records, same server, same run.
+//!
 //! - `cluster`: cluster mode, Kafka → Cassandra records/s next to an rdkafka count-only
 //!   consumer and a scylla write loop, produce → visible latency, RSS on a backlog.
 //!
@@ -26,6 +29,7 @@ mod cq_latency;
 mod duckdb;
 mod hdfs;
 mod ingest;
+mod isolation;
 mod pg;
 mod query;
 mod records;
@@ -55,6 +59,8 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Cluster mode on 1, 2 and 3 nodes: Kafka → Cassandra and the rules' lag, same run.
     Scale(scale::ScaleArgs),
+    /// Ingest rate and alert latency with and without a concurrent full-scan GROUP BY.
+    Isolation(isolation::IsolationArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +70,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cq(args) => cq::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Scale(args) => scale::run(args),
+        Command::Isolation(args) => isolation::run(args),
     }
 }

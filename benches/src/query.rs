@@ -283,68 +283,9 @@ fn setup(args: &QueryArgs, server: &Server) -> anyhow::Result<Meta> {
         start_us: end_us - 6 * 3_600_000_000,
         end_us,
     };
-    let batches = args.rows.div_ceil(args.batch);
-    let next = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    let url = server.url("/v1/logs");
-    let hosts = records::hosts();
-    eprintln!(
-        "setup: ingesting {} records over HTTP ({} senders, {} records/request) spread over 6 hours",
-        thousands(args.rows),
-        args.senders,
-        thousands(args.batch)
-    );
     let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..args.senders)
-            .map(|_| {
-                let agent = server.agent();
-                let (next, done, bytes, url, hosts) = (&next, &done, &bytes, url.as_str(), &hosts);
-                s.spawn(move || -> anyhow::Result<()> {
-                    let mut body = Vec::new();
-                    loop {
-                        let b = next.fetch_add(1, Ordering::Relaxed);
-                        if b >= batches {
-                            return Ok(());
-                        }
-                        let first = b * args.batch;
-                        let n = args.batch.min(args.rows - first);
-                        body.clear();
-                        dataset.write_batch(&mut body, first, n, hosts);
-                        let accepted = post_logs(&agent, url, &body)?;
-                        anyhow::ensure!(
-                            accepted == n,
-                            "batch {b}: {accepted} of {n} records accepted"
-                        );
-                        done.fetch_add(n, Ordering::Relaxed);
-                        bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        let mut last = Instant::now();
-        while !handles.iter().all(|h| h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
-            if last.elapsed() >= Duration::from_secs(5) {
-                last = Instant::now();
-                let n = done.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "  {} / {} records, {:.0} records/s",
-                    thousands(n),
-                    thousands(args.rows),
-                    n as f64 / secs
-                );
-            }
-        }
-        crate::server::join_senders(handles)
-    });
-    for r in results {
-        r?;
-    }
+    let total_bytes = load(server, &dataset, args.batch, args.senders)?;
     let ingest_secs = started.elapsed().as_secs_f64();
-    let total_bytes = bytes.load(Ordering::Relaxed);
     eprintln!(
         "setup: {} records in {:.1} s ({:.0} records/s, {:.1} MB/s); flushing to Parquet",
         thousands(args.rows),
@@ -391,6 +332,78 @@ fn setup(args: &QueryArgs, server: &Server) -> anyhow::Result<Meta> {
         end_us,
         ingest: Some(ingest),
     })
+}
+
+/// Ingests `dataset` into `server` over HTTP (`senders` threads, `batch` records per
+/// request), with progress every 5 s; returns the bytes sent.
+pub(crate) fn load(
+    server: &Server,
+    dataset: &Dataset,
+    batch: u64,
+    senders: usize,
+) -> anyhow::Result<u64> {
+    let rows = dataset.rows;
+    let batches = rows.div_ceil(batch);
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let url = server.url("/v1/logs");
+    let hosts = records::hosts();
+    eprintln!(
+        "setup: ingesting {} records over HTTP ({senders} senders, {} records/request) spread over {:.0} hours",
+        thousands(rows),
+        thousands(batch),
+        (dataset.end_us - dataset.start_us) as f64 / 3.6e9
+    );
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..senders)
+            .map(|_| {
+                let agent = server.agent();
+                let (next, done, bytes, url, hosts) = (&next, &done, &bytes, url.as_str(), &hosts);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut body = Vec::new();
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        if b >= batches {
+                            return Ok(());
+                        }
+                        let first = b * batch;
+                        let n = batch.min(rows - first);
+                        body.clear();
+                        dataset.write_batch(&mut body, first, n, hosts);
+                        let accepted = post_logs(&agent, url, &body)?;
+                        anyhow::ensure!(
+                            accepted == n,
+                            "batch {b}: {accepted} of {n} records accepted"
+                        );
+                        done.fetch_add(n, Ordering::Relaxed);
+                        bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut last = Instant::now();
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(5) {
+                last = Instant::now();
+                let n = done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "  {} / {} records, {:.0} records/s",
+                    thousands(n),
+                    thousands(rows),
+                    n as f64 / secs
+                );
+            }
+        }
+        crate::server::join_senders(handles)
+    });
+    for r in results {
+        r?;
+    }
+    Ok(bytes.load(Ordering::Relaxed))
 }
 
 /// Runs `sql` over the PostgreSQL protocol `warmup + runs` times; returns the measured times
