@@ -87,6 +87,10 @@ pub struct PgConfig {
     /// MiB of rows one `SCROLL` cursor may keep to move back over them; reading past it
     /// fails with 54000.
     pub scroll_cursor_memory_mb: u64,
+    /// The OS scheduling priority (nice, 0–19) of the threads that execute queries: above
+    /// 0, ingest and the continuous queries win the cores while a heavy query runs, which
+    /// still gets every core the rest leaves idle. 0: the same priority as ingest.
+    pub query_nice: i32,
 }
 
 impl PgConfig {
@@ -285,6 +289,7 @@ impl Default for PgConfig {
             query_memory_mb: None,
             statement_timeout_ms: 0,
             scroll_cursor_memory_mb: 256,
+            query_nice: 10,
         }
     }
 }
@@ -337,6 +342,12 @@ impl Config {
         }
         if self.pg.scroll_cursor_memory_mb == 0 {
             bail!("pg.scroll_cursor_memory_mb must be at least 1");
+        }
+        if !(0..=19).contains(&self.pg.query_nice) {
+            bail!(
+                "pg.query_nice = {} is not a nice value from 0 (as ingest) to 19 (lowest)",
+                self.pg.query_nice
+            );
         }
         if self.pg.users.is_empty() && !self.pg.listen.ip().is_loopback() {
             bail!(

@@ -290,6 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: cfg.pg.max_connections,
             statement_timeout_ms: cfg.pg.statement_timeout_ms,
             scroll_cursor_memory_mb: cfg.pg.scroll_cursor_memory_mb,
+            query_nice: cfg.pg.query_nice,
         },
         Arc::clone(&pg_stats),
         shutdown_rx.clone(),

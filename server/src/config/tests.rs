@@ -32,6 +32,10 @@ fn public_listen_without_users_is_refused() {
 
 #[test]
 fn scroll_cursor_memory_defaults_and_must_be_positive() {
+    assert_eq!(Config::default().pg.query_nice, 10);
+    let cfg = Config::from_toml("[pg]\nquery_nice = 20\n").unwrap();
+    let msg = cfg.validate().unwrap_err().to_string();
+    assert!(msg.contains("pg.query_nice"), "{msg}");
     assert_eq!(Config::default().pg.scroll_cursor_memory_mb, 256);
     let cfg = Config::from_toml("[pg]\nscroll_cursor_memory_mb = 0\n").unwrap();
     let msg = format!("{:#}", cfg.validate().unwrap_err());

@@ -9,7 +9,10 @@
 //! responsive: a cancel or timeout answers at once and drops the receiver, which aborts the
 //! executing task (and with it the DataFusion tasks it owns) at their next yield. The query
 //! runtime's threads still compete for the cores, but through the OS scheduler, like any
-//! other process' threads, instead of starving the server's own.
+//! other process' threads, instead of starving the server's own — and at a lower priority
+//! (`pg.query_nice`, default 10: Linux's scheduler then gives ingest and the continuous
+//! queries about ten times a query thread's share of a busy core, while a query alone still
+//! gets every idle core). Measured by `logsphere-bench isolation`.
 //!
 //! The same idea as InfluxDB IOx's `DedicatedExecutor` and GreptimeDB's separate runtimes.
 
@@ -24,6 +27,31 @@ use tokio::runtime::{Handle, Runtime};
 
 static QUERY_RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
 
+/// `pg.query_nice`, set once at start-up before the first query.
+static QUERY_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Sets the nice value of the query threads (`pg.query_nice`); call before serving.
+pub(crate) fn set_query_nice(nice: i32) {
+    QUERY_NICE.store(nice, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Lowers the calling thread's scheduling priority to `pg.query_nice`.
+fn lower_priority() {
+    let nice = QUERY_NICE.load(std::sync::atomic::Ordering::Relaxed);
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take no pointers; on Linux PRIO_PROCESS with a thread
+    // id changes that thread alone.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower a query thread's priority");
+    }
+}
+
 /// The query runtime (built on first use; `None` if it could not be, then queries run on
 /// the caller's runtime as before).
 fn query_runtime() -> Option<Handle> {
@@ -33,6 +61,7 @@ fn query_runtime() -> Option<Handle> {
             match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
                 .thread_name("logsphere-query")
+                .on_thread_start(lower_priority)
                 .enable_all()
                 .build()
             {

@@ -102,6 +102,8 @@ pub struct Limits {
     pub statement_timeout_ms: u64,
     /// `pg.scroll_cursor_memory_mb`: the most one `SCROLL` cursor keeps.
     pub scroll_cursor_memory_mb: u64,
+    /// `pg.query_nice`: the query threads' scheduling priority.
+    pub query_nice: i32,
 }
 
 /// Refuses a connection over `pg.max_connections` as PostgreSQL does: a FATAL
@@ -166,6 +168,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    executor::set_query_nice(limits.query_nice);
     let role_names = if users.is_empty() {
         vec!["logsphere".to_owned()]
     } else {
