@@ -219,6 +219,7 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
         "probes seen",
         "p50 ms",
         "p99 ms",
+        "p99 ms to first_seen",
         "p99 ms ack → visible",
         "records/s achieved",
         "heavy queries completed",
@@ -248,6 +249,7 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
                 format!("{seen} / {}", probes.len()),
                 pct(&probes, &visible, 50.0),
                 pct(&probes, &visible, 99.0),
+                pct(&probes, &|p| p.first_seen_us - p.scheduled_us, 99.0),
                 pct(&probes, &|p| p.visible_us - p.acked_us, 99.0),
                 thousands((run.records as f64 / run.secs) as u64),
                 times.map_or("–".into(), |t| t.len().to_string()),
@@ -262,7 +264,8 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
          of each pair goes: `{HEAVY}` — alone it took a median {} ms over {} rows (3 runs); \
          by the end `logs` held {} rows. Closed loop: {} senders × {} records/request, {} s. \
          Latency: open loop at {}% of the quiet closed-loop rate, {} s, {:.0} probe pairs/s \
-         (scheduled send → `alerts` row visible; `cq_latency.rs`).\n\n{}\n{}\n\
+         (scheduled send → `alerts` row visible to a client polling it every {} ms; `first_seen` \
+         is when the rule created the alert; `cq_latency.rs`).\n\n{}\n{}\n\
          - Ingest with the heavy query ÷ without: **{:.2}**. Alert p99 (rule A) without → with: \
          **{} → {} ms** (rule B: {} → {} ms).\n\
          - Server memory after the run: {}.\n\n\
@@ -280,6 +283,7 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
         args.load,
         args.seconds,
         args.probes_per_s,
+        args.poll_ms,
         ingest.markdown(),
         latency.markdown(),
         heavy / quiet,

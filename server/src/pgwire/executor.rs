@@ -57,7 +57,11 @@ fn lower_priority() {
 fn query_runtime() -> Option<Handle> {
     QUERY_RUNTIME
         .get_or_init(|| {
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            // More workers than cores: a heavy query's partitions (one per core) keep
+            // theirs busy, and a small query arriving meanwhile (a dashboard panel, a
+            // client polling `alerts`) still finds a free worker at once; the OS then
+            // shares the cores between them.
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
             match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
                 .thread_name("logsphere-query")
