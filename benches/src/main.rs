@@ -7,6 +7,8 @@
 //! - `cq`: continuous queries: alert latency of the seed rules under open-loop load, ingest
 //!   rate with 0–100 CQs, and the memory of 1 M group keys of CQ state.
 //!
+//! - `formats`: records/s and records per server CPU-second of each text format (real
+//!   Loghub and Apache lines) beside JSON, one server, one run.
 //! - `isolation`: ingest rate and alert latency with and without a concurrent full-scan
 //!   GROUP BY over 10 M records, same server, same run.
 //!
@@ -27,6 +29,7 @@ mod cluster;
 mod cq;
 mod cq_latency;
 mod duckdb;
+mod formats;
 mod hdfs;
 mod ingest;
 mod isolation;
@@ -61,6 +64,8 @@ enum Command {
     Scale(scale::ScaleArgs),
     /// Ingest rate and alert latency with and without a concurrent full-scan GROUP BY.
     Isolation(isolation::IsolationArgs),
+    /// Records/s and records per server CPU-second of each text format beside JSON.
+    Formats(formats::FormatsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(args),
         Command::Scale(args) => scale::run(args),
         Command::Isolation(args) => isolation::run(args),
+        Command::Formats(args) => formats::run(args),
     }
 }
