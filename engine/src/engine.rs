@@ -421,21 +421,7 @@ impl Engine {
         opts: DecodeOptions,
     ) -> Result<IngestOutcome, EngineError> {
         if let Some(cluster) = &self.cluster {
-            if opts.rejected.is_empty() {
-                return self.produce(cluster, &body, key.as_deref()).await;
-            }
-            // Records a shipper's envelope could not map travel as JSON strings, which the
-            // consumer's decoder stores in dead_letters (with its own reason).
-            let mut body = body.to_vec();
-            for r in &opts.rejected {
-                if !body.is_empty() && !body.ends_with(b"\n") {
-                    body.push(b'\n');
-                }
-                let line =
-                    serde_json::to_string(&String::from_utf8_lossy(&r.raw)).unwrap_or_default();
-                body.extend_from_slice(line.as_bytes());
-            }
-            return self.produce(cluster, &body, key.as_deref()).await;
+            return self.produce(cluster, &body, key.as_deref(), &opts).await;
         }
         let Some(key) = key else {
             return self.ingest_new(body, None, opts).await;
@@ -467,18 +453,21 @@ impl Engine {
     }
 
     /// Cluster mode: the records go to Kafka; the answer waits for the brokers' ack, and
-    /// decoding happens where they are consumed (so `accepted` counts records produced).
+    /// decoding happens where they are consumed (so `accepted` counts records produced),
+    /// as `opts` says: each message carries the request's format and origin, and the
+    /// records of `opts.rejected` go as dead letters with their reason.
     /// A `key` is claimed in Cassandra first, so a repeat on any node stores nothing.
     async fn produce(
         &self,
         cluster: &Cluster,
         body: &[u8],
         key: Option<&str>,
+        opts: &DecodeOptions,
     ) -> Result<IngestOutcome, EngineError> {
         let produced = match key {
-            None => cluster.produce(body).await?,
+            None => cluster.produce(body, opts).await?,
             Some(key) => {
-                let outcome = cluster.produce_once(key, body).await?;
+                let outcome = cluster.produce_once(key, body, opts).await?;
                 if outcome.replayed {
                     return Ok(self.replayed(outcome));
                 }

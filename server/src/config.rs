@@ -437,7 +437,7 @@ impl Config {
             bail!("notify.kafka_brokers is empty: give host:port[,host:port…] or leave it out");
         }
         let cluster = cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
-        self.validate_syslog(cluster)?;
+        self.validate_syslog()?;
         if self.cold.timeout_secs == 0 {
             bail!("cold.timeout_secs must be at least 1");
         }
@@ -457,7 +457,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_syslog(&self, cluster: bool) -> anyhow::Result<()> {
+    fn validate_syslog(&self) -> anyhow::Result<()> {
         let s = &self.syslog;
         if !(1..=60_000).contains(&s.batch_ms) {
             bail!(
@@ -467,15 +467,6 @@ impl Config {
         }
         if s.max_connections == 0 {
             bail!("syslog.max_connections must be at least 1");
-        }
-        let on = s.tcp_listen.is_some() || s.udp_listen.is_some();
-        if on && cluster && !["syslog", "auto"].contains(&self.kafka.format.trim()) {
-            bail!(
-                "syslog.tcp_listen / syslog.udp_listen in cluster mode produce the raw lines to \
-                 Kafka, decoded where they are consumed: set kafka.format = \"syslog\" or \"auto\" \
-                 (it is {:?})",
-                self.kafka.format
-            );
         }
         if let Some(a) = s.tcp_listen
             && (a == self.http.listen || a == self.pg.listen)

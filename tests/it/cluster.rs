@@ -1,6 +1,7 @@
 //! Cluster mode end to end: the real binary consuming the local Kafka into the local
 //! Cassandra, queried over the PostgreSQL protocol, killed and restarted, with Cassandra
-//! frozen, with a second node, and fed by standard producers (kcat, rsyslog omkafka).
+//! frozen, with a second node, and fed by standard producers (kcat, rsyslog omkafka) and by
+//! the shippers' endpoints (`shippers`).
 //!
 //! The tests share one Kafka and one Cassandra (each with its own topics, group and
 //! keyspace) and run one at a time: one of them freezes Cassandra, and on 2 cores several
@@ -8,6 +9,7 @@
 
 mod continuous;
 mod idempotency;
+mod shippers;
 mod slt;
 mod tiering;
 

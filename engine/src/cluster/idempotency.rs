@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Cluster;
 use crate::hot::cassandra::{KeyClaim, KeyFinish};
+use crate::ingest::DecodeOptions;
 use crate::{EngineError, IngestOutcome};
 
 /// How long a claim on a key lasts unless it is marked done: the longest a key stays
@@ -63,7 +64,12 @@ fn key_error(key: &str, reason: impl Into<String>) -> EngineError {
 impl Cluster {
     /// Produces `body` unless a request with `key` already did: the first answer to `key`,
     /// flagged `replayed`, or [`EngineError::KeyInProgress`] while another request holds it.
-    pub async fn produce_once(&self, key: &str, body: &[u8]) -> Result<IngestOutcome, EngineError> {
+    pub async fn produce_once(
+        &self,
+        key: &str,
+        body: &[u8],
+        opts: &DecodeOptions,
+    ) -> Result<IngestOutcome, EngineError> {
         let store = self
             .store()
             .ok_or_else(|| key_error(key, "not connected to Cassandra yet; retry"))?;
@@ -98,7 +104,7 @@ impl Cluster {
             );
             tokio::time::sleep(pause).await;
         }
-        let produced = match self.produce_keyed(key, body, started, lease).await {
+        let produced = match self.produce_keyed(key, body, opts, started, lease).await {
             Ok(n) => n,
             Err(e) => {
                 self.release_key(key, &token).await;
@@ -158,6 +164,7 @@ impl Cluster {
         &self,
         key: &str,
         body: &[u8],
+        opts: &DecodeOptions,
         claimed: Instant,
         lease: Duration,
     ) -> Result<usize, EngineError> {
@@ -166,7 +173,7 @@ impl Cluster {
             .ok_or_else(|| key_error(key, "not connected to Cassandra yet; retry"))?;
         let topic = &self.config().kafka.ingest_topic;
         let producer = self.producer();
-        let records = super::produce::split_records(body);
+        let records = crate::ingest::produced_records(body, opts);
         let (partition, stored) = match store.ingest_key_start(key).await? {
             Some((partition, from)) => {
                 let until = producer.end_offset(topic, partition).await?;
@@ -204,7 +211,7 @@ impl Cluster {
                 ),
             ));
         }
-        let mut missing: Vec<(u32, &[u8])> = Vec::new();
+        let mut missing = Vec::new();
         for (i, record) in records.iter().enumerate() {
             let seq = u32::try_from(i)
                 .map_err(|_| key_error(key, "more than 2^32 records in one request"))?;

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::EngineError;
+use crate::ingest::Provenance;
 
 /// An idempotent producer (`enable.idempotence`, so `acks=all` and at most 5 requests in
 /// flight per connection) with lz4 compression and a short linger for batching.
@@ -79,13 +82,20 @@ impl LogProducer {
             // `send` waits for room in librdkafka's queue instead of failing when it is full.
             deliveries.push(self.producer.send(msg, Timeout::Never));
         }
+        self.acknowledged(deliveries, || format!("producing to topic '{topic}'"))
+            .await
+    }
+
+    /// Waits for every delivery: how many there were, or the first failure in `context`.
+    async fn acknowledged<T>(
+        &self,
+        deliveries: Vec<impl Future<Output = Result<T, (KafkaError, OwnedMessage)>>>,
+        context: impl FnOnce() -> String,
+    ) -> Result<usize, EngineError> {
         let n = deliveries.len();
         try_join_all(deliveries)
             .await
-            .map_err(|(e, _)| EngineError::Kafka {
-                context: format!("producing to topic '{topic}' on '{}'", self.brokers),
-                reason: e.to_string(),
-            })?;
+            .map_err(|(e, _)| kafka_error(format!("{} on '{}'", context(), self.brokers), e))?;
         Ok(n)
     }
 
@@ -133,18 +143,36 @@ impl LogProducer {
         .map_err(|e| kafka_error(format!("reading the end of {topic}/{partition}"), e))
     }
 
-    /// Produces `records` (their number in the request, the record) to one partition with
-    /// message key `key`, each numbered in a [`SEQ_HEADER`] header, and waits for every
-    /// acknowledgement. See `cluster/idempotency.rs`.
+    /// Produces the records of one request (`ingest::produced_records`) to `topic`, each
+    /// with its [`Provenance`] in headers, and waits for every acknowledgement.
+    pub async fn send_produced(
+        &self,
+        topic: &str,
+        records: &[(&[u8], Provenance)],
+    ) -> Result<usize, EngineError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (record, provenance) in records {
+            let msg = FutureRecord::<(), [u8]>::to(topic)
+                .headers(provenance_headers(provenance, OwnedHeaders::new()))
+                .payload(*record);
+            deliveries.push(self.producer.send(msg, Timeout::Never));
+        }
+        self.acknowledged(deliveries, || format!("producing to topic '{topic}'"))
+            .await
+    }
+
+    /// Produces `records` (their number in the request, the record and its provenance) to
+    /// one partition with message key `key`, each numbered in a [`SEQ_HEADER`] header, and
+    /// waits for every acknowledgement. See `cluster/idempotency.rs`.
     pub async fn send_keyed(
         &self,
         topic: &str,
         partition: i32,
         key: &str,
-        records: &[(u32, &[u8])],
+        records: &[(u32, &(&[u8], Provenance))],
     ) -> Result<usize, EngineError> {
         let mut deliveries = Vec::with_capacity(records.len());
-        for (seq, record) in records {
+        for (seq, (record, provenance)) in records {
             let seq = seq.to_string();
             let headers = OwnedHeaders::new().insert(Header {
                 key: SEQ_HEADER,
@@ -153,17 +181,12 @@ impl LogProducer {
             let msg = FutureRecord::to(topic)
                 .partition(partition)
                 .key(key)
-                .headers(headers)
+                .headers(provenance_headers(provenance, headers))
                 .payload(*record);
             deliveries.push(self.producer.send(msg, Timeout::Never));
         }
-        try_join_all(deliveries).await.map_err(|(e, _)| {
-            kafka_error(
-                format!("producing to {topic}/{partition} on '{}'", self.brokers),
-                e,
-            )
-        })?;
-        Ok(records.len())
+        self.acknowledged(deliveries, || format!("producing to {topic}/{partition}"))
+            .await
     }
 
     /// The [`SEQ_HEADER`] numbers of the messages keyed `key` in `topic`/`partition` between
@@ -201,9 +224,77 @@ impl LogProducer {
     }
 }
 
-/// The header numbering a keyed request's records (`send_keyed`); the Kafka source leaves
-/// it out of `attributes`.
+/// The header numbering a keyed request's records (`send_keyed`).
 pub const SEQ_HEADER: &str = "logsphere-seq";
+
+/// The headers of a record's [`Provenance`]: the format it is read in, the request it came
+/// from, the request's `?source=`, and the reason when it is a dead letter already.
+const FORMAT_HEADER: &str = "logsphere-format";
+const ORIGIN_HEADER: &str = "logsphere-origin";
+const SOURCE_HEADER: &str = "logsphere-source";
+const REJECTED_HEADER: &str = "logsphere-rejected";
+
+/// Whether a header is LogSphere's own bookkeeping, which the Kafka source leaves out of
+/// `attributes`.
+pub fn is_own_header(name: &str) -> bool {
+    [
+        SEQ_HEADER,
+        FORMAT_HEADER,
+        ORIGIN_HEADER,
+        SOURCE_HEADER,
+        REJECTED_HEADER,
+    ]
+    .contains(&name)
+}
+
+fn provenance_headers(p: &Provenance, headers: OwnedHeaders) -> OwnedHeaders {
+    let headers = headers
+        .insert(Header {
+            key: FORMAT_HEADER,
+            value: Some(p.format.name()),
+        })
+        .insert(Header {
+            key: ORIGIN_HEADER,
+            value: Some(p.origin.as_str()),
+        });
+    let headers = match &p.default_source {
+        Some(source) => headers.insert(Header {
+            key: SOURCE_HEADER,
+            value: Some(source.as_str()),
+        }),
+        None => headers,
+    };
+    match &p.rejected {
+        Some(reason) => headers.insert(Header {
+            key: REJECTED_HEADER,
+            value: Some(reason.as_str()),
+        }),
+        None => headers,
+    }
+}
+
+/// The [`Provenance`] a message's headers carry: `None` for a message LogSphere's ingest
+/// did not produce (kcat, `ship --kafka`, a logging library), or one whose format this
+/// node does not know, which `kafka.format` then reads.
+pub fn provenance<H: Headers>(headers: &H) -> Option<Provenance> {
+    let (mut format, mut origin, mut default_source, mut rejected) = (None, None, None, None);
+    for h in headers.iter() {
+        let value = || h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+        match h.key {
+            FORMAT_HEADER => format = value().and_then(|v| v.parse().ok()),
+            ORIGIN_HEADER => origin = value(),
+            SOURCE_HEADER => default_source = value(),
+            REJECTED_HEADER => rejected = value(),
+            _ => {}
+        }
+    }
+    Some(Provenance {
+        format: format?,
+        origin: origin?,
+        default_source,
+        rejected,
+    })
+}
 
 /// How long a metadata or watermark lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,7 +398,44 @@ pub fn split_records(body: &[u8]) -> Vec<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_records;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    use super::{is_own_header, provenance, provenance_headers, split_records};
+    use crate::ingest::{Format, Provenance};
+
+    #[test]
+    fn provenance_travels_in_headers_left_out_of_attributes() {
+        let p = Provenance {
+            format: Format::Syslog,
+            origin: "syslog line 3".into(),
+            default_source: Some("router-7".into()),
+            rejected: Some("why".into()),
+        };
+        let seq = OwnedHeaders::new().insert(Header {
+            key: "logsphere-seq",
+            value: Some("4"),
+        });
+        let headers = provenance_headers(&p, seq);
+        assert_eq!(provenance(&headers), Some(p.clone()));
+        let plain = Provenance {
+            default_source: None,
+            rejected: None,
+            ..p
+        };
+        assert_eq!(
+            provenance(&provenance_headers(&plain, OwnedHeaders::new())),
+            Some(plain)
+        );
+        use rdkafka::message::Headers;
+        assert!(headers.iter().all(|h| is_own_header(h.key)));
+        // A producer's own headers are not provenance, and stay attributes.
+        let foreign = OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some("x"),
+        });
+        assert_eq!(provenance(&foreign), None);
+        assert!(!is_own_header("trace"));
+    }
 
     #[test]
     fn splits_ndjson_and_arrays() {

@@ -121,10 +121,12 @@ impl Cluster {
         &self.producer
     }
 
-    /// Produces a request body to the ingest topic; answers after the brokers' ack.
-    pub async fn produce(&self, body: &[u8]) -> Result<usize, EngineError> {
+    /// Produces a request body, read with `opts`, to the ingest topic (a message per record,
+    /// with its provenance); answers after the brokers' ack.
+    pub async fn produce(&self, body: &[u8], opts: &DecodeOptions) -> Result<usize, EngineError> {
+        let records = crate::ingest::produced_records(body, opts);
         self.producer
-            .send_body(&self.config.kafka.ingest_topic, body)
+            .send_produced(&self.config.kafka.ingest_topic, &records)
             .await
     }
 

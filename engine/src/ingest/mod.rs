@@ -9,6 +9,7 @@ mod fields;
 #[cfg(test)]
 mod fuzz;
 mod level;
+mod provenance;
 pub mod shippers;
 mod text;
 mod timestamp;
@@ -26,6 +27,7 @@ use self::fields::{FieldValue, Fields, Raw, Scalar};
 use crate::model::{UTC, dead_letters_schema, logs_schema};
 
 pub use level::normalize_level;
+pub use provenance::{Provenance, produced_records};
 pub use text::Format;
 pub use timestamp::parse_timestamp;
 
@@ -116,7 +118,7 @@ pub fn decode_body(body: &[u8], ingest_time_us: i64, opts: &DecodeOptions) -> De
 }
 
 /// NDJSON whose first line happens to be an array (`[1,2]\n{...}`) is still NDJSON.
-fn first_line_is_json(body: &[u8]) -> bool {
+pub(crate) fn first_line_is_json(body: &[u8]) -> bool {
     let Some(end) = body.iter().position(|c| *c == b'\n') else {
         return false;
     };
@@ -213,6 +215,36 @@ impl<'a> RecordDecoder<'a> {
         }
     }
 
+    /// [`Self::record`] for a record LogSphere's own ingest produced to Kafka: read in the
+    /// request's format, a dead letter when the receiving node found it one, and a dead
+    /// letter's origin is the request's (`otlp http 10.0.0.7:51234 line 2 via kafka
+    /// logs/1 offset 42`), so it is stored as the receiving node would have stored it.
+    pub fn produced_record(
+        &mut self,
+        raw: &[u8],
+        provenance: Provenance,
+        position: impl Display,
+        topic: Option<&str>,
+        extra: Vec<(String, Value)>,
+    ) -> RecordFate {
+        self.b.format = provenance.format;
+        self.b.origin_prefix = Some(provenance.origin);
+        self.b.default_source = provenance.default_source;
+        let fate = match provenance.rejected {
+            Some(reason) => {
+                self.b.dead(raw, &position, reason);
+                RecordFate::Rejected
+            }
+            None => self.record(raw, position, topic, extra),
+        };
+        self.b.format = self.b.opts.format;
+        self.b.origin_prefix = None;
+        self.b
+            .default_source
+            .clone_from(&self.b.opts.default_source);
+        fate
+    }
+
     /// The decoded batches.
     pub fn finish(self) -> Decoded {
         self.b.finish()
@@ -221,6 +253,13 @@ impl<'a> RecordDecoder<'a> {
 
 struct Builders<'a> {
     opts: &'a DecodeOptions,
+    /// How the record being decoded is read: `opts.format` unless its producer said.
+    format: Format,
+    /// Where the record being decoded came from before it reached `opts.origin`.
+    origin_prefix: Option<String>,
+    /// `source` of the records being decoded that name none: `opts.default_source` unless
+    /// their producer said.
+    default_source: Option<String>,
     forced_topic: Option<String>,
     extra: Vec<(String, Value)>,
     /// The ingest time of the records being decoded now.
@@ -248,6 +287,9 @@ impl<'a> Builders<'a> {
     fn new(ingest_time_us: i64, opts: &'a DecodeOptions) -> Self {
         Self {
             opts,
+            format: opts.format,
+            origin_prefix: None,
+            default_source: opts.default_source.clone(),
             forced_topic: None,
             extra: Vec::new(),
             ingest_time_us,
@@ -292,7 +334,7 @@ impl<'a> Builders<'a> {
                 return;
             }
         };
-        if self.opts.format != Format::Json {
+        if self.format != Format::Json {
             self.text_record(text);
             return;
         }
@@ -328,7 +370,7 @@ impl<'a> Builders<'a> {
     /// it matches no format; never a dead letter.
     fn text_record(&mut self, line: &str) {
         let line = line.trim_end_matches(['\n', '\r']);
-        let format = self.opts.format;
+        let format = self.format;
         if format == Format::Auto
             && line.trim_start().starts_with('{')
             && let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line)
@@ -354,7 +396,7 @@ impl<'a> Builders<'a> {
         for (k, v) in &self.extra {
             self.attrs.raw_json(k, &v.to_string());
         }
-        let source = match (row.source, &self.opts.default_source) {
+        let source = match (row.source, &self.default_source) {
             ("", Some(d)) => d.as_str(),
             (s, _) => s,
         };
@@ -385,7 +427,7 @@ impl<'a> Builders<'a> {
         let message = take_text(&mut obj, &["message", "msg"]);
         let mut source = take_text(&mut obj, &["source", "host", "hostname"]);
         if source.is_empty()
-            && let Some(d) = &self.opts.default_source
+            && let Some(d) = &self.default_source
         {
             source.clone_from(d);
         }
@@ -439,7 +481,7 @@ impl<'a> Builders<'a> {
         let message = field_text(f.take_first(&["message", "msg"]))?;
         let mut source = field_text(f.take_first(&["source", "host", "hostname"]))?;
         if source.is_empty()
-            && let Some(d) = &self.opts.default_source
+            && let Some(d) = &self.default_source
         {
             source = Cow::Borrowed(d.as_str());
         }
@@ -476,8 +518,14 @@ impl<'a> Builders<'a> {
     }
 
     fn dead(&mut self, raw: &[u8], position: &dyn Display, reason: String) {
-        self.dl_origin
-            .append_value(format!("{} {position}", self.opts.origin));
+        match &self.origin_prefix {
+            Some(prefix) => self
+                .dl_origin
+                .append_value(format!("{prefix} via {} {position}", self.opts.origin)),
+            None => self
+                .dl_origin
+                .append_value(format!("{} {position}", self.opts.origin)),
+        }
         self.dl_reason.append_value(reason);
         self.dl_raw.append_value(raw);
         self.dl_raw_text.append_value(String::from_utf8_lossy(raw));

@@ -405,3 +405,74 @@ fn borrowed_fields_match_values_on_random_objects() {
     }
     assert_same(&records, None);
 }
+
+/// What cluster mode produces of a request (one message per record, with its provenance) is
+/// decoded by the consuming node — whatever its own `kafka.format` — into the rows and dead
+/// letters the receiving node would have stored itself, the dead letters named after the
+/// request and then the Kafka message.
+#[test]
+fn produced_records_decode_where_consumed_as_where_received() {
+    let requests = [
+        (
+            &b"{\"message\":\"a\",\"level\":\"warn\"}\n\n{\"timestamp\":\"never\"}\nnot json\n"[..],
+            Format::Json,
+        ),
+        (
+            &b"[{\"message\":\"b\"},{\"message\":\"c\",\"ts\":\"x\"}]"[..],
+            Format::Json,
+        ),
+        (
+            &b"<11>Dec  7 10:00:00 h1 app[1]: one\n<13>Dec  7 10:00:01 h1 app: two\n"[..],
+            Format::Syslog,
+        ),
+    ];
+    for (body, format) in requests {
+        let received = DecodeOptions {
+            origin: "_bulk http 10.0.0.7:5123".into(),
+            format,
+            default_source: Some("from-url".into()),
+            rejected: vec![Rejected {
+                raw: b"{\"delete\":{}}".to_vec(),
+                position: "_bulk line 9".into(),
+                reason: "delete is not supported".into(),
+            }],
+            ..opts()
+        };
+        let embedded = decode_body(body, 7, &received);
+        for consumed_as in [Format::Json, Format::Auto, Format::Syslog] {
+            let consumer = DecodeOptions {
+                origin: "kafka".into(),
+                format: consumed_as,
+                ..opts()
+            };
+            let mut d = RecordDecoder::new(7, &consumer);
+            for (i, (raw, p)) in produced_records(body, &received).into_iter().enumerate() {
+                d.produced_record(raw, p, format_args!("t/0 offset {i}"), None, Vec::new());
+            }
+            let cluster = d.finish();
+            let what = format!("{format} request consumed as {consumed_as}");
+            assert_eq!(cluster.logs, embedded.logs, "{what}");
+            assert_eq!(
+                col(&cluster.dead_letters, "reason"),
+                col(&embedded.dead_letters, "reason"),
+                "{what}"
+            );
+            let origins = |b: &RecordBatch| -> Vec<String> {
+                col(b, "origin")
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect()
+            };
+            let want: Vec<String> = origins(&embedded.dead_letters);
+            let got = origins(&cluster.dead_letters);
+            assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+            for (got, want) in got.iter().zip(&want) {
+                assert!(
+                    got.starts_with(&format!("{want} via kafka t/0 offset ")),
+                    "{what}: {got:?} for {want:?}"
+                );
+            }
+        }
+    }
+}

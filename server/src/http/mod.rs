@@ -170,17 +170,6 @@ async fn ingest(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let consumed_as = state.engine.config().decode.format;
-    if state.engine.cluster().is_some() && format != Format::Json && format != consumed_as {
-        // Cluster mode produces the raw records to Kafka, where kafka.format decodes them.
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "format={format}: in cluster mode records are decoded where they are consumed, \
-                 as kafka.format = {consumed_as}; send that format or JSON"
-            ),
-        );
-    }
     let opts = DecodeOptions {
         max_record_bytes: state.max_record_bytes,
         default_topic: params

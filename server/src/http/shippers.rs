@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use logsphere_engine::IngestOutcome;
 use logsphere_engine::ingest::shippers::{Shipped, bulk as es, loki as lk, otlp as ot};
-use logsphere_engine::ingest::{DecodeOptions, Format, Rejected};
+use logsphere_engine::ingest::{DecodeOptions, Format, Rejected, decode_body};
 use serde_json::{Value, json};
 
 use super::{HttpState, error, idempotency_key, ingest_error, replayed};
@@ -85,16 +85,6 @@ async fn store(
         _ => 2,
     };
     state.shipper_requests[endpoint].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let consumed_as = state.engine.config().decode.format;
-    if state.engine.cluster().is_some() && !matches!(consumed_as, Format::Json | Format::Auto) {
-        return Err(error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "{what}: in cluster mode records are decoded where they are consumed, as \
-                 kafka.format = {consumed_as}; shipper records need json or auto"
-            ),
-        ));
-    }
     let opts = DecodeOptions {
         max_record_bytes: state.max_record_bytes,
         default_topic: topic(params),
@@ -112,8 +102,16 @@ async fn store(
         };
         return Ok((none, opts));
     }
-    match state.engine.ingest(body, key, opts.clone()).await {
-        Ok(o) => Ok((o, opts)),
+    match state.engine.ingest(body.clone(), key, opts.clone()).await {
+        Ok(mut o) => {
+            if what == "otlp" && state.engine.cluster().is_some() {
+                // The nodes consuming the records decode them; OTLP's answer counts the ones
+                // they store as dead letters, found by decoding here with the same options
+                // (a replay of the request is counted alike).
+                o.rejected = decode_body(&body, 0, &opts).rejected();
+            }
+            Ok((o, opts))
+        }
         Err(e) => Err(ingest_error(e, peer)),
     }
 }

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use super::{Names, SERIAL, create_topics, wait_for_count};
 
 /// Partitions of each test's ingest topic.
-const PARTITIONS: i32 = 3;
+pub(super) const PARTITIONS: i32 = 3;
 /// Records per request.
 const RECORDS: usize = 3;
 
@@ -133,8 +133,9 @@ fn node(names: &Names, id: &str, topic: &str, cluster_keys: &str, env: &[(&str, 
     })
 }
 
-/// Messages in `topic` (the sum of its partitions' high watermarks), asked of Kafka itself.
-fn topic_messages(brokers: &str, topic: &str) -> i64 {
+/// Messages in `topic` (the sum of its [`PARTITIONS`] partitions' high watermarks), asked of
+/// Kafka itself.
+pub(super) fn topic_messages(brokers: &str, topic: &str) -> i64 {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

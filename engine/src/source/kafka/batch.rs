@@ -5,7 +5,7 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers};
 use serde_json::Value;
 
-use crate::cluster::produce::SEQ_HEADER;
+use crate::cluster::produce::{is_own_header, provenance};
 use crate::ingest::{DecodeOptions, RecordDecoder, RecordFate};
 use crate::source::{PartitionId, SourcedBatch};
 
@@ -53,7 +53,9 @@ impl<'a> PendingBatch<'a> {
     }
 
     /// Decodes `msg` into the batch: its `topic` column is the Kafka topic, and its Kafka
-    /// coordinates, key, timestamp and headers become `kafka_*` attributes.
+    /// coordinates, key, timestamp and headers become `kafka_*` attributes. A message
+    /// LogSphere's ingest produced is read as its headers say (the request's format and
+    /// origin, a dead letter already), else as `kafka.format` says.
     pub(super) fn push(&mut self, msg: &BorrowedMessage<'_>) {
         let raw = msg.payload().unwrap_or_default();
         let offset = msg.offset();
@@ -62,12 +64,16 @@ impl<'a> PendingBatch<'a> {
             .and_then(|ms| ms.checked_mul(1000))
             .unwrap_or(self.fallback_ingest_us);
         self.decoder.set_ingest_time(ingest_us);
-        let fate = self.decoder.record(
-            raw,
-            format_args!("{} offset {offset}", self.partition),
-            Some(&self.partition.topic),
-            kafka_attributes(msg),
-        );
+        let position = At(self.partition, offset);
+        let topic = Some(self.partition.topic.as_str());
+        let fate = match msg.headers().and_then(provenance) {
+            Some(p) => self
+                .decoder
+                .produced_record(raw, p, position, topic, kafka_attributes(msg)),
+            None => self
+                .decoder
+                .record(raw, position, topic, kafka_attributes(msg)),
+        };
         match fate {
             RecordFate::Accepted => self.log_offsets.push(offset),
             RecordFate::Rejected => self.dead_offsets.push(offset),
@@ -87,6 +93,15 @@ impl<'a> PendingBatch<'a> {
             dead_offsets: self.dead_offsets,
             next_offset: self.next_offset,
         }
+    }
+}
+
+/// A message's place, `topic/partition offset N`: formatted only for a dead letter.
+struct At<'a>(&'a PartitionId, i64);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} offset {}", self.0, self.1)
     }
 }
 
@@ -112,8 +127,9 @@ fn kafka_attributes(msg: &BorrowedMessage<'_>) -> Vec<(String, Value)> {
         extra.push(("kafka_timestamp_ms".to_string(), Value::from(ts)));
     }
     if let Some(headers) = msg.headers() {
-        // The numbering of a keyed HTTP request's records is LogSphere's own bookkeeping.
-        for header in headers.iter().filter(|h| h.key != SEQ_HEADER) {
+        // The numbering and provenance of the records LogSphere's ingest produced are its
+        // own bookkeeping.
+        for header in headers.iter().filter(|h| !is_own_header(h.key)) {
             let value = header
                 .value
                 .map(|v| Value::from(String::from_utf8_lossy(v).into_owned()))
