@@ -170,19 +170,40 @@ pub(crate) fn closed_loop(
     senders: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64)> {
-    let url = server.url("/v1/logs");
+    let sent = post_closed_loop(server, &server.url("/v1/logs"), pool, senders, duration)?;
+    Ok((sent.records, sent.secs))
+}
+
+/// What [`post_closed_loop`] sent.
+pub(crate) struct Sent {
+    pub records: u64,
+    pub bytes: u64,
+    pub secs: f64,
+}
+
+/// Closed loop to `url`: `senders` threads post from `pool` back to back for `duration`.
+pub(crate) fn post_closed_loop(
+    server: &Server,
+    url: &str,
+    pool: &[Vec<u8>],
+    senders: usize,
+    duration: Duration,
+) -> anyhow::Result<Sent> {
     let records = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
     let started = Instant::now();
     let deadline = started + duration;
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = (0..senders)
             .map(|id| {
-                let (agent, url, records) = (server.agent(), &url, &records);
+                let (agent, records, bytes) = (server.agent(), &records, &bytes);
                 s.spawn(move || -> anyhow::Result<()> {
                     let mut i = id * 7;
                     while Instant::now() < deadline {
-                        let n = crate::ingest::post_logs(&agent, url, &pool[i % pool.len()])?;
+                        let body = &pool[i % pool.len()];
+                        let n = crate::ingest::post_logs(&agent, url, body)?;
                         records.fetch_add(n, Ordering::Relaxed);
+                        bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                         i += 1;
                     }
                     Ok(())
@@ -194,10 +215,11 @@ pub(crate) fn closed_loop(
     for r in results {
         r?;
     }
-    Ok((
-        records.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-    ))
+    Ok(Sent {
+        records: records.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Waits until every CQ has taken in `rows` rows; returns how long that took.

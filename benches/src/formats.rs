@@ -13,12 +13,11 @@
 //! which is what "per core" means on a machine whose cores the senders share.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::ingest::post_logs;
+use crate::cq::post_closed_loop;
 use crate::records::{Rng, hosts, write_record};
 use crate::report::{self, Table, thousands};
 use crate::server::{self, Server};
@@ -165,38 +164,18 @@ fn measure(
     } else {
         server.url(&format!("/v1/logs?format={format}&source=bench"))
     };
-    let records = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
     let cpu_before = cpu_secs(server.pid())?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..args.senders)
-            .map(|id| {
-                let (agent, url, records, bytes) = (server.agent(), &url, &records, &bytes);
-                s.spawn(move || -> anyhow::Result<()> {
-                    let mut i = id * 7;
-                    while Instant::now() < deadline {
-                        let body = &pool[i % pool.len()];
-                        let n = post_logs(&agent, url, body)?;
-                        records.fetch_add(n, Ordering::Relaxed);
-                        bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                        i += 1;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        server::join_senders(handles)
-    });
-    for r in results {
-        r?;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let sent = post_closed_loop(
+        server,
+        &url,
+        pool,
+        args.senders,
+        Duration::from_secs(args.seconds),
+    )?;
     Ok(Measured {
-        records: records.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
-        secs,
+        records: sent.records,
+        bytes: sent.bytes,
+        secs: sent.secs,
         cpu: cpu_secs(server.pid())? - cpu_before,
     })
 }
@@ -294,8 +273,5 @@ fn run_in(args: &FormatsArgs, work: &Path) -> anyhow::Result<()> {
         memory.describe(),
         report::load_average(),
     );
-    let path = report::write_results(&args.name, &md)?;
-    println!("{md}");
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    report::publish(&args.name, &md)
 }

@@ -294,8 +294,5 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
         memory.describe(),
         report::load_average(),
     );
-    let path = report::write_results(&args.name, &md)?;
-    println!("{md}");
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    report::publish(&args.name, &md)
 }

@@ -140,6 +140,14 @@ pub fn write_results(name: &str, content: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes `md` to `benches/results/<name>.md` and prints it.
+pub fn publish(name: &str, md: &str) -> anyhow::Result<()> {
+    let path = write_results(name, md)?;
+    println!("{md}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// Runs `run` in a fresh `<base>/logsphere-bench-<what>-<pid>` directory (`base`: the
 /// system temp dir unless given), removed afterwards unless `keep`.
 pub fn in_work_dir(

@@ -101,6 +101,38 @@ fn firing_keys(deliveries: &[Delivery]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Creates on `creator` a per-row CRITICAL rule `crit` (with `notify`) and a per-minute
+/// ERROR count `per_minute` into `errors_per_minute`, and waits until `other` runs both;
+/// returns the query listing them and its answer.
+async fn crit_and_per_minute(
+    creator: &Server,
+    other: &Server,
+    notify: &str,
+) -> (&'static str, BTreeMap<String, i64>) {
+    create_rules(
+        creator,
+        &[
+            "CREATE CONTINUOUS QUERY per_minute INTO errors_per_minute \
+               WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
+             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
+                FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
+                .to_string(),
+            format!(
+                "CREATE CONTINUOUS QUERY crit \
+                   ALERT (SEVERITY 'critical', DEDUP BY (source, message)) {notify} \
+                 AS SELECT timestamp, source, log_level, message FROM logs \
+                    WHERE log_level = 'CRITICAL'"
+            ),
+        ],
+    )
+    .await;
+    let defs = "SELECT name, version FROM continuous_queries ORDER BY name";
+    let defined = BTreeMap::from([("crit".to_string(), 1), ("per_minute".to_string(), 1)]);
+    wait_for_pairs(other, defs, &defined, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    (defs, defined)
+}
+
 /// One record: `level` from `source` at `ts_ms`, with a findable message.
 fn line(ts_ms: i64, level: &str, source: &str, message: &str) -> String {
     serde_json::json!({
@@ -553,27 +585,7 @@ async fn into_and_notify_tables_are_shared_by_every_node() {
     create_topics(&names.brokers, &[&topic], 4).await;
     let mut n1 = names.node("n1", &[&topic], "");
     let n2 = names.node("n2", &[&topic], "");
-    create_rules(
-        &n1,
-        &[
-            "CREATE CONTINUOUS QUERY per_minute INTO errors_per_minute \
-               WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
-             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
-                FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
-                .to_string(),
-            "CREATE CONTINUOUS QUERY crit \
-               ALERT (SEVERITY 'critical', DEDUP BY (source, message)) \
-               NOTIFY (TABLE critical_log) \
-             AS SELECT timestamp, source, log_level, message FROM logs \
-                WHERE log_level = 'CRITICAL'"
-                .to_string(),
-        ],
-    )
-    .await;
-    let defs = "SELECT name, version FROM continuous_queries ORDER BY name";
-    let defined = BTreeMap::from([("crit".to_string(), 1), ("per_minute".to_string(), 1)]);
-    wait_for_pairs(&n2, defs, &defined, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (defs, defined) = crit_and_per_minute(&n1, &n2, "NOTIFY (TABLE critical_log)").await;
 
     // Minute A, three minutes back: 80 ERRORs of web-1, 30 of api-1, two CRITICAL lines;
     // then INFO lines in minute B on every partition close it.
@@ -795,26 +807,7 @@ async fn resume_reads_what_arrived_while_paused_once_on_every_node() {
     create_topics(&names.brokers, &[&topic], 4).await;
     let mut n1 = names.node("n1", &[&topic], "");
     let n2 = names.node("n2", &[&topic], "");
-    create_rules(
-        &n1,
-        &[
-            "CREATE CONTINUOUS QUERY crit \
-               ALERT (SEVERITY 'critical', DEDUP BY (source, message)) \
-             AS SELECT timestamp, source, log_level, message FROM logs \
-                WHERE log_level = 'CRITICAL'"
-                .to_string(),
-            "CREATE CONTINUOUS QUERY per_minute INTO errors_per_minute \
-               WATERMARK INTERVAL '1 second' WITH (idle_timeout = '5s') \
-             AS SELECT date_bin(INTERVAL '1 minute', timestamp) AS minute, source, count(*) AS n \
-                FROM logs WHERE log_level = 'ERROR' GROUP BY 1, 2"
-                .to_string(),
-        ],
-    )
-    .await;
-    let defs = "SELECT name, version FROM continuous_queries ORDER BY name";
-    let defined = BTreeMap::from([("crit".to_string(), 1), ("per_minute".to_string(), 1)]);
-    wait_for_pairs(&n2, defs, &defined, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crit_and_per_minute(&n1, &n2, "").await;
 
     // Before the pause: 2 CRITICAL lines and 50 ERRORs of web-1 in minute A.
     let a = (now_ms() / 60_000 - 3) * 60_000;
