@@ -18,7 +18,6 @@ use datafusion::sql::sqlparser::ast::{
     self, DiscardObject, Reset, Set, Statement, TransactionMode,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
@@ -29,9 +28,11 @@ use super::column_names;
 use super::copy::{self, CopyOut};
 use super::cursor::PreparedCursor;
 use super::errors::{self, sqlstate, user_error};
+use super::parser::SqlParser;
 use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
+use super::subquery_fold;
 
 /// A statement ready to run: what an extended-protocol Parse stores, and what each part of
 /// a simple query becomes.
@@ -100,13 +101,9 @@ impl From<Response> for Outcome {
     }
 }
 
-/// Parses SQL with datafusion-pg-catalog's PostgreSQL-compatibility rewrites (psql `\d`,
-/// `OPERATOR(pg_catalog.~)`, `::regclass`, …). An empty or comment-only text gives no
-/// statements.
-pub(crate) fn parse(
-    parser: &PostgresCompatibilityParser,
-    sql: &str,
-) -> PgWireResult<Vec<Statement>> {
+/// Parses SQL with PostgreSQL-compatibility rewrites (psql `\d`, `OPERATOR(pg_catalog.~)`,
+/// `::regclass`, …; see [`SqlParser`]). An empty or comment-only text gives no statements.
+pub(crate) fn parse(parser: &SqlParser, sql: &str) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
         Ok(mut statements) => {
             for statement in &mut statements {
@@ -131,11 +128,7 @@ pub(crate) fn parse(
                     }
                 }
             }
-            // The compatibility parser drops token locations; the plain parser keeps them.
-            let located =
-                datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                    .err();
-            Err(errors::syntax_error(located.as_ref().unwrap_or(&err), sql))
+            Err(errors::syntax_error(&err, sql))
         }
     }
 }
@@ -532,6 +525,7 @@ impl PlannedQuery {
             }
             None => self.plan.clone(),
         };
+        let plan = subquery_fold::fold(&session.ctx, plan).await?;
         session.engine.note_query();
         session
             .ctx
