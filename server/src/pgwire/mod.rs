@@ -39,6 +39,7 @@ mod extended;
 mod info_schema;
 mod parser;
 mod pg_compat;
+mod projection_subqueries;
 mod query;
 mod rows;
 mod session;

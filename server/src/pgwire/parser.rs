@@ -1,11 +1,14 @@
 //! SQL text to statements DataFusion can plan: sqlparser's PostgreSQL dialect, then
-//! datafusion-pg-catalog's rewrite rules, in its order.
+//! datafusion-pg-catalog's rewrite rules, in its order, with one exchanged.
 //!
 //! datafusion-pg-catalog's own `PostgresCompatibilityParser` does three things, and
-//! LogSphere wants two of them:
+//! LogSphere wants two of them, one of those changed:
 //!
 //! - its rewrite rules (`::regclass` casts, `OPERATOR(pg_catalog.~)`, `ANY(array)`, …) are
-//!   public, and run here in the same order.
+//!   public, and run here in the same order, except `RemoveSubqueryFromProjection`, which
+//!   turns every correlated scalar subquery of a SELECT list into NULL, a wrong answer for
+//!   any query DataFusion could have planned. [`ProjectionSubqueries`] takes its place: the
+//!   subqueries stay, and planning decides (see [`super::projection_subqueries`]).
 //! - it replaces whole client queries DataFusion cannot run (psql `\d`'s policies,
 //!   statistics and publications, pgcli's and DBeaver's lookups) with an empty result of the
 //!   same columns, `SELECT NULL::t AS c, … WHERE false`, matched by tokens in a table it
@@ -31,10 +34,11 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_pg_catalog::sql::rules::{
     AliasDuplicatedProjectionRewrite, CurrentUserVariableToSessionUserFunctionCall,
     FixArrayLiteral, FixVersionColumnName, PrependUnqualifiedPgTableName,
-    RemoveSubqueryFromProjection, ResolveUnqualifiedIdentifier, RewriteArrayAnyAllOperation,
-    RewritePgCatalogOperator, RewriteRegCastToSubquery, SqlStatementRewriteRule,
-    StripCallableQualifier, StripCollate,
+    ResolveUnqualifiedIdentifier, RewriteArrayAnyAllOperation, RewritePgCatalogOperator,
+    RewriteRegCastToSubquery, SqlStatementRewriteRule, StripCallableQualifier, StripCollate,
 };
+
+use super::projection_subqueries::ProjectionSubqueries;
 
 /// Parses PostgreSQL SQL into statements for DataFusion (see the module docs).
 #[derive(Debug)]
@@ -52,9 +56,10 @@ impl Default for SqlParser {
 
 impl SqlParser {
     pub(crate) fn new() -> Self {
-        // datafusion-pg-catalog 0.19's `PostgresCompatibilityParser::new` list, in its order.
-        // The `rewrites_as_datafusion_pg_catalog_does` test notices when an upgrade changes
-        // that list.
+        // datafusion-pg-catalog 0.19's `PostgresCompatibilityParser::new` list, in its order,
+        // with `ProjectionSubqueries` where `RemoveSubqueryFromProjection` was. The
+        // `rewrites_as_datafusion_pg_catalog_does` test notices when an upgrade changes that
+        // list.
         let rules: Vec<Arc<dyn SqlStatementRewriteRule>> = vec![
             Arc::new(AliasDuplicatedProjectionRewrite),
             Arc::new(ResolveUnqualifiedIdentifier),
@@ -66,7 +71,7 @@ impl SqlParser {
             Arc::new(StripCollate),
             Arc::new(RewritePgCatalogOperator),
             Arc::new(RewriteRegCastToSubquery::new()),
-            Arc::new(RemoveSubqueryFromProjection),
+            Arc::new(ProjectionSubqueries),
             Arc::new(FixVersionColumnName),
         ];
         Self {

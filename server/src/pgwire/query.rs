@@ -29,6 +29,7 @@ use super::copy::{self, CopyOut};
 use super::cursor::PreparedCursor;
 use super::errors::{self, sqlstate, user_error};
 use super::parser::SqlParser;
+use super::projection_subqueries;
 use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
@@ -159,9 +160,10 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
     let query = matches!(statement, Statement::Query(_)).then(|| statement.clone());
     let state = session.ctx.state();
     let plan = state
-        .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+        .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
+    let plan = projection_subqueries::settle(&state, &statement, plan).await?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
     let names = query
