@@ -55,6 +55,11 @@ pub(crate) enum Prepared {
 #[derive(Debug, Clone)]
 pub(crate) struct PlannedQuery {
     plan: LogicalPlan,
+    /// The statement planned, to plan again under another `TimeZone`.
+    statement: Statement,
+    /// The session's `TimeZone` when planned: `now()`, `to_char`, `to_timestamp` and casts to
+    /// `timestamptz` are planned in it.
+    time_zone: Option<String>,
     /// Arrow type of `$i` at index `i - 1`; `None` when the plan does not pin it down.
     param_types: Vec<Option<DataType>>,
     /// The command tag (`SELECT`, `EXPLAIN`, `SHOW`).
@@ -152,6 +157,7 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
 pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
     session.sync_time_zone();
+    let time_zone = session.time_zone();
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
         Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",
@@ -171,6 +177,8 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
         .unwrap_or_default();
     Ok(PlannedQuery {
         plan,
+        statement,
+        time_zone,
         param_types,
         tag,
         names,
@@ -508,10 +516,23 @@ impl PlannedQuery {
         session: &Session,
         params: Option<ParamValues>,
     ) -> PgWireResult<datafusion::dataframe::DataFrame> {
+        // A statement parsed under another TimeZone (extended protocol: Parse, SET TIME ZONE,
+        // Execute) has the old zone in its plan: in `now()` and `to_char`, and in the type
+        // of its casts to timestamptz. PostgreSQL uses the zone in force at each Execute, so
+        // plan it again; the parameter and result types do not depend on the zone.
+        session.sync_time_zone();
+        let replanned;
+        let current = if session.time_zone() == self.time_zone {
+            self
+        } else {
+            replanned = plan(session, self.statement.clone()).await?;
+            &replanned
+        };
         let plan = match params {
             Some(params) => {
                 let params = self.coerce(params)?;
-                self.plan
+                current
+                    .plan
                     .clone()
                     .replace_params_with_values(&params)
                     .map_err(|e| bad_parameter(&e))?
@@ -525,7 +546,7 @@ impl PlannedQuery {
                     ),
                 ));
             }
-            None => self.plan.clone(),
+            None => current.plan.clone(),
         };
         let plan = subquery_fold::fold(&session.ctx, plan).await?;
         session.engine.note_query();
