@@ -553,19 +553,20 @@ async fn prepared_statements_use_the_time_zone_at_execute() {
         )
         .await
         .unwrap();
-    let read = |row: &tokio_postgres::Row| {
+    // Executes the statement: (to_char in the zone, the instant read in it, now()'s zone).
+    let execute = || async {
+        let row = client
+            .query_one(&statement, &[&"2026-01-15 10:00:00"])
+            .await
+            .unwrap();
         (
             row.get::<_, String>("local"),
             row.get::<_, f64>("epoch"),
             row.get::<_, String>("zone"),
         )
     };
-    let row = client
-        .query_one(&statement, &[&"2026-01-15 10:00:00"])
-        .await
-        .unwrap();
     assert_eq!(
-        read(&row),
+        execute().await,
         ("10:00 UTC".to_owned(), 1_768_471_200.0, "UTC".to_owned())
     );
 
@@ -573,12 +574,8 @@ async fn prepared_statements_use_the_time_zone_at_execute() {
         .batch_execute("SET TIME ZONE 'Asia/Tokyo'")
         .await
         .unwrap();
-    let row = client
-        .query_one(&statement, &[&"2026-01-15 10:00:00"])
-        .await
-        .unwrap();
     assert_eq!(
-        read(&row),
+        execute().await,
         (
             "19:00 JST".to_owned(),
             1_768_471_200.0 - 9.0 * 3600.0,
@@ -588,11 +585,7 @@ async fn prepared_statements_use_the_time_zone_at_execute() {
 
     // And back: nothing of the Tokyo execution stays.
     client.batch_execute("RESET TimeZone").await.unwrap();
-    let row = client
-        .query_one(&statement, &[&"2026-01-15 10:00:00"])
-        .await
-        .unwrap();
-    assert_eq!(read(&row).0, "10:00 UTC");
+    assert_eq!(execute().await.0, "10:00 UTC");
 }
 
 /// The Python clients' side of these features (tests/clients/pg_session.py): psycopg 3 and

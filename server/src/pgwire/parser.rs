@@ -48,13 +48,8 @@ pub(crate) struct SqlParser {
     rules: Vec<Arc<dyn SqlStatementRewriteRule>>,
 }
 
-impl Default for SqlParser {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SqlParser {
+    /// datafusion-pg-catalog's rules and stubs, with [`ProjectionSubqueries`] for its NULLs.
     pub(crate) fn new() -> Self {
         // datafusion-pg-catalog 0.19's `PostgresCompatibilityParser::new` list, in its order,
         // with `ProjectionSubqueries` where `RemoveSubqueryFromProjection` was. The
