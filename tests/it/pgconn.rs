@@ -538,6 +538,56 @@ async fn timestamptz_is_written_in_the_session_time_zone() {
     assert_eq!(code(&e), SqlState::INVALID_PARAMETER_VALUE);
 }
 
+/// A prepared statement (Parse before `SET TIME ZONE`, Execute after) works in the zone in
+/// force at each Execute, as in PostgreSQL: `to_char`, a text read as `timestamptz`, and
+/// `now()`. Asia/Tokyo keeps +09 (JST) all year.
+#[tokio::test]
+async fn prepared_statements_use_the_time_zone_at_execute() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let statement = client
+        .prepare(
+            "SELECT to_char(CAST('2026-01-15 10:00:00+00' AS timestamptz), 'HH24:MI TZ') AS local, \
+                    extract(epoch FROM CAST(CAST($1 AS text) AS timestamptz)) AS epoch, \
+                    to_char(now(), 'TZ') AS zone",
+        )
+        .await
+        .unwrap();
+    // Executes the statement: (to_char in the zone, the instant read in it, now()'s zone).
+    let execute = || async {
+        let row = client
+            .query_one(&statement, &[&"2026-01-15 10:00:00"])
+            .await
+            .unwrap();
+        (
+            row.get::<_, String>("local"),
+            row.get::<_, f64>("epoch"),
+            row.get::<_, String>("zone"),
+        )
+    };
+    assert_eq!(
+        execute().await,
+        ("10:00 UTC".to_owned(), 1_768_471_200.0, "UTC".to_owned())
+    );
+
+    client
+        .batch_execute("SET TIME ZONE 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(
+        execute().await,
+        (
+            "19:00 JST".to_owned(),
+            1_768_471_200.0 - 9.0 * 3600.0,
+            "JST".to_owned()
+        )
+    );
+
+    // And back: nothing of the Tokyo execution stays.
+    client.batch_execute("RESET TimeZone").await.unwrap();
+    assert_eq!(execute().await.0, "10:00 UTC");
+}
+
 /// The Python clients' side of these features (tests/clients/pg_session.py): psycopg 3 and
 /// psycopg2 named cursors, `conn.cancel()`, application_name in pg_stat_activity.
 #[test]

@@ -122,6 +122,37 @@ async fn extended_query_binds_text_and_timestamp_parameters() {
     assert_eq!(xs, vec![3, 4, 5]);
 }
 
+/// An `IN (SELECT …)` outside WHERE runs at each Execute of a prepared statement, with its
+/// parameters bound and the settings of that moment, as PostgreSQL runs it: nothing of the
+/// first Execute is kept.
+#[tokio::test]
+async fn prepared_in_subqueries_run_at_each_execute() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let statement = client
+        .prepare(
+            "SELECT 'public' IN (SELECT current_setting('search_path')) AS on_path, \
+             CASE WHEN 'logs' IN (SELECT table_name FROM information_schema.tables \
+                                  WHERE table_name = $1) THEN 'found' ELSE 'missing' END AS logs",
+        )
+        .await
+        .unwrap();
+    let row = client.query_one(&statement, &[&"logs"]).await.unwrap();
+    assert!(row.get::<_, bool>("on_path"));
+    assert_eq!(row.get::<_, String>("logs"), "found");
+
+    client
+        .batch_execute("SET search_path TO elsewhere")
+        .await
+        .unwrap();
+    let row = client
+        .query_one(&statement, &[&"dead_letters"])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>("on_path"));
+    assert_eq!(row.get::<_, String>("logs"), "missing");
+}
+
 #[tokio::test]
 async fn extended_query_suspends_portals() {
     let server = Server::start();

@@ -14,6 +14,9 @@
 //!   in their values (see [`template`]).
 //! - `length(bytea)` / `octet_length(bytea)`: bytes, as in PostgreSQL (text unchanged;
 //!   see [`bytes`]).
+//! - `date_part('second', t)` and `EXTRACT(second FROM t)` (and `milliseconds`) with the
+//!   fraction of the second, as PostgreSQL gives them (see [`date_part`]; `EXTRACT` needs
+//!   [`date_part::ExtractPlanner`] first among the session's planners).
 //! - `TUMBLE(table, time_col, size [, offset])` and `HOP(table, time_col, slide, size
 //!   [, offset])`: window table functions adding `window_start` and `window_end`
 //!   (see [`window`]); registered by [`register_window_functions`].
@@ -36,6 +39,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 use datafusion::prelude::SessionContext;
 
 pub mod bytes;
+pub mod date_part;
 pub mod pg_datetime;
 pub mod template;
 pub mod window;
@@ -72,6 +76,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(pg_datetime::ToChar::new()),
         ScalarUDF::new_from_impl(bytes::ByteAwareLength::length()),
         ScalarUDF::new_from_impl(bytes::ByteAwareLength::octet_length()),
+        ScalarUDF::new_from_impl(date_part::DatePart::new()),
     ]
 }
 

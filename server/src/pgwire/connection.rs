@@ -8,7 +8,6 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt};
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -20,6 +19,7 @@ use super::backend::{Backend, Backends, CancelRequests};
 use super::cursor::Cursors;
 use super::errors::{self, sqlstate};
 use super::extended::StatementParser;
+use super::parser::SqlParser;
 use super::session::{Session, SessionVars};
 use super::{Activity, ServerState};
 
@@ -29,7 +29,7 @@ pub(crate) const CATALOG: &str = "logsphere";
 /// Runs the queries of one connection, over both protocols.
 pub(crate) struct QueryHandler {
     pub(crate) session: Arc<Session>,
-    pub(crate) parser: Arc<PostgresCompatibilityParser>,
+    pub(crate) parser: Arc<SqlParser>,
     pub(crate) statement_parser: Arc<StatementParser>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) texts: Mutex<super::extended::StatementTexts>,

@@ -33,7 +33,6 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
@@ -42,6 +41,7 @@ use pgwire::messages::data::DataRow;
 use pgwire::messages::response::TransactionStatus;
 
 use super::errors::{self, sqlstate, user_error};
+use super::parser::SqlParser;
 use super::query::{self, PlannedQuery};
 use super::rows::{encode_batch, pg_fields, session_time_zone};
 use super::session::{Session, lock};
@@ -212,10 +212,7 @@ fn is_word(token: Option<&Token>, word: &str) -> bool {
 }
 
 /// Parses one cursor statement (the text of a [`Piece::Cursor`]).
-pub(crate) fn parse(
-    parser: &PostgresCompatibilityParser,
-    sql: &str,
-) -> PgWireResult<CursorStatement> {
+pub(crate) fn parse(parser: &SqlParser, sql: &str) -> PgWireResult<CursorStatement> {
     let all = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .map_err(|e| syntax(format!("syntax error: {e}")))?;
@@ -1123,7 +1120,7 @@ mod tests {
     use super::*;
 
     fn parse_text(sql: &str) -> CursorStatement {
-        match parse(&PostgresCompatibilityParser::new(), sql) {
+        match parse(&SqlParser::new(), sql) {
             Ok(s) => s,
             Err(e) => panic!("{sql}: {e}"),
         }
@@ -1186,7 +1183,7 @@ mod tests {
                 _ => panic!("{sql}: not a fetch"),
             }
         }
-        assert!(parse(&PostgresCompatibilityParser::new(), "FETCH 1 FROM c extra").is_err());
+        assert!(parse(&SqlParser::new(), "FETCH 1 FROM c extra").is_err());
     }
 
     #[test]

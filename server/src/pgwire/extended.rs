@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, send_describe_response};
@@ -27,6 +26,7 @@ use pgwire::messages::response::TransactionStatus;
 use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
 use super::cursor;
 use super::errors::{sqlstate, user_error};
+use super::parser::SqlParser;
 use super::query::{self, PlannedQuery, Prepared};
 use super::session::Session;
 use super::statements;
@@ -34,7 +34,7 @@ use super::statements;
 /// Turns a Parse message's SQL into a [`Prepared`] statement for the portal store.
 pub(crate) struct StatementParser {
     pub(crate) session: Arc<Session>,
-    pub(crate) parser: Arc<PostgresCompatibilityParser>,
+    pub(crate) parser: Arc<SqlParser>,
 }
 
 #[async_trait]

@@ -37,12 +37,15 @@ mod errors;
 mod executor;
 mod extended;
 mod info_schema;
+mod parser;
 mod pg_compat;
+mod projection_subqueries;
 mod query;
 mod rows;
 mod session;
 mod simple;
 mod statements;
+mod subquery_fold;
 mod tls;
 mod unknown_literals;
 
@@ -53,7 +56,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use logsphere_engine::Engine;
 use pgwire::api::RandomPidSecretKeyGenerator;
 use pgwire::error::PgWireResult;
@@ -65,6 +67,7 @@ use tracing::Instrument;
 use self::auth::{Credentials, StartupContext};
 use self::catalog::PgCatalog;
 use self::connection::ConnectionHandlers;
+use self::parser::SqlParser;
 use crate::config::PgUser;
 
 /// How long shutdown waits for running queries before closing their connections.
@@ -83,7 +86,7 @@ pub struct PgStats {
 pub(crate) struct ServerState {
     engine: Arc<Engine>,
     catalog: PgCatalog,
-    parser: Arc<PostgresCompatibilityParser>,
+    parser: Arc<SqlParser>,
     startup: StartupContext,
     activity: Arc<Activity>,
     backends: Arc<backend::Backends>,
@@ -187,7 +190,7 @@ pub async fn serve(
     let state = Arc::new(ServerState {
         engine,
         catalog,
-        parser: Arc::new(PostgresCompatibilityParser::new()),
+        parser: Arc::new(SqlParser::new()),
         startup: StartupContext {
             credentials,
             channel_binding: tls

@@ -1376,7 +1376,7 @@ fn is_unnest(name: &ObjectName) -> bool {
 
 /// The last part of `name`, lowercased (`pg_catalog.UNNEST` → `unnest`); empty when it is
 /// not an identifier.
-fn last_name(name: &ObjectName) -> String {
+pub(crate) fn last_name(name: &ObjectName) -> String {
     name.0
         .last()
         .and_then(|p| p.as_ident())
@@ -1469,7 +1469,7 @@ fn regproc_lookup_name(query: &ast::Query) -> Option<String> {
 
 /// Aggregates PostgreSQL evaluates without a subquery's help, so a scalar subquery using one
 /// already yields one row.
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "min",

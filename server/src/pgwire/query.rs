@@ -18,7 +18,6 @@ use datafusion::sql::sqlparser::ast::{
     self, DiscardObject, Reset, Set, Statement, TransactionMode,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
@@ -29,9 +28,12 @@ use super::column_names;
 use super::copy::{self, CopyOut};
 use super::cursor::PreparedCursor;
 use super::errors::{self, sqlstate, user_error};
+use super::parser::SqlParser;
+use super::projection_subqueries;
 use super::rows::{encode_named_rows, pg_fields};
 use super::session::{Session, lock};
 use super::statements::LogSphereStatement;
+use super::subquery_fold;
 
 /// A statement ready to run: what an extended-protocol Parse stores, and what each part of
 /// a simple query becomes.
@@ -53,6 +55,11 @@ pub(crate) enum Prepared {
 #[derive(Debug, Clone)]
 pub(crate) struct PlannedQuery {
     plan: LogicalPlan,
+    /// The statement planned, to plan again under another `TimeZone`.
+    statement: Statement,
+    /// The session's `TimeZone` when planned: `now()`, `to_char`, `to_timestamp` and casts to
+    /// `timestamptz` are planned in it.
+    time_zone: Option<String>,
     /// Arrow type of `$i` at index `i - 1`; `None` when the plan does not pin it down.
     param_types: Vec<Option<DataType>>,
     /// The command tag (`SELECT`, `EXPLAIN`, `SHOW`).
@@ -100,13 +107,9 @@ impl From<Response> for Outcome {
     }
 }
 
-/// Parses SQL with datafusion-pg-catalog's PostgreSQL-compatibility rewrites (psql `\d`,
-/// `OPERATOR(pg_catalog.~)`, `::regclass`, …). An empty or comment-only text gives no
-/// statements.
-pub(crate) fn parse(
-    parser: &PostgresCompatibilityParser,
-    sql: &str,
-) -> PgWireResult<Vec<Statement>> {
+/// Parses SQL with PostgreSQL-compatibility rewrites (psql `\d`, `OPERATOR(pg_catalog.~)`,
+/// `::regclass`, …; see [`SqlParser`]). An empty or comment-only text gives no statements.
+pub(crate) fn parse(parser: &SqlParser, sql: &str) -> PgWireResult<Vec<Statement>> {
     match parser.parse(sql) {
         Ok(mut statements) => {
             for statement in &mut statements {
@@ -131,11 +134,7 @@ pub(crate) fn parse(
                     }
                 }
             }
-            // The compatibility parser drops token locations; the plain parser keeps them.
-            let located =
-                datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                    .err();
-            Err(errors::syntax_error(located.as_ref().unwrap_or(&err), sql))
+            Err(errors::syntax_error(&err, sql))
         }
     }
 }
@@ -158,6 +157,7 @@ pub(crate) async fn prepare(session: &Session, statement: Statement) -> PgWireRe
 pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResult<PlannedQuery> {
     refuse_writes(&statement)?;
     session.sync_time_zone();
+    let time_zone = session.time_zone();
     let tag = match &statement {
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
         Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",
@@ -166,9 +166,10 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
     let query = matches!(statement, Statement::Query(_)).then(|| statement.clone());
     let state = session.ctx.state();
     let plan = state
-        .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+        .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
+    let plan = projection_subqueries::settle(&state, &statement, plan).await?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
     let names = query
@@ -176,6 +177,8 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
         .unwrap_or_default();
     Ok(PlannedQuery {
         plan,
+        statement,
+        time_zone,
         param_types,
         tag,
         names,
@@ -513,10 +516,23 @@ impl PlannedQuery {
         session: &Session,
         params: Option<ParamValues>,
     ) -> PgWireResult<datafusion::dataframe::DataFrame> {
+        // A statement parsed under another TimeZone (extended protocol: Parse, SET TIME ZONE,
+        // Execute) has the old zone in its plan: in `now()` and `to_char`, and in the type
+        // of its casts to timestamptz. PostgreSQL uses the zone in force at each Execute, so
+        // plan it again; the parameter and result types do not depend on the zone.
+        session.sync_time_zone();
+        let replanned;
+        let current = if session.time_zone() == self.time_zone {
+            self
+        } else {
+            replanned = plan(session, self.statement.clone()).await?;
+            &replanned
+        };
         let plan = match params {
             Some(params) => {
                 let params = self.coerce(params)?;
-                self.plan
+                current
+                    .plan
                     .clone()
                     .replace_params_with_values(&params)
                     .map_err(|e| bad_parameter(&e))?
@@ -530,8 +546,9 @@ impl PlannedQuery {
                     ),
                 ));
             }
-            None => self.plan.clone(),
+            None => current.plan.clone(),
         };
+        let plan = subquery_fold::fold(&session.ctx, plan).await?;
         session.engine.note_query();
         session
             .ctx

@@ -423,10 +423,15 @@ impl Session {
         lock(&self.vars).set(&key, value)
     }
 
+    /// The connection's `TimeZone`.
+    pub(crate) fn time_zone(&self) -> Option<String> {
+        lock(&self.vars).get("timezone").map(str::to_owned)
+    }
+
     /// Makes DataFusion's session time zone the connection's `TimeZone`, so that `now()`
     /// and casts to `timestamptz` are in it, as in PostgreSQL.
     pub(crate) fn sync_time_zone(&self) {
-        let tz = lock(&self.vars).get("timezone").map(str::to_owned);
+        let tz = self.time_zone();
         let state = self.ctx.state_ref();
         if state.read().config().options().execution.time_zone == tz {
             return;
