@@ -58,6 +58,9 @@ pub struct IsolationArgs {
     /// The latency poller's pause between `alerts` queries, ms.
     #[arg(long, default_value_t = 2)]
     poll_ms: u64,
+    /// The server's `pg.query_nice` (the query threads' OS priority; 0 = as ingest).
+    #[arg(long, default_value_t = 10)]
+    query_nice: i32,
     /// Directory for the temporary data directory [default: the system temp dir].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -124,7 +127,12 @@ fn ms(values: &[f64]) -> String {
 
 fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
     let load_before = report::load_average();
-    let server = Server::start(&args.bin, work, &work.join("data"))?;
+    let config = format!(
+        "{}[pg]\nquery_nice = {}\n",
+        server::CONFIG_TOML,
+        args.query_nice
+    );
+    let server = Server::start_with_config(&args.bin, work, &work.join("data"), &config)?;
     let pg = Pg::connect(&server)?;
     pg.execute(RULE_A)?;
     pg.execute(RULE_B)?;
@@ -272,7 +280,7 @@ fn run_in(args: &IsolationArgs, work: &Path) -> anyhow::Result<()> {
          Load average after the run: {}.\n",
         report::now_utc(),
         report::machine(),
-        server::CONFIG_TOML.trim().replace('\n', "; "),
+        config.trim().replace('\n', "; "),
         thousands(args.rows),
         ms(&alone),
         thousands(scanned as u64),
