@@ -9,6 +9,8 @@
 //!
 //! - `formats`: records/s and records per server CPU-second of each text format (real
 //!   Loghub and Apache lines) beside JSON, one server, one run.
+//! - `roundtrip`: a prepared `SELECT 1` and point query over the extended protocol, p50/p99,
+//!   beside PostgreSQL (Debian's `postgresql`) started by the bench.
 //! - `isolation`: ingest rate and alert latency with and without a concurrent full-scan
 //!   GROUP BY over 10 M records, same server, same run.
 //!
@@ -37,6 +39,7 @@ mod pg;
 mod query;
 mod records;
 mod report;
+mod roundtrip;
 mod scale;
 mod server;
 
@@ -66,6 +69,8 @@ enum Command {
     Isolation(isolation::IsolationArgs),
     /// Records/s and records per server CPU-second of each text format beside JSON.
     Formats(formats::FormatsArgs),
+    /// A prepared `SELECT 1` and point query round trip, beside PostgreSQL.
+    Roundtrip(roundtrip::RoundtripArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,5 +82,6 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(args) => scale::run(args),
         Command::Isolation(args) => isolation::run(args),
         Command::Formats(args) => formats::run(args),
+        Command::Roundtrip(args) => roundtrip::run(args),
     }
 }
