@@ -153,6 +153,81 @@ async fn prepared_in_subqueries_run_at_each_execute() {
     assert_eq!(row.get::<_, String>("logs"), "missing");
 }
 
+/// A prepared statement is planned once, at Parse, and each Execute reuses that planning;
+/// yet every Execute reads the tables as they are then, `now()` at that moment, and the
+/// session's DataFusion options in force then.
+#[tokio::test]
+async fn prepared_statements_plan_once_and_read_what_is_there_at_each_execute() {
+    let server = Server::start();
+    let client = server.pg_client().await;
+    let count = client
+        .prepare("SELECT count(*) AS n FROM logs WHERE source = $1 AND log_level = 'ERROR'")
+        .await
+        .unwrap();
+    let constant = client
+        .prepare("SELECT CAST(41 + 1 AS integer) AS answer")
+        .await
+        .unwrap();
+    let now = client
+        .prepare("SELECT CAST(extract(epoch FROM now()) * 1000000 AS bigint) AS t")
+        .await
+        .unwrap();
+    let n = |row: tokio_postgres::Row| row.get::<_, i64>("n");
+
+    assert_eq!(n(client.query_one(&count, &[&"web"]).await.unwrap()), 0);
+    let errors = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| {
+                format!(
+                    "{{\"ts\":\"2026-11-24T10:00:00Z\",\"level\":\"error\",\"message\":\"e{i}\",\"source\":\"web\"}}\n"
+                )
+            })
+            .collect()
+    };
+    server.post_expect(errors(0, 3).as_bytes(), 3, 0);
+    assert_eq!(n(client.query_one(&count, &[&"web"]).await.unwrap()), 3);
+    assert_eq!(n(client.query_one(&count, &[&"db"]).await.unwrap()), 0);
+    server.post_expect(errors(3, 8).as_bytes(), 5, 0);
+    assert_eq!(n(client.query_one(&count, &[&"web"]).await.unwrap()), 8);
+
+    for _ in 0..3 {
+        let row = client.query_one(&constant, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>("answer"), 42);
+    }
+
+    let first: i64 = client.query_one(&now, &[]).await.unwrap().get("t");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second: i64 = client.query_one(&now, &[]).await.unwrap().get("t");
+    assert!(
+        second >= first + 20_000,
+        "now() must be the time of each Execute: {first} then {second}"
+    );
+
+    // The time zone set after Parse applies at the next Execute (the plan optimized at
+    // Parse folded `to_char` in the old zone).
+    let hour = client
+        .prepare("SELECT to_char(CAST('2026-01-01 12:00:00+00' AS timestamptz), 'HH24') AS h")
+        .await
+        .unwrap();
+    let h = |row: tokio_postgres::Row| row.get::<_, String>("h");
+    client.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
+    assert_eq!(h(client.query_one(&hour, &[]).await.unwrap()), "12");
+    client
+        .batch_execute("SET TIME ZONE 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(h(client.query_one(&hour, &[]).await.unwrap()), "21");
+    assert_eq!(n(client.query_one(&count, &[&"web"]).await.unwrap()), 8);
+    assert_eq!(
+        client
+            .query_one(&constant, &[])
+            .await
+            .unwrap()
+            .get::<_, i32>("answer"),
+        42
+    );
+}
+
 #[tokio::test]
 async fn extended_query_suspends_portals() {
     let server = Server::start();

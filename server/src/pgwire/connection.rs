@@ -74,6 +74,7 @@ impl ConnectionHandlers {
             engine: Arc::clone(&server.engine),
             cursors,
             backend: Arc::clone(&backend),
+            planning: Default::default(),
         });
         let statement_parser = Arc::new(StatementParser {
             session: Arc::clone(&session),

@@ -463,9 +463,9 @@ impl PreparedCursor {
                 if session.cursors.get(&spec.name).is_ok() {
                     return Err(duplicate(&spec.name));
                 }
-                let df = planned.dataframe(session, params).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let stream = super::executor::execute_stream(df)
+                let execution = planned.execution(session, params).await?;
+                let schema: SchemaRef = execution.schema();
+                let stream = super::executor::execute(execution)
                     .await
                     .map_err(|e| errors::datafusion_error(&e))?;
                 let cursor = Cursor {

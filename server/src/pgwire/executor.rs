@@ -16,11 +16,14 @@
 //!
 //! The same idea as InfluxDB IOx's `DedicatedExecutor` and GreptimeDB's separate runtimes.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tokio::runtime::{Handle, Runtime};
@@ -89,19 +92,69 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `df.execute_stream()`, executed on the query runtime; see the module docs.
-pub(crate) async fn execute_stream(
-    df: DataFrame,
+/// What a statement runs: how much of its planning is still to do.
+pub(crate) enum Execution {
+    /// A DataFrame: optimized, planned and run on the query runtime.
+    DataFrame(DataFrame),
+    /// A plan optimized at Parse, its parameters bound: planned physically and run on the
+    /// query runtime, under the session state it was optimized in.
+    Optimized {
+        plan: LogicalPlan,
+        state: Arc<SessionState>,
+        task: Arc<TaskContext>,
+    },
+    /// A physical plan that reads no table (`SELECT 1`, `SELECT version()`): run on the
+    /// connection's own task, as there is nothing to compute that could hold it up.
+    Constant {
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+    },
+}
+
+impl Execution {
+    /// The schema of the rows it gives.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        match self {
+            Execution::DataFrame(df) => Arc::new(df.schema().as_arrow().clone()),
+            Execution::Optimized { plan, .. } => Arc::new(plan.schema().as_arrow().clone()),
+            Execution::Constant { plan, .. } => plan.schema(),
+        }
+    }
+
+    /// Plans what is left to plan and starts it.
+    async fn start(self) -> Result<SendableRecordBatchStream, DataFusionError> {
+        match self {
+            Execution::DataFrame(df) => df.execute_stream().await,
+            Execution::Optimized { plan, state, task } => {
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&plan, state.as_ref())
+                    .await?;
+                datafusion::physical_plan::execute_stream(physical, task)
+            }
+            Execution::Constant { plan, task } => {
+                datafusion::physical_plan::execute_stream(plan, task)
+            }
+        }
+    }
+}
+
+/// Runs `execution`: on the query runtime (see the module docs), except a constant plan.
+pub(crate) async fn execute(
+    execution: Execution,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
+    if matches!(execution, Execution::Constant { .. }) {
+        return execution.start().await;
+    }
     let Some(runtime) = query_runtime() else {
-        return df.execute_stream().await;
+        return execution.start().await;
     };
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let schema = execution.schema();
     // Two batches in flight: enough to overlap computing and sending, little memory.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = runtime.spawn(async move {
-        match df.execute_stream().await {
+        match execution.start().await {
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
             }
@@ -123,4 +176,11 @@ pub(crate) async fn execute_stream(
         rx.recv().await.map(|item| (item, (rx, guard)))
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+}
+
+/// `df.execute_stream()`, executed on the query runtime; see the module docs.
+pub(crate) async fn execute_stream(
+    df: DataFrame,
+) -> Result<SendableRecordBatchStream, DataFusionError> {
+    execute(Execution::DataFrame(df)).await
 }

@@ -9,19 +9,26 @@ use std::sync::Arc;
 use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
-use futures::{Sink, SinkExt};
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, send_describe_response};
-use pgwire::api::results::{DescribePortalResponse, FieldInfo, Response};
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::copy::{send_copy_both_response, send_copy_in_response, send_copy_out_response};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{ExtendedQueryHandler, send_execution_response};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, PortalStore};
-use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, PgWireConnectionState, Type,
+};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Describe, Execute, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
+    Bind, BindComplete, Describe, Execute, Parse, ParseComplete, PortalSuspended,
+    TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
-use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 
 use super::connection::{QueryHandler, in_failed_transaction, report_parameters};
 use super::cursor;
@@ -139,7 +146,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 client.set_transaction_status(TransactionStatus::Transaction);
             }
         }
-        let result = self._on_execute(client, message).await;
+        let result = self.execute_portal(client, message).await;
         let status = if result.is_err() {
             client.transaction_status().to_error_state()
         } else {
@@ -147,6 +154,42 @@ impl ExtendedQueryHandler for QueryHandler {
         };
         backend.end_statement(status);
         result
+    }
+
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // pgwire's own on_bind, but BindComplete waits for the rest of the answer (see
+        // `execute_portal`).
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(user_error(
+                        "08P01",
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement \"{statement_name}\" requires 0",
+                            message.parameters.len()
+                        ),
+                    ));
+                }
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client
+            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
     }
 
     async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
@@ -166,7 +209,7 @@ impl ExtendedQueryHandler for QueryHandler {
             None => client.portal_store().put_empty_statement(&name),
         }
         client
-            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
             .await?;
         let sql = message.query;
         let mut texts = self.texts();
@@ -192,10 +235,34 @@ impl ExtendedQueryHandler for QueryHandler {
             && let Ok(cursor) = self.session.cursors.get(name)
         {
             let fields = cursor.portal_fields(&self.session)?;
-            send_describe_response(client, &DescribePortalResponse::new(fields)).await?;
+            feed_describe_response(client, &DescribePortalResponse::new(fields)).await?;
             return Ok(());
         }
-        self._on_describe(client, message).await
+        // pgwire's own `_on_describe`, without its flushes (see `execute_portal`).
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+                Some(Entry::Value(statement)) => {
+                    let response = self.do_describe_statement(client, &statement).await?;
+                    feed_describe_response(client, &response).await
+                }
+                Some(Entry::Empty) => {
+                    feed_describe_response(client, &DescribeStatementResponse::no_data()).await
+                }
+                None => Err(PgWireError::StatementNotFound(name.to_owned())),
+            },
+            TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => {
+                    let response = self.do_describe_portal(client, &portal).await?;
+                    feed_describe_response(client, &response).await
+                }
+                Some(Entry::Empty) => {
+                    feed_describe_response(client, &DescribePortalResponse::no_data()).await
+                }
+                None => Err(PgWireError::PortalNotFound(name.to_owned())),
+            },
+            other => Err(PgWireError::InvalidTargetType(other)),
+        }
     }
 
     async fn do_query<C>(
@@ -228,6 +295,116 @@ pub(crate) struct StatementTexts {
 impl QueryHandler {
     fn texts(&self) -> std::sync::MutexGuard<'_, StatementTexts> {
         self.texts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// pgwire's `_on_execute`, except that nothing is flushed: BindComplete, the rows and
+    /// CommandComplete wait in the connection's buffer for the Sync (or Flush) that ends
+    /// the client's batch, and go out in one write, as PostgreSQL sends them. pgwire
+    /// flushes after BindComplete and after CommandComplete: two more writes per round
+    /// trip, each waking the client to read a part of the answer. And an Execute without
+    /// a row limit streams its rows to the connection as they come, rather than collecting
+    /// them all in the portal first.
+    async fn execute_portal<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let mut transaction_status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let portal_name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let max_rows = usize::try_from(message.max_rows).unwrap_or(0);
+        let portal = match client.portal_store().get_portal(portal_name) {
+            Some(Entry::Value(portal)) => portal,
+            Some(Entry::Empty) => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Ok(());
+            }
+            None => return Err(PgWireError::PortalNotFound(portal_name.to_owned())),
+        };
+        let started = !matches!(*portal.state().lock().await, PortalExecutionState::Initial);
+        if started {
+            send_portal_rows(client, &portal, max_rows).await?;
+        } else {
+            let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+                Some(handle) => Some(handle.start_query().await),
+                None => None,
+            };
+            let response = match cancel {
+                Some(cancel) => tokio::select! {
+                    result = self.do_query(client, portal.as_ref(), max_rows) => result,
+                    _ = cancel => Err(PgWireError::QueryCanceled),
+                },
+                None => self.do_query(client, portal.as_ref(), max_rows).await,
+            }?;
+            match response {
+                Response::Query(mut results) if max_rows == 0 => {
+                    let tag = results.command_tag().to_owned();
+                    let mut rows = 0;
+                    while let Some(row) = results.data_rows().next().await {
+                        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                        rows += 1;
+                    }
+                    *portal.state().lock().await = PortalExecutionState::Finished;
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(
+                            Tag::new(&tag).with_rows(rows).into(),
+                        ))
+                        .await?;
+                }
+                Response::Query(results) => {
+                    portal.start(results).await;
+                    send_portal_rows(client, &portal, max_rows).await?;
+                }
+                Response::EmptyQuery => {
+                    client
+                        .feed(PgWireBackendMessage::EmptyQueryResponse(
+                            EmptyQueryResponse::new(),
+                        ))
+                        .await?;
+                }
+                Response::Execution(tag) => send_execution_response(client, tag).await?,
+                Response::TransactionStart(tag) => {
+                    send_execution_response(client, tag).await?;
+                    transaction_status = transaction_status.to_in_transaction_state();
+                }
+                Response::TransactionEnd(tag) => {
+                    send_execution_response(client, tag).await?;
+                    transaction_status = transaction_status.to_idle_state();
+                    // The unnamed portal ends with the transaction.
+                    client.portal_store().rm_portal(DEFAULT_NAME);
+                }
+                Response::Error(err) => {
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse((*err).into()))
+                        .await?;
+                    transaction_status = transaction_status.to_error_state();
+                }
+                Response::CopyIn(result) => {
+                    client.set_state(PgWireConnectionState::CopyInProgress(true));
+                    send_copy_in_response(client, result).await?;
+                }
+                Response::CopyOut(result) => send_copy_out_response(client, result).await?,
+                Response::CopyBoth(result) => {
+                    client.set_state(PgWireConnectionState::CopyInProgress(true));
+                    send_copy_both_response(client, result).await?;
+                }
+            }
+        }
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            client.set_transaction_status(transaction_status);
+        }
+        Ok(())
     }
 
     /// Runs a bound statement (see [`ExtendedQueryHandler::do_query`]).
@@ -294,6 +471,60 @@ impl QueryHandler {
             }
         }
     }
+}
+
+/// pgwire's `send_describe_response`, without flushing (see `QueryHandler::execute_portal`).
+async fn feed_describe_response<C, D>(client: &mut C, response: &D) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    D: DescribeResponse,
+{
+    if let Some(types) = response.parameters() {
+        client
+            .feed(PgWireBackendMessage::ParameterDescription(
+                ParameterDescription::new(types.iter().map(Type::oid).collect()),
+            ))
+            .await?;
+    }
+    let message = if response.is_no_data() {
+        PgWireBackendMessage::NoData(NoData::new())
+    } else {
+        PgWireBackendMessage::RowDescription(RowDescription::new(
+            response.fields().iter().map(Into::into).collect(),
+        ))
+    };
+    client.feed(message).await?;
+    Ok(())
+}
+
+/// Sends at most `max_rows` (0: all) more rows of a started portal, then PortalSuspended
+/// or CommandComplete, without flushing (see `QueryHandler::execute_portal`).
+async fn send_portal_rows<C>(
+    client: &mut C,
+    portal: &Portal<Prepared>,
+    max_rows: usize,
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let mut fetched = portal.fetch(max_rows).await?;
+    let tag = fetched.response.command_tag().to_owned();
+    let mut rows = 0;
+    while let Some(row) = fetched.response.data_rows().next().await {
+        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+        rows += 1;
+    }
+    let end = if fetched.suspended {
+        PgWireBackendMessage::PortalSuspended(PortalSuspended::new())
+    } else {
+        PgWireBackendMessage::CommandComplete(Tag::new(&tag).with_rows(rows).into())
+    };
+    client.feed(end).await?;
+    Ok(())
 }
 
 /// Decodes the portal's parameters (text or binary) into the types the plan expects.

@@ -11,8 +11,13 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::SessionState;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, Volatility};
+use datafusion::optimizer::OptimizerRule;
+use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     self, DiscardObject, Reset, Set, Statement, TransactionMode,
@@ -28,6 +33,7 @@ use super::column_names;
 use super::copy::{self, CopyOut};
 use super::cursor::PreparedCursor;
 use super::errors::{self, sqlstate, user_error};
+use super::executor::Execution;
 use super::parser::SqlParser;
 use super::projection_subqueries;
 use super::rows::{encode_named_rows, pg_fields};
@@ -67,6 +73,34 @@ pub(crate) struct PlannedQuery {
     /// PostgreSQL's name for each output column where it differs from DataFusion's (see
     /// [`column_names`]); empty when every name is DataFusion's.
     names: Vec<Option<String>>,
+    /// The planning done once at Parse and reused by every Execute, when the plan allows it.
+    reusable: Option<Arc<Reusable>>,
+}
+
+/// What Parse plans once so that Execute does not plan again (issue: a prepared statement
+/// was planned on every Execute, and a small query's round trip was mostly planning).
+///
+/// Each Execute of a prepared statement used to copy the session state, analyze and
+/// optimize the plan (some forty rules), plan it physically and optimize that, then run it.
+/// The logical part depends only on the statement and the session's options, so it is done
+/// here once: Execute binds the parameters into the optimized plan and plans it physically
+/// (the tables must be read as they are at that moment, so the scans are planned then). A
+/// plan that reads no table and has no parameters is kept physically planned, too, and run
+/// again as it is.
+///
+/// Not reused (planned at every Execute as before): a plan with a function that is not
+/// immutable (`now()` and `current_setting()` are folded into constants by the optimizer,
+/// so the optimized plan would keep the first Execute's values), a plan with a subquery to
+/// fold at each Execute ([`subquery_fold`]), `EXPLAIN` and `SHOW`, and a statement whose
+/// session options changed since Parse (`SET datafusion.…`, `SET TIME ZONE`).
+#[derive(Debug)]
+struct Reusable {
+    /// The session's options generation the plan was optimized under.
+    generation: u64,
+    /// The analyzed and optimized plan, its `$n` placeholders still in it.
+    optimized: LogicalPlan,
+    /// For a plan that reads no table and has no parameters: its physical plan.
+    constant: Option<Arc<dyn ExecutionPlan>>,
 }
 
 /// A session statement and what it does.
@@ -164,17 +198,23 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
         _ => "SELECT",
     };
     let query = matches!(statement, Statement::Query(_)).then(|| statement.clone());
-    let state = session.ctx.state();
+    let planning = session.planning();
+    let state = planning.state.as_ref();
     let plan = state
         .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
-    let plan = projection_subqueries::settle(&state, &statement, plan).await?;
+    let plan = projection_subqueries::settle(state, &statement, plan).await?;
     check_read_only(&plan)?;
     let param_types = parameter_types(&plan)?;
     let names = query
         .and_then(|q| column_names::output_names(&q, plan.schema().fields().len()))
         .unwrap_or_default();
+    let reusable = if tag == "SELECT" {
+        reusable(session, &plan, param_types.is_empty()).await
+    } else {
+        None
+    };
     Ok(PlannedQuery {
         plan,
         statement,
@@ -182,7 +222,76 @@ pub(crate) async fn plan(session: &Session, statement: Statement) -> PgWireResul
         param_types,
         tag,
         names,
+        reusable,
     })
+}
+
+/// The planning of `plan` that every Execute can reuse (see [`Reusable`]), when it can.
+async fn reusable(session: &Session, plan: &LogicalPlan, no_params: bool) -> Option<Arc<Reusable>> {
+    if !plan_is_reusable(plan) {
+        return None;
+    }
+    let planning = session.planning();
+    // A plan the optimizer cannot take with its placeholders still in is planned at each
+    // Execute, as before.
+    let optimized = planning.state.optimize(plan).ok()?;
+    let constant = if no_params && !reads_tables(&optimized) {
+        planning
+            .state
+            .query_planner()
+            .create_physical_plan(&optimized, planning.state.as_ref())
+            .await
+            .ok()
+    } else {
+        None
+    };
+    Some(Arc::new(Reusable {
+        generation: planning.generation,
+        optimized,
+        constant,
+    }))
+}
+
+/// Whether the optimized form of `plan` can serve every Execute: every function in it is
+/// immutable, and no subquery in it is folded at Execute.
+fn plan_is_reusable(plan: &LogicalPlan) -> bool {
+    if subquery_fold::has_subquery_predicate(plan) {
+        return false;
+    }
+    let mut reusable = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let immutable = match e {
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility == Volatility::Immutable
+                    }
+                    Expr::ScalarVariable(..) => false,
+                    _ => true,
+                };
+                if immutable {
+                    Ok(TreeNodeRecursion::Continue)
+                } else {
+                    reusable = false;
+                    Ok(TreeNodeRecursion::Stop)
+                }
+            })
+        })
+    });
+    reusable
+}
+
+/// Whether `plan` scans any table (a table function's too).
+fn reads_tables(plan: &LogicalPlan) -> bool {
+    let mut reads = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            reads = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    reads
 }
 
 /// `ROLLBACK TO [SAVEPOINT] x`: in a failed transaction, it makes the transaction usable again.
@@ -506,12 +615,69 @@ impl PlannedQuery {
         params: Option<ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
-        let df = self.dataframe(session, params).await?;
-        encode_named_rows(session, df, format, self.tag, &self.names).await
+        let execution = self.execution(session, params).await?;
+        encode_named_rows(session, execution, format, self.tag, &self.names).await
+    }
+
+    /// Binds `params` and gives what to run: the plan optimized at Parse when it can be
+    /// reused (see [`Reusable`]), else a DataFrame planned anew.
+    pub(crate) async fn execution(
+        &self,
+        session: &Session,
+        params: Option<ParamValues>,
+    ) -> PgWireResult<Execution> {
+        session.sync_time_zone();
+        if let Some(reusable) = &self.reusable
+            && reusable.generation == session.planning.generation()
+        {
+            let planning = session.planning();
+            if let Some(constant) = &reusable.constant
+                && params.is_none()
+            {
+                let plan = reset_plan_states(Arc::clone(constant))
+                    .map_err(|e| errors::datafusion_error(&e))?;
+                session.engine.note_query();
+                return Ok(Execution::Constant {
+                    plan,
+                    task: planning.task,
+                });
+            }
+            let mut plan = self.bind(&reusable.optimized, params)?;
+            if !self.param_types.is_empty() {
+                plan = simplify(plan, &planning.state)?;
+            }
+            session.engine.note_query();
+            return Ok(Execution::Optimized {
+                plan,
+                state: planning.state,
+                task: planning.task,
+            });
+        }
+        Ok(Execution::DataFrame(self.dataframe(session, params).await?))
+    }
+
+    /// `plan` with `params` in place of its placeholders.
+    fn bind(&self, plan: &LogicalPlan, params: Option<ParamValues>) -> PgWireResult<LogicalPlan> {
+        match params {
+            Some(params) => {
+                let params = self.coerce(params)?;
+                plan.clone()
+                    .replace_params_with_values(&params)
+                    .map_err(|e| bad_parameter(&e))
+            }
+            None if !self.param_types.is_empty() => Err(user_error(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "the query has {} parameter(s) but none were bound",
+                    self.param_types.len()
+                ),
+            )),
+            None => Ok(plan.clone()),
+        }
     }
 
     /// Binds `params` and gives the DataFrame to run.
-    pub(crate) async fn dataframe(
+    async fn dataframe(
         &self,
         session: &Session,
         params: Option<ParamValues>,
@@ -528,26 +694,7 @@ impl PlannedQuery {
             replanned = plan(session, self.statement.clone()).await?;
             &replanned
         };
-        let plan = match params {
-            Some(params) => {
-                let params = self.coerce(params)?;
-                current
-                    .plan
-                    .clone()
-                    .replace_params_with_values(&params)
-                    .map_err(|e| bad_parameter(&e))?
-            }
-            None if !self.param_types.is_empty() => {
-                return Err(user_error(
-                    sqlstate::INVALID_PARAMETER_VALUE,
-                    format!(
-                        "the query has {} parameter(s) but none were bound",
-                        self.param_types.len()
-                    ),
-                ));
-            }
-            None => current.plan.clone(),
-        };
+        let plan = self.bind(&current.plan, params)?;
         let plan = subquery_fold::fold(&session.ctx, plan).await?;
         session.engine.note_query();
         session
@@ -593,6 +740,16 @@ impl PlannedQuery {
         }
         Ok(ParamValues::List(out))
     }
+}
+
+/// `plan` with its expressions simplified: the values bound into an optimized plan sit in
+/// the casts the analyzer put around the placeholders (`LIMIT CAST($1 AS bigint)`), where
+/// the physical planner wants a value and the scans' pruning wants a literal to compare.
+fn simplify(plan: LogicalPlan, state: &SessionState) -> PgWireResult<LogicalPlan> {
+    let rule = SimplifyExpressions::new();
+    plan.transform_up_with_subqueries(|node| rule.rewrite(node, state))
+        .map(|t| t.data)
+        .map_err(|e| errors::datafusion_error(&e))
 }
 
 fn bad_parameter(e: &datafusion::error::DataFusionError) -> PgWireError {

@@ -16,6 +16,7 @@ use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 
 use super::errors;
+use super::executor::Execution;
 use super::session::{Session, lock};
 
 /// Streams a DataFrame's rows in `format`, with the session's date and number formats.
@@ -25,25 +26,25 @@ pub(crate) async fn encode_rows(
     format: &Format,
     tag: &str,
 ) -> PgWireResult<Response> {
-    encode_named_rows(session, df, format, tag, &[]).await
+    encode_named_rows(session, Execution::DataFrame(df), format, tag, &[]).await
 }
 
 /// [`encode_rows`], naming column `i` `names[i]` where that is `Some`.
 pub(crate) async fn encode_named_rows(
     session: &Session,
-    df: datafusion::dataframe::DataFrame,
+    execution: Execution,
     format: &Format,
     tag: &str,
     names: &[Option<String>],
 ) -> PgWireResult<Response> {
     let format_options = Arc::new(lock(&session.vars).format_options());
     let fields = Arc::new(pg_fields(
-        df.schema().as_arrow(),
+        &execution.schema(),
         format,
         Some(format_options),
         names,
     )?);
-    let batches = super::executor::execute_stream(df)
+    let batches = super::executor::execute(execution)
         .await
         .map_err(|e| errors::datafusion_error(&e))?;
     let row_fields = Arc::clone(&fields);

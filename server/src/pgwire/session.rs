@@ -6,8 +6,10 @@
 //! options a client may change).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::prelude::SessionContext;
 use pgwire::error::PgWireResult;
 use pgwire::types::format::FormatOptions;
@@ -354,6 +356,40 @@ pub(crate) struct Session {
     pub(crate) cursors: Arc<super::cursor::Cursors>,
     /// The connection as the server sees it: its running statement, and how to stop it.
     pub(crate) backend: Arc<super::backend::Backend>,
+    /// The session's DataFusion state as planning reuses it (see [`Session::planning`]).
+    pub(crate) planning: Planning,
+}
+
+/// The session's DataFusion state, taken once and reused by every statement until the
+/// session's DataFusion options change: `SessionContext::state()` copies the whole state
+/// (options, every function registry) and a task context copies it again, which costs more
+/// than a small query's whole execution.
+#[derive(Default)]
+pub(crate) struct Planning {
+    /// Bumped by every change of the session's DataFusion options (`SET datafusion.…`, the
+    /// time zone); a plan optimized under another generation is optimized again.
+    generation: AtomicU64,
+    snapshot: Mutex<Option<PlanningState>>,
+}
+
+/// One snapshot of the session's DataFusion state, at a generation of its options.
+#[derive(Clone)]
+pub(crate) struct PlanningState {
+    pub(crate) generation: u64,
+    pub(crate) state: Arc<SessionState>,
+    pub(crate) task: Arc<TaskContext>,
+}
+
+impl Planning {
+    /// The generation of the session's DataFusion options.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks the session's DataFusion options as changed.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Re-creates the functions that read the session's options (`now()` reads the time zone),
@@ -418,6 +454,7 @@ impl Session {
                     user_error(sqlstate::INVALID_PARAMETER_VALUE, e.message().into_owned())
                 })?;
             refresh_udfs(&mut state);
+            self.planning.changed();
             return Ok(None);
         }
         lock(&self.vars).set(&key, value)
@@ -439,6 +476,34 @@ impl Session {
         let mut state = state.write();
         state.config_mut().options_mut().execution.time_zone = tz;
         refresh_udfs(&mut state);
+        self.planning.changed();
+    }
+
+    /// The session's DataFusion state for planning and running a statement, taken anew
+    /// only when the options changed since the last one. Its query start time is that of
+    /// the snapshot: only plans without `now()` and other non-immutable functions may use
+    /// it (see `query::Reusable`).
+    pub(crate) fn planning(&self) -> PlanningState {
+        let generation = self.planning.generation();
+        let mut snapshot = self
+            .planning
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = snapshot.as_ref()
+            && current.generation == generation
+        {
+            return current.clone();
+        }
+        let state = self.ctx.state();
+        let task = Arc::new(TaskContext::from(&state));
+        let current = PlanningState {
+            generation,
+            state: Arc::new(state),
+            task,
+        };
+        *snapshot = Some(current.clone());
+        current
     }
 
     /// The value `SHOW name` reports, or `None` for an unknown parameter.

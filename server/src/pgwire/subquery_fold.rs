@@ -68,7 +68,7 @@ pub(crate) async fn fold(ctx: &SessionContext, plan: LogicalPlan) -> PgWireResul
 }
 
 /// Whether any expression of `plan` (or of its subqueries) is an `IN`/`EXISTS` subquery.
-fn has_subquery_predicate(plan: &LogicalPlan) -> bool {
+pub(crate) fn has_subquery_predicate(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
