@@ -49,7 +49,7 @@ pub(crate) fn hot_plan(
     wanted: &[Wanted<'_>],
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let held = vec![Held::Attributes; wanted.len()];
-    let (inner, _) = inner_projection(wanted, &held);
+    let inner = inner_projection(wanted, &held);
     let mem = MemorySourceConfig::try_new_exec(partitions, logs_schema(), Some(inner))?;
     adapt(state, mem, wanted, &held)
 }
@@ -95,7 +95,7 @@ pub(crate) async fn cold_plans(
             })
             .collect();
         let schema = file_schema(&columns);
-        let (inner, _) = inner_projection(wanted, &held);
+        let inner = inner_projection(wanted, &held);
         // Filters prune only on columns this group has with the table's type.
         let fixed = logs_schema();
         let usable: HashSet<&str> = fixed
@@ -138,7 +138,7 @@ pub(crate) async fn cold_plans(
 /// Indices (in the input's shape: fixed columns, then the held fields in wanted order)
 /// that the input must produce: the wanted fixed columns, `attributes` when a field is
 /// computed from it, and the held fields.
-fn inner_projection(wanted: &[Wanted<'_>], held: &[Held]) -> (Vec<usize>, usize) {
+fn inner_projection(wanted: &[Wanted<'_>], held: &[Held]) -> Vec<usize> {
     let fixed = logs_schema().fields().len();
     let mut out: Vec<usize> = Vec::new();
     let mut next_held = fixed;
@@ -158,7 +158,7 @@ fn inner_projection(wanted: &[Wanted<'_>], held: &[Held]) -> (Vec<usize>, usize)
     }
     let mut seen = HashSet::new();
     out.retain(|i| seen.insert(*i));
-    (out, next_held)
+    out
 }
 
 /// Projects `input` to the wanted columns, in order, with the table's types.
