@@ -215,12 +215,30 @@ pub fn plan(manifest: &Manifest, policy: &CompactionPolicy) -> Vec<CompactionGro
 /// should DataFusion sort instead, it spills past `MERGE_MEMORY_BYTES`. The new file is
 /// not named by any manifest yet: a crash before the commit leaves debris start-up removes.
 pub async fn merge(cold: &ColdStore, group: &CompactionGroup) -> Result<ColdFile, EngineError> {
+    use futures::StreamExt;
     let stream = merge_frame(cold, group).await?.execute_stream().await?;
     let path = format!("{}/{}.parquet", group.dir, uuid::Uuid::new_v4());
-    let schema = stream.schema();
-    let file = cold
-        .write_stream(&path, schema, stream, time_column(group.table))
+    // The merged file keeps every promoted column of its inputs, recomputed from
+    // `attributes` with the join of their types (the inputs are read as the fixed schema).
+    let columns = match group.table {
+        TableKind::Logs => {
+            crate::fields::union_columns(group.files.iter().map(|f| f.columns.as_slice()))
+        }
+        TableKind::DeadLetters => Vec::new(),
+    };
+    let schema = match columns.is_empty() {
+        true => stream.schema(),
+        false => crate::fields::file_schema(&columns),
+    };
+    let shredded = {
+        let columns = columns.clone();
+        stream
+            .map(move |b| -> Result<_, EngineError> { crate::fields::with_columns(&b?, &columns) })
+    };
+    let mut file = cold
+        .write_stream(&path, schema, Box::pin(shredded), time_column(group.table))
         .await?;
+    file.columns = columns;
     if file.rows != group.rows() {
         let _ = cold.delete(std::slice::from_ref(&file.path)).await;
         return Err(EngineError::Cold {

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub fault_compact_pause: Option<Duration>,
     /// Compaction of the cold tier's small files (embedded mode).
     pub compaction: crate::compaction::CompactionConfig,
+    /// Which `attributes` keys tiering writes as typed columns (`fields`; embedded mode).
+    pub fields: crate::fields::FieldsConfig,
     /// NOTIFY delivery: threads, queue, retry policy, retention, Kafka brokers.
     pub notify: crate::continuous::NotifyConfig,
     /// WAL entries queued for the continuous queries before they catch up from the WAL
@@ -79,6 +81,7 @@ impl EngineConfig {
             fault_flush_pause: None,
             fault_compact_pause: None,
             compaction: crate::compaction::CompactionConfig::default(),
+            fields: crate::fields::FieldsConfig::default(),
             notify: crate::continuous::NotifyConfig::default(),
             cq_feed_capacity: FEED_CAPACITY,
             cold_url: None,
@@ -646,6 +649,17 @@ impl Engine {
                 CqRegistry::queries_batch,
             ),
         ];
+        if self.cluster.is_none() {
+            ctx.add_analyzer_rule(Arc::new(crate::fields::rewrite::PromotedFieldRewrite));
+            let tiers = Arc::clone(&self.tiers);
+            let table = crate::query::system::SnapshotTable::new(
+                crate::fields::promoted_fields_schema(),
+                move || crate::fields::promoted_fields_batch(&tiers.manifest()),
+            );
+            if let Err(e) = ctx.register_table("promoted_fields", Arc::new(table)) {
+                tracing::error!(table = "promoted_fields", error = %e, "cannot register table");
+            }
+        }
         let (tiers, metrics) = (Arc::clone(&self.tiers), Arc::clone(&self.tiering));
         let table =
             crate::query::system::SnapshotTable::new(tiering::tiering_schema(), move || {

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod cold;
 pub mod compaction;
 pub mod continuous;
+pub mod fields;
 pub mod hot;
 pub mod ingest;
 pub mod model;

@@ -57,6 +57,10 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let mut new_logs = Vec::new();
     let hours = split_by_hour(&logs)?;
     let parts = hours.len();
+    // Promotion decides per file; the registry grows as the files do, so `max_promoted`
+    // holds across the files of one flush too.
+    let mut registry = engine.tiers.manifest().fields.clone();
+    let mut mixed: Vec<Vec<String>> = Vec::new();
     for (i, (hour, batch)) in hours.into_iter().enumerate() {
         let batch = sort_by(&batch, &[3, 0])?;
         let path = format!(
@@ -64,8 +68,12 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
             partition_dir(hour * HOUR_US, true),
             uuid::Uuid::new_v4()
         );
-        let file = engine.cold.write(&path, &batch, 0).await?;
-        tracing::debug!(file = %file.path, rows = file.rows, part = i + 1, parts, "flush: wrote cold file");
+        let shredded = crate::fields::shred(&batch, &engine.config().fields, &registry)?;
+        crate::fields::register(&mut registry, &shredded.columns, &shredded.mixed, 0);
+        mixed.push(shredded.mixed);
+        let mut file = engine.cold.write(&path, &shredded.batch, 0).await?;
+        file.columns = shredded.columns;
+        tracing::debug!(file = %file.path, rows = file.rows, promoted = file.columns.len(), part = i + 1, parts, "flush: wrote cold file");
         new_logs.push(file);
     }
     let mut new_dead = Vec::new();
@@ -93,6 +101,10 @@ pub async fn flush(engine: &Engine) -> Result<u64, EngineError> {
     let mut next: Manifest = (*old).clone();
     next.version += 1;
     next.flushed_seq = horizon;
+    let now_us = Utc::now().timestamp_micros();
+    for (f, mixed) in new_logs.iter().zip(&mixed) {
+        crate::fields::register(&mut next.fields, &f.columns, mixed, now_us);
+    }
     next.logs.extend(new_logs);
     next.dead_letters.extend(new_dead);
     engine.catalog.commit(&next)?;

@@ -33,6 +33,51 @@ pub struct Config {
     pub cassandra: cluster::CassandraSection,
     /// syslog over TCP and UDP (off unless a listen address is set).
     pub syslog: SyslogConfig,
+    /// Which `attributes` keys tiering writes as typed columns.
+    pub fields: FieldsConfig,
+}
+
+/// `[fields]`: promotion of frequent `attributes` keys to typed columns of `logs`
+/// (embedded mode; see docs/fields.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldsConfig {
+    /// Whether tiering promotes fields at all.
+    pub promote: bool,
+    /// Most promoted fields (columns added to `logs`).
+    pub max_promoted: usize,
+    /// Share of a cold file's rows, in (0, 1], that must carry a key for it to be promoted.
+    pub min_share: f64,
+    /// Keys never promoted.
+    pub never: Vec<String>,
+    /// Keys promoted whenever a file carries them, whatever their share.
+    pub always: Vec<String>,
+}
+
+impl Default for FieldsConfig {
+    fn default() -> Self {
+        let d = logsphere_engine::fields::FieldsConfig::default();
+        Self {
+            promote: d.promote,
+            max_promoted: d.max_promoted,
+            min_share: d.min_share,
+            never: d.never,
+            always: d.always,
+        }
+    }
+}
+
+impl FieldsConfig {
+    /// The engine's promotion settings.
+    pub fn to_engine(&self) -> logsphere_engine::fields::FieldsConfig {
+        logsphere_engine::fields::FieldsConfig {
+            promote: self.promote,
+            max_promoted: self.max_promoted,
+            min_share: self.min_share,
+            never: self.never.clone(),
+            always: self.always.clone(),
+        }
+    }
 }
 
 /// `[syslog]`: syslog receivers (rsyslog, syslog-ng, network devices), off by default.
@@ -274,6 +319,7 @@ impl Default for Config {
             kafka: cluster::KafkaSection::default(),
             cassandra: cluster::CassandraSection::default(),
             syslog: SyslogConfig::default(),
+            fields: FieldsConfig::default(),
         }
     }
 }
@@ -438,6 +484,7 @@ impl Config {
         }
         let cluster = cluster::validate(&self.cluster, &self.kafka, &self.cassandra)?;
         self.validate_syslog()?;
+        self.fields.to_engine().validate()?;
         if self.cold.timeout_secs == 0 {
             bail!("cold.timeout_secs must be at least 1");
         }

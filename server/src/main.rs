@@ -246,6 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_cfg.fault_flush_pause = fault_pause("LOGSPHERE_FAULT_FLUSH_PAUSE_MS")?;
     engine_cfg.fault_compact_pause = fault_pause("LOGSPHERE_FAULT_COMPACT_PAUSE_MS")?;
     engine_cfg.compaction = cfg.storage.compaction();
+    engine_cfg.fields = cfg.fields.to_engine();
     engine_cfg.notify = cfg.notify.to_engine();
     engine_cfg.cold_url = cfg.cold.url.clone();
     engine_cfg.cold_timeout = Duration::from_secs(cfg.cold.timeout_secs);

@@ -5,6 +5,7 @@ mod continuous;
 mod continuous_crash;
 mod continuous_equivalence;
 mod crash;
+mod fields;
 mod ingest;
 mod jdbc;
 mod notify;

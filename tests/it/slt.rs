@@ -148,7 +148,11 @@ async fn load_fixture(server: &Server) {
 async fn slt_files() {
     // §6's seed rule A has a KAFKA channel, which CREATE refuses without brokers. No
     // record reaches the CQs, so nothing is produced; nothing listens there either.
-    let server = Server::start_with_config("[notify]\nkafka_brokers = \"127.0.0.1:1\"\n");
+    // The files pin the catalog of the fixed columns, which cluster mode shares: promoted
+    // fields (which would add the fixture's `user` to `logs`) are tested in fields.rs.
+    let server = Server::start_with_config(
+        "[notify]\nkafka_brokers = \"127.0.0.1:1\"\n[fields]\npromote = false\n",
+    );
     load_fixture(&server).await;
     run_files(server.pg_port(), "embedded", &[], || server.log()).await;
 }

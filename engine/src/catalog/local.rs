@@ -24,6 +24,10 @@ pub struct ColdFile {
     /// Rows and bytes in the file.
     pub rows: u64,
     pub bytes: u64,
+    /// Promoted fields the file holds as typed columns (`fields`); none in files written
+    /// before promotion or with it off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<crate::fields::FileColumn>,
 }
 
 /// The catalog's content.
@@ -45,6 +49,10 @@ pub struct Manifest {
     /// (`compaction::remove_retired`). Named here so start-up does not take them for debris.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredFile>,
+    /// The registry of promoted fields: the extra columns of `logs`, in column order
+    /// (`fields`). Committed with the files that carry them, so it survives as they do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<crate::fields::PromotedField>,
 }
 
 /// Cluster mode's tiering horizon: the cold tier holds exactly the rows with a time before

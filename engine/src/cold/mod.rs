@@ -276,6 +276,7 @@ impl ColdStore {
             max_ts,
             rows,
             bytes,
+            columns: Vec::new(),
         })
     }
 
@@ -338,6 +339,7 @@ impl ColdStore {
             max_ts,
             rows: batch.num_rows() as u64,
             bytes,
+            columns: Vec::new(),
         })
     }
 

@@ -19,6 +19,7 @@ fn file(path: &str, bytes: u64, rows: u64) -> ColdFile {
         max_ts: 0,
         rows,
         bytes,
+        columns: Vec::new(),
     }
 }
 

@@ -244,7 +244,16 @@ pub(crate) async fn feed_hours(
             if stopped() {
                 return Ok(rows);
             }
-            let batch = RecordBatch::try_new(Arc::clone(&want), batch.columns().to_vec())?;
+            let batch = RecordBatch::try_new(
+                Arc::clone(&want),
+                // Continuous queries see the fixed columns; promoted fields follow them.
+                batch
+                    .columns()
+                    .iter()
+                    .take(want.fields().len())
+                    .cloned()
+                    .collect(),
+            )?;
             if let Some(ts) = crate::hot::timestamps(&batch, 0)
                 && let Some(max) = ts.iter().max()
             {

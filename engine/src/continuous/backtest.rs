@@ -51,7 +51,16 @@ pub async fn backtest(
         if batch.num_rows() == 0 {
             continue;
         }
-        let batch = RecordBatch::try_new(Arc::clone(&want), batch.columns().to_vec())?;
+        let batch = RecordBatch::try_new(
+            Arc::clone(&want),
+            // Continuous queries see the fixed columns; promoted fields follow them.
+            batch
+                .columns()
+                .iter()
+                .take(want.fields().len())
+                .cloned()
+                .collect(),
+        )?;
         let ts = batch
             .column(0)
             .as_any()

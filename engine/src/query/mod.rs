@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod managed;
+mod promoted;
 pub mod system;
 pub mod tables;
 

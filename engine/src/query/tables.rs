@@ -163,7 +163,10 @@ impl TierTable {
 #[async_trait]
 impl TableProvider for TierTable {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        match self.promotes() {
+            true => crate::fields::table_schema(&self.tiers.manifest().fields),
+            false => Arc::clone(&self.schema),
+        }
     }
 
     fn table_type(&self) -> TableType {
@@ -210,6 +213,11 @@ impl TableProvider for TierTable {
         }
         let snapshot = self.tiers.snapshot();
         let range = TimeRange::from_filters(filters, self.time_column());
+        if self.promotes() && !snapshot.manifest.fields.is_empty() {
+            return self
+                .promoted_scan(state, &snapshot, range, projection, filters, limit)
+                .await;
+        }
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if let (Some(cluster), true) = (&self.cluster, self.scope != TierScope::Cold) {
             inputs.push(
@@ -269,6 +277,88 @@ impl TableProvider for TierTable {
 }
 
 impl TierTable {
+    /// Whether this table shows promoted fields: `logs` in embedded mode (cluster mode
+    /// keeps the fixed schema; its tiering does not promote).
+    fn promotes(&self) -> bool {
+        self.kind == TableKind::Logs && self.cluster.is_none()
+    }
+
+    /// The promoted field `name` of this table and its table-level type, if it is one.
+    pub fn promoted_field(&self, name: &str) -> Option<crate::fields::FieldType> {
+        if !self.promotes() {
+            return None;
+        }
+        let manifest = self.tiers.manifest();
+        manifest
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.kind)
+    }
+
+    /// A scan of `logs` whose schema has the registry's fields (`query/promoted.rs`).
+    async fn promoted_scan(
+        &self,
+        state: &dyn Session,
+        snapshot: &crate::hot::Snapshot,
+        range: TimeRange,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use super::promoted::{Wanted, cold_plans, hot_plan};
+        let registry = &snapshot.manifest.fields;
+        let schema = crate::fields::table_schema(registry);
+        let fixed = crate::model::logs_schema().fields().len();
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        let projection = projection.unwrap_or(&all);
+        let wanted = projection
+            .iter()
+            .map(|i| match i.checked_sub(fixed) {
+                None => Ok(Wanted::Fixed(*i)),
+                Some(p) => registry.get(p).map(Wanted::Promoted).ok_or_else(|| {
+                    datafusion::error::DataFusionError::Plan(format!(
+                        "column {i} of logs is gone from the field registry"
+                    ))
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if self.scope != TierScope::Cold {
+            let batches: Vec<_> = snapshot
+                .hot
+                .iter()
+                .filter(|e| range.overlaps(self.entry_range(e)))
+                .map(|e| e.logs.clone())
+                .filter(|b| b.num_rows() > 0)
+                .collect();
+            if !batches.is_empty() {
+                let partitions = split_partitions(batches, state.config().target_partitions());
+                inputs.push(hot_plan(state, &partitions, &wanted)?);
+            }
+        }
+        if self.scope != TierScope::Hot {
+            let files: Vec<&ColdFile> = snapshot
+                .manifest
+                .logs
+                .iter()
+                .filter(|f| range.overlaps(Some((f.min_ts, f.max_ts))))
+                .collect();
+            if !files.is_empty() {
+                inputs
+                    .extend(cold_plans(state, &self.cold, &files, &wanted, filters, limit).await?);
+            }
+        }
+        match inputs.len() {
+            0 => {
+                let schema = datafusion::common::project_schema(&schema, Some(projection))?;
+                Ok(Arc::new(EmptyExec::new(schema)))
+            }
+            1 => Ok(inputs.remove(0)),
+            _ => UnionExec::try_new(inputs),
+        }
+    }
+
     fn entry_range(&self, e: &HotEntry) -> Option<(i64, i64)> {
         match self.kind {
             TableKind::Logs => e.ts_range,

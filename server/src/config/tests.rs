@@ -243,3 +243,37 @@ fn syslog_is_off_by_default_and_bad_values_are_named() {
             .expect("syslog in cluster mode");
     }
 }
+
+#[test]
+fn fields_keys_have_defaults_and_bad_values_are_named() {
+    let cfg = Config::from_toml("").unwrap();
+    let f = cfg.fields.to_engine();
+    assert!(f.promote);
+    assert_eq!((f.max_promoted, f.min_share), (32, 0.5));
+    let cfg = Config::from_toml(
+        "[fields]\npromote = false\nmax_promoted = 8\nmin_share = 0.9\n\
+         never = [\"password\"]\nalways = [\"trace_id\"]\n",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let f = cfg.fields.to_engine();
+    assert!(!f.promote);
+    assert_eq!(
+        (f.max_promoted, f.never.len(), f.always[0].as_str()),
+        (8, 1, "trace_id")
+    );
+    for (toml, key) in [
+        ("min_share = 0", "fields.min_share"),
+        ("min_share = 1.5", "fields.min_share"),
+        ("max_promoted = 5000", "fields.max_promoted"),
+        ("never = [\"\"]", "fields.never"),
+        ("always = [\"message\"]", "fields.always"),
+        ("never = [\"a\"]\nalways = [\"a\"]", "fields.always"),
+    ] {
+        let cfg = Config::from_toml(&format!("[fields]\n{toml}\n")).unwrap();
+        let msg = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(msg.contains(key), "{toml}: {msg}");
+    }
+    let err = Config::from_toml("[fields]\nmax_promote = 3\n").unwrap_err();
+    assert!(format!("{err:#}").contains("max_promote"));
+}

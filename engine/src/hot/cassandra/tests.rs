@@ -617,6 +617,7 @@ async fn manifest_and_lease_are_lightweight_transactions() {
         max_ts: T0,
         rows: 1,
         bytes: 10,
+        columns: Vec::new(),
     });
     assert!(store.commit_manifest(0, &first).await.expect("commit"));
     let mut rival = first.clone();
