@@ -73,7 +73,7 @@ fn pgjdbc_database_metadata() {
     expect("getSchemas", "pg_catalog,public");
     expect(
         "getTables",
-        "alert_events,alerts,continuous_queries,dead_letters,logs,logs_cold,logs_hot,tiering",
+        "alert_events,alerts,continuous_queries,dead_letters,logs,logs_cold,logs_hot,promoted_fields,tiering",
     );
     expect(
         "getColumns",

@@ -162,7 +162,9 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
             ["source", "TEXT"],
             ["topic", "TEXT"],
             ["attributes", "TEXT"],
-            ["ingest_time", "TIMESTAMP"]
+            ["ingest_time", "TIMESTAMP"],
+            // `user`, in every record, became a column when the older half was tiered.
+            ["user", "TEXT"]
         ]),
         "{result}"
     );
@@ -177,7 +179,8 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
             ["message", "TEXT", false],
             ["source", "TEXT", false],
             ["timestamp", "TIMESTAMP WITH TIME ZONE", true],
-            ["topic", "TEXT", false]
+            ["topic", "TEXT", false],
+            ["user", "TEXT", false]
         ]),
         "{result}"
     );
@@ -313,8 +316,14 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
                 "message",
                 "source",
                 "timestamp",
-                "topic"
+                "topic",
+                "user"
             ],
+            "{samples}"
+        );
+        assert_eq!(
+            row["user"],
+            Value::String(attributes_user(row)),
             "{samples}"
         );
         let attributes: Value =
@@ -322,4 +331,11 @@ fn superset_adds_logs_as_a_dataset_and_charts_it() {
                 .unwrap_or_default();
         assert!(attributes["user"].is_string(), "{samples}");
     }
+}
+
+/// The `user` key of a sample row's `attributes`, which the promoted `user` column equals.
+fn attributes_user(row: &Value) -> String {
+    let attributes: Value =
+        serde_json::from_str(row["attributes"].as_str().unwrap_or_default()).unwrap_or_default();
+    attributes["user"].as_str().unwrap_or_default().to_owned()
 }

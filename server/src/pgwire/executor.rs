@@ -19,7 +19,10 @@
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
@@ -96,16 +99,15 @@ impl Drop for AbortOnDrop {
 pub(crate) enum Execution {
     /// A DataFrame: optimized, planned and run on the query runtime.
     DataFrame(DataFrame),
-    /// A plan optimized at Parse, its parameters bound: planned physically and run on the
-    /// query runtime, under the session state it was optimized in.
+    /// A plan optimized at Parse, its parameters bound: planned physically under the session
+    /// state it was optimized in (see [`execute`]).
     Optimized {
         plan: LogicalPlan,
         state: Arc<SessionState>,
         task: Arc<TaskContext>,
     },
-    /// A physical plan that reads no table (`SELECT 1`, `SELECT version()`): run on the
-    /// connection's own task, as there is nothing to compute that could hold it up.
-    Constant {
+    /// A physical plan, ready to run.
+    Physical {
         plan: Arc<dyn ExecutionPlan>,
         task: Arc<TaskContext>,
     },
@@ -117,7 +119,7 @@ impl Execution {
         match self {
             Execution::DataFrame(df) => Arc::new(df.schema().as_arrow().clone()),
             Execution::Optimized { plan, .. } => Arc::new(plan.schema().as_arrow().clone()),
-            Execution::Constant { plan, .. } => plan.schema(),
+            Execution::Physical { plan, .. } => plan.schema(),
         }
     }
 
@@ -132,18 +134,35 @@ impl Execution {
                     .await?;
                 datafusion::physical_plan::execute_stream(physical, task)
             }
-            Execution::Constant { plan, task } => {
+            Execution::Physical { plan, task } => {
                 datafusion::physical_plan::execute_stream(plan, task)
             }
         }
     }
 }
 
-/// Runs `execution`: on the query runtime (see the module docs), except a constant plan.
+/// Runs `execution`: on the query runtime (see the module docs), except a small plan.
+///
+/// A plan optimized at Parse is planned physically here, on the connection's task, and a
+/// physical plan that can only do a little work ([`is_small`]) runs here too: handing it
+/// to the query runtime and its batches back costs more than running it (issue: a prepared
+/// point query over the hot tier spent most of its round trip in thread hand-offs).
 pub(crate) async fn execute(
     execution: Execution,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
-    if matches!(execution, Execution::Constant { .. }) {
+    let execution = match execution {
+        Execution::Optimized { plan, state, task } => {
+            let plan = state
+                .query_planner()
+                .create_physical_plan(&plan, state.as_ref())
+                .await?;
+            Execution::Physical { plan, task }
+        }
+        other => other,
+    };
+    if let Execution::Physical { plan, .. } = &execution
+        && is_small(plan)
+    {
         return execution.start().await;
     }
     let Some(runtime) = query_runtime() else {
@@ -176,6 +195,59 @@ pub(crate) async fn execute(
         rx.recv().await.map(|item| (item, (rx, guard)))
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+}
+
+/// The most rows of in-memory input a plan run on the connection's task may read.
+const SMALL_PLAN_ROWS: usize = 65_536;
+
+/// Operators of a plan run on the connection's task: each does work in proportion to its
+/// input, so with at most [`SMALL_PLAN_ROWS`] rows in, the whole plan is a few milliseconds
+/// at most. No join (its output can be the product of its inputs), no file or Cassandra
+/// scan, no table function.
+const SMALL_PLAN_OPERATORS: &[&str] = &[
+    "DataSourceExec",
+    "EmptyExec",
+    "PlaceholderRowExec",
+    "ProjectionExec",
+    "FilterExec",
+    "CoalesceBatchesExec",
+    "CoalescePartitionsExec",
+    "RepartitionExec",
+    "UnionExec",
+    "GlobalLimitExec",
+    "LocalLimitExec",
+];
+
+/// Whether `plan` reads at most [`SMALL_PLAN_ROWS`] rows, all from memory (the hot tier's
+/// batches, `VALUES`), through the operators of [`SMALL_PLAN_OPERATORS`] only.
+fn is_small(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut rows = 0usize;
+    let mut small = true;
+    let _ = plan.apply(|node| {
+        let allowed = SMALL_PLAN_OPERATORS.contains(&node.name());
+        let in_memory = match node.downcast_ref::<DataSourceExec>() {
+            Some(source) => match source.data_source().downcast_ref::<MemorySourceConfig>() {
+                Some(memory) => {
+                    rows += memory
+                        .partitions()
+                        .iter()
+                        .flatten()
+                        .map(|b| b.num_rows())
+                        .sum::<usize>();
+                    true
+                }
+                None => false,
+            },
+            None => true,
+        };
+        if allowed && in_memory && rows <= SMALL_PLAN_ROWS {
+            Ok(TreeNodeRecursion::Continue)
+        } else {
+            small = false;
+            Ok(TreeNodeRecursion::Stop)
+        }
+    });
+    small
 }
 
 /// `df.execute_stream()`, executed on the query runtime; see the module docs.

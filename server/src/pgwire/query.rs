@@ -637,7 +637,7 @@ impl PlannedQuery {
                 let plan = reset_plan_states(Arc::clone(constant))
                     .map_err(|e| errors::datafusion_error(&e))?;
                 session.engine.note_query();
-                return Ok(Execution::Constant {
+                return Ok(Execution::Physical {
                     plan,
                     task: planning.task,
                 });
