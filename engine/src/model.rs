@@ -28,6 +28,21 @@ pub fn logs_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// The fixed columns of a `logs` batch (`logs_schema`), without the promoted fields that
+/// follow them: what continuous queries see.
+pub fn fixed_logs_columns(
+    batch: &arrow::array::RecordBatch,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let fixed = logs_schema();
+    let columns = batch
+        .columns()
+        .iter()
+        .take(fixed.fields().len())
+        .cloned()
+        .collect();
+    arrow::array::RecordBatch::try_new(fixed, columns)
+}
+
 /// Schema of the `dead_letters` table: records that could not become a row.
 pub fn dead_letters_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -222,7 +222,6 @@ pub(crate) async fn feed_hours(
     stopped: &impl Fn() -> bool,
     started: Instant,
 ) -> Result<u64, CqError> {
-    let want = crate::model::logs_schema();
     let (mut rows, mut clock, mut last_log) = (0u64, input.from_us, Instant::now());
     for &hour in &input.hours {
         let lo = (hour * HOUR_US).max(input.from_us);
@@ -244,16 +243,7 @@ pub(crate) async fn feed_hours(
             if stopped() {
                 return Ok(rows);
             }
-            let batch = RecordBatch::try_new(
-                Arc::clone(&want),
-                // Continuous queries see the fixed columns; promoted fields follow them.
-                batch
-                    .columns()
-                    .iter()
-                    .take(want.fields().len())
-                    .cloned()
-                    .collect(),
-            )?;
+            let batch = crate::model::fixed_logs_columns(&batch)?;
             if let Some(ts) = crate::hot::timestamps(&batch, 0)
                 && let Some(max) = ts.iter().max()
             {

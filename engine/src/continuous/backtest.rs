@@ -6,7 +6,6 @@
 //! event time as the clock. It returns every transition (pending, fired, escalated,
 //! repeated, resolved, inactive), not only end states. Nothing is persisted.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, TimestampMicrosecondArray};
@@ -40,7 +39,6 @@ pub async fn backtest(
         "SELECT * FROM logs WHERE timestamp >= to_timestamp_micros({from_us}) \
          AND timestamp < to_timestamp_micros({to_us}) ORDER BY timestamp"
     );
-    let want = crate::model::logs_schema();
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let mut book = AlertBook::default();
     let mut transitions: Vec<Transition> = Vec::new();
@@ -51,16 +49,7 @@ pub async fn backtest(
         if batch.num_rows() == 0 {
             continue;
         }
-        let batch = RecordBatch::try_new(
-            Arc::clone(&want),
-            // Continuous queries see the fixed columns; promoted fields follow them.
-            batch
-                .columns()
-                .iter()
-                .take(want.fields().len())
-                .cloned()
-                .collect(),
-        )?;
+        let batch = crate::model::fixed_logs_columns(&batch)?;
         let ts = batch
             .column(0)
             .as_any()

@@ -7,10 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::catalog::Session;
-use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, DFSchema, Result};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, ScalarUDF, cast, lit};
@@ -116,20 +113,16 @@ pub(crate) async fn cold_plans(
             })
             .cloned()
             .collect();
-        cold.register(state.runtime_env());
-        let urls = files
-            .iter()
-            .map(|f| cold.file_url(&f.path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        let scan = ListingTable::try_new(config)?
-            .scan(state, Some(&inner), &filters, limit)
-            .await?;
+        let scan = super::tables::scan_cold_files(
+            state,
+            cold,
+            &files,
+            schema,
+            Some(&inner),
+            &filters,
+            limit,
+        )
+        .await?;
         plans.push(adapt(state, scan, wanted, &held)?);
     }
     Ok(plans)

@@ -143,21 +143,43 @@ impl TierTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.cold.register(state.runtime_env());
-        let urls = files
-            .iter()
-            .map(|f| self.cold.file_url(&f.path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(Arc::clone(&self.schema));
-        ListingTable::try_new(config)?
-            .scan(state, projection, filters, limit)
-            .await
+        scan_cold_files(
+            state,
+            &self.cold,
+            files,
+            Arc::clone(&self.schema),
+            projection,
+            filters,
+            limit,
+        )
+        .await
     }
+}
+
+/// A scan of the cold `files`, read as `schema`.
+pub(crate) async fn scan_cold_files(
+    state: &dyn Session,
+    cold: &ColdStore,
+    files: &[&ColdFile],
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    cold.register(state.runtime_env());
+    let urls = files
+        .iter()
+        .map(|f| cold.file_url(&f.path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)?
+        .scan(state, projection, filters, limit)
+        .await
 }
 
 #[async_trait]

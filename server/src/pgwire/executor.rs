@@ -123,20 +123,30 @@ impl Execution {
         }
     }
 
-    /// Plans what is left to plan and starts it.
-    async fn start(self) -> Result<SendableRecordBatchStream, DataFusionError> {
+    /// An optimized plan planned physically; the others as they are.
+    async fn plan_physically(self) -> Result<Self, DataFusionError> {
         match self {
-            Execution::DataFrame(df) => df.execute_stream().await,
             Execution::Optimized { plan, state, task } => {
-                let physical = state
+                let plan = state
                     .query_planner()
                     .create_physical_plan(&plan, state.as_ref())
                     .await?;
-                datafusion::physical_plan::execute_stream(physical, task)
+                Ok(Execution::Physical { plan, task })
             }
+            other => Ok(other),
+        }
+    }
+
+    /// Plans what is left to plan and starts it.
+    async fn start(self) -> Result<SendableRecordBatchStream, DataFusionError> {
+        match self.plan_physically().await? {
+            Execution::DataFrame(df) => df.execute_stream().await,
             Execution::Physical { plan, task } => {
                 datafusion::physical_plan::execute_stream(plan, task)
             }
+            Execution::Optimized { .. } => Err(DataFusionError::Internal(
+                "an optimized plan left unplanned".into(),
+            )),
         }
     }
 }
@@ -150,16 +160,7 @@ impl Execution {
 pub(crate) async fn execute(
     execution: Execution,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
-    let execution = match execution {
-        Execution::Optimized { plan, state, task } => {
-            let plan = state
-                .query_planner()
-                .create_physical_plan(&plan, state.as_ref())
-                .await?;
-            Execution::Physical { plan, task }
-        }
-        other => other,
-    };
+    let execution = execution.plan_physically().await?;
     if let Execution::Physical { plan, .. } = &execution
         && is_small(plan)
     {

@@ -14,7 +14,8 @@ use pgwire::api::copy::{send_copy_both_response, send_copy_in_response, send_cop
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{ExtendedQueryHandler, send_execution_response};
 use pgwire::api::results::{
-    DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, Response, Tag,
+    DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
+    Response, Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, PortalStore};
@@ -349,11 +350,7 @@ impl QueryHandler {
             match response {
                 Response::Query(mut results) if max_rows == 0 => {
                     let tag = results.command_tag().to_owned();
-                    let mut rows = 0;
-                    while let Some(row) = results.data_rows().next().await {
-                        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
-                        rows += 1;
-                    }
+                    let rows = feed_rows(client, &mut results).await?;
                     *portal.state().lock().await = PortalExecutionState::Finished;
                     client
                         .feed(PgWireBackendMessage::CommandComplete(
@@ -499,6 +496,21 @@ where
     Ok(())
 }
 
+/// Feeds every row of `response` as a DataRow, without flushing; how many there were.
+async fn feed_rows<C>(client: &mut C, response: &mut QueryResponse) -> PgWireResult<usize>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let mut rows = 0;
+    while let Some(row) = response.data_rows().next().await {
+        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+        rows += 1;
+    }
+    Ok(rows)
+}
+
 /// Sends at most `max_rows` (0: all) more rows of a started portal, then PortalSuspended
 /// or CommandComplete, without flushing (see `QueryHandler::execute_portal`).
 async fn send_portal_rows<C>(
@@ -513,11 +525,7 @@ where
 {
     let mut fetched = portal.fetch(max_rows).await?;
     let tag = fetched.response.command_tag().to_owned();
-    let mut rows = 0;
-    while let Some(row) = fetched.response.data_rows().next().await {
-        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
-        rows += 1;
-    }
+    let rows = feed_rows(client, &mut fetched.response).await?;
     let end = if fetched.suspended {
         PgWireBackendMessage::PortalSuspended(PortalSuspended::new())
     } else {
